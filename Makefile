@@ -1,0 +1,28 @@
+# pgshard — the two commands the README opens with are `make run` and `make test`.
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= .demo
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap run demo test unit bench lint clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+run demo: bootstrap
+	$(BIN)/pgshard demo --data-dir $(DEMO_DIR) --shards 2 --replicas 1 --port 6432
+
+test: bootstrap
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+unit: bootstrap
+	$(BIN)/python -m pytest -q tests/unit
+
+bench: bootstrap
+	$(BIN)/python -m bench.pgbench_compare
+
+lint: bootstrap
+	$(BIN)/ruff check pgshard tests bench
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,3 @@
+"""pgshard — a PostgreSQL sharding proxy."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from pgshard.cli import main
+
+main()
