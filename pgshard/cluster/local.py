@@ -1,0 +1,277 @@
+"""LocalCluster: N shards of one primary + R streaming replicas on loopback, for demos and tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from pgshard.cluster.config import render_settings, write_node_config
+from pgshard.cluster.node import Node
+from pgshard.cluster.process import (
+    ClusterError,
+    find_pg_bindir,
+    free_port,
+    log_tail,
+    running_as_root,
+    run,
+    service_account,
+)
+from pgshard.cluster.schema import bootstrap_script
+
+LAYOUT_FILE = "cluster.json"
+T = TypeVar("T")
+
+
+@dataclass
+class ShardNodes:
+    """One shard's servers: its primary and its replicas (names shardN-primary/-replicaK)."""
+
+    name: str
+    primary: Node
+    replicas: list[Node] = field(default_factory=list)
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.primary, *self.replicas]
+
+
+class LocalCluster:
+    """Shards of local PostgreSQL servers under base_dir, managed with initdb/pg_ctl/psql.
+
+    The layout (node names and ports) is saved in base_dir/cluster.json, so a later
+    LocalCluster on the same base_dir finds the same ports and can start() it again.
+    """
+
+    def __init__(self, base_dir: str | os.PathLike, shards: int = 2, replicas: int = 1, *,
+                 database: str = "app", user: str = "pgshard", password: str = "pgshard",
+                 base_port: int | None = None, shard_prefix: str = "shard",
+                 synchronous: bool = False, extra_conf: dict | None = None):
+        if shards < 1 or replicas < 0:
+            raise ValueError("need shards >= 1 and replicas >= 0")
+        self.base_dir = Path(base_dir).absolute()
+        self.database, self.user, self.password = database, user, password
+        self.synchronous = synchronous
+        self.extra_conf = dict(extra_conf or {})
+        self.bindir = find_pg_bindir()
+        layout = self._load_layout()
+        if layout is None:
+            layout = _plan_layout(shards, replicas, shard_prefix, base_port)
+        elif (len(layout), len(layout[0]["replicas"])) != (shards, replicas):
+            raise ClusterError(f"{self.base_dir} holds a cluster of {len(layout)} shards x "
+                               f"{len(layout[0]['replicas'])} replicas, not {shards} x {replicas}")
+        self._layout = layout
+        self.shards: list[ShardNodes] = [
+            ShardNodes(s["name"], self._node(s["primary"]),
+                       [self._node(r) for r in s["replicas"]])
+            for s in layout
+        ]
+
+    def __repr__(self) -> str:
+        return f"LocalCluster({str(self.base_dir)!r}, shards={len(self.shards)})"
+
+    def __enter__(self) -> LocalCluster:
+        if self.exists():
+            self.start()
+        else:
+            self.create()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- views -------------------------------------------------------------------------
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [node for shard in self.shards for node in shard.nodes]
+
+    def describe(self) -> dict:
+        """{"shards": [{"name", "primary": dsn, "replicas": [dsn, ...]}, ...]}"""
+        return {"shards": [{"name": s.name, "primary": s.primary.dsn,
+                            "replicas": [r.dsn for r in s.replicas]} for s in self.shards]}
+
+    def exists(self) -> bool:
+        return (self.base_dir / LAYOUT_FILE).is_file()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def create(self) -> None:
+        """initdb, configure and start every primary, bootstrap it, then add its replicas."""
+        if self.exists():
+            raise ClusterError(f"a cluster already exists in {self.base_dir}; use start()")
+        self._prepare_base_dir()
+        (self.base_dir / LAYOUT_FILE).write_text(json.dumps({"shards": self._layout}, indent=2))
+        try:
+            _parallel(self._create_shard, self.shards)
+        except BaseException:
+            self._kill_quietly()
+            raise
+
+    def start(self) -> None:
+        """Start every node (in parallel) and wait until each accepts connections."""
+        _parallel(lambda node: node.start(), self.nodes)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop every running node (in parallel)."""
+        _parallel(lambda node: node.stop(mode), self.nodes)
+
+    def destroy(self) -> None:
+        """Stop every node and delete base_dir."""
+        try:
+            self.stop("immediate")
+        except ClusterError:
+            self._kill_quietly()
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def wait_replicas(self, timeout: float = 60) -> None:
+        """Wait until every replica streams from its primary and replayed its current WAL."""
+        pairs = [(s.primary, r) for s in self.shards for r in s.replicas]
+        _parallel(lambda pair: wait_caught_up(*pair, timeout=timeout), pairs)
+
+    # -- creation steps ----------------------------------------------------------------
+
+    def _create_shard(self, shard: ShardNodes) -> None:
+        primary = shard.primary
+        run([self.bindir / "initdb", "-D", primary.data_dir, "-U", "postgres", "--auth=trust",
+             "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
+            as_service=True, cwd=self.base_dir, what=f"initdb {primary.name}")
+        self._configure(primary, sync_standbys=False)
+        primary.start()
+        primary.psql_local(bootstrap_script(user=self.user, password=self.password,
+                                            database=self.database))
+        _parallel(lambda replica: self._create_replica(primary, replica), shard.replicas)
+        if self.synchronous and shard.replicas:
+            # Only now: commits made while no standby was attached would have waited forever.
+            self._configure(primary, sync_standbys=True)
+            primary.psql("SELECT pg_reload_conf()")
+
+    def _create_replica(self, primary: Node, replica: Node) -> None:
+        run([self.bindir / "pg_basebackup", "-D", replica.data_dir, "-R", "-X", "stream",
+             "-c", "fast", "--no-sync", "-h", primary.host, "-p", str(primary.port),
+             "-U", self.user, "-w"],
+            as_service=True, cwd=self.base_dir, env={"PGPASSWORD": self.password},
+            timeout=300, what=f"pg_basebackup {replica.name}", log_path=primary.log_path)
+        replica.log_path.unlink(missing_ok=True)  # the primary's log, copied along
+        self._configure(replica, sync_standbys=False)
+        replica.start()
+        wait_caught_up(primary, replica)
+
+    def _configure(self, node: Node, *, sync_standbys: bool) -> None:
+        write_node_config(node.data_dir, render_settings(
+            name=node.name, port=node.port, socket_dir=node.data_dir,
+            synchronous=self.synchronous, sync_standbys=sync_standbys, extra=self.extra_conf))
+
+    def _prepare_base_dir(self) -> None:
+        missing = [p for p in (self.base_dir, *self.base_dir.parents) if not p.exists()]
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        for created in missing:
+            created.chmod(0o755)
+        if running_as_root():
+            uid, gid = service_account()
+            os.chown(self.base_dir, uid, gid)
+            for parent in self.base_dir.parents:
+                _require_traversable(parent, uid, gid)
+
+    def _kill_quietly(self) -> None:
+        for node in self.nodes:
+            try:
+                node.kill()
+            except (ClusterError, OSError):
+                pass
+
+    # -- layout ------------------------------------------------------------------------
+
+    def _node(self, spec: dict) -> Node:
+        return Node(spec["name"], spec["port"], self.base_dir / spec["name"],
+                    database=self.database, user=self.user, password=self.password,
+                    bindir=self.bindir)
+
+    def _load_layout(self) -> list[dict] | None:
+        path = self.base_dir / LAYOUT_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())["shards"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ClusterError(f"unreadable cluster layout {path}: {exc}") from None
+
+
+def _plan_layout(shards: int, replicas: int, prefix: str, base_port: int | None) -> list[dict]:
+    used: set[int] = set()
+
+    def port(index: int) -> int:
+        if base_port is not None:
+            return base_port + index
+        while (candidate := free_port()) in used:
+            pass
+        used.add(candidate)
+        return candidate
+
+    layout = []
+    for i in range(shards):
+        name = f"{prefix}{i}"
+        first = i * (1 + replicas)
+        layout.append({
+            "name": name,
+            "primary": {"name": f"{name}-primary", "port": port(first)},
+            "replicas": [{"name": f"{name}-replica{j}", "port": port(first + j)}
+                         for j in range(1, replicas + 1)],
+        })
+    return layout
+
+
+def wait_caught_up(primary: Node, replica: Node, timeout: float = 60) -> None:
+    """Wait until replica streams from primary and has replayed primary's current WAL LSN.
+
+    The insert LSN, not the write LSN: with synchronous_commit=off a just-committed
+    transaction may still sit in the primary's WAL buffers.
+    """
+    target = primary.psql("SELECT pg_current_wal_insert_lsn()")
+    probe = ("SELECT coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false)"
+             f" AND pg_last_wal_replay_lsn() >= '{target}'::pg_lsn")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if replica.psql(probe, timeout=10) == "t":
+                return
+        except ClusterError:
+            pass  # not accepting connections yet
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{replica.name} did not catch up with {primary.name} "
+                               f"(LSN {target}) within {timeout:g}s\n--- last lines of "
+                               f"{replica.log_path} ---\n{log_tail(replica.log_path)}")
+        time.sleep(0.05)
+
+
+def _require_traversable(path: Path, uid: int, gid: int) -> None:
+    st = path.stat()
+    if st.st_mode & stat.S_IXOTH:
+        return
+    if (st.st_uid == uid and st.st_mode & stat.S_IXUSR) or (
+            st.st_gid == gid and st.st_mode & stat.S_IXGRP):
+        return
+    raise ClusterError(f"{path} is not traversable by the postgres OS user (mode "
+                       f"{stat.filemode(st.st_mode)}); put the cluster elsewhere (e.g. "
+                       "tempfile.mkdtemp(prefix='pgshard-') chmod 0755) or chmod o+x it")
+
+
+def _parallel(fn: Callable[[T], object], items: Iterable[T]) -> None:
+    """Run fn over items in threads; re-raise the first failure after all have finished."""
+    items = list(items)
+    if len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]

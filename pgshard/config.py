@@ -1,0 +1,169 @@
+"""The one configuration loader: TOML file (stdlib tomllib) → typed, validated settings."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pgshard.ring.catalog import Catalog, Shard
+
+POOL_MODES = ("transaction", "session")
+AUTH_METHODS = ("scram-sha-256", "md5", "trust")
+CONSISTENCIES = ("strong", "eventual", "session")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says where."""
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    name: str
+    password: str = ""          # plaintext, a SCRAM verifier, or an md5 hash
+    auth: str = "scram-sha-256"
+    server_user: str | None = None      # default: the credentials in the shard DSN
+    server_password: str | None = None
+    pool_mode: str | None = None
+    pool_size: int | None = None
+    default_consistency: str = "strong"
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    host: str = "127.0.0.1"
+    port: int = 6432
+    database: str = "app"               # the logical database clients connect to
+    pool_mode: str = "transaction"
+    pool_size: int = 20
+    min_pool_size: int = 0
+    server_idle_timeout: float = 600.0
+    server_lifetime: float = 3600.0
+    connect_timeout: float = 5.0
+    query_wait_timeout: float = 30.0
+    max_client_conn: int = 1000
+    max_message_size: int = 64 * 1024 * 1024
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_replica_lag: float = 10.0
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    sidecar: SidecarConfig = field(default_factory=SidecarConfig)
+    users: tuple[UserConfig, ...] = ()
+    catalog: Catalog | None = None
+    store: str = "sqlite:///pgshard-meta.db"
+    cluster: str = "default"
+    log_level: str = "INFO"
+
+    def user(self, name: str) -> UserConfig | None:
+        for u in self.users:
+            if u.name == name:
+                return u
+        return None
+
+
+def _build(cls, data: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def config_from_dict(data: dict) -> Config:
+    """Build a Config from the parsed TOML document (also used by `pgshard demo`)."""
+    data = dict(data)
+    proxy = _build(ProxyConfig, data.pop("proxy", {}), "[proxy]")
+    if proxy.pool_mode not in POOL_MODES:
+        raise ConfigError(f"[proxy] pool_mode must be one of {POOL_MODES}")
+    if proxy.pool_size < 1 or proxy.min_pool_size < 0 or proxy.min_pool_size > proxy.pool_size:
+        raise ConfigError("[proxy] need 0 <= min_pool_size <= pool_size and pool_size >= 1")
+    sidecar = _build(SidecarConfig, data.pop("sidecar", {}), "[sidecar]")
+    users = []
+    for i, u in enumerate(data.pop("users", [])):
+        uc = _build(UserConfig, u, f"[[users]] #{i + 1}")
+        if uc.auth not in AUTH_METHODS:
+            raise ConfigError(f"user {uc.name}: auth must be one of {AUTH_METHODS}")
+        if uc.pool_mode and uc.pool_mode not in POOL_MODES:
+            raise ConfigError(f"user {uc.name}: pool_mode must be one of {POOL_MODES}")
+        if uc.default_consistency not in CONSISTENCIES:
+            raise ConfigError(f"user {uc.name}: default_consistency must be one of {CONSISTENCIES}")
+        if uc.auth != "trust" and not uc.password:
+            raise ConfigError(f"user {uc.name}: a password is required for {uc.auth}")
+        users.append(uc)
+    vnodes = int(data.pop("vnodes_per_shard", 256))
+    shards = []
+    for i, s in enumerate(data.pop("shards", [])):
+        if "name" not in s or "primary" not in s:
+            raise ConfigError(f"[[shards]] #{i + 1}: name and primary are required")
+        check_dsn(s["primary"], f"shard {s['name']} primary")
+        for r in s.get("replicas", []):
+            check_dsn(r, f"shard {s['name']} replica")
+        shards.append(Shard(name=s["name"], primary=s["primary"],
+                            replicas=tuple(s.get("replicas", ()))))
+    if len({s.name for s in shards}) != len(shards):
+        raise ConfigError("[[shards]]: shard names must be unique")
+    tables = {}
+    for t in data.pop("tables", []):
+        if "name" not in t or "shard_key" not in t:
+            raise ConfigError("[[tables]]: name and shard_key are required")
+        tables[t["name"]] = t["shard_key"]
+    catalog = Catalog.initial(shards, tables, vnodes_per_shard=vnodes) if shards else None
+    rest = {k: data.pop(k) for k in ("store", "cluster", "log_level") if k in data}
+    if data:
+        raise ConfigError(f"unknown top-level setting(s): {', '.join(sorted(data))}")
+    return Config(proxy=proxy, sidecar=sidecar, users=tuple(users), catalog=catalog, **rest)
+
+
+def load_config(path: str | Path) -> Config:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config_from_dict(data)
+
+
+@dataclass(frozen=True)
+class Dsn:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+
+def check_dsn(dsn: str, what: str = "DSN") -> Dsn:
+    try:
+        return parse_dsn(dsn)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def parse_dsn(dsn: str) -> Dsn:
+    """host/port/user/password/database of a postgresql:// URL."""
+    u = urlsplit(dsn)
+    if u.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a postgresql:// URL: {dsn!r}")
+    try:
+        port = u.port or 5432
+    except ValueError:
+        raise ValueError(f"bad port in {dsn!r}") from None
+    return Dsn(host=u.hostname or "127.0.0.1", port=port, user=unquote(u.username or ""),
+               password=unquote(u.password or ""), database=unquote(u.path.lstrip("/")) or "postgres")

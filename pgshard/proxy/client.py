@@ -1,0 +1,931 @@
+"""A client session: startup and authentication, then routing each statement to a shard's
+server connection and keeping the client's view of one database intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+
+from pgshard.protocol import messages as m
+from pgshard.protocol.auth import SCRAM, ScramServer, md5_response, scram_verifier
+from pgshard.protocol.errors import (
+    ConnectionFailure,
+    FeatureNotSupported,
+    InvalidCatalogName,
+    InvalidPassword,
+    InvalidSqlStatementName,
+    PgError,
+    ProtocolViolation,
+    TooManyConnections,
+)
+from pgshard.protocol.framing import (
+    CANCEL_REQUEST,
+    FRONTEND_TYPES,
+    GSSENC_REQUEST,
+    PROTOCOL_3_0,
+    SSL_REQUEST,
+    FrameBuffer,
+)
+from pgshard.proxy import routing as r
+from pgshard.proxy.backend import (
+    X_BIND,
+    X_CLOSE,
+    X_DESC_PORTAL,
+    X_DESC_STMT,
+    X_EXEC,
+    X_FAKE,
+    X_PARSE,
+    X_QUERY,
+    X_SYNC,
+)
+from pgshard.ring import hashing
+
+log = logging.getLogger("pgshard.client")
+
+# Pending extended-protocol operations (built until Flush/Sync, then sent to one server).
+OP_PARSE, OP_BIND, OP_DESC_STMT, OP_RAW, OP_FAKE, OP_FLUSH, OP_SYNC = range(7)
+
+_STARTUP_SKIP = frozenset({"user", "database", "replication", "options"})
+_TXN_KINDS = (r.BEGIN, r.COMMIT, r.ROLLBACK)
+
+
+def _quote_literal(v: str) -> str:
+    return "'" + v.replace("'", "''") + "'"
+
+
+def _raise_sql(exc: PgError) -> str:
+    """A statement that makes a server raise exc, so its transaction state follows."""
+    parts = [f"ERRCODE = {_quote_literal(exc.sqlstate)}", f"MESSAGE = {_quote_literal(exc.message)}"]
+    if exc.hint:
+        parts.append(f"HINT = {_quote_literal(exc.hint)}")
+    if exc.detail:
+        parts.append(f"DETAIL = {_quote_literal(exc.detail)}")
+    return f"DO $pgshard$ BEGIN RAISE EXCEPTION USING {', '.join(parts)}; END $pgshard$"
+
+
+class _Orphan:
+    """Stands in for a client that left while its server finishes a rollback."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def write(self, data):
+        pass
+
+    def server_idle(self, server):
+        self.pool.release(server)
+
+    def server_lost(self, server, reason):
+        pass
+
+
+class ClientSession(asyncio.Protocol):
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.buf = FrameBuffer(max_size=proxy.config.proxy.max_message_size)
+        self.closed = False
+        self._waiter: asyncio.Future | None = None
+        self._idle_waiter: asyncio.Future | None = None
+        self._reading_paused = False
+        self.task: asyncio.Task | None = None
+        self.peer = ""
+        self.user = None
+        self.user_name = ""
+        self.pool_mode = proxy.config.proxy.pool_mode
+        self.pid = 0
+        self.secret = 0
+        self.tls = False
+        # routing state
+        self.server = None
+        self.shard: str | None = None
+        self.pending_begin: str | None = None
+        self.pending_failed = False
+        self.stmts: dict[str, object] = {}
+        self.ops: list[tuple] = []
+        self.unit_shard: str | None = None
+        self.skip_until_sync = False
+        self.session_key: bytes | None = None
+        self.local_key: bytes | None = None
+        self.session_shard: str | None = None
+        self.consistency = "strong"
+        # session settings replayed on whichever server serves this client
+        self.startup_vars: dict[str, str] = {}
+        self.vars: dict[str, str] = {}
+        self.vars_gen = 0
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def data_received(self, data):
+        self.buf.feed(data)
+        if len(self.buf) > 4 * 1024 * 1024 and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.closed = True
+        for w in (self._waiter, self._idle_waiter):
+            if w is not None and not w.done():
+                w.set_result(None)
+
+    def pause_writing(self):
+        # The client reads slower than the server sends: stop reading the server.
+        s = self.server
+        if s is not None and s.transport is not None:
+            s.transport.pause_reading()
+
+    def resume_writing(self):
+        s = self.server
+        if s is not None and s.transport is not None:
+            s.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    # ------------------------------------------------------------ main loop
+
+    async def _run(self):
+        proxy = self.proxy
+        try:
+            if not await self._startup():
+                return
+            proxy.metrics_client_connected(self)
+            await self._serve()
+        except PgError as exc:
+            self._send_error(exc)
+            if exc.fatal or isinstance(exc, ProtocolViolation):
+                log.info("closing client %s: %s", self.peer, exc.message)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("client session %s failed", self.peer)
+            self._send_error(PgError("internal error in pgshard; see its log", sqlstate="XX000",
+                                     severity="FATAL"))
+        finally:
+            self._cleanup()
+
+    def _send_error(self, exc: PgError) -> None:
+        if not self.closed and self.transport is not None:
+            try:
+                self.transport.write(m.error_from(exc))
+            except Exception:
+                pass
+
+    async def _wait_data(self) -> None:
+        if self.closed:
+            raise ConnectionError("client gone")
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+        self._waiter = None
+        if self.closed and not len(self.buf):
+            raise ConnectionError("client gone")
+
+    async def _serve(self) -> None:
+        buf = self.buf
+        buf.allowed = FRONTEND_TYPES
+        while True:
+            msg = buf.next_frame()
+            if msg is None:
+                await self._wait_data()
+                continue
+            t, raw = msg
+            if self.skip_until_sync and t != 0x53:
+                continue
+            try:
+                if t == 0x51:      # Query
+                    await self._query(raw)
+                elif t == 0x50:    # Parse
+                    self._parse(raw)
+                elif t == 0x42:    # Bind
+                    self._bind(raw)
+                elif t == 0x45:    # Execute
+                    self.ops.append((OP_RAW, raw, X_EXEC))
+                elif t == 0x44:    # Describe
+                    self._describe(raw)
+                elif t == 0x43:    # Close
+                    self._close(raw)
+                elif t == 0x53:    # Sync
+                    self.skip_until_sync = False
+                    self.ops.append((OP_SYNC,))
+                    await self._flush_ops(sync=True)
+                elif t == 0x48:    # Flush
+                    self.ops.append((OP_FLUSH,))
+                    await self._flush_ops(sync=False)
+                elif t in (0x64, 0x63, 0x66):  # CopyData / CopyDone / CopyFail
+                    s = self.server
+                    if s is not None:
+                        s.send(raw)
+                        s.flush()
+                        await s.drain()
+                elif t == 0x58:    # Terminate
+                    return
+                else:
+                    raise ProtocolViolation(f"unexpected message type {chr(t)!r}")
+            except PgError as exc:
+                if exc.fatal:
+                    raise
+                self._fail(exc, simple=(t == 0x51))
+
+    # ------------------------------------------------------------ simple query
+
+    def _status(self) -> bytes:
+        if self.server is not None:
+            return self.server.txn_status
+        if self.pending_begin is not None:
+            return b"E" if self.pending_failed else b"T"
+        return b"I"
+
+    def _reply(self, data: bytes) -> None:
+        """A locally made reply, kept in order behind anything the server still owes."""
+        s = self.server
+        if s is not None:
+            s.push(X_FAKE, fake=data)
+        else:
+            self.write(data)
+
+    async def _query(self, raw: bytes) -> None:
+        if self.ops:
+            await self._flush_ops(sync=False)
+        sql = m.decode_query(raw[5:])
+        plan = r.plan(sql)
+        kind = plan.kind
+        attached = self.server is not None
+        if self.pending_failed and not attached and kind not in (r.COMMIT, r.ROLLBACK):
+            raise PgError("current transaction is aborted, commands ignored until end of "
+                          "transaction block", sqlstate="25P02")
+        if kind in _TXN_KINDS and not attached and self.pool_mode == "transaction":
+            self._local_txn(kind, sql)
+            self.write(m.ready_for_query(self._status()))
+            return
+        if kind == r.SET_PGSHARD or kind == r.RESET_PGSHARD:
+            tag = self._set_pgshard(plan)
+            self._reply(m.command_complete(tag) + m.ready_for_query(self._status()))
+            return
+        if kind == r.DEALLOCATE:
+            self._deallocate(plan.name)
+            tag = "DEALLOCATE ALL" if plan.name is None else "DEALLOCATE"
+            self._reply(m.command_complete(tag) + m.ready_for_query(self._status()))
+            return
+        if kind == r.DISCARD_ALL and self._status() == b"I":
+            self._discard_all()
+            self._reply(m.command_complete("DISCARD ALL") + m.ready_for_query(b"I"))
+            return
+        if kind == r.EMPTY:
+            self._reply(m.EMPTY_QUERY + m.ready_for_query(self._status()))
+            return
+        shard = self._target(plan)
+        s = await self._attach(shard)
+        if kind == r.SET:
+            self._set_var(plan.name, plan.value)
+            s.vars[plan.name] = plan.value
+        elif kind == r.RESET:
+            self._reset_var(plan.name, s)
+        elif kind == r.DISCARD_ALL:
+            s.prepared.clear()
+        s.unnamed_owner = None
+        s.send(raw)
+        s.push(X_QUERY)
+        s.flush()
+
+    def _local_txn(self, kind: str, sql: str) -> None:
+        """BEGIN/COMMIT/ROLLBACK with no server attached: the transaction starts on the
+        shard of its first routed statement, so BEGIN is held back until then."""
+        if kind == r.BEGIN:
+            if self.pending_begin is not None:
+                self.write(m.error_response("25001", "there is already a transaction in progress",
+                                            severity="WARNING", notice=True))
+            else:
+                self.pending_begin = sql
+                self.pending_failed = False
+            self.write(m.command_complete("BEGIN"))
+            return
+        if self.pending_begin is None:
+            self.write(m.error_response("25P01", "there is no transaction in progress",
+                                        severity="WARNING", notice=True))
+        failed = self.pending_failed
+        self.pending_begin = None
+        self.pending_failed = False
+        self.local_key = None
+        tag = "ROLLBACK" if kind == r.ROLLBACK or failed else "COMMIT"
+        self.write(m.command_complete(tag))
+
+    # ------------------------------------------------------------ extended protocol
+
+    def _parse(self, raw: bytes) -> None:
+        pm = m.decode_parse(raw[5:])
+        named = pm.name != ""
+        if named and pm.name in self.stmts:
+            raise PgError(f'prepared statement "{pm.name}" already exists', sqlstate="42P05")
+        st = self.proxy.statements.get(pm.sql, pm.oids, named)
+        if named:
+            self.stmts[pm.name] = st
+        else:
+            self.stmts[""] = st
+        self.ops.append((OP_PARSE, st, raw, pm.name))
+
+    def _lookup(self, name: str):
+        st = self.stmts.get(name)
+        if st is None:
+            if name == "":
+                raise InvalidSqlStatementName("unnamed prepared statement does not exist")
+            raise InvalidSqlStatementName(f'prepared statement "{name}" does not exist')
+        return st
+
+    def _bind(self, raw: bytes) -> None:
+        name, _ = m.bind_statement_name(raw[5:])
+        st = self._lookup(name)
+        plan = st.plan
+        bind = m.decode_bind(raw[5:]) if plan.key_param else None
+        if plan.kind in _TXN_KINDS and self.server is None and self.pool_mode == "transaction":
+            shard = None
+        else:
+            shard = self._target(plan, bind, st)
+        if shard is not None:
+            if self.unit_shard is not None and shard != self.unit_shard:
+                raise r.CrossShardTransaction(
+                    f"statement routes to shard {shard} but this pipeline already runs on "
+                    f"shard {self.unit_shard}",
+                    hint="send a Sync between statements for different shards")
+            self.unit_shard = shard
+        if st.global_name:
+            raw = m.rewrite_bind_statement(raw[5:], st.global_name)
+        self.ops.append((OP_BIND, st, raw))
+
+    def _describe(self, raw: bytes) -> None:
+        kind, name = m.decode_target(raw[5:])
+        if kind == b"S":
+            self.ops.append((OP_DESC_STMT, self._lookup(name)))
+        else:
+            self.ops.append((OP_RAW, raw, X_DESC_PORTAL))
+
+    def _close(self, raw: bytes) -> None:
+        kind, name = m.decode_target(raw[5:])
+        if kind == b"S":
+            # Global statements stay on the servers; only this client's name goes away.
+            self.stmts.pop(name, None)
+            self.ops.append((OP_FAKE, m.CLOSE_COMPLETE))
+        else:
+            self.ops.append((OP_RAW, raw, X_CLOSE))
+
+    async def _flush_ops(self, sync: bool) -> None:
+        ops = self.ops
+        self.ops = []
+        if sync:
+            target = self.unit_shard
+            self.unit_shard = None
+        else:
+            target = self.unit_shard
+        if self.server is None and self._local_unit(ops):
+            return
+        if target is None:
+            target = self.shard if self.server is not None else self._any_shard()
+        s = await self._attach(target)
+        push, send = s.push, s.send
+        for op in ops:
+            k = op[0]
+            if k == OP_PARSE:
+                st = op[1]
+                if not st.global_name:
+                    send(op[2])
+                    push(X_PARSE, fake=("", op[3]))
+                    s.unnamed_owner = st
+                elif st.global_name in s.prepared:
+                    push(X_FAKE, fake=m.PARSE_COMPLETE)
+                else:
+                    send(st.parse_msg)
+                    s.prepared.add(st.global_name)
+                    push(X_PARSE, fake=(st.global_name, op[3]))
+            elif k == OP_BIND:
+                self._ensure(s, op[1])
+                send(op[2])
+                push(X_BIND)
+            elif k == OP_RAW:
+                send(op[1])
+                push(op[2])
+            elif k == OP_DESC_STMT:
+                st = op[1]
+                self._ensure(s, st)
+                send(m.describe(b"S", st.global_name))
+                push(X_DESC_STMT, fake=st)
+            elif k == OP_FAKE:
+                push(X_FAKE, fake=op[1])
+            elif k == OP_SYNC:
+                send(m.SYNC)
+                push(X_SYNC)
+            elif k == OP_FLUSH:
+                send(m.FLUSH)
+        s.flush()
+
+    def _ensure(self, s, st) -> None:
+        """Parse the statement on this server first if it lacks it; swallow the reply."""
+        if st.global_name:
+            if st.global_name not in s.prepared:
+                s.send(st.parse_msg)
+                s.prepared.add(st.global_name)
+                s.push(X_PARSE, swallow=True, fake=(st.global_name, None))
+        elif s.unnamed_owner is not st:
+            s.send(st.parse_msg)
+            s.push(X_PARSE, swallow=True, fake=("", None))
+            s.unnamed_owner = st
+
+    def _local_unit(self, ops) -> bool:
+        """Answer a pipeline of only BEGIN/COMMIT/ROLLBACK locally (see _local_txn)."""
+        if self.pool_mode != "transaction":
+            return False
+        out = []
+        current = None
+        for op in ops:
+            k = op[0]
+            if k == OP_PARSE:
+                if op[1].plan.kind not in _TXN_KINDS:
+                    return False
+                out.append(("fake", m.PARSE_COMPLETE))
+            elif k == OP_BIND:
+                if op[1].plan.kind not in _TXN_KINDS:
+                    return False
+                current = op[1]
+                out.append(("fake", m.BIND_COMPLETE))
+            elif k == OP_RAW:
+                if op[2] == X_EXEC and current is not None:
+                    out.append(("txn", current))
+                elif op[2] == X_DESC_PORTAL and current is not None:
+                    out.append(("fake", m.NO_DATA))
+                else:
+                    return False
+            elif k == OP_DESC_STMT:
+                return False
+            elif k == OP_FAKE:
+                out.append(("fake", op[1]))
+            elif k == OP_SYNC:
+                out.append(("sync", None))
+        for what, val in out:
+            if what == "fake":
+                self.write(val)
+            elif what == "txn":
+                self._local_txn(val.plan.kind, val.sql)
+            else:
+                self.write(m.ready_for_query(self._status()))
+        return True
+
+    # ------------------------------------------------------------ routing
+
+    def _any_shard(self) -> str:
+        """A shard for statements that need a server but no particular one."""
+        if self.session_shard:
+            return self.session_shard
+        cat = self.proxy.catalog
+        return cat.shards[0].name
+
+    def _target(self, plan: r.Plan, bind=None, st=None) -> str:
+        cat = self.proxy.catalog
+        if plan.shard is not None:
+            cat.shard(plan.shard)  # raises for an unknown shard
+            return plan.shard
+        key = plan.shard_key
+        if key is None and plan.key_param is not None and bind is not None:
+            i = plan.key_param - 1
+            if i >= len(bind.params):
+                raise PgError(f"shard_key_param {plan.key_param} names a parameter the "
+                              f"statement does not have ({len(bind.params)} bound)",
+                              sqlstate="22023")
+            v = bind.params[i]
+            if v is None:
+                raise PgError("the shard key parameter is NULL", sqlstate="22004")
+            key = hashing.key_from_param(v, bind.param_format(i), st.param_oid(i))
+        if key is None:
+            key = self.local_key if self.local_key is not None else self.session_key
+        if key is not None:
+            return cat.ring.owner(hashing.token(key))
+        if self.session_shard is not None:
+            return self.session_shard
+        if self.server is not None:
+            return self.shard
+        if len(cat.shards) == 1:
+            return cat.shards[0].name
+        if plan.kind in (r.SET, r.RESET, r.SHOW, r.SET_LOCAL, r.TXN_INNER, r.DISCARD_ALL) \
+                or plan.kind in _TXN_KINDS:
+            return self._any_shard()
+        raise r.no_key_error(plan, len(cat.shards))
+
+    def _set_pgshard(self, plan: r.Plan) -> str:
+        name = plan.name
+        if name not in r.PGSHARD_SETTINGS:
+            raise PgError(f'unrecognized configuration parameter "pgshard.{name}"',
+                          sqlstate="42704", hint="pgshard settings: " + ", ".join(
+                              "pgshard." + n for n in r.PGSHARD_SETTINGS))
+        if plan.kind == r.RESET_PGSHARD:
+            if name == "shard_key":
+                self.session_key = self.local_key = None
+            elif name == "shard":
+                self.session_shard = None
+            else:
+                self.consistency = self.user.default_consistency if self.user else "strong"
+            return "RESET"
+        value = plan.value.strip()
+        if value.upper() in ("DEFAULT",):
+            return self._set_pgshard(r.Plan(r.RESET_PGSHARD, name=name))
+        value = value[1:-1].replace("''", "'") if value.startswith("'") and value.endswith("'") \
+            else value
+        local = plan.consistency == "local"
+        if name == "shard_key":
+            if local:
+                if self._status() == b"I":
+                    self.write(m.error_response(
+                        "25P01", "SET LOCAL can only be used in transaction blocks",
+                        severity="WARNING", notice=True))
+                else:
+                    self.local_key = value.encode()
+            else:
+                self.session_key = value.encode()
+        elif name == "shard":
+            self.proxy.catalog.shard(value)
+            self.session_shard = value
+        else:
+            self.consistency = r.check_consistency(value)
+        return "SET"
+
+    def _set_var(self, name: str, value: str) -> None:
+        self.vars[name] = value
+        self.vars_gen += 1
+
+    def _reset_var(self, name: str, s) -> None:
+        if name == "all":
+            self.vars = {k: _quote_literal(v) for k, v in self.startup_vars.items()}
+            s.vars = {}
+        else:
+            if name in self.startup_vars:
+                self.vars[name] = _quote_literal(self.startup_vars[name])
+            else:
+                self.vars.pop(name, None)
+            s.vars.pop(name, None)
+        self.vars_gen += 1
+
+    def _deallocate(self, name: str | None) -> None:
+        if name is None:
+            self.stmts.clear()
+        elif self.stmts.pop(name, None) is None:
+            raise InvalidSqlStatementName(f'prepared statement "{name}" does not exist')
+
+    def _discard_all(self) -> None:
+        self.stmts.clear()
+        self.vars = {k: _quote_literal(v) for k, v in self.startup_vars.items()}
+        self.vars_gen += 1
+        self.session_key = self.local_key = self.session_shard = None
+
+    # ------------------------------------------------------------ attach / release
+
+    async def _attach(self, shard: str):
+        """The server this client's next request goes to, acquiring one if needed."""
+        while self.server is not None and self.shard != shard:
+            s = self.server
+            if s.expect:
+                await self._wait_idle_point()
+                continue
+            if s.txn_status != b"I":
+                raise r.CrossShardTransaction(
+                    f"this transaction runs on shard {self.shard}; a statement for shard "
+                    f"{shard} cannot join it (cross-shard transactions are not supported yet)",
+                    hint="commit first, or keep a transaction's statements on one shard key")
+            self._detach()
+        if self.closed:
+            raise ConnectionError("client gone")
+        s = self.server
+        if s is None:
+            pool = self.proxy.pool_for(shard, self.user)
+            s = pool.try_acquire()
+            if s is None:
+                s = await pool.acquire()
+                if self.closed:
+                    pool.release(s)
+                    raise ConnectionError("client gone")
+            s.link(self)
+            self.server = s
+            self.shard = shard
+            self._sync_vars(s)
+            if self.pending_begin is not None:
+                s.send(m.query(self.pending_begin))
+                s.push(X_QUERY, swallow=True)
+                self.pending_begin = None
+                s.unnamed_owner = None
+        elif s.synced != (self, self.vars_gen):
+            self._sync_vars(s)
+        return s
+
+    def _sync_vars(self, s) -> None:
+        want = self.vars
+        have = s.vars
+        stmts = []
+        for k, v in want.items():
+            if have.get(k) != v:
+                stmts.append(f"SET {k} TO {v}")
+        for k in have:
+            if k not in want:
+                stmts.append(f"RESET {k}")
+        if stmts:
+            s.send(m.query("; ".join(stmts)))
+            s.push(X_QUERY, swallow=True)
+            s.vars = dict(want)
+            s.unnamed_owner = None
+        s.synced = (self, self.vars_gen)
+
+    async def _wait_idle_point(self) -> None:
+        self._idle_waiter = asyncio.get_running_loop().create_future()
+        await self._idle_waiter
+        self._idle_waiter = None
+        if self.closed:
+            raise ConnectionError("client gone")
+
+    def _detach(self) -> None:
+        s = self.server
+        self.server = None
+        self.shard = None
+        self.local_key = None
+        if s is not None:
+            s.pool.release(s)
+
+    def server_idle(self, s) -> None:
+        """Called by the server connection when every request has been answered."""
+        if s is not self.server:
+            return
+        if s.txn_status == b"I":
+            self.local_key = None
+            if self.pool_mode == "transaction":
+                self._detach()
+        w = self._idle_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def server_lost(self, s, reason: str) -> None:
+        if s is not self.server:
+            return
+        outstanding = any(e[0] in (X_SYNC, X_QUERY) for e in s.expect)
+        self.server = None
+        self.shard = None
+        if s.dirty and "terminat" in reason:
+            # The server's own FATAL already reached the client, which expects the end.
+            self.write(b"")
+        self.write(m.error_response("08006", f"server connection to shard lost: {reason}"))
+        if outstanding:
+            self.write(m.ready_for_query(b"I"))
+        else:
+            self.skip_until_sync = True
+        w = self._idle_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # ------------------------------------------------------------ errors
+
+    def _fail(self, exc: PgError, simple: bool) -> None:
+        """Report a routing error as PostgreSQL would, keeping transaction state true."""
+        s = self.server
+        self.proxy.metrics_error(exc.sqlstate)
+        if s is not None:
+            sql = _raise_sql(exc)
+            if simple:
+                s.send(m.query(sql))
+                s.push(X_QUERY)
+            else:
+                s.send(m.parse("", sql) + m.bind("", "") + m.execute())
+                s.push(X_PARSE, swallow=True)
+                s.push(X_BIND, swallow=True)
+                s.push(X_EXEC)
+                self.skip_until_sync = True
+            s.unnamed_owner = None
+            s.flush()
+            self.ops = []
+            return
+        for op in self.ops:
+            if op[0] == OP_PARSE:
+                self.write(m.PARSE_COMPLETE)
+        self.ops = []
+        self.unit_shard = None
+        self.write(m.error_from(exc))
+        if self.pending_begin is not None:
+            self.pending_failed = True
+        if simple:
+            self.write(m.ready_for_query(self._status()))
+        else:
+            self.skip_until_sync = True
+
+    def parse_failed(self, client_name: str | None) -> None:
+        if client_name:
+            self.stmts.pop(client_name, None)
+
+    # ------------------------------------------------------------ startup
+
+    async def _next_startup(self):
+        while True:
+            pkt = self.buf.next_startup()
+            if pkt is not None:
+                return pkt
+            await self._wait_data()
+
+    async def _next_password(self) -> bytes:
+        while True:
+            msg = self.buf.next_message()
+            if msg is not None:
+                t, body = msg
+                if t != 0x70:
+                    raise ProtocolViolation(f"expected password response, got message type {chr(t)!r}")
+                return body
+            await self._wait_data()
+
+    async def _startup(self) -> bool:
+        proxy = self.proxy
+        while True:
+            code, body = await self._next_startup()
+            if code == SSL_REQUEST:
+                if proxy.ssl_context is not None and not self.tls:
+                    if len(self.buf):
+                        raise ProtocolViolation("received unencrypted data after SSL request")
+                    self.transport.write(b"S")
+                    loop = asyncio.get_running_loop()
+                    self.transport = await loop.start_tls(
+                        self.transport, self, proxy.ssl_context, server_side=True)
+                    self.tls = True
+                else:
+                    self.transport.write(b"N")
+            elif code == GSSENC_REQUEST:
+                self.transport.write(b"N")
+            elif code == CANCEL_REQUEST:
+                pid, key = m.decode_cancel(body)
+                await proxy.cancel(pid, key)
+                self.transport.close()
+                return False
+            elif code == PROTOCOL_3_0:
+                params = m.decode_startup_params(body)
+                break
+            else:
+                raise ProtocolViolation(
+                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server "
+                    "supports 3.0", sqlstate="0A000")
+        self.user_name = params["user"]
+        database = params.get("database") or self.user_name
+        if proxy.closing:
+            raise PgError("the proxy is shutting down", sqlstate="57P03", severity="FATAL")
+        if proxy.client_count() > proxy.config.proxy.max_client_conn:
+            raise TooManyConnections(
+                f"too many client connections (max_client_conn = {proxy.config.proxy.max_client_conn})")
+        await self._authenticate()
+        if database != proxy.config.proxy.database:
+            raise InvalidCatalogName(f'database "{database}" does not exist',
+                                     hint=f'pgshard serves the database "{proxy.config.proxy.database}"')
+        if proxy.catalog is None or not proxy.catalog.shards:
+            raise PgError("pgshard has no shards configured", sqlstate="57P03", severity="FATAL")
+        self.pool_mode = (self.user.pool_mode if self.user and self.user.pool_mode
+                          else proxy.config.proxy.pool_mode)
+        self.consistency = self.user.default_consistency if self.user else "strong"
+        for k, v in params.items():
+            if k not in _STARTUP_SKIP:
+                self.startup_vars[k.lower()] = v
+        for opt in _parse_options(params.get("options", "")):
+            self.startup_vars[opt[0].lower()] = opt[1]
+        self.vars = {k: _quote_literal(v) for k, v in self.startup_vars.items()}
+        server_params = await proxy.server_params(self.user)
+        out = [m.auth_ok()]
+        merged = dict(server_params)
+        for k, v in self.startup_vars.items():
+            for known in merged:
+                if known.lower() == k:
+                    merged[known] = v
+                    break
+            else:
+                if k == "application_name":
+                    merged["application_name"] = v
+        if "application_name" in merged and "application_name" not in self.startup_vars:
+            merged["application_name"] = ""
+        for k, v in merged.items():
+            out.append(m.parameter_status(k, v))
+        self.pid, self.secret = proxy.register(self)
+        out.append(m.backend_key_data(self.pid, self.secret))
+        out.append(m.ready_for_query(b"I"))
+        self.write(b"".join(out))
+        return True
+
+    async def _authenticate(self) -> None:
+        proxy = self.proxy
+        user = proxy.config.user(self.user_name)
+        self.user = user
+        method = user.auth if user else "scram-sha-256"
+        if method == "trust":
+            return
+        if method == "md5":
+            salt = os.urandom(4)
+            self.transport.write(m.auth_md5(salt))
+            body = await self._next_password()
+            given = m.decode_password(body).encode()
+            stored = user.password
+            if stored.startswith("SCRAM-SHA-256$"):
+                raise InvalidPassword(f'password authentication failed for user "{self.user_name}"',
+                                      detail="the stored secret is a SCRAM verifier; md5 needs the "
+                                             "password or its md5 hash")
+            expected = md5_response(self.user_name, stored, salt)
+            if not secrets.compare_digest(given, expected):
+                raise InvalidPassword(f'password authentication failed for user "{self.user_name}"')
+            return
+        # SCRAM-SHA-256; an unknown user goes through a doomed exchange, as PostgreSQL does,
+        # so the reply does not tell which user names exist.
+        secret = user.password if user else scram_verifier(secrets.token_hex(16))
+        scram = ScramServer(secret, user=self.user_name)
+        self.transport.write(m.auth_sasl(scram.mechanisms))
+        mech, data = m.decode_sasl_initial(await self._next_password())
+        if mech != SCRAM:
+            raise ProtocolViolation(f"unsupported SASL mechanism {mech!r}", sqlstate="28000")
+        self.transport.write(m.auth_sasl_continue(scram.handle_initial(mech, data)))
+        final = scram.handle_final(await self._next_password())
+        if user is None:
+            raise InvalidPassword(f'password authentication failed for user "{self.user_name}"')
+        self.transport.write(m.auth_sasl_final(final))
+
+    # ------------------------------------------------------------ teardown
+
+    async def cancel_running(self) -> None:
+        s = self.server
+        if s is None or not s.pid:
+            return
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(s.host, s.port), 5)
+            w.write(m.cancel_request(s.pid, s.secret))
+            await w.drain()
+            w.close()
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel request to %s:%s failed: %s", s.host, s.port, exc)
+
+    def _cleanup(self) -> None:
+        self.closed = True
+        proxy = self.proxy
+        proxy.unregister(self)
+        s = self.server
+        self.server = None
+        if s is not None:
+            if s.usable and not s.expect:
+                if s.txn_status == b"I" and self.pool_mode == "transaction":
+                    s.pool.release(s)
+                else:
+                    # Never hand a dirty server to another client: roll back (and in
+                    # session mode reset) first, then release.
+                    s.client = _Orphan(s.pool)
+                    sql = "ROLLBACK" if s.txn_status != b"I" else ""
+                    if self.pool_mode == "session":
+                        sql = (sql + "; " if sql else "") + "DISCARD ALL"
+                        s.prepared.clear()
+                        s.vars = {}
+                    s.send(m.query(sql))
+                    s.push(X_QUERY, swallow=True)
+                    s.flush()
+            else:
+                s.abort("client disconnected with a request in flight")
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        proxy.metrics_client_disconnected(self)
+
+
+def _parse_options(options: str) -> list[tuple[str, str]]:
+    """-c name=value pairs from the startup 'options' parameter."""
+    out = []
+    parts = options.replace("--", "-c ").split()
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if p == "-c" and i + 1 < len(parts):
+            p = parts[i + 1]
+            i += 1
+        elif p.startswith("-c"):
+            p = p[2:]
+        else:
+            i += 1
+            continue
+        if "=" in p:
+            k, v = p.split("=", 1)
+            out.append((k.replace("-", "_"), v))
+        i += 1
+    return out
+
+
+__all__ = ["ClientSession", "ConnectionFailure", "FeatureNotSupported"]

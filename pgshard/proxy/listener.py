@@ -1,0 +1,169 @@
+"""The data plane's top object: listens for clients, owns the pools, the catalog snapshot
+and the registry of sessions that cancel requests are matched against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import ssl
+
+from pgshard.config import Config, UserConfig, parse_dsn
+from pgshard.protocol.errors import PgError
+from pgshard.proxy.client import ClientSession
+from pgshard.proxy.pool import BackendPool, PoolKey, PoolSettings
+from pgshard.proxy.statements import StatementCache
+from pgshard.ring.catalog import Catalog
+
+log = logging.getLogger("pgshard.proxy")
+
+
+def make_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class Proxy:
+    def __init__(self, config: Config, catalog: Catalog | None = None):
+        self.config = config
+        self.catalog: Catalog | None = catalog or config.catalog
+        pc = config.proxy
+        self.settings = PoolSettings(
+            pool_size=pc.pool_size, min_pool_size=pc.min_pool_size,
+            server_idle_timeout=pc.server_idle_timeout, server_lifetime=pc.server_lifetime,
+            connect_timeout=pc.connect_timeout, query_wait_timeout=pc.query_wait_timeout)
+        self.pools: dict[PoolKey, BackendPool] = {}
+        self.statements = StatementCache()
+        self.clients: dict[int, ClientSession] = {}
+        self.ssl_context = make_ssl_context(pc.tls_cert, pc.tls_key) if pc.tls_cert else None
+        self.closing = False
+        self._server: asyncio.base_events.Server | None = None
+        self._janitor: asyncio.Task | None = None
+        self._server_params: dict[str, str] | None = None
+        self.metrics = None  # set by the sidecar when it runs (pgshard.control.metrics)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        pc = self.config.proxy
+        self._server = await loop.create_server(
+            lambda: ClientSession(self), pc.host, pc.port, reuse_address=True, backlog=1024)
+        self._janitor = loop.create_task(self._maintain())
+        log.info("pgshard listening on %s:%s", pc.host, self.port)
+
+    @property
+    def port(self) -> int:
+        if self._server and self._server.sockets:
+            return self._server.sockets[0].getsockname()[1]
+        return self.config.proxy.port
+
+    async def stop(self) -> None:
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        if self._janitor is not None:
+            self._janitor.cancel()
+        for c in list(self.clients.values()):
+            if c.transport is not None:
+                c.write(b"")
+                c.transport.close()
+        for p in self.pools.values():
+            p.close()
+        await asyncio.sleep(0)
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for pool in list(self.pools.values()):
+                try:
+                    await pool.maintain()
+                except Exception:
+                    log.exception("pool maintenance failed for %s", pool.key)
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Swap the snapshot by reference; sessions read it per statement."""
+        self.catalog = catalog
+
+    # ------------------------------------------------------------ pools
+
+    def pool_for(self, shard: str, user: UserConfig | None, role: str = "primary") -> BackendPool:
+        cat = self.catalog
+        sh = cat.shard(shard)
+        dsn = parse_dsn(sh.primary if role == "primary" else sh.replicas[int(role.split(":")[1])])
+        server_user = (user.server_user if user and user.server_user else dsn.user)
+        password = (user.server_password if user and user.server_password else dsn.password)
+        key = PoolKey(shard, role, server_user, dsn.database)
+        pool = self.pools.get(key)
+        if pool is None or (pool.host, pool.port) != (dsn.host, dsn.port):
+            if pool is not None:
+                pool.close()
+            settings = self.settings
+            if user and user.pool_size:
+                settings = dataclasses.replace(settings, pool_size=user.pool_size)
+            pool = BackendPool(key, dsn.host, dsn.port, password, settings)
+            self.pools[key] = pool
+        return pool
+
+    async def server_params(self, user: UserConfig | None) -> dict[str, str]:
+        """ParameterStatus values to greet clients with, learned from a real server."""
+        if self._server_params is not None:
+            return self._server_params
+        last: PgError | None = None
+        for sh in self.catalog.shards:
+            pool = self.pool_for(sh.name, user)
+            if pool.server_params is None:
+                try:
+                    s = await pool.acquire()
+                except PgError as exc:
+                    last = exc
+                    continue
+                pool.release(s)
+            self._server_params = {k: v for k, v in pool.server_params.items()
+                                   if k not in ("is_superuser", "session_authorization")}
+            return self._server_params
+        raise PgError(f"no shard is reachable: {last.message if last else 'no shards'}",
+                      sqlstate="08006", severity="FATAL")
+
+    # ------------------------------------------------------------ sessions
+
+    def client_count(self) -> int:
+        return len(self.clients) + 1
+
+    def register(self, client: ClientSession) -> tuple[int, int]:
+        while True:
+            pid = secrets.randbits(31) or 1
+            if pid not in self.clients:
+                break
+        self.clients[pid] = client
+        return pid, secrets.randbits(31)
+
+    def unregister(self, client: ClientSession) -> None:
+        if self.clients.get(client.pid) is client:
+            del self.clients[client.pid]
+
+    async def cancel(self, pid: int, secret: int) -> None:
+        c = self.clients.get(pid)
+        if c is None or not secrets.compare_digest(c.secret.to_bytes(4, "big"),
+                                                    secret.to_bytes(4, "big", signed=True)
+                                                    if secret < 0 else secret.to_bytes(4, "big")):
+            return
+        await c.cancel_running()
+
+    # ------------------------------------------------------------ metrics hooks
+
+    def metrics_client_connected(self, client) -> None:
+        if self.metrics:
+            self.metrics.client_connected(client)
+
+    def metrics_client_disconnected(self, client) -> None:
+        if self.metrics:
+            self.metrics.client_disconnected(client)
+
+    def metrics_error(self, sqlstate: str) -> None:
+        if self.metrics:
+            self.metrics.error(sqlstate)

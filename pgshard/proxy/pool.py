@@ -1,0 +1,230 @@
+"""Pools of server connections, one per (shard, role, server user, database)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from pgshard.protocol.errors import ConnectionFailure, PgError
+from pgshard.proxy.backend import ACTIVE, CLOSED, IDLE, ServerConnection
+
+log = logging.getLogger("pgshard.pool")
+
+
+class PoolTimeout(PgError, code="53000"):
+    """No server connection became free within query_wait_timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKey:
+    shard: str
+    role: str        # "primary" | "replica:<n>"
+    user: str        # server user
+    database: str
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    pool_size: int = 20
+    min_pool_size: int = 0
+    server_idle_timeout: float = 600.0
+    server_lifetime: float = 3600.0
+    connect_timeout: float = 5.0
+    query_wait_timeout: float = 30.0
+
+
+class BackendPool:
+    """Idle servers in a deque; waiters served first-come first-served."""
+
+    def __init__(self, key: PoolKey, host: str, port: int, password: str,
+                 settings: PoolSettings, application_name: str = "pgshard"):
+        self.key = key
+        self.host = host
+        self.port = port
+        self.password = password
+        self.settings = settings
+        self.params = {"user": key.user, "database": key.database,
+                       "application_name": application_name}
+        self.idle: deque[ServerConnection] = deque()
+        self.servers: set[ServerConnection] = set()
+        self.connecting = 0
+        self.waiters: deque[asyncio.Future] = deque()
+        self.server_params: dict[str, str] | None = None
+        self.closed = False
+        self.stats = {"acquired": 0, "waited": 0, "timeouts": 0, "connects": 0,
+                      "connect_errors": 0}
+
+    # ------------------------------------------------------------ accounting
+
+    @property
+    def size(self) -> int:
+        return len(self.servers) + self.connecting
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s in self.servers if s.state == ACTIVE)
+
+    def on_state_change(self, server: ServerConnection, old: str, new: str) -> None:
+        if new == CLOSED:
+            self.servers.discard(server)
+            try:
+                self.idle.remove(server)
+            except ValueError:
+                pass
+            if self.waiters and not self.closed:
+                # Capacity freed: make a connection for the first waiter.
+                asyncio.get_running_loop().create_task(self._connect_for_waiter())
+
+    # ------------------------------------------------------------ acquire / release
+
+    def try_acquire(self) -> ServerConnection | None:
+        """An idle usable server at once, or None (the caller then awaits acquire())."""
+        idle = self.idle
+        while idle:
+            s = idle.pop()  # LIFO keeps a hot set of connections
+            if s.usable:
+                self.stats["acquired"] += 1
+                return s
+            s.abort("unusable idle server")
+        return None
+
+    async def acquire(self) -> ServerConnection:
+        s = self.try_acquire()
+        if s is not None:
+            return s
+        if self.closed:
+            raise ConnectionFailure(f"pool for shard {self.key.shard} is closed")
+        if self.size < self.settings.pool_size:
+            self.connecting += 1
+            try:
+                s = await self._connect()
+            finally:
+                self.connecting -= 1
+            self.stats["acquired"] += 1
+            return s
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        self.stats["waited"] += 1
+        try:
+            s = await asyncio.wait_for(asyncio.shield(fut), self.settings.query_wait_timeout)
+        except TimeoutError:
+            self.stats["timeouts"] += 1
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result())
+            else:
+                fut.cancel()
+            raise PoolTimeout(
+                f"no server connection to shard {self.key.shard} ({self.key.role}) became free "
+                f"within query_wait_timeout ({self.settings.query_wait_timeout:g}s)",
+                hint=f"pool_size is {self.settings.pool_size}; raise it or shorten transactions") from None
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result())
+            fut.cancel()
+            raise
+        finally:
+            try:
+                self.waiters.remove(fut)
+            except ValueError:
+                pass
+        self.stats["acquired"] += 1
+        return s
+
+    def release(self, server: ServerConnection) -> None:
+        """Return a server at an idle point; a dirty or expired one is closed instead."""
+        server.unlink()
+        now = time.monotonic()
+        if (not server.usable or server.txn_status != b"I" or server.expect or self.closed
+                or now - server.created > self.settings.server_lifetime):
+            server.terminate() if server.usable else server.abort("released while unusable")
+            if server.state != CLOSED:
+                server._set_state(CLOSED)
+            return
+        server._set_state(IDLE)
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(server)
+                return
+        self.idle.append(server)
+
+    async def _connect_for_waiter(self) -> None:
+        if self.size >= self.settings.pool_size or not self.waiters:
+            return
+        self.connecting += 1
+        try:
+            s = await self._connect()
+        except PgError as exc:
+            while self.waiters:
+                fut = self.waiters.popleft()
+                if not fut.done():
+                    fut.set_exception(exc)
+                    break
+            return
+        finally:
+            self.connecting -= 1
+        self.release(s)
+
+    async def _connect(self) -> ServerConnection:
+        loop = asyncio.get_running_loop()
+        server = ServerConnection(self, self.host, self.port, dict(self.params))
+        timeout = self.settings.connect_timeout
+        self.stats["connects"] += 1
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: server, self.host, self.port), timeout)
+            await server.startup(self.key.user, self.password, timeout)
+        except PgError:
+            self.stats["connect_errors"] += 1
+            server.abort("startup failed")
+            raise
+        except (OSError, TimeoutError) as exc:
+            self.stats["connect_errors"] += 1
+            server.abort("connect failed")
+            raise ConnectionFailure(
+                f"could not connect to shard {self.key.shard} ({self.key.role}) at "
+                f"{self.host}:{self.port}: {exc or 'timeout'}") from None
+        self.servers.add(server)
+        if self.server_params is None:
+            self.server_params = dict(server.server_params)
+        return server
+
+    # ------------------------------------------------------------ upkeep
+
+    async def maintain(self) -> None:
+        """Close idle servers past their timeouts; keep min_pool_size open."""
+        now = time.monotonic()
+        st = self.settings
+        keep = []
+        for s in list(self.idle):
+            expired = now - s.created > st.server_lifetime
+            stale = now - s.last_used > st.server_idle_timeout
+            if expired or (stale and len(self.servers) > st.min_pool_size) or not s.usable:
+                self.idle.remove(s)
+                s.terminate()
+                s._set_state(CLOSED)
+            else:
+                keep.append(s)
+        while self.size < st.min_pool_size and not self.closed:
+            self.connecting += 1
+            try:
+                s = await self._connect()
+            except PgError as exc:
+                log.warning("pool %s: cannot open min_pool_size connection: %s",
+                            self.key.shard, exc.message)
+                break
+            finally:
+                self.connecting -= 1
+            self.release(s)
+
+    def close(self) -> None:
+        self.closed = True
+        for s in list(self.servers):
+            if s.state == IDLE:
+                s.terminate()
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_exception(ConnectionFailure("pool closed"))
