@@ -167,3 +167,32 @@ def parse_dsn(dsn: str) -> Dsn:
         raise ValueError(f"bad port in {dsn!r}") from None
     return Dsn(host=u.hostname or "127.0.0.1", port=port, user=unquote(u.username or ""),
                password=unquote(u.password or ""), database=unquote(u.path.lstrip("/")) or "postgres")
+
+
+def to_toml(data: dict) -> str:
+    """Render a config document (the shape config_from_dict reads) as TOML."""
+
+    def val(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        raise TypeError(f"cannot render {type(v).__name__} as TOML")
+
+    lines: list[str] = []
+    for k, v in data.items():
+        if not isinstance(v, (dict, list)) or (isinstance(v, list) and v and not isinstance(v[0], dict)):
+            lines.append(f"{k} = {val(v)}")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            lines.extend(f"{kk} = {val(vv)}" for kk, vv in v.items() if vv is not None)
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                lines.append(f"\n[[{k}]]")
+                lines.extend(f"{kk} = {val(vv)}" for kk, vv in item.items() if vv is not None)
+    return "\n".join(lines) + "\n"

@@ -27,6 +27,11 @@ from pgshard.cluster.process import (
 from pgshard.cluster.schema import bootstrap_script
 
 LAYOUT_FILE = "cluster.json"
+FLUSH_SCRIPT = """\
+SET synchronous_commit = local;
+SELECT pg_current_xact_id() \\g /dev/null
+SELECT pg_current_wal_flush_lsn();
+"""
 T = TypeVar("T")
 
 
@@ -229,12 +234,14 @@ def _plan_layout(shards: int, replicas: int, prefix: str, base_port: int | None)
 
 
 def wait_caught_up(primary: Node, replica: Node, timeout: float = 60) -> None:
-    """Wait until replica streams from primary and has replayed primary's current WAL LSN.
+    """Wait until replica streams from primary and has replayed every commit made so far.
 
-    The insert LSN, not the write LSN: with synchronous_commit=off a just-committed
-    transaction may still sit in the primary's WAL buffers.
+    Strategy: with synchronous_commit=off, recent commits may still sit in the primary's WAL
+    buffers, and a trailing non-commit record may stay there indefinitely, so neither the
+    write nor the insert LSN is a reachable target. A commit forced to disk flushes all
+    WAL before it; the flush LSN after it is the target.
     """
-    target = primary.psql("SELECT pg_current_wal_insert_lsn()")
+    target = primary.psql_local(FLUSH_SCRIPT).strip()
     probe = ("SELECT coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false)"
              f" AND pg_last_wal_replay_lsn() >= '{target}'::pg_lsn")
     deadline = time.monotonic() + timeout

@@ -150,6 +150,22 @@ def command_complete(tag: str) -> bytes:
     return frame(b"C", _cstr(tag))
 
 
+def row_description(columns: list[tuple[str, int]]) -> bytes:
+    """A RowDescription of text-format columns given as (name, type oid)."""
+    body = _I16.pack(len(columns))
+    for name, oid in columns:
+        body += _cstr(name) + _I32.pack(0) + _I16.pack(0) + _I32.pack(oid) + _I16.pack(-1) \
+            + _I32.pack(-1) + _I16.pack(0)
+    return frame(b"T", body)
+
+
+def data_row(values: list[bytes | None]) -> bytes:
+    body = _I16.pack(len(values))
+    for v in values:
+        body += _I32.pack(-1) if v is None else _I32.pack(len(v)) + v
+    return frame(b"D", body)
+
+
 PARSE_COMPLETE = frame(b"1")
 BIND_COMPLETE = frame(b"2")
 CLOSE_COMPLETE = frame(b"3")

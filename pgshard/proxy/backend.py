@@ -272,9 +272,9 @@ class ServerConnection(asyncio.Protocol):
                 if head[0] != X_QUERY:
                     if head[0] == X_PARSE and head[2]:
                         # The statement does not exist here (nor, for the client, at all).
-                        gname, cname = head[2]
-                        if gname:
-                            self.prepared.discard(gname)
+                        st, cname = head[2]
+                        if st.global_name:
+                            self.prepared.discard(st.global_name)
                         else:
                             self.unnamed_owner = None
                         client.parse_failed(cname)
@@ -298,6 +298,8 @@ class ServerConnection(asyncio.Protocol):
                 else:
                     keep = not head[1]
                     expect.popleft()
+                    if kind == X_PARSE and t == 0x31 and head[2]:
+                        head[2][0].validated = True
             if not keep:
                 if span < s:
                     out.append(data[span:s])

@@ -287,6 +287,12 @@ class ClientSession(asyncio.Protocol):
             tag = self._set_pgshard(plan)
             self._reply(m.command_complete(tag) + m.ready_for_query(self._status()))
             return
+        if kind == r.SHOW_PGSHARD:
+            value = self._show_pgshard(plan.name)
+            self._reply(m.row_description([(f"pgshard.{plan.name}", 25)])
+                        + m.data_row([None if value is None else value.encode()])
+                        + m.command_complete("SHOW") + m.ready_for_query(self._status()))
+            return
         if kind == r.DEALLOCATE:
             self._deallocate(plan.name)
             tag = "DEALLOCATE ALL" if plan.name is None else "DEALLOCATE"
@@ -413,14 +419,14 @@ class ClientSession(asyncio.Protocol):
                 st = op[1]
                 if not st.global_name:
                     send(op[2])
-                    push(X_PARSE, fake=("", op[3]))
+                    push(X_PARSE, fake=(st, op[3]))
                     s.unnamed_owner = st
                 elif st.global_name in s.prepared:
                     push(X_FAKE, fake=m.PARSE_COMPLETE)
                 else:
                     send(st.parse_msg)
                     s.prepared.add(st.global_name)
-                    push(X_PARSE, fake=(st.global_name, op[3]))
+                    push(X_PARSE, fake=(st, op[3]))
             elif k == OP_BIND:
                 self._ensure(s, op[1])
                 send(op[2])
@@ -448,16 +454,35 @@ class ClientSession(asyncio.Protocol):
             if st.global_name not in s.prepared:
                 s.send(st.parse_msg)
                 s.prepared.add(st.global_name)
-                s.push(X_PARSE, swallow=True, fake=(st.global_name, None))
+                s.push(X_PARSE, swallow=True, fake=(st, None))
         elif s.unnamed_owner is not st:
             s.send(st.parse_msg)
-            s.push(X_PARSE, swallow=True, fake=("", None))
+            s.push(X_PARSE, swallow=True, fake=(st, None))
             s.unnamed_owner = st
 
     def _local_unit(self, ops) -> bool:
-        """Answer a pipeline of only BEGIN/COMMIT/ROLLBACK locally (see _local_txn)."""
+        """Answer locally a pipeline of only BEGIN/COMMIT/ROLLBACK (see _local_txn), or of
+        only named Parses when no server is free at once.
+
+        Strategy: a client such as pgbench prepares statements with a blocking Parse+Sync
+        while its other connections hold servers in open transactions; waiting for a
+        server there can deadlock the client against its own pool. Statements already
+        parsed successfully somewhere are answered from the cache; others are checked on a
+        free server when there is one, else on first use (Bind/Describe)."""
         if self.pool_mode != "transaction":
             return False
+        if all(op[0] in (OP_SYNC, OP_FLUSH, OP_FAKE)
+               or (op[0] == OP_PARSE and op[1].global_name) for op in ops):
+            parses = [op[1] for op in ops if op[0] == OP_PARSE]
+            if parses and (all(st.validated for st in parses) or not self._server_free()):
+                for op in ops:
+                    if op[0] == OP_PARSE:
+                        self.write(m.PARSE_COMPLETE)
+                    elif op[0] == OP_FAKE:
+                        self.write(op[1])
+                    elif op[0] == OP_SYNC:
+                        self.write(m.ready_for_query(self._status()))
+                return True
         out = []
         current = None
         for op in ops:
@@ -492,6 +517,11 @@ class ClientSession(asyncio.Protocol):
             else:
                 self.write(m.ready_for_query(self._status()))
         return True
+
+    def _server_free(self) -> bool:
+        shard = self.unit_shard or self._any_shard()
+        pool = self.proxy.pool_for(shard, self.user)
+        return bool(pool.idle) or pool.size < pool.settings.pool_size
 
     # ------------------------------------------------------------ routing
 
@@ -569,6 +599,17 @@ class ClientSession(asyncio.Protocol):
         else:
             self.consistency = r.check_consistency(value)
         return "SET"
+
+    def _show_pgshard(self, name: str) -> str | None:
+        if name == "shard_key":
+            key = self.local_key if self.local_key is not None else self.session_key
+            return None if key is None else key.decode(errors="replace")
+        if name == "shard":
+            return self.session_shard
+        if name == "consistency":
+            return self.consistency
+        raise PgError(f'unrecognized configuration parameter "pgshard.{name}"', sqlstate="42704",
+                      hint="pgshard settings: " + ", ".join("pgshard." + n for n in r.PGSHARD_SETTINGS))
 
     def _set_var(self, name: str, value: str) -> None:
         self.vars[name] = value

@@ -15,7 +15,7 @@ from pgshard.ring import hashing
 
 _HINT = re.compile(
     r"/\*\s*(shard_key_param|shard_key|shard|consistency)\s*[:=]\s*"
-    r"('(?:[^']|'')*'|[A-Za-z0-9_.:-]+)\s*\*/")
+    r"('(?:[^']|'')*'|\$[0-9]+|[A-Za-z0-9_.:-]+)\s*\*/")
 _LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\()*", re.S)
 _WORD = re.compile(r"[A-Za-z_]+")
 _SET = re.compile(
@@ -24,13 +24,14 @@ _SET = re.compile(
 _SET_TIME_ZONE = re.compile(r"SET\s+(?:SESSION\s+)?TIME\s+ZONE\s+(.*?)\s*;?\s*$", re.S | re.I)
 _RESET = re.compile(r"RESET\s+(ALL|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\s*;?\s*$",
                     re.S | re.I)
+_SHOW = re.compile(r"SHOW\s+([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\s*;?\s*$", re.S | re.I)
 _DEALLOCATE = re.compile(r"DEALLOCATE\s+(?:PREPARE\s+)?(ALL|\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)"
                          r"\s*;?\s*$", re.S | re.I)
 
 # Statement kinds.
 BEGIN, COMMIT, ROLLBACK, TXN_INNER = "begin", "commit", "rollback", "txn_inner"
 SET, SET_LOCAL, RESET, SHOW = "set", "set_local", "reset", "show"
-SET_PGSHARD, RESET_PGSHARD = "set_pgshard", "reset_pgshard"
+SET_PGSHARD, RESET_PGSHARD, SHOW_PGSHARD = "set_pgshard", "reset_pgshard", "show_pgshard"
 DISCARD_ALL, DEALLOCATE, EMPTY, STATEMENT = "discard_all", "deallocate", "empty", "statement"
 
 _READ_WORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "EXPLAIN", "SHOW", "FETCH"})
@@ -94,7 +95,12 @@ def plan(sql: str) -> Plan:
     hints = _hints(sql)
     kw = {}
     if "shard_key" in hints:
-        kw["shard_key"] = hints["shard_key"].encode()
+        v = hints["shard_key"]
+        if v.startswith("$") and v[1:].isdigit():
+            # pgbench and other clients turn a variable into $n: read the bound parameter.
+            hints.setdefault("shard_key_param", v[1:])
+        else:
+            kw["shard_key"] = v.encode()
     if "shard" in hints:
         kw["shard"] = hints["shard"]
     if "shard_key_param" in hints:
@@ -155,6 +161,9 @@ def plan(sql: str) -> Plan:
             return Plan(RESET, word, name=name, **kw)
         return Plan(STATEMENT, word, **kw)
     if word == "SHOW":
+        ms = _SHOW.match(rest)
+        if ms and ms.group(1).lower().startswith("pgshard."):
+            return Plan(SHOW_PGSHARD, word, name=ms.group(1).lower()[8:], **kw)
         return Plan(SHOW, word, **kw)
     if word == "DISCARD":
         if rest.upper().split()[1:2] == ["ALL"] or rest.upper().rstrip("; \n").endswith("ALL"):

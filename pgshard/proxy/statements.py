@@ -11,7 +11,7 @@ from pgshard.proxy import routing
 class Statement:
     """One (SQL text, parameter types) pair; the same object serves every client."""
 
-    __slots__ = ("sql", "oids", "global_name", "parse_msg", "plan", "described_oids")
+    __slots__ = ("sql", "oids", "global_name", "parse_msg", "plan", "described_oids", "validated")
 
     def __init__(self, sql: str, oids: tuple[int, ...], named: bool):
         self.sql = sql
@@ -24,6 +24,7 @@ class Statement:
             self.global_name = ""
         self.parse_msg = m.parse(self.global_name, sql, oids)
         self.described_oids: tuple[int, ...] | None = None
+        self.validated = False   # a server has accepted its Parse
 
     def param_oid(self, i: int) -> int:
         """The type OID of 0-based parameter i, from Parse or from ParameterDescription."""

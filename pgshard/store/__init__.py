@@ -13,6 +13,7 @@ from pgshard.store.base import (
     StoreError,
     StoreUnavailable,
     WatchEvent,
+    WatchStream,
 )
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "WatchEvent",
+    "WatchStream",
     "open_store",
 ]
 

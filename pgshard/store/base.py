@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,6 +82,37 @@ class Lease:
         return f"Lease(id={self.id}, ttl={self.ttl})"
 
 
+class WatchStream:
+    """The async iterator `watch()` returns.
+
+    Guards the backend's generator: on CPython 3.11 a generator whose cleanup awaits a
+    cancelled task stays flagged "running" after aclose(), so anext() would not stop cleanly.
+    """
+
+    __slots__ = ("_events", "_closed")
+
+    def __init__(self, events: AsyncGenerator[WatchEvent, None]):
+        self._events = events
+        self._closed = False
+
+    def __aiter__(self) -> WatchStream:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            return await self._events.__anext__()
+        except BaseException:
+            self._closed = True
+            raise
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._events.aclose()
+
+
 class KeySpace:
     """Maps relative keys to the absolute `/pgshard/<cluster>/...` keys a backend stores.
 
@@ -157,15 +188,18 @@ class MetadataStore(abc.ABC):
     async def list(self, prefix: str) -> list[KeyValue]:
         """Every key under `prefix` (see KeySpace), sorted by key."""
 
-    @abc.abstractmethod
-    def watch(self, prefix: str, *, start_revision: int | None = None
-              ) -> AsyncIterator[WatchEvent]:
+    def watch(self, prefix: str, *, start_revision: int | None = None) -> WatchStream:
         """Changes under `prefix` with revision >= start_revision, in revision order.
 
         Without `start_revision` the watch starts after the revision current when iteration
         begins. The iterator reconnects with backoff and resumes without losing or repeating
         events; `aclose()` stops it. History older than the store keeps: RevisionCompacted.
         """
+        return WatchStream(self._watch(prefix, start_revision))
+
+    @abc.abstractmethod
+    def _watch(self, prefix: str, start_revision: int | None) -> AsyncGenerator[WatchEvent, None]:
+        """The backend's watch loop, as an async generator."""
 
     @abc.abstractmethod
     async def grant_lease(self, ttl: float) -> Lease:

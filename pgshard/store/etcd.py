@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -63,6 +63,8 @@ def parse_url(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
 
 
 def _translate(e: Exception, where: str) -> StoreError:
+    if isinstance(e, StoreError):
+        return e
     if isinstance(e, etcd_errors.RevisionCompactedError):
         return RevisionCompacted(0, e.compacted_revision)
     if isinstance(e, etcd_errors.ConnectionFailedError | etcd_errors.ConnectionTimeoutError
@@ -75,6 +77,13 @@ def _translate(e: Exception, where: str) -> StoreError:
     if "lease not found" in str(e):
         return LeaseExpired(f"etcd lease expired or was revoked ({e})")
     return StoreError(f"etcd at {where}: {e}")
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Whether the endpoint could not be reached (gRPC UNAVAILABLE): try the next one."""
+    if isinstance(e, rpc.AioRpcError):
+        return e.code() == rpc.StatusCode.UNAVAILABLE
+    return isinstance(e, etcd_errors.ConnectionFailedError)
 
 
 class EtcdStore(MetadataStore):
@@ -136,8 +145,7 @@ class EtcdStore(MetadataStore):
                 return await asyncio.wait_for(fn(client), self._timeout + 1)
             except (TimeoutError, etcd_errors.ClientError, rpc.AioRpcError) as e:
                 err = _translate(e, self._where(index))
-                if not isinstance(e, etcd_errors.ConnectionFailedError | rpc.AioRpcError) or \
-                        not isinstance(err, StoreUnavailable):
+                if not _unreachable(e):
                     raise err from e
                 last = err
                 if self._client is client and len(self._endpoints) > 1:
@@ -204,8 +212,8 @@ class EtcdStore(MetadataStore):
         kvs = [self._kv(kv) for kv in got]
         return [kv for kv in kvs if self.keys.matches(prefix, self.keys.root + kv.key)]
 
-    async def watch(self, prefix: str, *, start_revision: int | None = None
-                    ) -> AsyncIterator[WatchEvent]:
+    async def _watch(self, prefix: str, start_revision: int | None
+                     ) -> AsyncGenerator[WatchEvent, None]:
         start, end = self.keys.range(prefix)
         next_rev = start_revision if start_revision is not None else await self.revision() + 1
         last_seen = next_rev - 1
@@ -237,10 +245,13 @@ class EtcdStore(MetadataStore):
             except (etcd_errors.ClientError, rpc.AioRpcError, StoreUnavailable) as e:
                 if self._closed:
                     return
+                err = _translate(e, self._where(index))
+                if not isinstance(err, StoreUnavailable):
+                    raise err from e
                 # Warn once per outage, not on every retry while etcd stays down.
                 log.log(logging.WARNING if backoff == 0.1 else logging.DEBUG,
                         "etcd watch on %s broke (%s); resuming from revision %d",
-                        self._where(index), _translate(e, self._where(index)), last_seen + 1)
+                        self._where(index), err, last_seen + 1)
                 index += 1
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)

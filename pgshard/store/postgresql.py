@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -258,8 +258,8 @@ class PostgresStore(MetadataStore):
 
         return await self._read(op)
 
-    async def watch(self, prefix: str, *, start_revision: int | None = None
-                    ) -> AsyncIterator[WatchEvent]:
+    async def _watch(self, prefix: str, start_revision: int | None
+                     ) -> AsyncGenerator[WatchEvent, None]:
         start, end = self.keys.range(prefix)
         next_rev = start_revision if start_revision is not None else await self.revision() + 1
         backoff = 0.1
@@ -288,6 +288,8 @@ class PostgresStore(MetadataStore):
             except (asyncpg.PostgresError, *UNAVAILABLE) as e:
                 if self._closed:
                     return
+                if not isinstance(e, UNAVAILABLE):
+                    raise _translate(e) from e
                 # Warn once per outage, not on every retry while the server stays down.
                 log.log(logging.WARNING if backoff == 0.1 else logging.DEBUG,
                         "postgresql watch broke (%s); resuming from revision %d",

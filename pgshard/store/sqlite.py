@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -245,8 +245,8 @@ class SQLiteStore(MetadataStore):
 
         return await self._call(self._read, op)
 
-    async def watch(self, prefix: str, *, start_revision: int | None = None
-                    ) -> AsyncIterator[WatchEvent]:
+    async def _watch(self, prefix: str, start_revision: int | None
+                     ) -> AsyncGenerator[WatchEvent, None]:
         start, end = self.keys.range(prefix)
         next_rev = start_revision if start_revision is not None else await self.revision() + 1
         backoff = POLL_INTERVAL

@@ -1,0 +1,1 @@
+"""Benchmarks: pgbench through pgshard, PgBouncer and straight to Postgres (`make bench`)."""
