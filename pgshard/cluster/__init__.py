@@ -1,4 +1,4 @@
-"""Local PostgreSQL shard clusters (initdb, pg_basebackup, start/stop/promote) for demo and tests."""
+"""Local PostgreSQL shard clusters (initdb, pg_basebackup, start/stop/promote) + the SQL hash."""
 
 from pgshard.cluster.local import LocalCluster, ShardNodes, wait_caught_up
 from pgshard.cluster.node import Node

@@ -1,4 +1,4 @@
-"""LocalCluster: N shards of one primary + R streaming replicas on loopback, for demos and tests."""
+"""LocalCluster: N shards of a primary + R streaming replicas on loopback, for demo and tests."""
 
 from __future__ import annotations
 
@@ -20,16 +20,21 @@ from pgshard.cluster.process import (
     find_pg_bindir,
     free_port,
     log_tail,
-    running_as_root,
     run,
+    running_as_root,
     service_account,
 )
 from pgshard.cluster.schema import bootstrap_script
 
 LAYOUT_FILE = "cluster.json"
+# A transaction that has an xid and wrote WAL commits synchronously (an xid alone would
+# commit asynchronously); a restore point is WAL no reader acts on. Its flush covers all
+# WAL inserted before it, async commits included.
 FLUSH_SCRIPT = """\
 SET synchronous_commit = local;
-SELECT pg_current_xact_id() \\g /dev/null
+BEGIN;
+SELECT pg_current_xact_id(), pg_create_restore_point('pgshard-sync') \\g /dev/null
+COMMIT;
 SELECT pg_current_wal_flush_lsn();
 """
 T = TypeVar("T")
@@ -160,8 +165,8 @@ class LocalCluster:
 
     def _create_replica(self, primary: Node, replica: Node) -> None:
         run([self.bindir / "pg_basebackup", "-D", replica.data_dir, "-R", "-X", "stream",
-             "-c", "fast", "--no-sync", "-h", primary.host, "-p", str(primary.port),
-             "-U", self.user, "-w"],
+             "-c", "fast", "--no-sync", "--no-manifest", "-h", primary.host,
+             "-p", str(primary.port), "-U", self.user, "-w"],
             as_service=True, cwd=self.base_dir, env={"PGPASSWORD": self.password},
             timeout=300, what=f"pg_basebackup {replica.name}", log_path=primary.log_path)
         replica.log_path.unlink(missing_ok=True)  # the primary's log, copied along
@@ -238,8 +243,8 @@ def wait_caught_up(primary: Node, replica: Node, timeout: float = 60) -> None:
 
     Strategy: with synchronous_commit=off, recent commits may still sit in the primary's WAL
     buffers, and a trailing non-commit record may stay there indefinitely, so neither the
-    write nor the insert LSN is a reachable target. A commit forced to disk flushes all
-    WAL before it; the flush LSN after it is the target.
+    write nor the insert LSN is a good target. A commit forced to disk (FLUSH_SCRIPT)
+    flushes all WAL before it; the flush LSN after it is the target.
     """
     target = primary.psql_local(FLUSH_SCRIPT).strip()
     probe = ("SELECT coalesce((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false)"
