@@ -3,13 +3,109 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from pgshard import __version__
+from pgshard.control.rest_client import (
+    DEFAULT_API,
+    DEFAULT_TIMEOUT,
+    ApiError,
+    Conflict,
+    Forbidden,
+    NotAuthenticated,
+    NotFound,
+    RestClient,
+    SavedLogin,
+    SidecarUnreachable,
+    check_api_url,
+    load_login,
+    path,
+    save_login,
+)
+
+# Exit codes of the REST commands; the main help lists them.
+EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+EXIT_CODES: dict[type[ApiError], int] = {
+    SidecarUnreachable: EXIT_UNREACHABLE,
+    NotAuthenticated: 4,
+    Forbidden: 5,
+    NotFound: 6,
+    Conflict: 7,
+}
+ROLES = ("admin", "operator", "viewer", "app")
+
+
+class CliError(click.ClickException):
+    """A one-line error on stderr and a chosen exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def api_error(exc: ApiError, *, login_hint: bool = True) -> CliError:
+    """The CLI's wording and exit code for a failed REST call."""
+    message = str(exc)
+    if isinstance(exc, SidecarUnreachable):
+        message += " (is pgshard running? --api or PGSHARD_API picks the URL)"
+    elif isinstance(exc, NotAuthenticated) and login_hint:
+        message += " (run `pgshard login --user NAME`)"
+    return CliError(message, EXIT_CODES.get(type(exc), EXIT_ERROR))
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ApiError as exc:
+            raise api_error(exc) from None
+
+
+@dataclass
+class Session:
+    """The global options, resolved lazily so `serve` and `demo` never read them."""
+
+    api_option: str | None
+    token_option: str | None
+    ca_file: str | None
+    timeout: float
+
+    @property
+    def saved(self) -> SavedLogin | None:
+        return load_login()
+
+    @property
+    def api(self) -> str:
+        raw = self.api_option or (self.saved.api if self.saved else DEFAULT_API)
+        try:
+            return check_api_url(raw)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--api' / PGSHARD_API") from None
+
+    def token(self) -> str | None:
+        if self.token_option:
+            return self.token_option
+        saved = self.saved
+        # A saved token goes only to the sidecar that issued it, never to another --api.
+        if saved and saved.api == self.api:
+            return saved.token
+        return None
+
+    def client(self, *, authenticated: bool = True) -> RestClient:
+        return RestClient(self.api, self.token() if authenticated else None,
+                          timeout=self.timeout, ca_file=self.ca_file)
+
+
+pass_session = click.make_pass_decorator(Session)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
 
 
 def _setup_logging(level: str) -> None:
@@ -30,10 +126,39 @@ def _run(coro) -> None:
         asyncio.run(coro)
 
 
-@click.group()
+@click.group(cls=_Group)
 @click.version_option(__version__, prog_name="pgshard")
-def main() -> None:
-    """pgshard — a PostgreSQL sharding proxy."""
+@click.option("--api", metavar="URL", envvar="PGSHARD_API",
+              help=f"Sidecar URL [env PGSHARD_API; default: the URL saved by login, "
+                   f"else {DEFAULT_API}].")
+@click.option("--token", metavar="JWT", envvar="PGSHARD_TOKEN",
+              help="Bearer token [env PGSHARD_TOKEN; default: the one saved by login].")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), envvar="PGSHARD_CA_FILE",
+              help="CA certificate to trust for an https:// sidecar [env PGSHARD_CA_FILE].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIMEOUT,
+              metavar="SECONDS",
+              show_default=True, help="Seconds to wait for the sidecar.")
+@click.pass_context
+def main(ctx: click.Context, api: str | None, token: str | None, ca_file: str | None,
+         timeout: float) -> None:
+    """pgshard — a PostgreSQL sharding proxy.
+
+    `serve` and `demo` run the proxy; the other commands talk to its REST sidecar.
+    `pgshard login --user NAME` saves a token (and the URL) in
+    ~/.config/pgshard/token ($PGSHARD_CONFIG_DIR/token) for the commands after it.
+
+    \b
+    Exit codes:
+      0  success
+      1  error (the sidecar refused the request, or a local failure)
+      2  usage error
+      3  sidecar unreachable
+      4  not authenticated (401: no token, bad or expired token, wrong password)
+      5  forbidden (403: your role may not do this)
+      6  not found (404)
+      7  conflict (409: e.g. removing a shard that owns ranges)
+    """
+    ctx.obj = Session(api, token, ca_file, timeout)
 
 
 @main.command()
@@ -88,9 +213,116 @@ def certs(out: str, hosts: tuple[str, ...], days: int) -> None:
     click.echo(f"wrote {cert} and {key}")
 
 
+# ---- REST commands -------------------------------------------------------------------------
+
+def _read_password(from_stdin: bool, prompt: str = "Password", confirm: bool = False) -> str:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+    if not password:
+        raise click.UsageError("the password is empty")
+    return password
+
+
+@main.command()
+@click.option("--user", "-u", required=True, envvar="PGSHARD_USER",
+              help="User name [env PGSHARD_USER].")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from the first line of stdin instead of prompting.")
+@json_option
+@pass_session
+def login(session: Session, user: str, password_stdin: bool, as_json: bool) -> None:
+    """Log in to the sidecar and save the token for the commands after it.
+
+    The token and the sidecar URL go to ~/.config/pgshard/token (mode 0600;
+    $PGSHARD_CONFIG_DIR overrides the directory).
+    """
+    password = _read_password(password_stdin)
+    try:
+        reply = session.client(authenticated=False).login(user, password)
+    except NotAuthenticated as exc:
+        raise CliError(f"login failed: {exc}", EXIT_CODES[NotAuthenticated]) from None
+    saved = SavedLogin(api=session.api, token=reply["token"], user=user,
+                       role=str(reply.get("role", "")), expires_at=reply.get("expires_at"))
+    target = save_login(saved)
+    if as_json:
+        _echo_json({k: v for k, v in reply.items() if k != "token"} | {"token_file": str(target)})
+        return
+    role = f" ({saved.role})" if saved.role else ""
+    until = f", valid until {saved.expires_at}" if saved.expires_at else ""
+    click.echo(f"logged in to {saved.api} as {user}{role}{until}; token saved in {target}")
+
+
+@main.command()
+@json_option
+@pass_session
+def status(session: Session, as_json: bool) -> None:
+    """Show the sidecar's health and who you are logged in as.
+
+    Exits 1 when the sidecar answers but reports itself unhealthy.
+    """
+    health = session.client(authenticated=False).request("GET", "/health", accept_status=(503,))
+    if not isinstance(health, dict):
+        health = {"status": health}
+    healthy = str(health.get("status", "ok")).lower() in ("ok", "pass", "healthy", "up")
+    saved = session.saved
+    login = None
+    if saved and saved.api == session.api:
+        login = {"user": saved.user, "role": saved.role, "expires_at": saved.expires_at}
+    if as_json:
+        _echo_json({"api": session.api, "health": health, "login": login})
+    else:
+        _echo_fields({"api": session.api, **health})
+        if session.token_option:
+            click.echo("login: token from --token / PGSHARD_TOKEN")
+        elif login:
+            until = f", token valid until {login['expires_at']}" if login["expires_at"] else ""
+            click.echo(f"login: {login['user']} ({login['role']}){until}")
+        else:
+            click.echo("login: none (run `pgshard login --user NAME`)")
+    if not healthy:
+        raise CliError(f"the sidecar at {session.api} reports {health.get('status')}")
+
+
+@main.group()
+def catalog() -> None:
+    """The versioned catalog: shards, ring, sharded tables, fences."""
+
+
+@catalog.command("show")
+@json_option
+@pass_session
+def catalog_show(session: Session, as_json: bool) -> None:
+    """Show the current catalog (--json prints the full document, ring included)."""
+    doc = session.client().get("/api/v1/catalog")
+    if as_json:
+        _echo_json(doc)
+        return
+    doc = doc.get("catalog", doc) if isinstance(doc, dict) else {}
+    ring = doc.get("ring") or []
+    vnodes, shares = _ring_ownership(ring)
+    click.echo(f"catalog version {doc.get('version', '?')}, {len(ring)} vnodes "
+               f"({doc.get('vnodes_per_shard', '?')} per shard)")
+    click.echo()
+    _echo_table(
+        [{**s, "vnodes": vnodes.get(s.get("name"), 0),
+          "share": f"{100 * shares.get(s.get('name'), 0):.1f}%"} for s in doc.get("shards", [])],
+        ["name", "status", "vnodes", "share", "primary", "replicas"], empty="no shards")
+    click.echo()
+    tables = doc.get("tables") or {}
+    if isinstance(tables, dict):
+        tables = [{"table": t, "shard_key": k} for t, k in tables.items()]
+    _echo_table(tables, ["table", "shard_key"], empty="no sharded tables")
+    fences = doc.get("fences") or []
+    if fences:
+        click.echo()
+        _echo_table(fences, ["lo", "hi", "job"])
+
+
 @main.group()
 def shards() -> None:
-    """Shard commands."""
+    """Shards: list, show, add, remove; init-sql prints the per-shard SQL."""
 
 
 @shards.command("init-sql")
@@ -99,6 +331,263 @@ def init_sql() -> None:
     from pgshard.cluster import hash_sql
 
     click.echo(hash_sql())
+
+
+SHARD_COLUMNS = ["name", "status", "vnodes", "primary", "replicas"]
+
+
+@shards.command("list")
+@json_option
+@pass_session
+def shards_list(session: Session, as_json: bool) -> None:
+    """List the shards."""
+    reply = session.client().get("/api/v1/shards")
+    if as_json:
+        _echo_json(reply)
+    else:
+        _echo_table(_items(reply, "shards"), SHARD_COLUMNS, empty="no shards")
+
+
+@shards.command("show")
+@click.argument("name")
+@json_option
+@pass_session
+def shards_show(session: Session, name: str, as_json: bool) -> None:
+    """Show one shard."""
+    reply = session.client().get(path("/api/v1/shards", name))
+    if as_json:
+        _echo_json(reply)
+    else:
+        _echo_fields(_item(reply, "shard"))
+
+
+@shards.command("add")
+@click.argument("name")
+@click.option("--primary", required=True, metavar="DSN", help="postgresql:// URL of the primary.")
+@click.option("--replica", "replicas", multiple=True, metavar="DSN",
+              help="postgresql:// URL of a replica (repeatable).")
+@json_option
+@pass_session
+def shards_add(session: Session, name: str, primary: str, replicas: tuple[str, ...],
+               as_json: bool) -> None:
+    """Add a shard; the sidecar connects to its endpoints first.
+
+    On a cluster whose sharded tables hold no rows the new shard gets its vnodes at
+    once; otherwise it owns no ranges until a rebalance job moves some to it.
+    """
+    reply = session.client().post("/api/v1/shards",
+                                  {"name": name, "primary": primary, "replicas": list(replicas)})
+    if as_json:
+        _echo_json(reply)
+        return
+    click.echo(f"added shard {name}")
+    _echo_notes(reply)
+
+
+@shards.command("remove")
+@click.argument("name")
+@json_option
+@pass_session
+def shards_remove(session: Session, name: str, as_json: bool) -> None:
+    """Remove a shard that owns no hash ranges (one that does is refused: exit 7)."""
+    reply = session.client().delete(path("/api/v1/shards", name))
+    if as_json:
+        _echo_json(reply)
+    else:
+        click.echo(f"removed shard {name}")
+
+
+@main.group()
+def tables() -> None:
+    """Sharded tables and their shard key columns."""
+
+
+@tables.command("list")
+@json_option
+@pass_session
+def tables_list(session: Session, as_json: bool) -> None:
+    """List the sharded tables."""
+    reply = session.client().get("/api/v1/tables")
+    if as_json:
+        _echo_json(reply)
+        return
+    rows = _items(reply, "tables")
+    if isinstance(rows, dict):
+        rows = [{"name": t, "shard_key": k} for t, k in rows.items()]
+    _echo_table(rows, ["name", "shard_key"], empty="no sharded tables")
+
+
+@tables.command("add")
+@click.argument("name")
+@click.option("--shard-key", required=True, metavar="COLUMN", help="The shard key column.")
+@json_option
+@pass_session
+def tables_add(session: Session, name: str, shard_key: str, as_json: bool) -> None:
+    """Declare a table sharded by a column (or change its shard key)."""
+    reply = session.client().put(path("/api/v1/tables", name), {"shard_key": shard_key})
+    if as_json:
+        _echo_json(reply)
+    else:
+        click.echo(f"table {name} is sharded by {shard_key}")
+
+
+@tables.command("remove")
+@click.argument("name")
+@json_option
+@pass_session
+def tables_remove(session: Session, name: str, as_json: bool) -> None:
+    """Stop treating a table as sharded (its rows are not touched)."""
+    reply = session.client().delete(path("/api/v1/tables", name))
+    if as_json:
+        _echo_json(reply)
+    else:
+        click.echo(f"table {name} is no longer sharded")
+
+
+@main.group()
+def users() -> None:
+    """Users of the REST API and their roles (admin only)."""
+
+
+@users.command("list")
+@json_option
+@pass_session
+def users_list(session: Session, as_json: bool) -> None:
+    """List the users."""
+    reply = session.client().get("/api/v1/users")
+    if as_json:
+        _echo_json(reply)
+    else:
+        _echo_table(_items(reply, "users"), ["name", "role"], empty="no users")
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice(ROLES),
+              help="admin: everything; operator: shards and jobs; viewer: read-only; "
+                   "app: /v1/execute only.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from the first line of stdin instead of prompting.")
+@json_option
+@pass_session
+def users_add(session: Session, name: str, role: str, password_stdin: bool,
+              as_json: bool) -> None:
+    """Create a user; the password is prompted for (twice) unless --password-stdin."""
+    password = _read_password(password_stdin, f"Password for {name}", confirm=True)
+    reply = session.client().post("/api/v1/users",
+                                  {"name": name, "password": password, "role": role})
+    if as_json:
+        _echo_json(reply)
+    else:
+        click.echo(f"added user {name} ({role})")
+
+
+@users.command("remove")
+@click.argument("name")
+@json_option
+@pass_session
+def users_remove(session: Session, name: str, as_json: bool) -> None:
+    """Delete a user."""
+    reply = session.client().delete(path("/api/v1/users", name))
+    if as_json:
+        _echo_json(reply)
+    else:
+        click.echo(f"removed user {name}")
+
+
+@main.command()
+@json_option
+@pass_session
+def routers(session: Session, as_json: bool) -> None:
+    """List the live routers and the catalog version each one serves."""
+    reply = session.client().get("/api/v1/routers")
+    if as_json:
+        _echo_json(reply)
+    else:
+        _echo_table(_items(reply, "routers"), None, empty="no routers registered")
+
+
+# ---- output --------------------------------------------------------------------------------
+
+def _items(reply, key: str):
+    """The list in a reply that is either the list itself or {key: list, ...}."""
+    if isinstance(reply, dict) and key in reply:
+        return reply[key]
+    return reply if isinstance(reply, list | dict) else []
+
+
+def _item(reply, key: str) -> dict:
+    if isinstance(reply, dict) and isinstance(reply.get(key), dict):
+        return reply[key]
+    return reply if isinstance(reply, dict) else {"value": reply}
+
+
+def _echo_json(doc) -> None:
+    click.echo(json.dumps(doc, indent=2))
+
+
+def _echo_notes(reply) -> None:
+    # The sidecar explains follow-ups (e.g. that a rebalance job is needed) in these fields.
+    if isinstance(reply, dict):
+        for key in ("message", "detail", "note", "warning"):
+            if isinstance(reply.get(key), str) and reply[key]:
+                click.echo(reply[key])
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(key, v) for v in value) or "-"
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = str(value)
+    return _mask_password(text) if text.startswith(("postgresql://", "postgres://")) else text
+
+
+def _mask_password(dsn: str) -> str:
+    """A DSN with its password replaced by ***, for human output."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def _echo_table(rows, columns: list[str] | None, *, empty: str = "none") -> None:
+    """Rows of dicts as an aligned text table; columns the rows lack are left out."""
+    rows = [r if isinstance(r, dict) else {"value": r} for r in rows or []]
+    if not rows:
+        click.echo(f"({empty})")
+        return
+    seen = list(dict.fromkeys(k for r in rows for k in r))
+    columns = [c for c in columns if c in seen] if columns else seen
+    cells = [[_cell(c, r.get(c)) for c in columns] for r in rows]
+    headers = [c.upper().replace("_", " ") for c in columns]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    for line in [headers, *cells]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _echo_fields(obj: dict) -> None:
+    width = max((len(k) for k in obj), default=0)
+    for key, value in obj.items():
+        click.echo(f"{key.ljust(width)}  {_cell(key, value)}")
+
+
+def _ring_ownership(ring: list) -> tuple[Counter, dict[str, float]]:
+    """Vnodes per shard and each shard's share of the 32-bit token space."""
+    pairs = sorted((int(t), s) for t, s in ring)
+    vnodes = Counter(s for _, s in pairs)
+    shares: dict[str, float] = {}
+    for i, (token, shard) in enumerate(pairs):
+        # A vnode owns (previous token, token]; the first one wraps around the ring.
+        prev = pairs[i - 1][0] - (2**32 if i == 0 else 0)
+        shares[shard] = shares.get(shard, 0.0) + (token - prev) / 2**32
+    return vnodes, shares
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -77,7 +78,8 @@ class LocalCluster:
         elif (len(layout), len(layout[0]["replicas"])) != (shards, replicas):
             raise ClusterError(f"{self.base_dir} holds a cluster of {len(layout)} shards x "
                                f"{len(layout[0]['replicas'])} replicas, not {shards} x {replicas}")
-        self._layout = layout
+        self._ports_chosen = base_port is None
+        self._layout_lock = threading.Lock()
         self.shards: list[ShardNodes] = [
             ShardNodes(s["name"], self._node(s["primary"]),
                        [self._node(r) for r in s["replicas"]])
@@ -118,7 +120,7 @@ class LocalCluster:
         if self.exists():
             raise ClusterError(f"a cluster already exists in {self.base_dir}; use start()")
         self._prepare_base_dir()
-        (self.base_dir / LAYOUT_FILE).write_text(json.dumps({"shards": self._layout}, indent=2))
+        self._save_layout()
         try:
             _parallel(self._create_shard, self.shards)
         except BaseException:
@@ -154,7 +156,7 @@ class LocalCluster:
              "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
             as_service=True, cwd=self.base_dir, what=f"initdb {primary.name}")
         self._configure(primary, sync_standbys=False)
-        primary.start()
+        self._start_new(primary)
         primary.psql_local(bootstrap_script(user=self.user, password=self.password,
                                             database=self.database))
         _parallel(lambda replica: self._create_replica(primary, replica), shard.replicas)
@@ -171,8 +173,22 @@ class LocalCluster:
             timeout=300, what=f"pg_basebackup {replica.name}", log_path=primary.log_path)
         replica.log_path.unlink(missing_ok=True)  # the primary's log, copied along
         self._configure(replica, sync_standbys=False)
-        replica.start()
+        self._start_new(replica)
         wait_caught_up(primary, replica)
+
+    def _start_new(self, node: Node, attempts: int = 3) -> None:
+        """Start a new node; a port we picked that someone took meanwhile is picked again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                node.start()
+                return
+            except ClusterError as exc:
+                if (not self._ports_chosen or attempt == attempts
+                        or "Address already in use" not in str(exc)):
+                    raise
+            node.port = free_port()
+            self._configure(node, sync_standbys=False)
+            self._save_layout()
 
     def _configure(self, node: Node, *, sync_standbys: bool) -> None:
         write_node_config(node.data_dir, render_settings(
@@ -203,6 +219,14 @@ class LocalCluster:
         return Node(spec["name"], spec["port"], self.base_dir / spec["name"],
                     database=self.database, user=self.user, password=self.password,
                     bindir=self.bindir)
+
+    def _save_layout(self) -> None:
+        layout = [{"name": s.name,
+                   "primary": {"name": s.primary.name, "port": s.primary.port},
+                   "replicas": [{"name": r.name, "port": r.port} for r in s.replicas]}
+                  for s in self.shards]
+        with self._layout_lock:
+            (self.base_dir / LAYOUT_FILE).write_text(json.dumps({"shards": layout}, indent=2))
 
     def _load_layout(self) -> list[dict] | None:
         path = self.base_dir / LAYOUT_FILE

@@ -60,7 +60,7 @@ class FrameBuffer:
     def next_startup(self) -> tuple[int, bytes] | None:
         """The next untyped startup-phase packet as (request code, body after the code)."""
         buf, pos = self._buf, self._pos
-        if len(buf) - pos < 8:
+        if len(buf) - pos < 4:
             return None
         (length,) = _I32.unpack_from(buf, pos)
         if length < 8 or length > MAX_STARTUP_SIZE:
