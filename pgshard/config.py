@@ -51,9 +51,22 @@ class ProxyConfig:
 
 @dataclass(frozen=True)
 class SidecarConfig:
+    """The REST control plane (pgshard.control): listener, auth and request limits."""
+
     host: str = "127.0.0.1"
     port: int = 8081
     enabled: bool = True
+    jwt_secret: str | None = None        # HS256 key; default: generated once, kept in the store
+    token_ttl: float = 3600.0            # seconds a login token stays valid
+    admin_user: str = "admin"            # bootstrap admin, created/updated at start when a
+    admin_password: str | None = None    # password is set here or in PGSHARD_ADMIN_PASSWORD
+    cors_origins: tuple[str, ...] = ()   # browser origins allowed to call the API ("*": any)
+    max_body_size: int = 1024 * 1024     # bytes; larger requests get 413
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    execute_pool_size: int = 4           # /v1/execute connections to the proxy's own listener
+    execute_timeout: float = 30.0
+    execute_max_rows: int = 10000
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class Config:
     store: str = "sqlite:///pgshard-meta.db"
     cluster: str = "default"
     log_level: str = "INFO"
+    node_id: str | None = None          # this process in routers/<id> and the leader key
+    lease_ttl: float = 5.0              # router registration and manager election leases
 
     def user(self, name: str) -> UserConfig | None:
         for u in self.users:
@@ -92,7 +107,11 @@ def config_from_dict(data: dict) -> Config:
         raise ConfigError(f"[proxy] pool_mode must be one of {POOL_MODES}")
     if proxy.pool_size < 1 or proxy.min_pool_size < 0 or proxy.min_pool_size > proxy.pool_size:
         raise ConfigError("[proxy] need 0 <= min_pool_size <= pool_size and pool_size >= 1")
-    sidecar = _build(SidecarConfig, data.pop("sidecar", {}), "[sidecar]")
+    sidecar_data = dict(data.pop("sidecar", {}))
+    if isinstance(sidecar_data.get("cors_origins"), list):
+        sidecar_data["cors_origins"] = tuple(sidecar_data["cors_origins"])
+    sidecar = _build(SidecarConfig, sidecar_data, "[sidecar]")
+    _check_sidecar(sidecar)
     users = []
     for i, u in enumerate(data.pop("users", [])):
         uc = _build(UserConfig, u, f"[[users]] #{i + 1}")
@@ -123,10 +142,27 @@ def config_from_dict(data: dict) -> Config:
             raise ConfigError("[[tables]]: name and shard_key are required")
         tables[t["name"]] = t["shard_key"]
     catalog = Catalog.initial(shards, tables, vnodes_per_shard=vnodes) if shards else None
-    rest = {k: data.pop(k) for k in ("store", "cluster", "log_level") if k in data}
+    rest = {k: data.pop(k) for k in ("store", "cluster", "log_level", "node_id", "lease_ttl")
+            if k in data}
     if data:
         raise ConfigError(f"unknown top-level setting(s): {', '.join(sorted(data))}")
+    if not isinstance(rest.get("lease_ttl", 5.0), int | float) or rest.get("lease_ttl", 5.0) < 1:
+        raise ConfigError("lease_ttl must be a number of seconds >= 1")
     return Config(proxy=proxy, sidecar=sidecar, users=tuple(users), catalog=catalog, **rest)
+
+
+def _check_sidecar(sc: SidecarConfig) -> None:
+    if not all(isinstance(o, str) for o in sc.cors_origins):
+        raise ConfigError("[sidecar] cors_origins must be a list of origins")
+    if not isinstance(sc.max_body_size, int) or sc.max_body_size < 1024:
+        raise ConfigError("[sidecar] max_body_size must be at least 1024 bytes")
+    if not isinstance(sc.token_ttl, int | float) or sc.token_ttl <= 0:
+        raise ConfigError("[sidecar] token_ttl must be a positive number of seconds")
+    if bool(sc.tls_cert) != bool(sc.tls_key):
+        raise ConfigError("[sidecar] tls_cert and tls_key go together")
+    if sc.execute_pool_size < 1 or sc.execute_max_rows < 1 or sc.execute_timeout <= 0:
+        raise ConfigError("[sidecar] execute_pool_size, execute_max_rows and execute_timeout "
+                          "must be positive")
 
 
 def load_config(path: str | Path) -> Config:

@@ -111,7 +111,11 @@ class LocalCluster:
                             "replicas": [r.dsn for r in s.replicas]} for s in self.shards]}
 
     def exists(self) -> bool:
-        return (self.base_dir / LAYOUT_FILE).is_file()
+        """Whether base_dir holds a cluster whose create() completed."""
+        try:
+            return json.loads((self.base_dir / LAYOUT_FILE).read_text()).get("complete", False)
+        except (OSError, ValueError):
+            return False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -120,12 +124,17 @@ class LocalCluster:
         if self.exists():
             raise ClusterError(f"a cluster already exists in {self.base_dir}; use start()")
         self._prepare_base_dir()
-        self._save_layout()
+        # Leftovers of an interrupted create() (a re-run `pgshard demo`) are ours to clear.
+        self._kill_quietly()
+        for node in self.nodes:
+            shutil.rmtree(node.data_dir, ignore_errors=True)
+        self._save_layout(complete=False)
         try:
             _parallel(self._create_shard, self.shards)
         except BaseException:
             self._kill_quietly()
             raise
+        self._save_layout(complete=True)
 
     def start(self) -> None:
         """Start every node (in parallel) and wait until each accepts connections."""
@@ -220,13 +229,14 @@ class LocalCluster:
                     database=self.database, user=self.user, password=self.password,
                     bindir=self.bindir)
 
-    def _save_layout(self) -> None:
+    def _save_layout(self, complete: bool = False) -> None:
         layout = [{"name": s.name,
                    "primary": {"name": s.primary.name, "port": s.primary.port},
                    "replicas": [{"name": r.name, "port": r.port} for r in s.replicas]}
                   for s in self.shards]
         with self._layout_lock:
-            (self.base_dir / LAYOUT_FILE).write_text(json.dumps({"shards": layout}, indent=2))
+            (self.base_dir / LAYOUT_FILE).write_text(
+                json.dumps({"complete": complete, "shards": layout}, indent=2))
 
     def _load_layout(self) -> list[dict] | None:
         path = self.base_dir / LAYOUT_FILE

@@ -1,0 +1,289 @@
+"""Combine the rows of a SELECT that ran on several shards into the client's result, no I/O.
+
+Rows stay wire-format DataRow bodies; only the columns the merge looks at (ORDER BY, GROUP
+BY, DISTINCT, aggregates) are decoded, per type OID and format code (pgvalues). Order of
+operations, as in PostgreSQL: group and combine aggregates, DISTINCT, ORDER BY, OFFSET and
+LIMIT; then the hidden trailing columns the shard SQL added are dropped.
+"""
+
+from __future__ import annotations
+
+import decimal
+import heapq
+import itertools
+import struct
+from collections.abc import Iterator
+from decimal import Decimal
+
+from pgshard.protocol.errors import FeatureNotSupported, ProtocolViolation
+from pgshard.proxy import pgvalues as pv
+from pgshard.proxy.sqlfanout import MergeSpec
+
+_I16, _I32 = struct.Struct("!h"), struct.Struct("!i")
+_HDR = struct.Struct("!ci")
+# Exact decimal addition: as many digits as the sum needs; Inf + -Inf gives NaN, as in PG.
+_EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN,
+                         traps=[])
+
+
+def decode_row(body: bytes) -> list[bytes | None]:
+    """The column values of a DataRow body (None for SQL NULL)."""
+    try:
+        (n,) = _I16.unpack_from(body)
+        pos, out = 2, []
+        for _ in range(n):
+            (ln,) = _I32.unpack_from(body, pos)
+            pos += 4
+            if ln < 0:
+                out.append(None)
+            else:
+                if pos + ln > len(body):
+                    raise ProtocolViolation("DataRow value overruns the message")
+                out.append(body[pos:pos + ln])
+                pos += ln
+    except struct.error as exc:
+        raise ProtocolViolation("truncated DataRow message") from exc
+    return out
+
+
+def encode_row(values: list[bytes | None]) -> bytes:
+    """A complete DataRow message ('D' header included) holding values."""
+    parts = [_I16.pack(len(values))]
+    for v in values:
+        if v is None:
+            parts.append(b"\xff\xff\xff\xff")
+        else:
+            parts.append(_I32.pack(len(v)))
+            parts.append(v)
+    body = b"".join(parts)
+    return _HDR.pack(b"D", len(body) + 4) + body
+
+
+def row_description(body: bytes, hidden: int) -> bytes:
+    """A complete RowDescription message from a shard's body, without its hidden columns."""
+    (n,) = _I16.unpack_from(body)
+    pos = 2
+    for _ in range(n - hidden):
+        pos = body.index(b"\0", pos) + 1 + 18
+    out = _I16.pack(n - hidden) + body[2:pos]
+    return _HDR.pack(b"T", len(out) + 4) + out
+
+
+class _Desc:
+    """Reverses the order of a sort key (for DESC) without knowing its type."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v):
+        self.v = v
+
+    def __lt__(self, other: _Desc) -> bool:
+        return other.v < self.v
+
+    def __eq__(self, other) -> bool:
+        return self.v == other.v
+
+    def __hash__(self) -> int:
+        return hash(self.v)
+
+
+class _Group:
+    __slots__ = ("row", "acc")
+
+    def __init__(self, row: list, acc: list):
+        self.row = row
+        self.acc = acc
+
+
+class Merger:
+    """Merges rows from several shards per a MergeSpec; columns are the shard result's
+    (name, type OID, format code), hidden columns included."""
+
+    def __init__(self, spec: MergeSpec, columns: list[tuple[str, int, int]]):
+        self.spec = spec
+        self.columns = list(columns)
+        n = len(self.columns)
+        if not 0 <= spec.hidden <= n:
+            raise ProtocolViolation(f"merge expects {spec.hidden} hidden columns, row has {n}")
+        self._visible = n - spec.hidden
+        ix = self._index
+        self._order = []
+        for i, desc, nulls_first in spec.order_by:
+            i = ix(i)
+            first = desc if nulls_first is None else nulls_first
+            self._order.append((i, desc, (0,) if first else (2,), self._key_fn(i, "sort")))
+        self._grouped = spec.grouped
+        self._group_cols = [(ix(i), self._key_fn(ix(i), None)) for i in spec.group_by]
+        self._aggs = [self._aggregate(ix(i), kind) for i, kind in spec.aggregates
+                      if kind != "avg"]
+        self._avgs = [self._avg(ix(a), ix(s), ix(c)) for a, s, c in spec.avg_parts]
+        self._distinct_cols = [(i, self._key_fn(i, None)) for i in range(self._visible)] \
+            if spec.distinct else []
+        self._streams: dict[int, list] = {}
+        self._groups: dict[tuple, _Group] = {}
+        self._seq = itertools.count()
+
+    def client_columns(self) -> list[tuple[str, int, int]]:
+        """The columns the client sees: the shard's minus the hidden ones."""
+        return self.columns[:self._visible]
+
+    # -- setup -------------------------------------------------------------------------
+
+    def _index(self, i: int) -> int:
+        j = i + len(self.columns) if i < 0 else i
+        if not 0 <= j < len(self.columns):
+            raise ProtocolViolation(f"merge column {i} is not in a row of "
+                                    f"{len(self.columns)} columns")
+        return j
+
+    def _key_fn(self, i: int, what: str | None):
+        _, oid, fmt = self.columns[i]
+        try:
+            return pv.sort_key(oid, fmt)
+        except FeatureNotSupported:
+            if what is None:
+                return bytes      # equality of the wire bytes suffices to group or dedupe
+            raise
+
+    def _aggregate(self, i: int, kind: str):
+        _, oid, fmt = self.columns[i]
+        if kind == "count":
+            if oid != pv.INT8:
+                raise pv.unsupported(oid, fmt, "count")
+            return i, kind, pv.number_codec(oid, fmt)
+        if kind == "sum":
+            return i, kind, pv.number_codec(oid, fmt)
+        if kind in ("min", "max"):
+            return i, kind, pv.sort_key(oid, fmt)
+        raise FeatureNotSupported(f"aggregate {kind} cannot be combined across shards")
+
+    def _avg(self, a: int, s: int, c: int):
+        _, oid, fmt = self.columns[a]
+        if oid not in (pv.NUMERIC, pv.FLOAT8):
+            raise pv.unsupported(oid, fmt, "average")
+        _, soid, sfmt = self.columns[s]
+        _, coid, cfmt = self.columns[c]
+        if coid != pv.INT8 or soid not in (pv.INT8, pv.NUMERIC, pv.FLOAT4, pv.FLOAT8):
+            raise pv.unsupported(soid if coid == pv.INT8 else coid, sfmt, "average")
+        # A float4 partial sum has lost precision; the shard's own float8 avg times its
+        # count has not.
+        weighted = soid == pv.FLOAT4
+        dec = pv.number_codec(pv.FLOAT8, fmt)[0] if weighted else pv.number_codec(soid, sfmt)[0]
+        return (a, s, c, weighted, dec, pv.number_codec(coid, cfmt)[0],
+                pv.number_codec(oid, fmt)[1], oid)
+
+    # -- input -------------------------------------------------------------------------
+
+    def add(self, shard_index: int, row_body: bytes) -> None:
+        """One DataRow body from a shard (each shard's rows in its ORDER BY order)."""
+        row = decode_row(row_body)
+        if len(row) != len(self.columns):
+            raise ProtocolViolation(f"DataRow has {len(row)} columns, expected "
+                                    f"{len(self.columns)}")
+        if not self._grouped:
+            stream = self._streams.setdefault(shard_index, [])
+            stream.append((self._sort_key(row), next(self._seq), row))
+            return
+        key = tuple(None if row[i] is None else fn(row[i]) for i, fn in self._group_cols)
+        g = self._groups.get(key)
+        if g is None:
+            g = self._groups[key] = _Group(row, [None] * (len(self._aggs) + len(self._avgs)))
+        acc = g.acc
+        for n, (i, kind, codec) in enumerate(self._aggs):
+            v = row[i]
+            if v is None:
+                continue
+            if kind in ("count", "sum"):
+                x = codec[0](v)
+                acc[n] = x if acc[n] is None else _add(acc[n], x)
+            else:
+                k = codec(v)
+                best = acc[n]
+                if best is None or (k < best[0] if kind == "min" else best[0] < k):
+                    acc[n] = (k, v)
+        base = len(self._aggs)
+        for n, (a, s, c, weighted, dec, cdec, _, _) in enumerate(self._avgs):
+            cnt = 0 if row[c] is None else cdec(row[c])
+            src = row[a] if weighted else row[s]
+            if not cnt or src is None:
+                continue
+            x = dec(src) * cnt if weighted else dec(src)
+            total, count = acc[base + n] or (0, 0)
+            acc[base + n] = (_add(total, x), count + cnt)
+
+    # -- output ------------------------------------------------------------------------
+
+    def finish(self) -> list[bytes]:
+        """The merged DataRow messages for the client, in order, hidden columns dropped."""
+        spec = self.spec
+        if self._grouped:
+            rows: Iterator[list] = iter(self._combined())
+            if spec.distinct:
+                rows = self._dedupe(rows)
+            if self._order:
+                rows = iter(sorted(rows, key=self._sort_key))
+        else:
+            streams = [self._streams[k] for k in sorted(self._streams)]
+            if self._order:
+                merged = heapq.merge(*streams, key=lambda item: item[:2])
+            else:
+                merged = itertools.chain.from_iterable(streams)
+            rows = (row for _, _, row in merged)
+            if spec.distinct:
+                rows = self._dedupe(rows)
+        stop = None if spec.limit is None else spec.offset + spec.limit
+        vis = self._visible
+        return [encode_row(row[:vis]) for row in itertools.islice(rows, spec.offset, stop)]
+
+    def _combined(self) -> list[list]:
+        out = []
+        for g in self._groups.values():
+            row = list(g.row)
+            for n, (i, kind, codec) in enumerate(self._aggs):
+                v = g.acc[n]
+                if kind == "count":
+                    row[i] = codec[1](v or 0)
+                elif kind == "sum":
+                    row[i] = None if v is None else codec[1](v)
+                else:
+                    row[i] = None if v is None else v[1]
+            base = len(self._aggs)
+            for n, (a, _, _, _, _, _, enc, oid) in enumerate(self._avgs):
+                v = g.acc[base + n]
+                if v is None:
+                    row[a] = None
+                elif oid == pv.NUMERIC:
+                    total, count = v
+                    row[a] = enc(pv.numeric_div(Decimal(total) if not isinstance(
+                        total, Decimal) else total, count))
+                else:
+                    total, count = v
+                    row[a] = enc(float(total) / count)
+            out.append(row)
+        return out
+
+    def _sort_key(self, row: list) -> tuple:
+        key = []
+        for i, desc, null_rank, fn in self._order:
+            v = row[i]
+            if v is None:
+                key.append(null_rank)
+            else:
+                k = fn(v)
+                key.append((1, _Desc(k) if desc else k))
+        return tuple(key)
+
+    def _dedupe(self, rows) -> Iterator[list]:
+        seen = set()
+        cols = self._distinct_cols
+        for row in rows:
+            k = tuple(None if row[i] is None else fn(row[i]) for i, fn in cols)
+            if k not in seen:
+                seen.add(k)
+                yield row
+
+
+def _add(a, b):
+    if isinstance(a, Decimal) or isinstance(b, Decimal):
+        return _EXACT.add(Decimal(a) if not isinstance(a, Decimal) else a, b)
+    return a + b
