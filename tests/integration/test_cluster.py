@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 
 import psycopg
 import pytest
 
-from pgshard.cluster import LocalCluster, Node, find_pg_bindir, free_port, hash_sql
-from tests.fixtures.clusters import temp_cluster
+from pgshard.cluster import (
+    ClusterError,
+    LocalCluster,
+    Node,
+    find_pg_bindir,
+    free_port,
+    hash_sql,
+)
+from tests.fixtures.clusters import cluster_dir, temp_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +160,22 @@ def test_node_on_its_own(pg_cluster: LocalCluster):
     node = pg_cluster.shards[0].primary
     twin = Node(node.name, node.port, node.data_dir)
     assert twin.is_running() and twin.dsn == node.dsn
+
+
+def test_interrupted_create_is_redone():
+    base_port = free_port()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", base_port + 1))  # the replica's fixed port
+    blocker.listen()
+    cluster = LocalCluster(cluster_dir(), shards=1, replicas=1, base_port=base_port)
+    try:
+        with pytest.raises(ClusterError, match="Address already in use"):
+            cluster.create()
+        assert not cluster.exists()
+        assert not any(node.is_running() for node in cluster.nodes)
+        blocker.close()
+        with LocalCluster(cluster.base_dir, shards=1, replicas=1, base_port=base_port) as again:
+            assert again.exists() and again.shards[0].replicas[0].is_in_recovery()
+    finally:
+        blocker.close()
+        cluster.destroy()
