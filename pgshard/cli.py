@@ -6,10 +6,9 @@ import asyncio
 import json
 import logging
 import sys
-from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
@@ -41,6 +40,7 @@ EXIT_CODES: dict[type[ApiError], int] = {
     Conflict: 7,
 }
 ROLES = ("admin", "operator", "viewer", "app")
+SHARD_COLUMNS = ["name", "status", "weight", "vnodes", "ownership", "primary", "replicas"]
 
 
 class CliError(click.ClickException):
@@ -78,7 +78,7 @@ class Session:
     ca_file: str | None
     timeout: float
 
-    @property
+    @cached_property
     def saved(self) -> SavedLogin | None:
         return load_login()
 
@@ -165,8 +165,15 @@ def main(ctx: click.Context, api: str | None, token: str | None, ca_file: str | 
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
               help="pgshard.toml")
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
-def serve(config_path: str, log_level: str | None) -> None:
-    """Run the proxy with the shards and users of a config file."""
+@click.option("--role", type=click.Choice(["all", "router"]), default="all", show_default=True,
+              help="all: router, REST sidecar and manager; router: a router that follows the "
+                   "catalog in the store and serves /health and /metrics only.")
+def serve(config_path: str, log_level: str | None, role: str) -> None:
+    """Run the proxy and its control plane from a config file.
+
+    The catalog comes from the metadata store; the config's [[shards]] seed a store
+    that holds none yet.
+    """
     from pgshard.config import ConfigError, load_config
     from pgshard.runtime import serve_forever
 
@@ -174,10 +181,8 @@ def serve(config_path: str, log_level: str | None) -> None:
         config = load_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if config.catalog is None:
-        raise click.ClickException(f"{config_path}: no [[shards]] configured")
     _setup_logging(log_level or config.log_level)
-    _run(serve_forever(config))
+    _run(serve_forever(config, role))
 
 
 @main.command()
@@ -273,14 +278,14 @@ def status(session: Session, as_json: bool) -> None:
     if as_json:
         _echo_json({"api": session.api, "health": health, "login": login})
     else:
-        _echo_fields({"api": session.api, **health})
         if session.token_option:
-            click.echo("login: token from --token / PGSHARD_TOKEN")
+            who = "token from --token / PGSHARD_TOKEN"
         elif login:
-            until = f", token valid until {login['expires_at']}" if login["expires_at"] else ""
-            click.echo(f"login: {login['user']} ({login['role']}){until}")
+            who = f"{login['user']} ({login['role']})"
+            who += f", token valid until {login['expires_at']}" if login["expires_at"] else ""
         else:
-            click.echo("login: none (run `pgshard login --user NAME`)")
+            who = "none (run `pgshard login --user NAME`)"
+        _echo_fields({"api": session.api, **_flatten(health), "login": who})
     if not healthy:
         raise CliError(f"the sidecar at {session.api} reports {health.get('status')}")
 
@@ -299,16 +304,11 @@ def catalog_show(session: Session, as_json: bool) -> None:
     if as_json:
         _echo_json(doc)
         return
-    doc = doc.get("catalog", doc) if isinstance(doc, dict) else {}
-    ring = doc.get("ring") or []
-    vnodes, shares = _ring_ownership(ring)
-    click.echo(f"catalog version {doc.get('version', '?')}, {len(ring)} vnodes "
-               f"({doc.get('vnodes_per_shard', '?')} per shard)")
+    doc = doc if isinstance(doc, dict) else {}
+    click.echo(f"catalog version {doc.get('version', '?')}: {len(doc.get('ring') or [])} "
+               f"vnodes ({doc.get('vnodes_per_shard', '?')} per shard)")
     click.echo()
-    _echo_table(
-        [{**s, "vnodes": vnodes.get(s.get("name"), 0),
-          "share": f"{100 * shares.get(s.get('name'), 0):.1f}%"} for s in doc.get("shards", [])],
-        ["name", "status", "vnodes", "share", "primary", "replicas"], empty="no shards")
+    _echo_table(doc.get("shards"), SHARD_COLUMNS, empty="no shards")
     click.echo()
     tables = doc.get("tables") or {}
     if isinstance(tables, dict):
@@ -331,9 +331,6 @@ def init_sql() -> None:
     from pgshard.cluster import hash_sql
 
     click.echo(hash_sql())
-
-
-SHARD_COLUMNS = ["name", "status", "vnodes", "primary", "replicas"]
 
 
 @shards.command("list")
@@ -458,7 +455,7 @@ def users_list(session: Session, as_json: bool) -> None:
     if as_json:
         _echo_json(reply)
     else:
-        _echo_table(_items(reply, "users"), ["name", "role"], empty="no users")
+        _echo_table(_items(reply, "users"), ["name", "role", "created_at"], empty="no users")
 
 
 @users.command("add")
@@ -504,7 +501,31 @@ def routers(session: Session, as_json: bool) -> None:
     if as_json:
         _echo_json(reply)
     else:
-        _echo_table(_items(reply, "routers"), None, empty="no routers registered")
+        if isinstance(reply, dict) and "catalog_version" in reply:
+            click.echo(f"catalog version {reply['catalog_version']}, "
+                       f"active manager {reply.get('leader') or 'none'}")
+        _echo_table(_items(reply, "routers"),
+                    ["id", "role", "catalog_version", "up_to_date", "leader", "proxy", "api",
+                     "updated_at"], empty="no routers registered")
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--actor", help="Only calls made by this user.")
+@click.option("--action", help="Only this action, e.g. shard.add, user.remove, auth.login.")
+@json_option
+@pass_session
+def audit(session: Session, limit: int, actor: str | None, action: str | None,
+          as_json: bool) -> None:
+    """Show the audit trail of mutating API calls, newest first."""
+    reply = session.client().get("/api/v1/audit",
+                                 {"limit": limit, "actor": actor, "action": action})
+    if as_json:
+        _echo_json(reply)
+    else:
+        _echo_table(_items(reply, "records"),
+                    ["time", "actor", "role", "action", "target", "result", "status", "detail"],
+                    empty="no audit records")
 
 
 # ---- output --------------------------------------------------------------------------------
@@ -543,18 +564,9 @@ def _cell(key: str, value) -> str:
         return json.dumps(value, separators=(",", ":"))
     if isinstance(value, bool):
         return "yes" if value else "no"
-    text = str(value)
-    return _mask_password(text) if text.startswith(("postgresql://", "postgres://")) else text
-
-
-def _mask_password(dsn: str) -> str:
-    """A DSN with its password replaced by ***, for human output."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+    if key == "ownership" and isinstance(value, int | float):
+        return f"{100 * value:.1f}%"
+    return str(value)
 
 
 def _echo_table(rows, columns: list[str] | None, *, empty: str = "none") -> None:
@@ -578,16 +590,15 @@ def _echo_fields(obj: dict) -> None:
         click.echo(f"{key.ljust(width)}  {_cell(key, value)}")
 
 
-def _ring_ownership(ring: list) -> tuple[Counter, dict[str, float]]:
-    """Vnodes per shard and each shard's share of the 32-bit token space."""
-    pairs = sorted((int(t), s) for t, s in ring)
-    vnodes = Counter(s for _, s in pairs)
-    shares: dict[str, float] = {}
-    for i, (token, shard) in enumerate(pairs):
-        # A vnode owns (previous token, token]; the first one wraps around the ring.
-        prev = pairs[i - 1][0] - (2**32 if i == 0 else 0)
-        shares[shard] = shares.get(shard, 0.0) + (token - prev) / 2**32
-    return vnodes, shares
+def _flatten(obj: dict, prefix: str = "") -> dict:
+    """Nested objects as dotted keys: {"store": {"reachable": true}} → {"store.reachable": true}."""
+    out = {}
+    for key, value in obj.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 if __name__ == "__main__":

@@ -1,19 +1,165 @@
-"""Process lifecycle: `serve` (proxy from a config) and `demo` (local cluster + proxy)."""
+"""Process lifecycle: `serve` (proxy + control plane from a config) and `demo` (local cluster,
+proxy and control plane), all in one event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import secrets
 import signal
+import socket
 from pathlib import Path
 
 from pgshard.config import Config, ProxyConfig, UserConfig, config_from_dict
 from pgshard.proxy.listener import Proxy
 
 log = logging.getLogger("pgshard")
+
+ROLES = ("all", "router")
+STORE_TIMEOUT = 2.0
+ADMIN_PASSWORD_ENV = "PGSHARD_ADMIN_PASSWORD"
+
+
+class StartupError(Exception):
+    """pgshard could not start; the message says why (store unreachable, no catalog, …)."""
+
+
+class Runtime:
+    """One pgshard process: the proxy plus its control plane.
+
+    role "all": router, sidecar (REST API) and manager candidate; role "router": a stateless
+    router that follows the catalog in the store and serves /health and /metrics only.
+    """
+
+    def __init__(self, config: Config, role: str = "all"):
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}")
+        self.config = config
+        self.role = role
+        self.node_id = config.node_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
+        self.store = None
+        self.proxy: Proxy | None = None
+        self.plane = None
+        self.sidecar = None
+
+    @property
+    def api_url(self) -> str | None:
+        return self.sidecar.url if self.sidecar is not None else None
+
+    async def start(self) -> None:
+        from pgshard.store import StoreError, open_store
+
+        try:
+            self.store = await open_store(self.config.store, cluster=self.config.cluster,
+                                          timeout=STORE_TIMEOUT)
+        except (StoreError, ValueError, OSError) as exc:
+            raise StartupError(f"cannot open the metadata store {_redact(self.config.store)}: "
+                               f"{exc}") from None
+        try:
+            await self._start_parts()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_parts(self) -> None:
+        from pgshard.control.app import Sidecar
+        from pgshard.control.catalog_sync import CatalogFollower, load_or_seed
+        from pgshard.control.execute import INTERNAL_USER, QueryExecutor
+        from pgshard.control.membership import Membership, StoreStatus
+        from pgshard.control.metrics import Metrics
+        from pgshard.control.plane import ControlPlane
+        from pgshard.store import StoreError
+
+        config, store = self.config, self.store
+        try:
+            catalog, revision = await load_or_seed(store, config.catalog)
+        except LookupError as exc:
+            raise StartupError(str(exc)) from None
+        except StoreError as exc:
+            raise StartupError(f"cannot load the catalog: {exc}") from None
+
+        manager = self.role == "all"
+        exec_password = secrets.token_urlsafe(24)
+        proxy_config = config
+        if manager:
+            # /v1/execute enters through the proxy's own listener as this internal user.
+            proxy_config = dataclasses.replace(config, users=(
+                *[u for u in config.users if u.name != INTERNAL_USER],
+                UserConfig(name=INTERNAL_USER, password=exec_password)))
+        self.proxy = proxy = Proxy(proxy_config, catalog)
+        await proxy.start()
+
+        status = StoreStatus()
+        membership = Membership(store, status, self.node_id, role=self.role,
+                                ttl=config.lease_ttl, campaign=manager, info={})
+        membership.catalog_version = catalog.version
+        follower = CatalogFollower(store, proxy, status, revision,
+                                   on_applied=lambda c: membership.serving(c.version))
+        plane = ControlPlane(config=config, role=self.role, node_id=self.node_id, store=store,
+                             proxy=proxy, status=status, membership=membership,
+                             follower=follower, metrics=None)
+        plane.metrics = Metrics(proxy, plane.metrics_status)
+        proxy.metrics = plane.metrics
+        self.plane = plane
+
+        if manager:
+            await self._start_manager(plane, exec_password, QueryExecutor)
+        if config.sidecar.enabled:
+            self.sidecar = Sidecar(plane)
+            await self.sidecar.start()
+
+        membership.info = {"proxy": f"{config.proxy.host}:{proxy.port}", "api": self.api_url}
+        try:
+            await membership.beat()
+        except StoreError as exc:
+            status.failed(exc)
+        membership.start()
+        follower.start()
+        log.info("pgshard %s node %s serving catalog version %d on %s:%d%s", self.role,
+                 self.node_id, catalog.version, config.proxy.host, proxy.port,
+                 f", API {self.api_url}" if self.api_url else "")
+
+    async def _start_manager(self, plane, exec_password: str, executor_cls) -> None:
+        from pgshard.control.audit import AuditLog
+        from pgshard.control.auth import TokenIssuer, load_jwt_secret
+        from pgshard.control.catalog_ops import CatalogService
+        from pgshard.control.users import UserDirectory
+
+        sc = self.config.sidecar
+        plane.tokens = TokenIssuer(await load_jwt_secret(self.store, sc.jwt_secret), sc.token_ttl)
+        plane.users = UserDirectory(self.store)
+        plane.audit = AuditLog(self.store, self.node_id)
+        plane.catalog_ops = CatalogService(self.store)
+        plane.executor = executor_cls(self.proxy, exec_password, pool_size=sc.execute_pool_size,
+                                      timeout=sc.execute_timeout, max_rows=sc.execute_max_rows)
+        password = os.environ.get(ADMIN_PASSWORD_ENV) or sc.admin_password
+        if password:
+            if await plane.users.ensure_admin(sc.admin_user, password):
+                log.info("bootstrap admin %r set up", sc.admin_user)
+        elif not await plane.users.list():
+            log.warning("no API users exist: set %s or [sidecar] admin_password to create the "
+                        "bootstrap admin %r", ADMIN_PASSWORD_ENV, sc.admin_user)
+
+    async def stop(self) -> None:
+        """Stop everything that started (idempotent): the registration lease is revoked."""
+        plane, self.plane = self.plane, None
+        if self.sidecar is not None:
+            await self.sidecar.stop()
+            self.sidecar = None
+        if plane is not None:
+            await plane.follower.stop()
+            await plane.membership.stop()
+            if plane.executor is not None:
+                await plane.executor.close()
+        if self.proxy is not None and not self.proxy.closing:
+            await self.proxy.stop()
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
 
 
 async def _until_signalled() -> None:
@@ -24,24 +170,43 @@ async def _until_signalled() -> None:
     await stop.wait()
 
 
-async def serve_forever(config: Config) -> None:
-    proxy = Proxy(config)
-    await proxy.start()
+async def serve_forever(config: Config, role: str = "all") -> None:
+    """Run the proxy and its control plane until SIGINT/SIGTERM."""
+    runtime = Runtime(config, role)
+    try:
+        await runtime.start()
+    except StartupError as exc:
+        raise SystemExit(f"pgshard: {exc}") from None
     try:
         await _until_signalled()
     finally:
-        await proxy.stop()
+        log.info("pgshard node %s stopping", runtime.node_id)
+        await runtime.stop()
 
 
-def demo_config(cluster, port: int, pool_mode: str, password: str) -> Config:
+def demo_config(cluster, port: int, pool_mode: str, password: str, *, api_port: int = 8081,
+                store: str | None = None, admin_password: str | None = None) -> Config:
     """The config `pgshard demo` runs with: one app user, the cluster's shards."""
-    return config_from_dict({
+    data = {
         "proxy": {"port": port, "database": cluster.database, "pool_mode": pool_mode,
                   "pool_size": 20},
+        "sidecar": {"port": api_port, "admin_password": admin_password},
         "users": [{"name": "app", "password": password}],
         "shards": [{"name": s["name"], "primary": s["primary"], "replicas": s["replicas"]}
                    for s in cluster.describe()["shards"]],
-    })
+    }
+    if store:
+        data["store"] = store
+    return config_from_dict(data)
+
+
+def _secret_file(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(12)
+    path.write_text(value)
+    os.chmod(path, 0o600)
+    return value
 
 
 async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_port: int,
@@ -58,28 +223,40 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
         await asyncio.to_thread(cluster.start)
     else:
         await asyncio.to_thread(cluster.create)
-    secret_file = data_dir / "app-password"
-    if secret_file.exists():
-        password = secret_file.read_text().strip()
-    else:
-        password = secrets.token_urlsafe(12)
-        secret_file.write_text(password)
-        os.chmod(secret_file, 0o600)
-    config = demo_config(cluster, port, pool_mode, password)
-    proxy = Proxy(config)
+    password = _secret_file(data_dir / "app-password")
+    admin_password = _secret_file(data_dir / "admin-password")
+    config = demo_config(cluster, port, pool_mode, password, api_port=api_port,
+                         store=f"sqlite:///{data_dir / 'meta.db'}",
+                         admin_password=admin_password)
+    runtime = Runtime(config)
     try:
-        await proxy.start()
-        client_dsn = f"postgresql://app:{password}@127.0.0.1:{proxy.port}/{cluster.database}"
-        state = {"client_dsn": client_dsn, **cluster.describe()}
+        try:
+            await runtime.start()
+        except StartupError as exc:
+            raise SystemExit(f"pgshard demo: {exc}") from None
+        client_dsn = (f"postgresql://app:{password}@127.0.0.1:{runtime.proxy.port}/"
+                      f"{cluster.database}")
+        state = {"client_dsn": client_dsn, "api": runtime.api_url,
+                 "admin_user": config.sidecar.admin_user, "admin_password": admin_password,
+                 **cluster.describe()}
         state_file.write_text(json.dumps(state, indent=2))
+        os.chmod(state_file, 0o600)
         print(f"pgshard demo ready. Connect with:\n  psql {client_dsn}\n"
-              f"state: {state_file}   (Ctrl-C stops everything)", flush=True)
+              f"REST API: {runtime.api_url} (user {config.sidecar.admin_user}, password in "
+              f"{state_file})\nstate: {state_file}   (Ctrl-C stops everything)", flush=True)
         await _until_signalled()
     finally:
         print("pgshard demo: stopping ...", flush=True)
-        await proxy.stop()
+        await runtime.stop()
         await asyncio.to_thread(cluster.stop)
         state_file.unlink(missing_ok=True)
 
 
-__all__ = ["ProxyConfig", "UserConfig", "run_demo", "serve_forever", "demo_config"]
+def _redact(url: str) -> str:
+    from pgshard.control.catalog_ops import redact_dsn
+
+    return redact_dsn(url) if url.startswith("postgres") else url
+
+
+__all__ = ["ProxyConfig", "Runtime", "StartupError", "UserConfig", "demo_config", "run_demo",
+           "serve_forever"]

@@ -9,6 +9,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 import jwt
 
@@ -59,8 +60,10 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(expected, got)
 
 
-# Checked against when the user does not exist, so a wrong name costs as much as a wrong password.
-DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+@lru_cache(maxsize=1)
+def dummy_hash() -> str:
+    """Checked when a user does not exist, so a wrong name costs as much as a wrong password."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:

@@ -38,6 +38,11 @@ def _regex(pattern: str) -> re.Pattern:
     return re.compile(body)
 
 
+def matches(pattern: str, s: str) -> bool:
+    """Whether the whole of `s` matches a schema pattern."""
+    return _regex(pattern).fullmatch(s) is not None
+
+
 def validate(instance, schema: dict, path: str = "$") -> None:
     """Raise SchemaError at the first place `instance` breaks `schema`."""
     types = schema.get("type")

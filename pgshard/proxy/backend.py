@@ -68,6 +68,7 @@ class ServerConnection(asyncio.Protocol):
         self.created = time.monotonic()
         self.last_used = self.created
         self.dirty = False                # in an unknown state: never reuse
+        self.fatal_sent = False           # a FATAL from the server reached the client
         self._waiter: asyncio.Future | None = None
         self._write_paused = False
         self._drain: asyncio.Future | None = None
@@ -324,6 +325,7 @@ class ServerConnection(asyncio.Protocol):
         f = m.decode_fields(body)
         if f.get("V", f.get("S")) in ("FATAL", "PANIC"):
             self.dirty = True
+            self.fatal_sent = self.client is not None
             self.closed_reason = f.get("M", "server terminated the connection")
 
     def _idle_messages(self, frames, data) -> None:

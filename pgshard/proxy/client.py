@@ -67,6 +67,10 @@ def _raise_sql(exc: PgError) -> str:
     return f"DO $pgshard$ BEGIN RAISE EXCEPTION USING {', '.join(parts)}; END $pgshard$"
 
 
+class _Terminate(Exception):
+    """The client sent Terminate."""
+
+
 class _Orphan:
     """Stands in for a client that left while its server finishes a rollback."""
 
@@ -92,6 +96,9 @@ class ClientSession(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._idle_waiter: asyncio.Future | None = None
         self._reading_paused = False
+        self._serving = False
+        self._pending = None
+        self._pump_exc: BaseException | None = None
         self.task: asyncio.Task | None = None
         self.peer = ""
         self.user = None
@@ -134,10 +141,21 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data):
         self.buf.feed(data)
+        w = self._waiter
         if len(self.buf) > 4 * 1024 * 1024 and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
-        w = self._waiter
+        elif self._serving and w is not None and not w.done():
+            # Fast path: handle what arrived right here, without waking the session task,
+            # unless a step has to wait (a server to free up, say).
+            try:
+                aw = self._pump()
+            except BaseException as exc:  # handed to the task, which ends the session
+                self._pump_exc = exc
+            else:
+                if aw is None:
+                    return
+                self._pending = aw
         if w is not None and not w.done():
             w.set_result(None)
 
@@ -178,7 +196,7 @@ class ClientSession(asyncio.Protocol):
             self._send_error(exc)
             if exc.fatal or isinstance(exc, ProtocolViolation):
                 log.info("closing client %s: %s", self.peer, exc.message)
-        except (ConnectionError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError, _Terminate):
             pass
         except Exception:
             log.exception("client session %s failed", self.peer)
@@ -207,50 +225,80 @@ class ClientSession(asyncio.Protocol):
             raise ConnectionError("client gone")
 
     async def _serve(self) -> None:
+        self.buf.allowed = FRONTEND_TYPES
+        self._serving = True
+        while True:
+            if self._pump_exc is not None:
+                raise self._pump_exc
+            aw = self._pending
+            self._pending = None
+            if aw is None:
+                aw = self._pump()
+            if aw is not None:
+                await aw
+                continue
+            await self._wait_data()
+
+    def _pump(self):
+        """Handle every whole message buffered now; return an awaitable for the first step
+        that must wait (the caller awaits it, then pumps again), else None."""
         buf = self.buf
-        buf.allowed = FRONTEND_TYPES
         while True:
             msg = buf.next_frame()
             if msg is None:
-                await self._wait_data()
-                continue
-            t, raw = msg
-            if self.skip_until_sync and t != 0x53:
-                continue
-            try:
-                if t == 0x51:      # Query
-                    await self._query(raw)
-                elif t == 0x50:    # Parse
-                    self._parse(raw)
-                elif t == 0x42:    # Bind
-                    self._bind(raw)
-                elif t == 0x45:    # Execute
-                    self.ops.append((OP_RAW, raw, X_EXEC))
-                elif t == 0x44:    # Describe
-                    self._describe(raw)
-                elif t == 0x43:    # Close
-                    self._close(raw)
-                elif t == 0x53:    # Sync
-                    self.skip_until_sync = False
-                    self.ops.append((OP_SYNC,))
-                    await self._flush_ops(sync=True)
-                elif t == 0x48:    # Flush
-                    self.ops.append((OP_FLUSH,))
-                    await self._flush_ops(sync=False)
-                elif t in (0x64, 0x63, 0x66):  # CopyData / CopyDone / CopyFail
-                    s = self.server
-                    if s is not None:
-                        s.send(raw)
-                        s.flush()
-                        await s.drain()
-                elif t == 0x58:    # Terminate
-                    return
-                else:
-                    raise ProtocolViolation(f"unexpected message type {chr(t)!r}")
-            except PgError as exc:
-                if exc.fatal:
-                    raise
-                self._fail(exc, simple=(t == 0x51))
+                return None
+            aw = self._dispatch(msg[0], msg[1])
+            if aw is not None:
+                return aw
+
+    def _dispatch(self, t: int, raw: bytes):
+        if self.skip_until_sync and t != 0x53:
+            return None
+        try:
+            if t == 0x51:      # Query
+                return self._query(raw)
+            if t == 0x50:      # Parse
+                self._parse(raw)
+            elif t == 0x42:    # Bind
+                self._bind(raw)
+            elif t == 0x45:    # Execute
+                self.ops.append((OP_RAW, raw, X_EXEC))
+            elif t == 0x44:    # Describe
+                self._describe(raw)
+            elif t == 0x43:    # Close
+                self._close(raw)
+            elif t == 0x53:    # Sync
+                self.skip_until_sync = False
+                self.ops.append((OP_SYNC,))
+                return self._flush_ops(sync=True)
+            elif t == 0x48:    # Flush
+                self.ops.append((OP_FLUSH,))
+                return self._flush_ops(sync=False)
+            elif t in (0x64, 0x63, 0x66):  # CopyData / CopyDone / CopyFail
+                s = self.server
+                if s is not None:
+                    s.send(raw)
+                    s.flush()
+                    if s._write_paused:
+                        return s.drain()
+            elif t == 0x58:    # Terminate
+                raise _Terminate()
+            else:
+                raise ProtocolViolation(f"unexpected message type {chr(t)!r}")
+        except PgError as exc:
+            if exc.fatal:
+                raise
+            self._fail(exc, simple=(t == 0x51))
+        return None
+
+    async def _guard(self, coro, simple: bool) -> None:
+        """Run a step that had to wait; its routing errors are reported like the rest."""
+        try:
+            await coro
+        except PgError as exc:
+            if exc.fatal:
+                raise
+            self._fail(exc, simple)
 
     # ------------------------------------------------------------ simple query
 
@@ -269,9 +317,11 @@ class ClientSession(asyncio.Protocol):
         else:
             self.write(data)
 
-    async def _query(self, raw: bytes) -> None:
+    def _query(self, raw: bytes):
         if self.ops:
-            await self._flush_ops(sync=False)
+            aw = self._flush_ops(sync=False)
+            if aw is not None:
+                return self._guard(self._then_query(aw, raw), True)
         sql = m.decode_query(raw[5:])
         plan = r.plan(sql)
         kind = plan.kind
@@ -305,8 +355,36 @@ class ClientSession(asyncio.Protocol):
         if kind == r.EMPTY:
             self._reply(m.EMPTY_QUERY + m.ready_for_query(self._status()))
             return
+        if not attached and self.pending_begin is not None and kind in (r.SET, r.SET_LOCAL, r.RESET):
+            # Part of the held-back transaction: it runs where the transaction will.
+            self.pending_begin += "; " + sql.strip().rstrip(";")
+            if kind == r.SET:
+                self._set_var(plan.name, plan.value)
+            elif kind == r.RESET:
+                self._reset_var(plan.name, None)
+            self.write(m.command_complete("RESET" if kind == r.RESET else "SET")
+                       + m.ready_for_query(self._status()))
+            return None
         shard = self._target(plan)
-        s = await self._attach(shard)
+        begin = kind not in (r.SHOW, r.SHOW_PGSHARD)
+        s = self._attach_now(shard, begin)
+        if s is None:
+            return self._guard(self._query_slow(raw, plan, shard, begin), True)
+        self._send_query(s, raw, plan)
+        return None
+
+    async def _then_query(self, aw, raw: bytes) -> None:
+        await aw
+        aw2 = self._query(raw)
+        if aw2 is not None:
+            await aw2
+
+    async def _query_slow(self, raw: bytes, plan: r.Plan, shard: str, begin: bool) -> None:
+        s = await self._attach(shard, begin)
+        self._send_query(s, raw, plan)
+
+    def _send_query(self, s, raw: bytes, plan: r.Plan) -> None:
+        kind = plan.kind
         if kind == r.SET:
             self._set_var(plan.name, plan.value)
             s.vars[plan.name] = plan.value
@@ -399,7 +477,7 @@ class ClientSession(asyncio.Protocol):
         else:
             self.ops.append((OP_RAW, raw, X_CLOSE))
 
-    async def _flush_ops(self, sync: bool) -> None:
+    def _flush_ops(self, sync: bool):
         ops = self.ops
         self.ops = []
         if sync:
@@ -411,7 +489,18 @@ class ClientSession(asyncio.Protocol):
             return
         if target is None:
             target = self.shard if self.server is not None else self._any_shard()
-        s = await self._attach(target)
+        executes = any(op[0] == OP_BIND or (op[0] == OP_RAW and op[2] == X_EXEC) for op in ops)
+        s = self._attach_now(target, executes)
+        if s is None:
+            return self._guard(self._flush_slow(ops, target, executes), False)
+        self._emit_ops(s, ops)
+        return None
+
+    async def _flush_slow(self, ops, target: str, executes: bool) -> None:
+        s = await self._attach(target, executes)
+        self._emit_ops(s, ops)
+
+    def _emit_ops(self, s, ops) -> None:
         push, send = s.push, s.send
         for op in ops:
             k = op[0]
@@ -474,7 +563,8 @@ class ClientSession(asyncio.Protocol):
         if all(op[0] in (OP_SYNC, OP_FLUSH, OP_FAKE)
                or (op[0] == OP_PARSE and op[1].global_name) for op in ops):
             parses = [op[1] for op in ops if op[0] == OP_PARSE]
-            if parses and (all(st.validated for st in parses) or not self._server_free()):
+            if parses and (all(st.validated for st in parses)
+                           or self._attach_now(self._any_shard(), begin=False) is None):
                 for op in ops:
                     if op[0] == OP_PARSE:
                         self.write(m.PARSE_COMPLETE)
@@ -483,6 +573,7 @@ class ClientSession(asyncio.Protocol):
                     elif op[0] == OP_SYNC:
                         self.write(m.ready_for_query(self._status()))
                 return True
+            return False
         out = []
         current = None
         for op in ops:
@@ -517,11 +608,6 @@ class ClientSession(asyncio.Protocol):
             else:
                 self.write(m.ready_for_query(self._status()))
         return True
-
-    def _server_free(self) -> bool:
-        shard = self.unit_shard or self._any_shard()
-        pool = self.proxy.pool_for(shard, self.user)
-        return bool(pool.idle) or pool.size < pool.settings.pool_size
 
     # ------------------------------------------------------------ routing
 
@@ -616,15 +702,18 @@ class ClientSession(asyncio.Protocol):
         self.vars_gen += 1
 
     def _reset_var(self, name: str, s) -> None:
+        """Track RESET; s is the server that ran it (None when it is still held back)."""
         if name == "all":
             self.vars = {k: _quote_literal(v) for k, v in self.startup_vars.items()}
-            s.vars = {}
+            if s is not None:
+                s.vars = {}
         else:
             if name in self.startup_vars:
                 self.vars[name] = _quote_literal(self.startup_vars[name])
             else:
                 self.vars.pop(name, None)
-            s.vars.pop(name, None)
+            if s is not None:
+                s.vars.pop(name, None)
         self.vars_gen += 1
 
     def _deallocate(self, name: str | None) -> None:
@@ -641,7 +730,37 @@ class ClientSession(asyncio.Protocol):
 
     # ------------------------------------------------------------ attach / release
 
-    async def _attach(self, shard: str):
+    def _attach_now(self, shard: str, begin: bool = True):
+        """The server for shard if it can be had without waiting, else None. With
+        begin=False a held-back BEGIN stays held back (the unit only looks, e.g. a Parse
+        or Describe, so it must not pin the transaction to this shard)."""
+        s = self.server
+        if s is not None:
+            if self.shard != shard:
+                return None
+            if s.synced != (self, self.vars_gen):
+                self._sync_vars(s)
+            return s
+        if self.closed:
+            return None
+        s = self.proxy.pool_for(shard, self.user).try_acquire()
+        if s is None:
+            return None
+        self._link(s, shard, begin)
+        return s
+
+    def _link(self, s, shard: str, begin: bool = True) -> None:
+        s.link(self)
+        self.server = s
+        self.shard = shard
+        self._sync_vars(s)
+        if self.pending_begin is not None and begin:
+            s.send(m.query(self.pending_begin))
+            s.push(X_QUERY, swallow=True)
+            self.pending_begin = None
+            s.unnamed_owner = None
+
+    async def _attach(self, shard: str, begin: bool = True):
         """The server this client's next request goes to, acquiring one if needed."""
         while self.server is not None and self.shard != shard:
             s = self.server
@@ -665,15 +784,7 @@ class ClientSession(asyncio.Protocol):
                 if self.closed:
                     pool.release(s)
                     raise ConnectionError("client gone")
-            s.link(self)
-            self.server = s
-            self.shard = shard
-            self._sync_vars(s)
-            if self.pending_begin is not None:
-                s.send(m.query(self.pending_begin))
-                s.push(X_QUERY, swallow=True)
-                self.pending_begin = None
-                s.unnamed_owner = None
+            self._link(s, shard, begin)
         elif s.synced != (self, self.vars_gen):
             self._sync_vars(s)
         return s
@@ -723,22 +834,26 @@ class ClientSession(asyncio.Protocol):
             w.set_result(None)
 
     def server_lost(self, s, reason: str) -> None:
+        """The server died under this client. If it said FATAL, the client has seen that
+        and expects the connection to end; otherwise report 08006 and carry on."""
         if s is not self.server:
             return
         outstanding = any(e[0] in (X_SYNC, X_QUERY) for e in s.expect)
         self.server = None
         self.shard = None
-        if s.dirty and "terminat" in reason:
-            # The server's own FATAL already reached the client, which expects the end.
-            self.write(b"")
-        self.write(m.error_response("08006", f"server connection to shard lost: {reason}"))
+        self.local_key = None
+        w = self._idle_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        if s.fatal_sent:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.write(m.error_response("08006", f"lost the server connection to shard: {reason}"))
         if outstanding:
             self.write(m.ready_for_query(b"I"))
         else:
             self.skip_until_sync = True
-        w = self._idle_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
 
     # ------------------------------------------------------------ errors
 

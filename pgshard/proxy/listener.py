@@ -44,6 +44,7 @@ class Proxy:
         self._server: asyncio.base_events.Server | None = None
         self._janitor: asyncio.Task | None = None
         self._server_params: dict[str, str] | None = None
+        self._pool_cache: tuple[Catalog | None, dict] = (None, {})
         self.metrics = None  # set by the sidecar when it runs (pgshard.control.metrics)
 
     # ------------------------------------------------------------ lifecycle
@@ -92,6 +93,20 @@ class Proxy:
     # ------------------------------------------------------------ pools
 
     def pool_for(self, shard: str, user: UserConfig | None, role: str = "primary") -> BackendPool:
+        """The pool serving (shard, role) for this user; cached per catalog snapshot."""
+        ck = (shard, role, user.name if user else None)
+        cache = self._pool_cache
+        if cache[0] is self.catalog:
+            pool = cache[1].get(ck)
+            if pool is not None and not pool.closed:
+                return pool
+        else:
+            self._pool_cache = cache = (self.catalog, {})
+        pool = self._pool_for(shard, user, role)
+        cache[1][ck] = pool
+        return pool
+
+    def _pool_for(self, shard: str, user: UserConfig | None, role: str) -> BackendPool:
         cat = self.catalog
         sh = cat.shard(shard)
         dsn = parse_dsn(sh.primary if role == "primary" else sh.replicas[int(role.split(":")[1])])

@@ -19,6 +19,7 @@ import re
 import struct
 from collections.abc import Callable
 from decimal import Decimal
+from fractions import Fraction
 
 from pgshard.protocol.errors import FeatureNotSupported, InvalidTextRepresentation, PgError
 
@@ -37,8 +38,6 @@ _NUMERIC_POS, _NUMERIC_NEG, _NUMERIC_NAN = 0x0000, 0x4000, 0xC000
 _NUMERIC_PINF, _NUMERIC_NINF = 0xD000, 0xF000
 _INT8_MIN, _INT8_MAX = -(1 << 63), (1 << 63) - 1
 _USEC_PER_DAY = 86_400_000_000
-# Days from 0001-01-01 (proleptic Gregorian, astronomical year 1) to 2000-01-01.
-_PG_EPOCH_DAYS = 730_119
 
 _DATE_RE = re.compile(rb"(\d{4,})-(\d\d)-(\d\d)( BC)?")
 _TS_RE = re.compile(rb"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
@@ -124,7 +123,7 @@ def days_from_civil(y: int, m: int, d: int) -> int:
     yoe = y - era * 400
     doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
     doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-    return era * 146097 + doe - 10957
+    return era * 146097 + doe - 730_425     # 0000-03-01 .. 2000-01-01
 
 
 def _datestyle(raw: bytes) -> PgError:
@@ -203,23 +202,18 @@ def _int8_binary(v: int) -> bytes:
 
 
 def float_to_text(x: float, single: bool = False) -> bytes:
-    """float4out/float8out with the default extra_float_digits: shortest exact digits."""
+    """float4out/float8out with the default extra_float_digits: the shortest digits that
+    lie strictly inside the value's rounding interval (Ryu), closest first."""
     if x != x:
         return b"NaN"
     if math.isinf(x):
         return b"Infinity" if x > 0 else b"-Infinity"
     if single:
         x = _F32.unpack(_F32.pack(x))[0]
-        for p in range(1, 10):
-            s = f"{x:.{p - 1}e}"
-            if _F32.unpack(_F32.pack(float(s)))[0] == x:
-                break
-    else:
-        s = repr(x)
-    sign, digits, exp = Decimal(s).as_tuple()
-    ds = "".join(map(str, digits)).rstrip("0") or "0"
-    exp += len(digits) - len(ds)
-    e10 = exp + len(ds) - 1
+    sign = "-" if math.copysign(1.0, x) < 0 else ""
+    if x == 0:
+        return (sign + "0").encode("ascii")
+    ds, e10 = _shortest(abs(x), single)
     if e10 < -4 or e10 >= (6 if single else 15):
         mant = ds[0] + ("." + ds[1:] if len(ds) > 1 else "")
         out = f"{mant}e{'-' if e10 < 0 else '+'}{abs(e10):02d}"
@@ -228,7 +222,41 @@ def float_to_text(x: float, single: bool = False) -> bytes:
             ds[:e10 + 1] + "." + ds[e10 + 1:]
     else:
         out = "0." + "0" * (-e10 - 1) + ds
-    return (("-" if sign else "") + out).encode("ascii")
+    return (sign + out).encode("ascii")
+
+
+def _shortest(x: float, single: bool) -> tuple[str, int]:
+    """(significant digits without trailing zeros, decimal exponent of the first) of x > 0."""
+    fx = Fraction(x)
+    if single:
+        (bits,) = _U32.unpack(_F32.pack(x))
+        prev = _F32.unpack(_U32.pack(bits - 1))[0]
+        nxt = _F32.unpack(_U32.pack(bits + 1))[0]
+    else:
+        prev, nxt = math.nextafter(x, 0.0), math.nextafter(x, math.inf)
+    lo = (Fraction(prev) + fx) / 2
+    hi = (fx + Fraction(nxt)) / 2 if not math.isinf(nxt) else fx + (fx - Fraction(prev)) / 2
+    if not single:
+        # Python's repr is shortest too, but accepts a digit string on the interval's edge.
+        r = repr(x)
+        if lo < Fraction(r) < hi:
+            return _digits(Decimal(r))
+    for p in range(1, 18):
+        mant, _, e = f"{x:.{p - 1}e}".partition("e")
+        c, scale = int(mant.replace(".", "")), int(e) - (p - 1)
+        inside = [v for v in (c - 1, c, c + 1)
+                  if lo < Fraction(v) * Fraction(10) ** scale < hi]
+        if inside:
+            best = min(inside, key=lambda v: (abs(Fraction(v) * Fraction(10) ** scale - fx), v % 2))
+            return _digits(Decimal(f"{best}E{scale}"))
+    return _digits(Decimal(repr(x)))
+
+
+def _digits(d: Decimal) -> tuple[str, int]:
+    _, digits, exp = d.as_tuple()
+    ds = "".join(map(str, digits))
+    stripped = ds.rstrip("0")
+    return stripped, exp + len(ds) - 1
 
 
 def numeric_to_text(d: Decimal) -> bytes:

@@ -6,6 +6,10 @@ appended to the shard's select list as a hidden column and dropped after merging
 in a MergeSpec are 0-based positions in the shard's row; when the select list holds a `*`
 (whose width only the shard's RowDescription tells) the columns after it, hidden ones
 included, are given as negative indexes counted from the end of the row, as in Python.
+
+Each shard returns LIMIT + OFFSET rows without OFFSET, sorted by the original ORDER BY; a
+grouped query returns all its partial groups (no ORDER BY, LIMIT or OFFSET on the shards).
+A client that binds per-column result formats must get one more format per hidden column.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pglast import ast
 from pglast.enums import LimitOption, SetOperation, SortByDir, SortByNulls
 from pglast.stream import RawStream
 
-from pgshard.proxy.sqlkeys import func_name, has_aggregate, is_aggregate, walk_expr
+from pgshard.proxy.sqlast import func_name, has_aggregate, has_window, is_aggregate
 
 COMBINABLE = frozenset({"count", "sum", "min", "max", "avg"})
 
@@ -46,8 +50,9 @@ class _Refuse(Exception):
 
 
 def plan_fanout(stmt: ast.SelectStmt) -> tuple[MergeSpec | None, str | None, str | None]:
-    """(merge spec, shard SQL or None if the statement runs unchanged, refusal reason)."""
-    stmt = copy.deepcopy(stmt)
+    """(merge spec, shard SQL or None if the statement runs unchanged, refusal reason).
+
+    Rewrites stmt in place (the caller parsed it for this call alone)."""
     try:
         if stmt.op != SetOperation.SETOP_NONE:
             return _set_operation(stmt)
@@ -59,7 +64,8 @@ def plan_fanout(stmt: ast.SelectStmt) -> tuple[MergeSpec | None, str | None, str
 def _set_operation(stmt: ast.SelectStmt):
     if stmt.op != SetOperation.SETOP_UNION:
         raise _Refuse("INTERSECT and EXCEPT cannot be computed across shards")
-    leftmost = _check_arms(stmt, stmt.all)
+    leftmost = _check_arms(stmt.larg, stmt.all)
+    _check_arms(stmt.rarg, stmt.all)
     targets = list(leftmost.targetList or ())
     planner = _Planner(stmt, targets)
     order = tuple(planner.sort_item(s, allow_hidden=False) for s in stmt.sortClause or ())
@@ -75,7 +81,7 @@ def _check_arms(stmt: ast.SelectStmt, top_all: bool) -> ast.SelectStmt:
     if stmt.op == SetOperation.SETOP_NONE:
         if (stmt.groupClause or stmt.havingClause or stmt.distinctClause or stmt.windowClause
                 or stmt.limitCount is not None or stmt.limitOffset is not None
-                or has_aggregate(stmt.targetList) or _has_window(stmt.targetList)):
+                or has_aggregate(stmt.targetList) or has_window(stmt.targetList)):
             raise _Refuse("a UNION arm that aggregates, deduplicates or limits rows cannot "
                           "be merged across shards")
         return stmt
@@ -144,7 +150,7 @@ class _Planner:
             raise _Refuse("HAVING cannot be evaluated across shards")
         if any(isinstance(g, ast.GroupingSet) for g in stmt.groupClause or ()):
             raise _Refuse("GROUPING SETS, ROLLUP and CUBE cannot be merged across shards")
-        if _has_window((stmt.targetList, stmt.sortClause)):
+        if has_window((stmt.targetList, stmt.sortClause)):
             raise _Refuse("window functions cannot be computed across shards")
         self.grouped = bool(stmt.groupClause) or has_aggregate(
             (stmt.targetList, stmt.sortClause))
@@ -304,14 +310,3 @@ def _output_name(t: ast.ResTarget) -> str:
         return v.funcname[-1].sval
     return "?column?"
 
-
-def _has_window(nodes) -> bool:
-    found = []
-
-    def visit(n):
-        if isinstance(n, ast.FuncCall) and n.over is not None:
-            found.append(n)
-            return True
-        return False
-    walk_expr(nodes, visit)
-    return bool(found)

@@ -21,8 +21,9 @@ from functools import lru_cache
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
+from pgshard.proxy.sqlconfine import Confinement
 from pgshard.proxy.sqlfanout import MergeSpec, plan_fanout
-from pgshard.proxy.sqlkeys import Confinement, KeyRef, normalize_table
+from pgshard.proxy.sqlkeys import KeyRef, normalize_table
 
 __all__ = ["Analysis", "KeyRef", "MergeSpec", "analyze"]
 
@@ -79,6 +80,8 @@ def _analyze(sql: str, tables_key) -> Analysis:
         results = [_statement(raw.stmt, tables) for raw in stmts]
     except RecursionError:
         return Analysis(UNPARSED, refuse="statement nested too deeply to analyse")
+    except Exception as exc:   # a bug here must not break the session: treat as unparsed
+        return Analysis(UNPARSED, refuse=f"statement analysis failed: {exc!r}")
     return results[0] if len(results) == 1 else _combine(results)
 
 

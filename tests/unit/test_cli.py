@@ -10,7 +10,7 @@ import stat
 import pytest
 from click.testing import CliRunner
 
-from pgshard.cli import Session, _mask_password, _ring_ownership, main
+from pgshard.cli import Session, _cell, _flatten, main
 from pgshard.control import rest_client
 from pgshard.control.rest_client import (
     ApiError,
@@ -27,7 +27,7 @@ from pgshard.control.rest_client import (
 REST_COMMANDS = [
     ["login"], ["status"], ["routers"], ["catalog", "show"],
     ["shards", "list"], ["shards", "show"], ["shards", "add"], ["shards", "remove"],
-    ["tables", "list"], ["tables", "add"], ["tables", "remove"],
+    ["tables", "list"], ["tables", "add"], ["tables", "remove"], ["audit"],
     ["users", "list"], ["users", "add"], ["users", "remove"],
 ]
 
@@ -222,17 +222,11 @@ def test_names_are_one_path_segment():
     assert rest_client.path("/api/v1/tables", "public.t/../x") == "/api/v1/tables/public.t%2F..%2Fx"
 
 
-@pytest.mark.parametrize("dsn,shown", [
-    ("postgresql://app:s3cret@h:5432/db", "postgresql://app:***@h:5432/db"),
-    ("postgresql://app@h/db", "postgresql://app@h/db"),
-    ("postgres://u:p%40ss@[::1]:5/db?sslmode=require", "postgres://u:***@[::1]:5/db?sslmode=require"),
-])
-def test_human_output_masks_dsn_passwords(dsn, shown):
-    assert _mask_password(dsn) == shown
-
-
-def test_ring_ownership_shares_add_up():
-    vnodes, shares = _ring_ownership([[100, "a"], [2**31, "b"], [2**32 - 1, "a"]])
-    assert vnodes == {"a": 2, "b": 1}
-    assert shares["b"] == pytest.approx((2**31 - 100) / 2**32)
-    assert sum(shares.values()) == pytest.approx(1.0)
+def test_human_output_helpers():
+    assert _flatten({"status": "ok", "store": {"reachable": True, "x": {"y": 1}}, "e": {}}) == {
+        "status": "ok", "store.reachable": True, "store.x.y": 1, "e": {}}
+    assert _cell("ownership", 0.33333) == "33.3%"
+    assert _cell("replicas", []) == "-"
+    assert _cell("replicas", ["a", "b"]) == "a, b"
+    assert _cell("leader", False) == "no"
+    assert _cell("x", None) == "-"

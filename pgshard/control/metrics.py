@@ -1,0 +1,113 @@
+"""Prometheus metrics in a private registry: the proxy's hot-path hooks (cheap: cached label
+children) plus a collector that reads pools, clients and control-plane state at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0)
+
+POOL_STATS = ("acquired", "waited", "timeouts", "connects", "connect_errors")
+
+
+class Metrics:
+    """Set as `proxy.metrics`; `status` returns control-plane facts for the scrape."""
+
+    def __init__(self, proxy, status: Callable[[], dict]):
+        self.proxy = proxy
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self._queries = Counter("pgshard_queries", "Statements routed, by shard, server role "
+                                "and statement kind", ["shard", "role", "kind"], registry=r)
+        self._latency = Histogram("pgshard_query_duration_seconds", "Statement latency through "
+                                  "the proxy", ["shard", "role", "kind"], registry=r,
+                                  buckets=LATENCY_BUCKETS)
+        self._errors = Counter("pgshard_errors", "Errors sent to clients, by SQLSTATE",
+                               ["sqlstate"], registry=r)
+        self._connections = Counter("pgshard_client_connections_accepted",
+                                    "Client sessions that completed startup", registry=r)
+        self._http = Counter("pgshard_http_requests", "REST requests by route and status",
+                             ["method", "route", "status"], registry=r)
+        self._children: dict[tuple[str, str, str], tuple] = {}
+        self._error_children: dict[str, object] = {}
+        self._clients: set[int] = set()
+        r.register(_StateCollector(self, status))
+
+    # ---------------------------------------------------------------- proxy hooks
+
+    def query(self, shard: str, role: str, kind: str, seconds: float) -> None:
+        """One statement finished on `shard` (`role`: primary/replica:N)."""
+        key = (shard, role, kind)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (self._queries.labels(*key), self._latency.labels(*key))
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def client_connected(self, client) -> None:
+        self._clients.add(id(client))
+        self._connections.inc()
+
+    def client_disconnected(self, client) -> None:
+        self._clients.discard(id(client))
+
+    def error(self, sqlstate: str) -> None:
+        child = self._error_children.get(sqlstate)
+        if child is None:
+            child = self._error_children[sqlstate] = self._errors.labels(sqlstate)
+        child.inc()
+
+    # ---------------------------------------------------------------- sidecar
+
+    def http_request(self, method: str, route: str, status: int) -> None:
+        self._http.labels(method, route, str(status)).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _StateCollector:
+    def __init__(self, metrics: Metrics, status: Callable[[], dict]):
+        self.metrics = metrics
+        self.status = status
+
+    def collect(self):
+        proxy = self.metrics.proxy
+        labels = ["shard", "role", "user", "database"]
+        size = GaugeMetricFamily("pgshard_pool_servers", "Server connections in the pool "
+                                 "(open or opening)", labels=labels)
+        idle = GaugeMetricFamily("pgshard_pool_idle", "Idle server connections", labels=labels)
+        active = GaugeMetricFamily("pgshard_pool_active", "Server connections serving a client",
+                                   labels=labels)
+        waiters = GaugeMetricFamily("pgshard_pool_waiters", "Clients waiting for a server "
+                                    "connection", labels=labels)
+        limit = GaugeMetricFamily("pgshard_pool_max_servers", "Pool size limit", labels=labels)
+        stats = {name: CounterMetricFamily(f"pgshard_pool_{name}", f"Pool {name} events",
+                                           labels=labels) for name in POOL_STATS}
+        for key, pool in list(proxy.pools.items()):
+            lv = [key.shard, key.role, key.user, key.database]
+            size.add_metric(lv, pool.size)
+            idle.add_metric(lv, len(pool.idle))
+            active.add_metric(lv, pool.active)
+            waiters.add_metric(lv, len(pool.waiters))
+            limit.add_metric(lv, pool.settings.pool_size)
+            for name, fam in stats.items():
+                fam.add_metric(lv, pool.stats.get(name, 0))
+        yield from (size, idle, active, waiters, limit, *stats.values())
+        yield GaugeMetricFamily("pgshard_client_connections", "Client sessions now connected",
+                                value=len(self.metrics._clients))
+        st = self.status()
+        yield GaugeMetricFamily("pgshard_catalog_version", "Catalog version this router serves",
+                                value=st.get("catalog_version") or 0)
+        yield GaugeMetricFamily("pgshard_store_reachable", "1 if the metadata store answers",
+                                value=1 if st.get("store_reachable") else 0)
+        yield GaugeMetricFamily("pgshard_manager_leader", "1 if this process is the active "
+                                "manager", value=1 if st.get("leader") else 0)
+        yield GaugeMetricFamily("pgshard_catalog_shards", "Shards in the served catalog",
+                                value=st.get("shards", 0))

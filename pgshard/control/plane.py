@@ -1,0 +1,58 @@
+"""The control plane's parts as one object the REST handlers reach through the app."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pgshard.config import Config
+from pgshard.control.audit import AuditLog
+from pgshard.control.auth import TokenIssuer
+from pgshard.control.catalog_ops import CatalogService
+from pgshard.control.catalog_sync import CatalogFollower
+from pgshard.control.execute import QueryExecutor
+from pgshard.control.membership import Membership, StoreStatus
+from pgshard.control.metrics import Metrics
+from pgshard.control.users import UserDirectory
+from pgshard.store import MetadataStore
+
+
+@dataclass
+class ControlPlane:
+    config: Config
+    role: str                       # "all" (router + sidecar + manager) or "router"
+    node_id: str
+    store: MetadataStore
+    proxy: object                   # pgshard.proxy.listener.Proxy
+    status: StoreStatus
+    membership: Membership
+    follower: CatalogFollower
+    metrics: Metrics
+    tokens: TokenIssuer | None = None
+    users: UserDirectory | None = None
+    audit: AuditLog | None = None
+    catalog_ops: CatalogService | None = None
+    executor: QueryExecutor | None = None
+    started_at: float = field(default_factory=time.time)
+
+    def health(self) -> dict:
+        """Liveness facts: the served catalog version and whether the store answers."""
+        catalog = self.proxy.catalog
+        reachable = self.status.reachable
+        return {
+            "status": "ok" if reachable else "degraded",
+            "node_id": self.node_id,
+            "role": self.role,
+            "catalog_version": catalog.version if catalog is not None else None,
+            "store": {"backend": self.config.store.split("://", 1)[0], **self.status.to_json()},
+            "serving_last_known_catalog": not reachable,
+            "leader": self.membership.is_leader,
+            "proxy": {"port": self.proxy.port, "clients": len(self.proxy.clients)},
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+        }
+
+    def metrics_status(self) -> dict:
+        catalog = self.proxy.catalog
+        return {"catalog_version": catalog.version if catalog is not None else 0,
+                "store_reachable": self.status.reachable, "leader": self.membership.is_leader,
+                "shards": len(catalog.shards) if catalog is not None else 0}
