@@ -291,14 +291,15 @@ class ClientSession(asyncio.Protocol):
             self._fail(exc, simple=(t == 0x51))
         return None
 
-    async def _guard(self, coro, simple: bool) -> None:
-        """Run a step that had to wait; its routing errors are reported like the rest."""
+    async def _guard(self, coro, simple: bool, synced: bool = False) -> None:
+        """Run a step that had to wait; its routing errors are reported like the rest.
+        synced: the failed unit already held its Sync, so the client waits for a Z."""
         try:
             await coro
         except PgError as exc:
             if exc.fatal:
                 raise
-            self._fail(exc, simple)
+            self._fail(exc, simple, synced)
 
     # ------------------------------------------------------------ simple query
 
@@ -492,7 +493,7 @@ class ClientSession(asyncio.Protocol):
         executes = any(op[0] == OP_BIND or (op[0] == OP_RAW and op[2] == X_EXEC) for op in ops)
         s = self._attach_now(target, executes)
         if s is None:
-            return self._guard(self._flush_slow(ops, target, executes), False)
+            return self._guard(self._flush_slow(ops, target, executes), False, sync)
         self._emit_ops(s, ops)
         return None
 
@@ -857,7 +858,7 @@ class ClientSession(asyncio.Protocol):
 
     # ------------------------------------------------------------ errors
 
-    def _fail(self, exc: PgError, simple: bool) -> None:
+    def _fail(self, exc: PgError, simple: bool, synced: bool = False) -> None:
         """Report a routing error as PostgreSQL would, keeping transaction state true."""
         s = self.server
         self.proxy.metrics_error(exc.sqlstate)
@@ -871,7 +872,11 @@ class ClientSession(asyncio.Protocol):
                 s.push(X_PARSE, swallow=True)
                 s.push(X_BIND, swallow=True)
                 s.push(X_EXEC)
-                self.skip_until_sync = True
+                if synced:
+                    s.send(m.SYNC)
+                    s.push(X_SYNC)
+                else:
+                    self.skip_until_sync = True
             s.unnamed_owner = None
             s.flush()
             self.ops = []
@@ -884,7 +889,7 @@ class ClientSession(asyncio.Protocol):
         self.write(m.error_from(exc))
         if self.pending_begin is not None:
             self.pending_failed = True
-        if simple:
+        if simple or synced:
             self.write(m.ready_for_query(self._status()))
         else:
             self.skip_until_sync = True
