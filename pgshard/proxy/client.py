@@ -31,6 +31,8 @@ from pgshard.protocol.framing import (
     FrameBuffer,
 )
 from pgshard.proxy import routing as r
+from pgshard.proxy import scatter
+from pgshard.proxy import sqlplan as sp
 from pgshard.proxy.backend import (
     X_BIND,
     X_CLOSE,
@@ -42,6 +44,7 @@ from pgshard.proxy.backend import (
     X_QUERY,
     X_SYNC,
 )
+from pgshard.proxy.relations import user_relations
 from pgshard.ring import hashing
 
 log = logging.getLogger("pgshard.client")
@@ -65,6 +68,25 @@ def _raise_sql(exc: PgError) -> str:
     if exc.detail:
         parts.append(f"DETAIL = {_quote_literal(exc.detail)}")
     return f"DO $pgshard$ BEGIN RAISE EXCEPTION USING {', '.join(parts)}; END $pgshard$"
+
+
+class Fanout:
+    """A unit that runs on several shards: a read to merge, or DDL to apply everywhere."""
+
+    __slots__ = ("kind", "shards", "analysis")
+
+    def __init__(self, kind: str, shards: list[str], analysis):
+        self.kind = kind
+        self.shards = shards
+        self.analysis = analysis
+
+
+class _NeedColumns(Exception):
+    """Routing needs the column order of these tables (INSERT without a column list)."""
+
+    def __init__(self, tables):
+        super().__init__(tables)
+        self.tables = tables
 
 
 class _Terminate(Exception):
@@ -115,6 +137,8 @@ class ClientSession(asyncio.Protocol):
         self.stmts: dict[str, object] = {}
         self.ops: list[tuple] = []
         self.unit_shard: str | None = None
+        self.unit_fanout: Fanout | None = None
+        self._owe_z = False
         self.skip_until_sync = False
         self.session_key: bytes | None = None
         self.local_key: bytes | None = None
@@ -289,7 +313,34 @@ class ClientSession(asyncio.Protocol):
             if exc.fatal:
                 raise
             self._fail(exc, simple=(t == 0x51))
+        except _NeedColumns as nc:
+            return self._guard(self._learn_then_dispatch(nc.tables, t, raw), t == 0x51)
         return None
+
+    async def _learn_then_dispatch(self, tables, t: int, raw: bytes) -> None:
+        await self._learn_columns(tables)
+        aw = self._dispatch(t, raw)
+        if aw is not None:
+            await aw
+
+    async def _learn_columns(self, tables) -> None:
+        """Learn where each table's key column sits in its column order, from a shard."""
+        cat = self.proxy.catalog
+        for table in tables:
+            key = cat.key_column(table)
+            sql = ("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass("
+                   f"{_quote_literal(table)}) AND attnum > 0 AND NOT attisdropped ORDER BY attnum")
+            msg = m.query(sql)
+
+            def emit(s, msg=msg):
+                s.send(msg)
+                s.push(X_QUERY)
+                s.unnamed_owner = None
+
+            replies = await scatter.run_on_shards(self, [self._any_shard()], emit)
+            names = [scatter.decode_row(raw[5:])[0] for t, raw in replies[0] if t == 0x44]
+            names = [n.decode() for n in names if n is not None]
+            self.proxy.set_key_position(table, names.index(key) if key in names else -1)
 
     async def _guard(self, coro, simple: bool, synced: bool = False) -> None:
         """Run a step that had to wait; its routing errors are reported like the rest.
@@ -366,7 +417,9 @@ class ClientSession(asyncio.Protocol):
             self.write(m.command_complete("RESET" if kind == r.RESET else "SET")
                        + m.ready_for_query(self._status()))
             return None
-        shard = self._target(plan)
+        shard = self._target(plan, sql=sql)
+        if isinstance(shard, Fanout):
+            return self._guard(self._fanout(shard, [(raw, X_QUERY)], sql, simple=True), True)
         begin = kind not in (r.SHOW, r.SHOW_PGSHARD)
         s = self._attach_now(shard, begin)
         if s is None:
@@ -446,12 +499,25 @@ class ClientSession(asyncio.Protocol):
         name, _ = m.bind_statement_name(raw[5:])
         st = self._lookup(name)
         plan = st.plan
-        bind = m.decode_bind(raw[5:]) if plan.key_param else None
+        multi = len(self.proxy.catalog.shards) > 1
+        bind = m.decode_bind(raw[5:]) if plan.key_param or multi else None
         if plan.kind in _TXN_KINDS and self.server is None and self.pool_mode == "transaction":
             shard = None
         else:
             shard = self._target(plan, bind, st)
+        if isinstance(shard, Fanout):
+            if self.unit_shard is not None or self.unit_fanout is not None:
+                raise FeatureNotSupported(
+                    "a statement that needs several shards cannot share a pipeline with other "
+                    "statements", hint="send a Sync before and after it")
+            self.unit_fanout = shard
+            self.ops.append((OP_BIND, st, raw, bind))
+            return
         if shard is not None:
+            if self.unit_fanout is not None:
+                raise FeatureNotSupported(
+                    "a statement that needs several shards cannot share a pipeline with other "
+                    "statements", hint="send a Sync before and after it")
             if self.unit_shard is not None and shard != self.unit_shard:
                 raise r.CrossShardTransaction(
                     f"statement routes to shard {shard} but this pipeline already runs on "
@@ -481,6 +547,16 @@ class ClientSession(asyncio.Protocol):
     def _flush_ops(self, sync: bool):
         ops = self.ops
         self.ops = []
+        if self._owe_z and all(op[0] in (OP_SYNC, OP_FLUSH) for op in ops):
+            if sync:
+                self._owe_z = False
+                self.write(m.ready_for_query(self._status()))
+            return None
+        fan = self.unit_fanout
+        if fan is not None:
+            self.unit_fanout = None
+            self.unit_shard = None
+            return self._guard(self._fanout_ext(fan, ops, sync), False, sync)
         if sync:
             target = self.unit_shard
             self.unit_shard = None
@@ -619,7 +695,9 @@ class ClientSession(asyncio.Protocol):
         cat = self.proxy.catalog
         return cat.shards[0].name
 
-    def _target(self, plan: r.Plan, bind=None, st=None) -> str:
+    def _target(self, plan: r.Plan, bind=None, st=None, sql: str | None = None):
+        """The shard for a statement (a name), or a Fanout. Precedence: hints, then
+        SET pgshard.*, then a named parameter, then the key read from the SQL itself."""
         cat = self.proxy.catalog
         if plan.shard is not None:
             cat.shard(plan.shard)  # raises for an unknown shard
@@ -641,14 +719,68 @@ class ClientSession(asyncio.Protocol):
             return cat.ring.owner(hashing.token(key))
         if self.session_shard is not None:
             return self.session_shard
-        if self.server is not None:
-            return self.shard
         if len(cat.shards) == 1:
             return cat.shards[0].name
-        if plan.kind in (r.SET, r.RESET, r.SHOW, r.SET_LOCAL, r.TXN_INNER, r.DISCARD_ALL) \
-                or plan.kind in _TXN_KINDS:
-            return self._any_shard()
-        raise r.no_key_error(plan, len(cat.shards))
+        if plan.kind != r.STATEMENT:
+            return self.shard if self.server is not None else self._any_shard()
+        return self._auto_route(sql if sql is not None else st.sql, bind, st)
+
+    def _auto_route(self, sql: str, bind, st):
+        """Route by what the SQL says (pglast): keys in WHERE / VALUES, or a fan-out."""
+        cat = self.proxy.catalog
+        proxy = self.proxy
+        a = sp.analyze(sql, cat.tables, proxy.key_positions_key)
+        if a.kind == sp.INSERT and a.keys is None and a.tables:
+            missing = [t for t in a.tables if t not in proxy.key_positions]
+            if missing:
+                raise _NeedColumns(missing)
+        if a.updates_key:
+            raise FeatureNotSupported(
+                "UPDATE changes the shard key column; that would move the row to another shard",
+                hint="DELETE the row and INSERT it with its new key")
+        if a.keys is not None:
+            params = bind.params if bind is not None else ()
+            formats = bind.param_formats if bind is not None else ()
+            oids = tuple(st.param_oid(i) for i in range(len(params))) if st is not None else ()
+            owners = sorted({cat.ring.owner(hashing.token(k.resolve(params, formats, oids)))
+                             for k in a.keys})
+            if len(owners) == 1:
+                return owners[0]
+            if a.kind == sp.SELECT and not a.locking:
+                if a.refuse:
+                    raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
+                return Fanout("read", owners, a)
+            if a.insert_rows:
+                raise FeatureNotSupported(
+                    f"this multi-row INSERT spans {len(owners)} shards; splitting it is not "
+                    "supported yet", hint="insert the rows of each shard in its own statement")
+            raise r.CrossShardTransaction(
+                f"this statement touches keys on {len(owners)} shards ({', '.join(owners)}); "
+                "writes across shards are not supported yet",
+                hint="write the rows of each shard in its own statement")
+        if a.kind == sp.UNPARSED:
+            # Never guess: unparsable SQL goes to a primary, where it will most likely fail.
+            return self.shard if self.server is not None else self._any_shard()
+        if a.tables:
+            if a.kind == sp.SELECT and not a.locking:
+                if a.refuse:
+                    raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
+                return Fanout("read", [sh.name for sh in cat.shards], a)
+            if a.kind == sp.DDL:
+                return Fanout("ddl", [sh.name for sh in cat.shards], a)
+            raise r.no_key_error(r.plan(sql), len(cat.shards), a.tables)
+        if a.kind == sp.DDL:
+            return Fanout("ddl", [sh.name for sh in cat.shards], a)
+        rels = user_relations(sql)
+        if rels and a.kind in (sp.SELECT, sp.INSERT, sp.UPDATE, sp.DELETE, sp.OTHER):
+            raise FeatureNotSupported(
+                f"{', '.join(rels)} {'is' if len(rels) == 1 else 'are'} not declared as sharded "
+                f"and the cluster has {len(cat.shards)} shards, so pgshard cannot tell where "
+                "its rows live (no shard key)",
+                hint="declare the table with its shard key ([[tables]] in the config, or PUT "
+                     "/api/v1/tables/<name>), or pin the statement: /* shard: <name> */ or "
+                     "/* shard_key: <value> */")
+        return self.shard if self.server is not None else self._any_shard()
 
     def _set_pgshard(self, plan: r.Plan) -> str:
         name = plan.name
@@ -729,6 +861,108 @@ class ClientSession(asyncio.Protocol):
         self.vars_gen += 1
         self.session_key = self.local_key = self.session_shard = None
 
+    # ------------------------------------------------------------ fan-out
+
+    def _check_fanout(self, fan: Fanout) -> None:
+        if self.server is not None:
+            raise FeatureNotSupported(
+                f"this transaction runs on shard {self.shard}; a statement that needs "
+                f"{'every shard' if fan.kind == 'ddl' else 'several shards'} cannot join it",
+                hint="run it outside the transaction (cross-shard transactions are not supported yet)")
+        if fan.kind == "ddl" and self.pending_begin is not None:
+            raise FeatureNotSupported(
+                "DDL inside a transaction block is not supported on a multi-shard cluster yet",
+                hint="run DDL outside BEGIN/COMMIT; pgshard applies it to every shard")
+
+    async def _run_fanout(self, fan: Fanout, parts: list[tuple[bytes, int, bool]]) -> bytes | None:
+        """Run parts on every shard of fan; the merged reply (no Z), or None after an error
+        has been written to the client."""
+        def emit(s):
+            for msg, kind, swallow in parts:
+                s.send(msg)
+                s.push(kind, swallow)
+            s.unnamed_owner = None
+
+        replies = await scatter.run_on_shards(self, fan.shards, emit)
+        err = scatter.first_error(fan.shards, replies)
+        if err is not None:
+            if fan.kind == "ddl":
+                ok = [n for n, fr in zip(fan.shards, replies, strict=True) if not any(t == 0x45 for t, _ in fr)]
+                if ok:
+                    f = m.decode_fields(err[5:])
+                    err = m.error_response(
+                        f.get("C", "XX000"), f.get("M", ""), hint=f.get("H"),
+                        detail=f"the statement succeeded on {', '.join(ok)}; fix the failing "
+                               "shard and re-run it there, or undo it on the others")
+            self.write(err)
+            return None
+        if fan.kind == "read":
+            return scatter.merge_read(fan.shards, replies, fan.analysis.merge)
+        self.proxy.forget_key_positions()
+        return scatter.agree(fan.shards, replies)
+
+    async def _fanout(self, fan: Fanout, parts, sql: str, simple: bool) -> None:
+        """A simple Query on several shards."""
+        self._check_fanout(fan)
+        a = fan.analysis
+        if fan.kind == "read" and a.shard_sql:
+            parts = [(m.query(a.shard_sql), X_QUERY, False)]
+        else:
+            parts = [(raw, kind, False) for raw, kind in parts]
+        out = await self._run_fanout(fan, parts)
+        self.write((out or b"") + m.ready_for_query(self._status()))
+
+    async def _fanout_ext(self, fan: Fanout, ops, sync: bool) -> None:
+        """An extended-protocol unit (Parse/Bind/Describe/Execute) on several shards."""
+        self._check_fanout(fan)
+        a = fan.analysis
+        hidden = a.merge.hidden if fan.kind == "read" and a.merge else 0
+        parts: list[tuple[bytes, int, bool]] = []
+        parsed = set()
+        for op in ops:
+            k = op[0]
+            if k == OP_PARSE:
+                st = op[1]
+                parts.append((m.parse("", self._fan_sql(fan, st), st.oids), X_PARSE, False))
+                parsed.add(id(st))
+            elif k == OP_BIND:
+                st, bind = op[1], op[3]
+                if id(st) not in parsed:
+                    parts.append((m.parse("", self._fan_sql(fan, st), st.oids), X_PARSE, True))
+                    parsed.add(id(st))
+                rf = bind.result_formats
+                if hidden and len(rf) > 1:
+                    rf = tuple(rf) + (0,) * hidden
+                parts.append((m.bind(bind.portal, "", bind.params, bind.param_formats, rf),
+                              X_BIND, False))
+            elif k == OP_DESC_STMT:
+                parts.append((m.describe(b"S", ""), X_DESC_STMT, False))
+            elif k == OP_RAW:
+                parts.append((op[1], op[2], False))
+            elif k == OP_FAKE:
+                parts.append((b"", X_FAKE, False))
+            elif k == OP_SYNC:
+                parts.append((m.SYNC, X_SYNC, False))
+        if not sync:
+            # The servers must reach an idle point to be released; the client's own Sync
+            # comes later and is answered here.
+            parts.append((m.SYNC, X_SYNC, False))
+            self._owe_z = True
+        out = await self._run_fanout(fan, [p for p in parts if p[1] != X_FAKE])
+        if out is None:
+            if sync:
+                self.write(m.ready_for_query(self._status()))
+            else:
+                self.skip_until_sync = True
+            return
+        self.write(out)
+        if sync:
+            self.write(m.ready_for_query(self._status()))
+
+    @staticmethod
+    def _fan_sql(fan: Fanout, st) -> str:
+        return fan.analysis.shard_sql if fan.kind == "read" and fan.analysis.shard_sql else st.sql
+
     # ------------------------------------------------------------ attach / release
 
     def _attach_now(self, shard: str, begin: bool = True):
@@ -789,6 +1023,9 @@ class ClientSession(asyncio.Protocol):
         elif s.synced != (self, self.vars_gen):
             self._sync_vars(s)
         return s
+
+    def sync_vars_on(self, s) -> None:
+        self._sync_vars(s)
 
     def _sync_vars(self, s) -> None:
         want = self.vars
@@ -886,6 +1123,7 @@ class ClientSession(asyncio.Protocol):
                 self.write(m.PARSE_COMPLETE)
         self.ops = []
         self.unit_shard = None
+        self.unit_fanout = None
         self.write(m.error_from(exc))
         if self.pending_begin is not None:
             self.pending_failed = True

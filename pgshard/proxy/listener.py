@@ -45,6 +45,10 @@ class Proxy:
         self._janitor: asyncio.Task | None = None
         self._server_params: dict[str, str] | None = None
         self._pool_cache: tuple[Catalog | None, dict] = (None, {})
+        # Key column ordinals of sharded tables (INSERT without a column list), learned
+        # from the shards and forgotten after any DDL.
+        self.key_positions: dict[str, int] = {}
+        self.key_positions_key: tuple[tuple[str, int], ...] = ()
         self.metrics = None  # set by the sidecar when it runs (pgshard.control.metrics)
 
     # ------------------------------------------------------------ lifecycle
@@ -89,6 +93,15 @@ class Proxy:
     def set_catalog(self, catalog: Catalog) -> None:
         """Swap the snapshot by reference; sessions read it per statement."""
         self.catalog = catalog
+        self.forget_key_positions()
+
+    def set_key_position(self, table: str, position: int) -> None:
+        self.key_positions[table] = position
+        self.key_positions_key = tuple(sorted(self.key_positions.items()))
+
+    def forget_key_positions(self) -> None:
+        self.key_positions = {}
+        self.key_positions_key = ()
 
     # ------------------------------------------------------------ pools
 

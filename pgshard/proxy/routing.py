@@ -205,10 +205,11 @@ def shard_for_key(catalog, key: bytes) -> str:
     return catalog.ring.owner(hashing.token(key))
 
 
-def no_key_error(plan_: Plan, n_shards: int) -> PgError:
+def no_key_error(plan_: Plan, n_shards: int, tables: tuple[str, ...] = ()) -> PgError:
     what = "a read" if plan_.is_read else "DDL" if plan_.is_ddl else "a write"
+    on = f" on sharded table {', '.join(tables)}" if tables else ""
     return NoShardKey(
-        f"statement has no shard key and the cluster has {n_shards} shards; "
-        f"routing {what} without a key is not supported yet",
+        f"statement has no shard key{on} and the cluster has {n_shards} shards; "
+        f"{what} without a key cannot be routed",
         hint="add a /* shard_key: <value> */ or /* shard: <name> */ comment, "
              "SET pgshard.shard_key = '<value>', or /* shard_key_param: N */ for a bound parameter")

@@ -69,8 +69,9 @@ class _Scope:
 class Confinement:
     """Walks one parsed statement; then keys() and refusal() read the result."""
 
-    def __init__(self, tables: dict[str, str]):
+    def __init__(self, tables: dict[str, str], positions: dict[str, int] | None = None):
         self.tables = tables
+        self.positions = positions or {}
         self.rte_tables: list[str] = []
         self._uf: list[int] = []
         self._directed: list[tuple[int, int]] = []   # outer pin confines inner
@@ -190,7 +191,11 @@ class Confinement:
         key = self.tables.get(table)
         rte = self._new_rte(table, scope) if key else None
         cols = [c.name for c in stmt.cols or ()]
-        pos = cols.index(key) if key and key in cols else None
+        if cols:
+            pos = cols.index(key) if key and key in cols else None
+        else:   # INSERT INTO t VALUES (…): the key's place in the table's column order
+            p = self.positions.get(table)
+            pos = p if key and p is not None and p >= 0 else None
         sel = stmt.selectStmt
         if isinstance(sel, ast.SelectStmt) and sel.valuesLists and not sel.withClause \
                 and sel.op == SetOperation.SETOP_NONE:

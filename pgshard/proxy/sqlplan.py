@@ -59,15 +59,19 @@ class Analysis:
     locking: bool = False                       # SELECT … FOR UPDATE/SHARE on a sharded table
 
 
-def analyze(sql: str, tables: Mapping[str, str] | tuple[tuple[str, str], ...]) -> Analysis:
-    """Analyse a query string against the sharded tables {table: key column}; cached."""
+def analyze(sql: str, tables: Mapping[str, str] | tuple[tuple[str, str], ...],
+            positions: tuple[tuple[str, int], ...] = ()) -> Analysis:
+    """Analyse a query string against the sharded tables {table: key column}; cached.
+    positions: (table, 0-based ordinal of its key column), for INSERTs without a column
+    list (the proxy learns them from the shards)."""
     key = tables if isinstance(tables, tuple) else frozenset(tables.items())
-    return _analyze(sql, key)
+    return _analyze(sql, key, positions)
 
 
 @lru_cache(maxsize=4096)
-def _analyze(sql: str, tables_key) -> Analysis:
+def _analyze(sql: str, tables_key, positions=()) -> Analysis:
     tables = {normalize_table(t): c for t, c in tables_key}
+    pos = {normalize_table(t): i for t, i in positions}
     try:
         stmts = parse_sql(sql)
     except ParseError:
@@ -77,7 +81,7 @@ def _analyze(sql: str, tables_key) -> Analysis:
     if not stmts:
         return Analysis(UTILITY)
     try:
-        results = [_statement(raw.stmt, tables) for raw in stmts]
+        results = [_statement(raw.stmt, tables, pos) for raw in stmts]
     except RecursionError:
         return Analysis(UNPARSED, refuse="statement nested too deeply to analyse")
     except Exception as exc:   # a bug here must not break the session: treat as unparsed
@@ -85,9 +89,9 @@ def _analyze(sql: str, tables_key) -> Analysis:
     return results[0] if len(results) == 1 else _combine(results)
 
 
-def _statement(node, tables: dict[str, str]) -> Analysis:
+def _statement(node, tables: dict[str, str], positions: dict[str, int] | None = None) -> Analysis:
     name = type(node).__name__
-    conf = Confinement(tables)
+    conf = Confinement(tables, positions)
     if isinstance(node, ast.SelectStmt) and node.intoClause is None:
         conf.select(node, None)
         kind = conf.writes[0] if conf.writes else SELECT

@@ -1,0 +1,136 @@
+"""Scatter-gather: run one unit of work on several shards at once, then merge the replies
+into what one database would have answered (reads) or check they all agree (DDL).
+
+Strategy: every shard gets the same messages, so every shard's reply has the same shape
+(ParseComplete?, BindComplete?, RowDescription?, DataRow*, CommandComplete, ReadyForQuery).
+The first shard's reply is the template; its RowDescription, rows and command tag are
+replaced by the merged ones. Nothing is sent to the client until every shard answered, so
+an error on any shard is reported alone, named after its shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pgshard.protocol import messages as m
+from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.protocol.framing import BACKEND_TYPES, FrameBuffer
+from pgshard.proxy.merge import Merger, decode_row, row_description
+
+__all__ = ["Collector", "agree", "decode_row", "first_error", "merge_read", "run_on_shards"]
+
+
+class Collector:
+    """Stands in for a client while a server answers a fan-out unit."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.chunks: list[bytes] = []
+        self.done = asyncio.get_running_loop().create_future()
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def server_idle(self, server) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def server_lost(self, server, reason: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(PgError(f"lost the server connection: {reason}",
+                                            sqlstate="08006"))
+
+    def parse_failed(self, name) -> None:
+        pass
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        fb = FrameBuffer(allowed=BACKEND_TYPES)
+        fb.feed(b"".join(self.chunks))
+        out = []
+        while (msg := fb.next_frame()) is not None:
+            out.append(msg)
+        return out
+
+
+async def run_on_shards(session, shards: list[str], emit) -> list[list[tuple[int, bytes]]]:
+    """Send one unit to a server of every shard in parallel; the replies, per shard.
+    emit(server) queues the unit's messages and expectations on a server."""
+    pools = [session.proxy.pool_for(sh, session.user) for sh in shards]
+    servers = await asyncio.gather(*(p.acquire() for p in pools), return_exceptions=True)
+    failed = next((s for s in servers if isinstance(s, BaseException)), None)
+    collectors = []
+    try:
+        if failed is not None:
+            raise failed
+        for pool, s in zip(pools, servers, strict=True):
+            c = Collector(pool)
+            collectors.append(c)
+            s.link(c)
+            session.sync_vars_on(s)
+            emit(s)
+            s.flush()
+        await asyncio.gather(*(c.done for c in collectors))
+    finally:
+        for pool, s in zip(pools, servers, strict=True):
+            if not isinstance(s, BaseException):
+                pool.release(s)
+    return [c.frames() for c in collectors]
+
+
+def first_error(shards: list[str], replies) -> bytes | None:
+    """The first shard's ErrorResponse, its message prefixed with the shard's name."""
+    for name, frames in zip(shards, replies, strict=True):
+        for t, raw in frames:
+            if t == 0x45:
+                f = m.decode_fields(raw[5:])
+                return m.error_response(f.get("C", "XX000"), f"{name}: {f.get('M', '')}",
+                                        severity=f.get("V", "ERROR"), hint=f.get("H"),
+                                        detail=f.get("D"))
+    return None
+
+
+def _columns(raw: bytes) -> list[tuple[str, int, int]]:
+    return m.decode_row_description(raw[5:])
+
+
+def merge_read(shards: list[str], replies, spec) -> bytes:
+    """The client's reply to a fan-out read: the template with merged rows."""
+    template = replies[0]
+    descs = [next((raw for t, raw in frames if t == 0x54), None) for frames in replies]
+    cols = [_columns(d) if d else None for d in descs]
+    if any(c != cols[0] for c in cols[1:]):
+        bad = next(shards[i] for i, c in enumerate(cols) if c != cols[0])
+        raise FeatureNotSupported(
+            f"shards return different columns for this query ({shards[0]} vs {bad})",
+            hint="the shards' schemas differ; run the DDL through pgshard so every shard has it")
+    if cols[0] is None:
+        # No rows at all (e.g. no RowDescription requested): the template's tag sums up.
+        return b"".join(raw for t, raw in template if t != 0x5A)
+    merger = Merger(spec, cols[0])
+    for i, frames in enumerate(replies):
+        for t, raw in frames:
+            if t == 0x44:
+                merger.add(i, raw[5:])
+    rows = merger.finish()
+    out = []
+    placed = False
+    for t, raw in template:
+        if t == 0x54:
+            out.append(row_description(raw[5:], spec.hidden))
+        elif t == 0x44:
+            if not placed:
+                out.extend(rows)
+                placed = True
+        elif t == 0x43:
+            if not placed:
+                out.extend(rows)
+                placed = True
+            out.append(m.command_complete(f"SELECT {len(rows)}"))
+        elif t != 0x5A:
+            out.append(raw)
+    return b"".join(out)
+
+
+def agree(shards: list[str], replies) -> bytes:
+    """The client's reply to a unit run everywhere (DDL): the first shard's, minus its Z."""
+    return b"".join(raw for t, raw in replies[0] if t != 0x5A)
