@@ -23,7 +23,13 @@ from pathlib import Path
 import click
 
 from bench import report
-from bench.runner import MODES, Measurement, run_pgbench, write_hinted_scripts
+from bench.runner import (
+    MODES,
+    Measurement,
+    run_pgbench,
+    write_hinted_scripts,
+    write_sql_routed_script,
+)
 from bench.targets import (
     BenchSetupError,
     ClusterError,
@@ -192,6 +198,8 @@ def _set_up(work: Path, scale: int, script: Path | None, clusters: list[LocalClu
         Target(report.PGBOUNCER, bouncer_ep, server=bouncer),
         Target(report.PGSHARD_1, shard1_ep, server=shard1),
         Target(report.PGSHARD_2, shard2_ep, scripts=hinted, server=shard2),
+        Target(report.PGSHARD_2_SQL, shard2_ep, scripts=write_sql_routed_script(work),
+               server=shard2),
     ]
     if script is not None:
         copy = work / script.name

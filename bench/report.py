@@ -7,14 +7,15 @@ from pathlib import Path
 
 from bench.runner import Measurement
 
-DIRECT, PGBOUNCER, PGSHARD_1, PGSHARD_2, PGSHARD_2_SCRIPT = (
-    "direct", "pgbouncer", "pgshard-1", "pgshard-2", "pgshard-2-script")
+DIRECT, PGBOUNCER, PGSHARD_1, PGSHARD_2, PGSHARD_2_SQL, PGSHARD_2_SCRIPT = (
+    "direct", "pgbouncer", "pgshard-1", "pgshard-2", "pgshard-2-sql", "pgshard-2-script")
 
 # (label, numerator, denominator) of the ratio columns.
 RATIOS = (
     ("ps1/pgb", PGSHARD_1, PGBOUNCER),
     ("ps1/direct", PGSHARD_1, DIRECT),
     ("ps2/pgb", PGSHARD_2, PGBOUNCER),
+    ("sql/hint", PGSHARD_2_SQL, PGSHARD_2),
 )
 
 

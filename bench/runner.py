@@ -47,6 +47,18 @@ class Measurement:
         return asdict(self)
 
 
+SQL_ROUTED_SCRIPT = (
+    "\\set aid random(1, 100000 * :scale)\n"
+    "SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n")
+
+
+def write_sql_routed_script(directory: Path) -> dict[str, Path]:
+    """pgbench -S's own query with no hint: pgshard reads the key from the WHERE clause."""
+    path = directory / "select-only-sql-routed.sql"
+    path.write_text(SQL_ROUTED_SCRIPT)
+    return dict.fromkeys(MODES, path)
+
+
 def write_hinted_scripts(directory: Path) -> dict[str, Path]:
     """The hinted select-only script per protocol mode, written into directory."""
     paths = {}

@@ -180,6 +180,8 @@ def pgshard_config(cluster: LocalCluster, port: int, pool_size: int, store_path:
     for shard in cluster.shards:
         lines += ["", "[[shards]]", f"name = {_toml_str(shard.name)}",
                   f"primary = {_toml_str(shard.primary.dsn)}", "replicas = []"]
+    # pgbench_accounts is sharded by aid, so unhinted point reads are routed by their SQL.
+    lines += ["", "[[tables]]", 'name = "pgbench_accounts"', 'shard_key = "aid"']
     return "\n".join(lines) + "\n"
 
 

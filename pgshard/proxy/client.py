@@ -377,6 +377,8 @@ class ClientSession(asyncio.Protocol):
         sql = m.decode_query(raw[5:])
         plan = r.plan(sql)
         kind = plan.kind
+        if plan.first_word == "LISTEN" and self.pool_mode == "transaction":
+            raise _listen_error()
         attached = self.server is not None
         if self.pending_failed and not attached and kind not in (r.COMMIT, r.ROLLBACK):
             raise PgError("current transaction is aborted, commands ignored until end of "
@@ -481,6 +483,8 @@ class ClientSession(asyncio.Protocol):
         if named and pm.name in self.stmts:
             raise PgError(f'prepared statement "{pm.name}" already exists', sqlstate="42P05")
         st = self.proxy.statements.get(pm.sql, pm.oids, named)
+        if st.plan.first_word == "LISTEN" and self.pool_mode == "transaction":
+            raise _listen_error()
         if named:
             self.stmts[pm.name] = st
         else:
@@ -1303,6 +1307,13 @@ class ClientSession(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         proxy.metrics_client_disconnected(self)
+
+
+def _listen_error() -> PgError:
+    return FeatureNotSupported(
+        "LISTEN needs a server connection of its own; in transaction pooling the next "
+        "transaction may run on another one and the notifications would be lost",
+        hint="connect as a user with pool_mode = \"session\" to LISTEN")
 
 
 def _parse_options(options: str) -> list[tuple[str, str]]:

@@ -233,3 +233,24 @@ async def test_session_settings_follow_the_client(proxy1):
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_listen_needs_session_pooling(proxy2):
+    c = await asyncpg.connect(proxy2.dsn())
+    try:
+        with pytest.raises(asyncpg.FeatureNotSupportedError, match="session"):
+            await c.execute("LISTEN jobs")
+        assert await c.fetchval("SELECT 1 /* shard: shard0 */") == 1
+    finally:
+        await c.close()
+    got = asyncio.get_running_loop().create_future()
+    listener = await asyncpg.connect(proxy2.dsn(user="sess", password="sess-secret"))
+    try:
+        await listener.execute("SET pgshard.shard = 'shard0'")
+        await listener.add_listener("jobs", lambda *a: got.done() or got.set_result(a[3]))
+        sender = await asyncpg.connect(proxy2.dsn())
+        await sender.execute("NOTIFY jobs, 'hello' /* shard: shard0 */")
+        await sender.close()
+        assert await asyncio.wait_for(got, 5) == "hello"
+    finally:
+        await listener.close()
