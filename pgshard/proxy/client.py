@@ -30,8 +30,8 @@ from pgshard.protocol.framing import (
     SSL_REQUEST,
     FrameBuffer,
 )
+from pgshard.proxy import fastkey, scatter
 from pgshard.proxy import routing as r
-from pgshard.proxy import scatter
 from pgshard.proxy import sqlplan as sp
 from pgshard.proxy.backend import (
     X_BIND,
@@ -733,6 +733,10 @@ class ClientSession(asyncio.Protocol):
         """Route by what the SQL says (pglast): keys in WHERE / VALUES, or a fan-out."""
         cat = self.proxy.catalog
         proxy = self.proxy
+        if bind is None:
+            shard = fastkey.route(sql, cat, proxy.key_positions_key)
+            if shard is not None:
+                return shard
         a = sp.analyze(sql, cat.tables, proxy.key_positions_key)
         if a.kind == sp.INSERT and a.keys is None and a.tables:
             missing = [t for t in a.tables if t not in proxy.key_positions]

@@ -209,8 +209,8 @@ class ReplicaMonitor:
                                    for dsn in wanted), return_exceptions=True)
             for name, primary, replicas in shards:
                 self._evaluate(name, primary, replicas)
-            for dsn in set(self._nodes) - wanted:
-                await self._disconnect(self._nodes.pop(dsn))
+            gone = [self._nodes.pop(dsn) for dsn in set(self._nodes) - wanted]
+            await asyncio.gather(*(self._disconnect(node) for node in gone))
             for name in set(self._history) - {name for name, _, _ in shards}:
                 del self._history[name]
 
