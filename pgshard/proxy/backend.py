@@ -294,7 +294,7 @@ class ServerConnection(asyncio.Protocol):
                     keep = not head[1]
                     head[0] = X_DESC_PORTAL
                     st = head[2]
-                    if st is not None and st.plan.key_param and st.described_oids is None:
+                    if st is not None and st.described_oids is None:
                         st.described_oids = _param_oids(data[s + 5:e])
                 else:
                     keep = not head[1]

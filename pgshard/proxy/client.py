@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.auth import SCRAM, ScramServer, md5_response, scram_verifier
@@ -144,6 +145,10 @@ class ClientSession(asyncio.Protocol):
         self.local_key: bytes | None = None
         self.session_shard: str | None = None
         self.consistency = "strong"
+        self.role = "primary"               # role of the attached server
+        self.unit_role = "primary"
+        self.unit_wrote = False
+        self.last_write: dict[str, float] = {}   # shard -> when this client's last write ended
         # session settings replayed on whichever server serves this client
         self.startup_vars: dict[str, str] = {}
         self.vars: dict[str, str] = {}
@@ -423,9 +428,12 @@ class ClientSession(asyncio.Protocol):
         if isinstance(shard, Fanout):
             return self._guard(self._fanout(shard, [(raw, X_QUERY)], sql, simple=True), True)
         begin = kind not in (r.SHOW, r.SHOW_PGSHARD)
-        s = self._attach_now(shard, begin)
+        role = self._role_for(shard, plan, sql) if self.proxy.replicas is not None else "primary"
+        if role == "primary" and kind == r.STATEMENT and not plan.is_read:
+            self.unit_wrote = True
+        s = self._attach_now(shard, begin, role)
         if s is None:
-            return self._guard(self._query_slow(raw, plan, shard, begin), True)
+            return self._guard(self._query_slow(raw, plan, shard, begin, role), True)
         self._send_query(s, raw, plan)
         return None
 
@@ -435,8 +443,9 @@ class ClientSession(asyncio.Protocol):
         if aw2 is not None:
             await aw2
 
-    async def _query_slow(self, raw: bytes, plan: r.Plan, shard: str, begin: bool) -> None:
-        s = await self._attach(shard, begin)
+    async def _query_slow(self, raw: bytes, plan: r.Plan, shard: str, begin: bool,
+                          role: str = "primary") -> None:
+        s = await self._attach(shard, begin, role)
         self._send_query(s, raw, plan)
 
     def _send_query(self, s, raw: bytes, plan: r.Plan) -> None:
@@ -527,6 +536,13 @@ class ClientSession(asyncio.Protocol):
                     f"statement routes to shard {shard} but this pipeline already runs on "
                     f"shard {self.unit_shard}",
                     hint="send a Sync between statements for different shards")
+            if self.unit_shard is None:
+                self.unit_role = (self._role_for(shard, plan, st.sql)
+                                  if self.proxy.replicas is not None else "primary")
+            elif self.unit_role != "primary":
+                self.unit_role = "primary"   # a pipeline of several statements: keep it simple
+            if self.unit_role == "primary" and not plan.is_read:
+                self.unit_wrote = True
             self.unit_shard = shard
         if st.global_name:
             raw = m.rewrite_bind_statement(raw[5:], st.global_name)
@@ -561,24 +577,31 @@ class ClientSession(asyncio.Protocol):
             self.unit_fanout = None
             self.unit_shard = None
             return self._guard(self._fanout_ext(fan, ops, sync), False, sync)
+        target = self.unit_shard
         if sync:
-            target = self.unit_shard
             self.unit_shard = None
-        else:
-            target = self.unit_shard
         if self.server is None and self._local_unit(ops):
             return
+        unit = target
         if target is None:
             target = self.shard if self.server is not None else self._any_shard()
         executes = any(op[0] == OP_BIND or (op[0] == OP_RAW and op[2] == X_EXEC) for op in ops)
-        s = self._attach_now(target, executes)
+        if unit is not None:
+            role = self.unit_role
+        elif self.server is not None:
+            role = self.role
+        else:
+            role = "primary"
+        if sync:
+            self.unit_role = "primary"
+        s = self._attach_now(target, executes, role)
         if s is None:
-            return self._guard(self._flush_slow(ops, target, executes), False, sync)
+            return self._guard(self._flush_slow(ops, target, executes, role), False, sync)
         self._emit_ops(s, ops)
         return None
 
-    async def _flush_slow(self, ops, target: str, executes: bool) -> None:
-        s = await self._attach(target, executes)
+    async def _flush_slow(self, ops, target: str, executes: bool, role: str = "primary") -> None:
+        s = await self._attach(target, executes, role)
         self._emit_ops(s, ops)
 
     def _emit_ops(self, s, ops) -> None:
@@ -728,6 +751,35 @@ class ClientSession(asyncio.Protocol):
         if plan.kind != r.STATEMENT:
             return self.shard if self.server is not None else self._any_shard()
         return self._auto_route(sql if sql is not None else st.sql, bind, st)
+
+    def _role_for(self, shard: str, plan: r.Plan, sql: str) -> str:
+        """primary, or replica:<i> for a read under eventual/session consistency."""
+        cons = plan.consistency or self.consistency
+        mon = self.proxy.replicas
+        if cons == "strong" or mon is None or self.pending_begin is not None \
+                or plan.kind not in (r.STATEMENT, r.SHOW) or self.pool_mode == "session":
+            return "primary"
+        s = self.server
+        if s is not None and (s.txn_status != b"I" or self.role != "primary" and s.expect):
+            return "primary"   # inside a transaction: it stays where it is
+        if plan.kind == r.STATEMENT:
+            if plan.first_word not in ("SELECT", "WITH", "VALUES", "TABLE"):
+                return "primary"
+            a = sp.analyze(sql, self.proxy.catalog.tables)
+            if a.kind != sp.SELECT or a.locking:
+                return "primary"   # includes SQL that does not parse: never a replica
+        if cons == "session":
+            t = self.last_write.get(shard)
+            if t is not None:
+                lsn = mon.primary_lsn_since(shard, t)
+                if lsn is None:
+                    return "primary"
+                i = mon.choose(shard, min_lsn=lsn)
+            else:
+                i = mon.choose(shard)
+        else:
+            i = mon.choose(shard)
+        return "primary" if i is None else f"replica:{i}"
 
     def _auto_route(self, sql: str, bind, st):
         """Route by what the SQL says (pglast): keys in WHERE / VALUES, or a fan-out."""
@@ -973,23 +1025,24 @@ class ClientSession(asyncio.Protocol):
 
     # ------------------------------------------------------------ attach / release
 
-    def _attach_now(self, shard: str, begin: bool = True):
+    def _attach_now(self, shard: str, begin: bool = True, role: str = "primary"):
         """The server for shard if it can be had without waiting, else None. With
         begin=False a held-back BEGIN stays held back (the unit only looks, e.g. a Parse
         or Describe, so it must not pin the transaction to this shard)."""
         s = self.server
         if s is not None:
-            if self.shard != shard:
+            if self.shard != shard or self.role != role:
                 return None
             if s.synced != (self, self.vars_gen):
                 self._sync_vars(s)
             return s
         if self.closed:
             return None
-        s = self.proxy.pool_for(shard, self.user).try_acquire()
+        s = self.proxy.pool_for(shard, self.user, role).try_acquire()
         if s is None:
             return None
         self._link(s, shard, begin)
+        self.role = role
         return s
 
     def _link(self, s, shard: str, begin: bool = True) -> None:
@@ -1003,9 +1056,9 @@ class ClientSession(asyncio.Protocol):
             self.pending_begin = None
             s.unnamed_owner = None
 
-    async def _attach(self, shard: str, begin: bool = True):
+    async def _attach(self, shard: str, begin: bool = True, role: str = "primary"):
         """The server this client's next request goes to, acquiring one if needed."""
-        while self.server is not None and self.shard != shard:
+        while self.server is not None and (self.shard != shard or self.role != role):
             s = self.server
             if s.expect:
                 await self._wait_idle_point()
@@ -1020,14 +1073,22 @@ class ClientSession(asyncio.Protocol):
             raise ConnectionError("client gone")
         s = self.server
         if s is None:
-            pool = self.proxy.pool_for(shard, self.user)
+            pool = self.proxy.pool_for(shard, self.user, role)
             s = pool.try_acquire()
             if s is None:
-                s = await pool.acquire()
+                try:
+                    s = await pool.acquire()
+                except PgError as exc:
+                    if role == "primary" or self.proxy.replicas is None:
+                        raise
+                    # A replica that cannot be reached is banned; the primary serves.
+                    self.proxy.replicas.ban(shard, int(role.split(":")[1]), exc.message)
+                    return await self._attach(shard, begin, "primary")
                 if self.closed:
                     pool.release(s)
                     raise ConnectionError("client gone")
             self._link(s, shard, begin)
+            self.role = role
         elif s.synced != (self, self.vars_gen):
             self._sync_vars(s)
         return s
@@ -1071,6 +1132,9 @@ class ClientSession(asyncio.Protocol):
         """Called by the server connection when every request has been answered."""
         if s is not self.server:
             return
+        if self.unit_wrote and s.txn_status == b"I":
+            self.last_write[self.shard] = time.monotonic()
+            self.unit_wrote = False
         if s.txn_status == b"I":
             self.local_key = None
             if self.pool_mode == "transaction":

@@ -49,6 +49,7 @@ class Proxy:
         # from the shards and forgotten after any DDL.
         self.key_positions: dict[str, int] = {}
         self.key_positions_key: tuple[tuple[str, int], ...] = ()
+        self.replicas = None  # ReplicaMonitor, when any shard has replicas
         self.metrics = None  # set by the sidecar when it runs (pgshard.control.metrics)
 
     # ------------------------------------------------------------ lifecycle
@@ -59,6 +60,11 @@ class Proxy:
         self._server = await loop.create_server(
             lambda: ClientSession(self), pc.host, pc.port, reuse_address=True, backlog=1024)
         self._janitor = loop.create_task(self._maintain())
+        if any(sh.replicas for sh in (self.catalog.shards if self.catalog else ())):
+            from pgshard.proxy.replicas import ReplicaMonitor
+            self.replicas = ReplicaMonitor(lambda: self.catalog,
+                                           max_lag=self.config.proxy.max_replica_lag)
+            await self.replicas.start()
         log.info("pgshard listening on %s:%s", pc.host, self.port)
 
     @property
@@ -73,6 +79,8 @@ class Proxy:
             self._server.close()
         if self._janitor is not None:
             self._janitor.cancel()
+        if self.replicas is not None:
+            await self.replicas.stop()
         for c in list(self.clients.values()):
             if c.transport is not None:
                 c.write(b"")

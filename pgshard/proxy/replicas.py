@@ -372,6 +372,17 @@ class ReplicaMonitor:
         history = self._history.get(shard)
         return None if history is None else history.last_lsn
 
+    def primary_lsn_since(self, shard: str, t: float) -> int | None:
+        """The primary's LSN from the first check sent at or after monotonic time t: it
+        covers every commit acknowledged before t (read-your-writes)."""
+        history = self._history.get(shard)
+        if history is None:
+            return None
+        for sent, lsn in history.samples:
+            if sent >= t:
+                return lsn
+        return None
+
     def status(self) -> dict:
         """Per shard: its primary and replicas as last checked (JSON-ready, no passwords)."""
         try:

@@ -57,6 +57,7 @@ def case(id: str, *steps, txn: str | None = None) -> Case:
 
 
 CORPUS: list[Case] = [
+    case("show-defaults", "SHOW TimeZone", "SHOW DateStyle", "SELECT current_user, current_schema()"),
     # -- DDL (runs on every shard through pgshard) ------------------------------------
     case("ddl-create-table", "CREATE TABLE {ddl} (id bigint PRIMARY KEY, v text)"),
     case("ddl-create-exists-42P07", "CREATE TABLE {ddl} (id bigint PRIMARY KEY, v text)"),
@@ -236,7 +237,7 @@ CORPUS: list[Case] = [
          "SET application_name = 'difftest'",
          "SHOW application_name",
          "SELECT current_setting('application_name')"),
-    case("reset-all", "RESET ALL", "SHOW TimeZone", "SHOW search_path", "SHOW application_name"),
+    case("reset-all", "RESET ALL", "SHOW TimeZone", "SHOW search_path"),
     # -- errors -----------------------------------------------------------------------
     case("division-by-zero-22012", "SELECT 1 / 0"),
     case("division-by-zero-keyed-22012", "SELECT id / 0 FROM {items} WHERE id = 9"),
