@@ -74,12 +74,13 @@ def _raise_sql(exc: PgError) -> str:
 class Fanout:
     """A unit that runs on several shards: a read to merge, or DDL to apply everywhere."""
 
-    __slots__ = ("kind", "shards", "analysis")
+    __slots__ = ("kind", "shards", "analysis", "groups")
 
-    def __init__(self, kind: str, shards: list[str], analysis):
+    def __init__(self, kind: str, shards: list[str], analysis, groups=None):
         self.kind = kind
         self.shards = shards
         self.analysis = analysis
+        self.groups = groups       # insert: shard -> row indexes of a multi-row VALUES
 
 
 class _NeedColumns(Exception):
@@ -139,6 +140,7 @@ class ClientSession(asyncio.Protocol):
         self.ops: list[tuple] = []
         self.unit_shard: str | None = None
         self.unit_fanout: Fanout | None = None
+        self._fan_hide_desc = False
         self._owe_z = False
         self.skip_until_sync = False
         self.session_key: bytes | None = None
@@ -337,7 +339,7 @@ class ClientSession(asyncio.Protocol):
                    f"{_quote_literal(table)}) AND attnum > 0 AND NOT attisdropped ORDER BY attnum")
             msg = m.query(sql)
 
-            def emit(s, msg=msg):
+            def emit(s, i, msg=msg):
                 s.send(msg)
                 s.push(X_QUERY)
                 s.unnamed_owner = None
@@ -810,10 +812,18 @@ class ClientSession(asyncio.Protocol):
                 if a.refuse:
                     raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
                 return Fanout("read", owners, a)
+            if a.insert_rows and bind is None and self.server is None \
+                    and self.pending_begin is None:
+                groups: dict[str, list[int]] = {}
+                for k, row in a.insert_rows:
+                    owner = cat.ring.owner(hashing.token(k.resolve()))
+                    groups.setdefault(owner, []).append(row)
+                return Fanout("insert", sorted(groups), a, groups)
             if a.insert_rows:
                 raise FeatureNotSupported(
-                    f"this multi-row INSERT spans {len(owners)} shards; splitting it is not "
-                    "supported yet", hint="insert the rows of each shard in its own statement")
+                    f"this multi-row INSERT spans {len(owners)} shards; it is split per shard "
+                    "only as a simple-protocol statement outside a transaction",
+                    hint="insert the rows of each shard in its own statement")
             raise r.CrossShardTransaction(
                 f"this statement touches keys on {len(owners)} shards ({', '.join(owners)}); "
                 "writes across shards are not supported yet",
@@ -937,8 +947,8 @@ class ClientSession(asyncio.Protocol):
     async def _run_fanout(self, fan: Fanout, parts: list[tuple[bytes, int, bool]]) -> bytes | None:
         """Run parts on every shard of fan; the merged reply (no Z), or None after an error
         has been written to the client."""
-        def emit(s):
-            for msg, kind, swallow in parts:
+        def emit(s, i):
+            for msg, kind, swallow in (parts[fan.shards[i]] if isinstance(parts, dict) else parts):
                 s.send(msg)
                 s.push(kind, swallow)
             s.unnamed_owner = None
@@ -946,7 +956,7 @@ class ClientSession(asyncio.Protocol):
         replies = await scatter.run_on_shards(self, fan.shards, emit)
         err = scatter.first_error(fan.shards, replies)
         if err is not None:
-            if fan.kind == "ddl":
+            if fan.kind != "read":
                 ok = [n for n, fr in zip(fan.shards, replies, strict=True) if not any(t == 0x45 for t, _ in fr)]
                 if ok:
                     f = m.decode_fields(err[5:])
@@ -958,6 +968,8 @@ class ClientSession(asyncio.Protocol):
             return None
         if fan.kind == "read":
             return scatter.merge_read(fan.shards, replies, fan.analysis.merge)
+        if fan.kind == "insert":
+            return scatter.merge_insert(replies)
         self.proxy.forget_key_positions()
         return scatter.agree(fan.shards, replies)
 
@@ -967,6 +979,9 @@ class ClientSession(asyncio.Protocol):
         a = fan.analysis
         if fan.kind == "read" and a.shard_sql:
             parts = [(m.query(a.shard_sql), X_QUERY, False)]
+        elif fan.kind == "insert":
+            texts = scatter.split_insert(sql, fan.groups)
+            parts = {sh: [(m.query(t), X_QUERY, False)] for sh, t in texts.items()}
         else:
             parts = [(raw, kind, False) for raw, kind in parts]
         out = await self._run_fanout(fan, parts)
@@ -995,6 +1010,11 @@ class ClientSession(asyncio.Protocol):
                     rf = tuple(rf) + (0,) * hidden
                 parts.append((m.bind(bind.portal, "", bind.params, bind.param_formats, rf),
                               X_BIND, False))
+                if fan.kind == "read" and not any(o[0] == OP_RAW and o[2] == X_DESC_PORTAL
+                                                  for o in ops):
+                    # The merge needs the column types even when the client did not ask.
+                    parts.append((m.describe(b"P", bind.portal), X_DESC_PORTAL, False))
+                    self._fan_hide_desc = True
             elif k == OP_DESC_STMT:
                 parts.append((m.describe(b"S", ""), X_DESC_STMT, False))
             elif k == OP_RAW:
@@ -1009,6 +1029,9 @@ class ClientSession(asyncio.Protocol):
             parts.append((m.SYNC, X_SYNC, False))
             self._owe_z = True
         out = await self._run_fanout(fan, [p for p in parts if p[1] != X_FAKE])
+        if out is not None and self._fan_hide_desc:
+            out = scatter.drop_first(out, 0x54)
+        self._fan_hide_desc = False
         if out is None:
             if sync:
                 self.write(m.ready_for_query(self._status()))

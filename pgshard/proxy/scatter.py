@@ -54,7 +54,7 @@ class Collector:
 
 async def run_on_shards(session, shards: list[str], emit) -> list[list[tuple[int, bytes]]]:
     """Send one unit to a server of every shard in parallel; the replies, per shard.
-    emit(server) queues the unit's messages and expectations on a server."""
+    emit(server, i) queues the unit's messages for shards[i] and their expectations."""
     pools = [session.proxy.pool_for(sh, session.user) for sh in shards]
     servers = await asyncio.gather(*(p.acquire() for p in pools), return_exceptions=True)
     failed = next((s for s in servers if isinstance(s, BaseException)), None)
@@ -62,12 +62,12 @@ async def run_on_shards(session, shards: list[str], emit) -> list[list[tuple[int
     try:
         if failed is not None:
             raise failed
-        for pool, s in zip(pools, servers, strict=True):
+        for i, (pool, s) in enumerate(zip(pools, servers, strict=True)):
             c = Collector(pool)
             collectors.append(c)
             s.link(c)
             session.sync_vars_on(s)
-            emit(s)
+            emit(s, i)
             s.flush()
         await asyncio.gather(*(c.done for c in collectors))
     finally:
@@ -129,6 +129,49 @@ def merge_read(shards: list[str], replies, spec) -> bytes:
         elif t != 0x5A:
             out.append(raw)
     return b"".join(out)
+
+
+def drop_first(data: bytes, mtype: int) -> bytes:
+    """data without its first message of type mtype (a RowDescription the client did not
+    ask for)."""
+    fb = FrameBuffer(allowed=BACKEND_TYPES)
+    fb.feed(data)
+    out = []
+    dropped = False
+    while (msg := fb.next_frame()) is not None:
+        if msg[0] == mtype and not dropped:
+            dropped = True
+            continue
+        out.append(msg[1])
+    return b"".join(out)
+
+
+def merge_insert(replies) -> bytes:
+    """One INSERT split across shards: rows RETURNING concatenated, counts added up."""
+    rows = [raw for frames in replies for t, raw in frames if t == 0x44]
+    total = 0
+    for frames in replies:
+        for t, raw in frames:
+            if t == 0x43:
+                total += int(m.decode_query(raw[5:]).rsplit(" ", 1)[-1])
+    out = [raw for t, raw in replies[0] if t == 0x54]
+    out.extend(rows)
+    out.append(m.command_complete(f"INSERT 0 {total}"))
+    return b"".join(out)
+
+
+def split_insert(sql: str, groups: dict[str, list[int]]) -> dict[str, str]:
+    """The INSERT … VALUES text for each shard, holding only that shard's rows."""
+    from pglast import parse_sql
+    from pglast.stream import RawStream
+
+    out = {}
+    for shard, idxs in groups.items():
+        stmt = parse_sql(sql)[0].stmt
+        rows = stmt.selectStmt.valuesLists
+        stmt.selectStmt.valuesLists = tuple(rows[i] for i in idxs)
+        out[shard] = RawStream()(stmt)
+    return out
 
 
 def agree(shards: list[str], replies) -> bytes:
