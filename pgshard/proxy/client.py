@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import socket
 import time
@@ -53,6 +54,7 @@ log = logging.getLogger("pgshard.client")
 # Pending extended-protocol operations (built until Flush/Sync, then sent to one server).
 OP_PARSE, OP_BIND, OP_DESC_STMT, OP_RAW, OP_FAKE, OP_FLUSH, OP_SYNC = range(7)
 
+_READ_ONLY = re.compile(r"\bREAD\s+ONLY\b", re.I)
 _STARTUP_SKIP = frozenset({"user", "database", "replication", "options"})
 _TXN_KINDS = (r.BEGIN, r.COMMIT, r.ROLLBACK)
 
@@ -755,21 +757,30 @@ class ClientSession(asyncio.Protocol):
         return self._auto_route(sql if sql is not None else st.sql, bind, st)
 
     def _role_for(self, shard: str, plan: r.Plan, sql: str) -> str:
-        """primary, or replica:<i> for a read under eventual/session consistency."""
+        """primary, or replica:<i> for a read under eventual/session consistency (also a
+        whole BEGIN READ ONLY transaction: a write in it gets the replica's own error)."""
+        s = self.server
+        if s is not None and s.txn_status != b"I":
+            return self.role      # inside a transaction: it stays where it is
         cons = plan.consistency or self.consistency
         mon = self.proxy.replicas
-        if cons == "strong" or mon is None or self.pending_begin is not None \
-                or plan.kind not in (r.STATEMENT, r.SHOW) or self.pool_mode == "session":
+        if cons == "strong" or mon is None or self.pool_mode == "session":
             return "primary"
-        s = self.server
-        if s is not None and (s.txn_status != b"I" or self.role != "primary" and s.expect):
-            return "primary"   # inside a transaction: it stays where it is
-        if plan.kind == r.STATEMENT:
-            if plan.first_word not in ("SELECT", "WITH", "VALUES", "TABLE"):
+        read_only_txn = self.pending_begin is not None and \
+            _READ_ONLY.search(self.pending_begin) is not None
+        if self.pending_begin is not None and not read_only_txn:
+            return "primary"
+        if s is not None and self.role != "primary" and s.expect:
+            return "primary"
+        if not read_only_txn:
+            if plan.kind not in (r.STATEMENT, r.SHOW):
                 return "primary"
-            a = sp.analyze(sql, self.proxy.catalog.tables)
-            if a.kind != sp.SELECT or a.locking:
-                return "primary"   # includes SQL that does not parse: never a replica
+            if plan.kind == r.STATEMENT:
+                if plan.first_word not in ("SELECT", "WITH", "VALUES", "TABLE"):
+                    return "primary"
+                a = sp.analyze(sql, self.proxy.catalog.tables)
+                if a.kind != sp.SELECT or a.locking:
+                    return "primary"   # includes SQL that does not parse: never a replica
         if cons == "session":
             t = self.last_write.get(shard)
             if t is not None:

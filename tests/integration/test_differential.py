@@ -50,10 +50,11 @@ class Case:
     id: str
     steps: tuple
     txn: str | None = None
+    drivers: tuple[str, ...] = ("pg", "apg")
 
 
-def case(id: str, *steps, txn: str | None = None) -> Case:
-    return Case(id, steps, txn)
+def case(id: str, *steps, txn: str | None = None, drivers: tuple[str, ...] = ("pg", "apg")) -> Case:
+    return Case(id, steps, txn, drivers)
 
 
 CORPUS: list[Case] = [
@@ -67,6 +68,14 @@ CORPUS: list[Case] = [
     case("ddl-insert-column-list", "INSERT INTO {ddl} (id, v) VALUES (1, 'a')"),
     case("ddl-insert-no-column-list", "INSERT INTO {ddl} VALUES (2, 'b', 3)"),
     case("ddl-select-star-ordered", "SELECT * FROM {ddl} ORDER BY id"),
+    case("ddl-rename-column", "ALTER TABLE {ddl} RENAME COLUMN n TO num", "SELECT num FROM {ddl} WHERE id = 2"),
+    case("ddl-comment", "COMMENT ON TABLE {ddl} IS 'corpus'"),
+    case("ddl-truncate", "TRUNCATE {ddl}", "SELECT count(*) FROM {ddl}"),
+    case("ddl-function",
+         "CREATE FUNCTION {ddl}_twice(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 * 2'",
+         "SELECT {ddl}_twice(21)",
+         "SELECT {ddl}_twice(qty) FROM {items} WHERE id = 8",
+         "DROP FUNCTION {ddl}_twice(int)"),
     case("ddl-drop-index", "DROP INDEX {ddl}_v_idx"),
     case("ddl-drop-table", "DROP TABLE {ddl}"),
     case("ddl-gone-42P01", "SELECT * FROM {ddl} WHERE id = 1"),
@@ -94,6 +103,9 @@ CORPUS: list[Case] = [
          "ON CONFLICT (id) DO UPDATE SET name = excluded.name RETURNING id, name"),
     case("insert-multirow-one-shard",
          f"INSERT INTO {{items}} (id, grp, name) VALUES ({_SAME[0]}, 1, 'm1'), ({_SAME[1]}, 2, 'm2')"),
+    case("insert-multirow-spanning-shards",
+         "INSERT INTO {items} (id, grp, name) VALUES (110, 1, 's110'), (111, 2, 's111'), "
+         "(112, 3, 's112'), (113, 0, 's113') RETURNING id, name", drivers=("pg",)),
     case("insert-check-readback", f"SELECT * FROM {{items}} WHERE id IN (101, 102, 103, 104, 105, 106, "
          f"{_SAME[0]}, {_SAME[1]}) ORDER BY id"),
     # -- point reads by key -----------------------------------------------------------
@@ -108,6 +120,14 @@ CORPUS: list[Case] = [
     case("point-and-chain", "SELECT name FROM {items} WHERE grp = 3 AND id = 11 AND name IS NOT NULL"),
     case("point-missing", "SELECT * FROM {items} WHERE id = 999"),
     case("point-for-update", "SELECT id, qty FROM {items} WHERE id = 12 FOR UPDATE"),
+    case("point-or", "SELECT id, name FROM {items} WHERE id = 5 OR id = 6"),
+    case("point-keyed-aggregate", "SELECT count(*), max(name) FROM {items} WHERE id = 5"),
+    case("point-self-join",
+         "SELECT a.id, b.name FROM {items} a JOIN {items} b ON a.id = b.id "
+         "WHERE a.id IN (1, 2, 3) ORDER BY a.id"),
+    case("point-cte", "WITH s AS (SELECT id, qty FROM {items} WHERE id = 5) SELECT * FROM s"),
+    case("point-repeated-prepared",
+         *[("SELECT id, name FROM {items} WHERE id = $1", (k,)) for k in (1, 2, 5, 8, 9, 10, 11)]),
     case("point-expressions",
          "SELECT id * 2 AS twice, upper(name), price + 1, score / 2, ts + interval '1 day' "
          "FROM {items} WHERE id = 13"),
@@ -159,11 +179,23 @@ CORPUS: list[Case] = [
     case("group-by-limit-offset",
          "SELECT grp, count(*) FROM {items} GROUP BY grp ORDER BY grp DESC LIMIT 2 OFFSET 1"),
     case("group-by-expression", "SELECT id % 3 AS m, count(*) FROM {items} GROUP BY id % 3 ORDER BY m"),
+    case("group-by-positions", "SELECT grp, count(*) FROM {items} GROUP BY 1 ORDER BY 2 DESC, 1"),
+    case("aggregate-filter", "SELECT count(*) FILTER (WHERE qty > 5), sum(qty) FILTER (WHERE grp = 1) FROM {items}"),
+    case("aggregate-subquery", "SELECT count(*) FROM (SELECT id FROM {items} WHERE qty > 3) s"),
+    case("aggregate-cte", "WITH s AS (SELECT id, grp FROM {items}) SELECT grp, count(*) FROM s GROUP BY grp ORDER BY grp"),
     case("group-by-empty-table", "SELECT grp, count(*) FROM {empty} GROUP BY grp"),
     # -- DISTINCT, UNION --------------------------------------------------------------
     case("distinct-ordered", "SELECT DISTINCT grp FROM {items} ORDER BY grp"),
     case("distinct-two-columns", "SELECT DISTINCT grp, flag FROM {items}"),
     case("distinct-nulls", "SELECT DISTINCT qty FROM {items} ORDER BY qty NULLS FIRST"),
+    case("distinct-order-hidden-42P10", "SELECT DISTINCT grp FROM {items} ORDER BY id"),
+    case("order-position-out-of-range-42P10", "SELECT id, name FROM {items} ORDER BY 5"),
+    case("group-ungrouped-column-42803", "SELECT grp, count(*) FROM {items} GROUP BY grp ORDER BY id"),
+    case("limit-negative-2201W", "SELECT id FROM {items} ORDER BY id LIMIT -1"),
+    case("limit-all", "SELECT id FROM {items} ORDER BY id LIMIT ALL"),
+    case("union-all-ordered",
+         "SELECT id, 'a' AS src FROM {items} WHERE grp = 1 UNION ALL "
+         "SELECT id, 'b' FROM {items} WHERE grp = 1 ORDER BY id, src"),
     case("union-ordered",
          "SELECT id FROM {items} WHERE grp = 1 UNION SELECT id FROM {items} WHERE grp = 2 ORDER BY id"),
     # -- updates and deletes by key ---------------------------------------------------
@@ -176,6 +208,8 @@ CORPUS: list[Case] = [
     case("delete-by-key", "DELETE FROM {items} WHERE id = 3"),
     case("delete-params-returning", ("DELETE FROM {items} WHERE id = $1 RETURNING *", (4,))),
     case("delete-missing-key", "DELETE FROM {items} WHERE id = 3"),
+    case("update-key-and-filter", "UPDATE {items} SET qty = 0 WHERE id = 7 AND qty > 100"),
+    case("delete-in-one-key", "DELETE FROM {items} WHERE id IN (12) RETURNING id"),
     case("delete-readback", "SELECT count(*), sum(id) FROM {items}"),
     # -- transactions on one key ------------------------------------------------------
     case("txn-commit",
@@ -204,6 +238,47 @@ CORPUS: list[Case] = [
          "SELECT count(*) FROM {items} WHERE id = 6",
          "ROLLBACK",
          "SELECT id, name FROM {items} WHERE id = 6"),
+    case("txn-empty", "BEGIN", "COMMIT"),
+    case("txn-begin-twice-warning", "BEGIN", "BEGIN", "SELECT id FROM {items} WHERE id = 8", "COMMIT"),
+    case("txn-commit-outside-warning", "COMMIT"),
+    case("txn-rollback-outside-warning", "ROLLBACK"),
+    case("txn-isolation-level",
+         "BEGIN ISOLATION LEVEL REPEATABLE READ",
+         "SELECT id, name FROM {items} WHERE id = 8",
+         "SHOW transaction_isolation",
+         "COMMIT"),
+    case("txn-savepoint",
+         "BEGIN",
+         "INSERT INTO {items} (id, grp, name) VALUES (205, 1, 't205')",
+         "SAVEPOINT sp",
+         "INSERT INTO {items} (id, grp, name) VALUES (205, 1, 't205')",
+         "ROLLBACK TO SAVEPOINT sp",
+         "UPDATE {items} SET name = 't205b' WHERE id = 205",
+         "RELEASE SAVEPOINT sp",
+         "COMMIT",
+         "SELECT id, name FROM {items} WHERE id = 205"),
+    case("txn-error-first-statement",
+         "BEGIN", "SELEC 1", "SELECT id FROM {items} WHERE id = 8", "ROLLBACK"),
+    case("txn-set-rolled-back",
+         "BEGIN",
+         "SELECT id FROM {items} WHERE id = 8",
+         "SET statement_timeout = '7s'",
+         "SHOW statement_timeout",
+         "ROLLBACK",
+         "SHOW statement_timeout",
+         "SELECT current_setting('statement_timeout') FROM {items} WHERE id = 9"),
+    case("txn-set-local",
+         "BEGIN",
+         "SELECT id FROM {items} WHERE id = 8",
+         "SET LOCAL statement_timeout = '8s'",
+         "SHOW statement_timeout",
+         "COMMIT",
+         "SHOW statement_timeout"),
+    case("txn-driver-error-rollback",
+         "INSERT INTO {items} (id, grp) VALUES (206, 1)",
+         "INSERT INTO {items} (id, grp) VALUES (206, 1)",
+         "SELECT id FROM {items} WHERE id = 206",
+         txn="rollback"),
     case("txn-driver-commit",
          "INSERT INTO {items} (id, grp, name) VALUES (204, 0, 't204')",
          ("UPDATE {items} SET name = $2 WHERE id = $1", (204, "t204b")),
@@ -237,6 +312,9 @@ CORPUS: list[Case] = [
          "SET application_name = 'difftest'",
          "SHOW application_name",
          "SELECT current_setting('application_name')"),
+    case("set-datestyle-keyed", "SET DateStyle = 'German'", "SELECT ts::text FROM {items} WHERE id = 8",
+         "SET DateStyle = 'ISO, MDY'"),
+    case("discard-all", "SET TimeZone = 'Asia/Tokyo'", "DISCARD ALL", "SHOW TimeZone"),
     case("reset-all", "RESET ALL", "SHOW TimeZone", "SHOW search_path"),
     # -- errors -----------------------------------------------------------------------
     case("division-by-zero-22012", "SELECT 1 / 0"),
@@ -251,6 +329,9 @@ CORPUS: list[Case] = [
     case("invalid-key-text-22P02", "SELECT * FROM {items} WHERE id = 'abc'"),
     # -- statements on no table -------------------------------------------------------
     case("constants", "SELECT 1 AS one, 'x'::text AS s, 2.5::numeric AS n, NULL::int AS z, true AS b"),
+    case("empty-query", "", drivers=("pg",)),
+    case("multi-statement-keyed",
+         "UPDATE {items} SET qty = 1 WHERE id = 10; SELECT qty FROM {items} WHERE id = 10", drivers=("pg",)),
     case("generate-series", "SELECT g FROM generate_series(1, 5) g ORDER BY g DESC"),
 ]
 
@@ -370,21 +451,29 @@ def pg_conns(diff_env):
         ("direct", "txn"): psycopg.connect(direct_dsn),
         ("proxy", "txn"): psycopg.connect(proxy.dsn()),
     }
+    for conn in conns.values():
+        notices = _NOTICES[id(conn)] = []
+        conn.add_notice_handler(lambda d, n=notices: n.append((d.severity_nonlocalized, d.sqlstate)))
     yield conns
     for conn in conns.values():
         conn.close()
 
 
+_NOTICES: dict[int, list[tuple[str, str]]] = {}   # id(connection) -> (severity, SQLSTATE)
+
+
 def _pg_step(conn: psycopg.Connection, sql: str, params) -> Outcome:
+    notices = _NOTICES[id(conn)]
+    notices.clear()
     cur = conn.cursor() if params is None else psycopg.RawCursor(conn)
     try:
         cur.execute(sql, params)
     except psycopg.Error as exc:
-        return Outcome(sqlstate=exc.sqlstate)
+        return Outcome(sqlstate=exc.sqlstate, notes=list(notices))
     if cur.description is None:
-        return Outcome(status=cur.statusmessage)
+        return Outcome(status=cur.statusmessage, notes=list(notices))
     cols = tuple((d.name, d.type_code) for d in cur.description)
-    return _normalize(Outcome(cols, cur.fetchall(), cur.statusmessage), sql)
+    return _normalize(Outcome(cols, cur.fetchall(), cur.statusmessage, notes=list(notices)), sql)
 
 
 def _pg_run(conns, side: str, c: Case, steps) -> list[Outcome]:
@@ -399,7 +488,11 @@ def _pg_run(conns, side: str, c: Case, steps) -> list[Outcome]:
     return out
 
 
-@pytest.mark.parametrize("c", CORPUS, ids=[c.id for c in CORPUS])
+PG_CASES = [c for c in CORPUS if "pg" in c.drivers]
+APG_CASES = [c for c in CORPUS if "apg" in c.drivers]
+
+
+@pytest.mark.parametrize("c", PG_CASES, ids=[c.id for c in PG_CASES])
 def test_psycopg_text(pg_conns, c: Case):
     steps = _steps(c, PREFIXES["pg"])
     direct = _pg_run(pg_conns, "direct", c, steps)
@@ -446,7 +539,7 @@ async def _apg_run(conn: asyncpg.Connection, c: Case, steps) -> list[Outcome]:
     return out
 
 
-@pytest.mark.parametrize("c", CORPUS, ids=[c.id for c in CORPUS])
+@pytest.mark.parametrize("c", APG_CASES, ids=[c.id for c in APG_CASES])
 async def test_asyncpg_binary(apg_conns, c: Case):
     steps = _steps(c, PREFIXES["apg"])
     direct = await _apg_run(apg_conns["direct"], c, steps)

@@ -100,3 +100,21 @@ async def test_session_consistency_reads_own_writes(proxy_replicas):
         assert await c.fetchval("SELECT pg_is_in_recovery() FROM rr WHERE id = 100") is True
     finally:
         await c.close()
+
+
+async def test_begin_read_only_runs_on_a_replica(proxy_replicas):
+    c = await asyncpg.connect(proxy_replicas.dsn())
+    try:
+        await c.execute("SET pgshard.consistency = eventual")
+        async with c.transaction(readonly=True):
+            assert await c.fetchval("SELECT pg_is_in_recovery() FROM rr WHERE id = 1") is True
+            assert await c.fetchval("SELECT count(*) FROM rr WHERE id = 1") == 1
+        # A write slipped into a read-only transaction gets PostgreSQL's own error.
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
+            async with c.transaction(readonly=True):
+                await c.execute("INSERT INTO rr VALUES (999, 'no')")
+        # Without READ ONLY a transaction stays on the primary.
+        async with c.transaction():
+            assert await c.fetchval("SELECT pg_is_in_recovery() FROM rr WHERE id = 1") is False
+    finally:
+        await c.close()
