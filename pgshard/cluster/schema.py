@@ -21,6 +21,9 @@ def bootstrap_script(*, user: str, password: str, database: str) -> str:
         " AS role_missing \\gset",
         f"\\if :role_missing\n  CREATE ROLE {role};\n\\endif",
         f"ALTER ROLE {role} LOGIN SUPERUSER REPLICATION PASSWORD {secret};",
+        # The schema "pgshard" holds pgshard.hash(); for a role also named pgshard the
+        # default search_path ("$user", public) would put every new table there.
+        f"ALTER ROLE {role} SET search_path = public;",
     ]
     if database != "postgres":
         lines.append(f"CREATE DATABASE {db} OWNER {role};")

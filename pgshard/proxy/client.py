@@ -54,6 +54,8 @@ log = logging.getLogger("pgshard.client")
 # Pending extended-protocol operations (built until Flush/Sync, then sent to one server).
 OP_PARSE, OP_BIND, OP_DESC_STMT, OP_RAW, OP_FAKE, OP_FLUSH, OP_SYNC = range(7)
 
+# Statements answered by the proxy itself, also inside a multi-shard transaction.
+_LOCAL_KINDS = frozenset({"set_pgshard", "reset_pgshard", "show_pgshard", "deallocate", "empty"})
 _READ_ONLY = re.compile(r"\bREAD\s+ONLY\b", re.I)
 _STARTUP_SKIP = frozenset({"user", "database", "replication", "options"})
 _TXN_KINDS = (r.BEGIN, r.COMMIT, r.ROLLBACK)
@@ -143,6 +145,7 @@ class ClientSession(asyncio.Protocol):
         self.unit_shard: str | None = None
         self.unit_fanout: Fanout | None = None
         self._fan_hide_desc = False
+        self.multi: scatter.MultiTxn | None = None   # DDL transaction across shards
         self._owe_z = False
         self.skip_until_sync = False
         self.session_key: bytes | None = None
@@ -346,7 +349,10 @@ class ClientSession(asyncio.Protocol):
                 s.push(X_QUERY)
                 s.unnamed_owner = None
 
-            replies = await scatter.run_on_shards(self, [self._any_shard()], emit)
+            if self.multi is not None:   # the table may exist only in this transaction
+                replies = await self.multi.run(self.multi.shards[:1], emit)
+            else:
+                replies = await scatter.run_on_shards(self, [self._any_shard()], emit)
             names = [scatter.decode_row(raw[5:])[0] for t, raw in replies[0] if t == 0x44]
             names = [n.decode() for n in names if n is not None]
             self.proxy.set_key_position(table, names.index(key) if key in names else -1)
@@ -364,6 +370,8 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------ simple query
 
     def _status(self) -> bytes:
+        if self.multi is not None:
+            return b"E" if self.multi.failed else b"T"
         if self.server is not None:
             return self.server.txn_status
         if self.pending_begin is not None:
@@ -389,6 +397,8 @@ class ClientSession(asyncio.Protocol):
         if plan.first_word == "LISTEN" and self.pool_mode == "transaction":
             raise _listen_error()
         attached = self.server is not None
+        if self.multi is not None and kind not in _LOCAL_KINDS:
+            return self._guard(self._multi_query(raw, sql, plan), True)
         if self.pending_failed and not attached and kind not in (r.COMMIT, r.ROLLBACK):
             raise PgError("current transaction is aborted, commands ignored until end of "
                           "transaction block", sqlstate="25P02")
@@ -466,6 +476,34 @@ class ClientSession(asyncio.Protocol):
         s.push(X_QUERY)
         s.flush()
 
+    async def _multi_query(self, raw: bytes, sql: str, plan: r.Plan) -> None:
+        kind = plan.kind
+        if kind in (r.COMMIT, r.ROLLBACK):
+            out = await self._multi_end(kind)
+            self.write(out + m.ready_for_query(b"I"))
+            return
+        if kind == r.BEGIN:
+            self.write(m.error_response("25001", "there is already a transaction in progress",
+                                        severity="WARNING", notice=True)
+                       + m.command_complete("BEGIN") + m.ready_for_query(self._status()))
+            return
+        if kind in (r.SET, r.RESET, r.SET_LOCAL, r.TXN_INNER, r.DISCARD_ALL):
+            if self.multi.failed and kind != r.TXN_INNER:
+                raise PgError("current transaction is aborted, commands ignored until end of "
+                              "transaction block", sqlstate="25P02")
+            if kind == r.SET:
+                self._set_var(plan.name, plan.value)
+            elif kind == r.RESET:
+                self._reset_var(plan.name, None)
+            fan = Fanout("all", list(self.multi.shards), None)
+        else:
+            try:
+                fan = self._multi_target(plan, sql)
+            except _NeedColumns as nc:
+                await self._learn_columns(nc.tables)
+                fan = self._multi_target(plan, sql)
+        await self._fanout(fan, [(raw, X_QUERY)], sql, True)
+
     def _local_txn(self, kind: str, sql: str) -> None:
         """BEGIN/COMMIT/ROLLBACK with no server attached: the transaction starts on the
         shard of its first routed statement, so BEGIN is held back until then."""
@@ -520,6 +558,8 @@ class ClientSession(asyncio.Protocol):
         bind = m.decode_bind(raw[5:]) if plan.key_param or multi else None
         if plan.kind in _TXN_KINDS and self.server is None and self.pool_mode == "transaction":
             shard = None
+        elif self.multi is not None:
+            shard = self._multi_target(plan, st.sql, bind, st)
         else:
             shard = self._target(plan, bind, st)
         if isinstance(shard, Fanout):
@@ -576,6 +616,8 @@ class ClientSession(asyncio.Protocol):
                 self._owe_z = False
                 self.write(m.ready_for_query(self._status()))
             return None
+        if self.multi is not None and self.unit_fanout is None:
+            return self._guard(self._multi_unit(ops, sync), False, sync)
         fan = self.unit_fanout
         if fan is not None:
             self.unit_fanout = None
@@ -950,10 +992,10 @@ class ClientSession(asyncio.Protocol):
                 f"this transaction runs on shard {self.shard}; a statement that needs "
                 f"{'every shard' if fan.kind == 'ddl' else 'several shards'} cannot join it",
                 hint="run it outside the transaction (cross-shard transactions are not supported yet)")
-        if fan.kind == "ddl" and self.pending_begin is not None:
+        if fan.kind == "insert" and (self.pending_begin is not None or self.multi is not None):
             raise FeatureNotSupported(
-                "DDL inside a transaction block is not supported on a multi-shard cluster yet",
-                hint="run DDL outside BEGIN/COMMIT; pgshard applies it to every shard")
+                "a multi-row INSERT spanning shards cannot be split inside a transaction",
+                hint="insert the rows of each shard in its own statement")
 
     async def _run_fanout(self, fan: Fanout, parts: list[tuple[bytes, int, bool]]) -> bytes | None:
         """Run parts on every shard of fan; the merged reply (no Z), or None after an error
@@ -964,8 +1006,15 @@ class ClientSession(asyncio.Protocol):
                 s.push(kind, swallow)
             s.unnamed_owner = None
 
-        replies = await scatter.run_on_shards(self, fan.shards, emit)
+        if self.multi is None and self.pending_begin is not None and fan.kind == "ddl":
+            await self._open_multi()
+        if self.multi is not None:
+            replies = await self.multi.run(fan.shards, emit)
+        else:
+            replies = await scatter.run_on_shards(self, fan.shards, emit)
         err = scatter.first_error(fan.shards, replies)
+        if err is not None and self.multi is not None:
+            self.multi.failed = True
         if err is not None:
             if fan.kind != "read":
                 ok = [n for n, fr in zip(fan.shards, replies, strict=True) if not any(t == 0x45 for t, _ in fr)]
@@ -981,8 +1030,86 @@ class ClientSession(asyncio.Protocol):
             return scatter.merge_read(fan.shards, replies, fan.analysis.merge)
         if fan.kind == "insert":
             return scatter.merge_insert(replies)
+        if fan.kind in ("one", "all"):
+            return scatter.agree(fan.shards, replies)
         self.proxy.forget_key_positions()
         return scatter.agree(fan.shards, replies)
+
+    async def _multi_unit(self, ops, sync: bool) -> None:
+        """A unit with no routed Bind inside a multi-shard transaction: COMMIT/ROLLBACK
+        sent with the extended protocol, or a Parse/Describe (run on one held shard)."""
+        self.unit_shard = None
+        txn = [op[1] for op in ops if op[0] == OP_BIND and op[1].plan.kind in _TXN_KINDS]
+        if txn:
+            end = await self._multi_end(txn[0].plan.kind) if txn[0].plan.kind != r.BEGIN \
+                else m.command_complete("BEGIN")
+            for op in ops:
+                k = op[0]
+                if k == OP_PARSE:
+                    self.write(m.PARSE_COMPLETE)
+                elif k == OP_BIND:
+                    self.write(m.BIND_COMPLETE)
+                elif k == OP_RAW and op[2] == X_DESC_PORTAL:
+                    self.write(m.NO_DATA)
+                elif k == OP_RAW and op[2] == X_EXEC:
+                    self.write(end)
+                elif k == OP_FAKE:
+                    self.write(op[1])
+                elif k == OP_SYNC:
+                    self.write(m.ready_for_query(self._status()))
+            return
+        await self._fanout_ext(Fanout("one", [self.multi.shards[0]], None), ops, sync)
+
+    async def _open_multi(self) -> None:
+        """DDL inside BEGIN: hold the transaction open on every shard from here on."""
+        shards = [sh.name for sh in self.proxy.catalog.shards]
+        multi = scatter.MultiTxn(self, shards)
+        replies = await multi.open(self.pending_begin)
+        err = scatter.first_error(shards, replies)
+        if err is not None:
+            multi.release(abort=True)
+            f = m.decode_fields(err[5:])
+            raise PgError(f.get("M", "BEGIN failed"), sqlstate=f.get("C", "XX000"))
+        self.pending_begin = None
+        self.multi = multi
+
+    def _multi_target(self, plan: r.Plan, sql: str, bind=None, st=None) -> Fanout:
+        """Inside a multi-shard transaction every unit runs on the held servers."""
+        if self.multi.failed and plan.kind not in (r.COMMIT, r.ROLLBACK):
+            raise PgError("current transaction is aborted, commands ignored until end of "
+                          "transaction block", sqlstate="25P02")
+        target = self._target(plan, bind, st, sql=sql)
+        if isinstance(target, Fanout):
+            return target
+        return Fanout("one", [target], None)
+
+    async def _multi_end(self, kind: str) -> bytes:
+        """COMMIT or ROLLBACK on every shard of the multi-shard transaction."""
+        multi = self.multi
+        self.multi = None
+        word = "ROLLBACK" if kind == r.ROLLBACK or multi.failed else "COMMIT"
+        done, failed = [], []
+        try:
+            for sh in multi.shards:   # one by one: stop committing at the first failure
+                msg = m.query(word)
+
+                def emit(s, i, msg=msg):
+                    s.send(msg)
+                    s.push(X_QUERY)
+                reply = (await multi.run([sh], emit))[0]
+                if any(t == 0x45 for t, _ in reply):
+                    failed.append(sh)
+                    word = "ROLLBACK"
+                else:
+                    done.append(sh)
+        finally:
+            multi.release(abort=bool(failed))
+        if failed:
+            return m.error_response(
+                "XX000", f"COMMIT failed on {', '.join(failed)}",
+                detail=f"committed on: {', '.join(d for d in done) or 'none'} (no two-phase "
+                       "commit yet: the shards now disagree)")
+        return m.command_complete(word)
 
     async def _fanout(self, fan: Fanout, parts, sql: str, simple: bool) -> None:
         """A simple Query on several shards."""

@@ -100,6 +100,9 @@ class Merger:
     (name, type OID, format code), hidden columns included."""
 
     def __init__(self, spec: MergeSpec, columns: list[tuple[str, int, int]]):
+        if spec.unmergeable:
+            raise FeatureNotSupported(
+                f"cannot merge this query across shards: {spec.unmergeable}")
         self.spec = spec
         self.columns = list(columns)
         n = len(self.columns)

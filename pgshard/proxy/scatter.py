@@ -77,6 +77,59 @@ async def run_on_shards(session, shards: list[str], emit) -> list[list[tuple[int
     return [c.frames() for c in collectors]
 
 
+class MultiTxn:
+    """One transaction held open on several shards (DDL inside BEGIN … COMMIT).
+
+    Strategy: best effort until two-phase commit lands. Every shard runs the same BEGIN;
+    statements go to the shards they concern; COMMIT is sent to every shard in turn and a
+    failure on one after another committed is reported naming both sides. An error on any
+    shard fails the whole transaction (as on one database): only ROLLBACK is accepted."""
+
+    def __init__(self, session, shards: list[str]):
+        self.session = session
+        self.shards = shards
+        self.servers: dict[str, tuple] = {}
+        self.failed = False
+
+    async def open(self, begin_sql: str) -> list:
+        pools = [self.session.proxy.pool_for(sh, self.session.user) for sh in self.shards]
+        got = await asyncio.gather(*(p.acquire() for p in pools), return_exceptions=True)
+        for sh, pool, s in zip(self.shards, pools, got, strict=True):
+            if not isinstance(s, BaseException):
+                self.servers[sh] = (pool, s)
+        bad = next((s for s in got if isinstance(s, BaseException)), None)
+        if bad is not None:
+            self.release(abort=False)
+            raise bad
+        msg = m.query(begin_sql)
+        from pgshard.proxy.backend import X_QUERY
+
+        def emit(s, i):
+            s.send(msg)
+            s.push(X_QUERY)
+        return await self.run(self.shards, emit)
+
+    async def run(self, shards: list[str], emit) -> list[list[tuple[int, bytes]]]:
+        collectors = []
+        for i, sh in enumerate(shards):
+            pool, s = self.servers[sh]
+            c = Collector(pool)
+            collectors.append(c)
+            s.link(c)
+            self.session.sync_vars_on(s)
+            emit(s, i)
+            s.flush()
+        await asyncio.gather(*(c.done for c in collectors))
+        return [c.frames() for c in collectors]
+
+    def release(self, abort: bool = False) -> None:
+        for pool, s in self.servers.values():
+            if abort:
+                s.abort("multi-shard transaction abandoned")
+            pool.release(s)
+        self.servers = {}
+
+
 def first_error(shards: list[str], replies) -> bytes | None:
     """The first shard's ErrorResponse, its message prefixed with the shard's name."""
     for name, frames in zip(shards, replies, strict=True):

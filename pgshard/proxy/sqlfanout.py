@@ -10,6 +10,11 @@ included, are given as negative indexes counted from the end of the row, as in P
 Each shard returns LIMIT + OFFSET rows without OFFSET, sorted by the original ORDER BY; a
 grouped query returns all its partial groups (no ORDER BY, LIMIT or OFFSET on the shards).
 A client that binds per-column result formats must get one more format per hidden column.
+
+A statement PostgreSQL itself rejects (ORDER BY position 5 of 2 columns, LIMIT -1, a SELECT
+DISTINCT ordered by a column it does not return) runs unchanged, so the client gets the
+shards' own error; its MergeSpec carries `unmergeable`, and should a shard accept it after
+all, the merge refuses rather than guess.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class MergeSpec:
     avg_parts: tuple[tuple[int, int, int], ...] = ()   # (avg index, sum index, count index)
     hidden: int = 0
     distinct: bool = False
+    unmergeable: str | None = None     # run unchanged; PostgreSQL is expected to reject it
 
     @property
     def grouped(self) -> bool:
@@ -49,6 +55,10 @@ class _Refuse(Exception):
     pass
 
 
+class _Invalid(_Refuse):
+    """The statement is an error on PostgreSQL too: let the shards say so."""
+
+
 def plan_fanout(stmt: ast.SelectStmt) -> tuple[MergeSpec | None, str | None, str | None]:
     """(merge spec, shard SQL or None if the statement runs unchanged, refusal reason).
 
@@ -57,6 +67,8 @@ def plan_fanout(stmt: ast.SelectStmt) -> tuple[MergeSpec | None, str | None, str
         if stmt.op != SetOperation.SETOP_NONE:
             return _set_operation(stmt)
         return _Planner(stmt).plan()
+    except _Invalid as exc:
+        return MergeSpec(unmergeable=str(exc)), None, None
     except _Refuse as exc:
         return None, None, str(exc)
 
@@ -111,6 +123,8 @@ def _const_int(node, what: str) -> int | None:
         v = node.val
         if isinstance(v, ast.Integer) and v.ival >= 0:
             return v.ival
+        if isinstance(v, ast.Integer):
+            raise _Invalid(f"{what} must not be negative")
         if isinstance(v, ast.Float) and v.fval.isdigit():
             return int(v.fval)
     raise _Refuse(f"{what} must be a non-negative integer constant to merge across shards")
@@ -212,7 +226,7 @@ class _Planner:
             return None
         p = node.val.ival - 1
         if p < 0 or (self.first_star is None and p >= len(self.targets)):
-            raise _Refuse(f"ORDER/GROUP BY position {p + 1} is not in the select list")
+            raise _Invalid(f"ORDER/GROUP BY position {p + 1} is not in the select list")
         if self.first_star is not None and p >= self.first_star:
             raise _Refuse("ORDER/GROUP BY position after a * cannot be merged across shards")
         return p
@@ -258,6 +272,10 @@ class _Planner:
             j = self._by_expr(node)
         if j is not None and self._known(j):
             ref = ("v", j)
+        elif allow_hidden and self.stmt.distinctClause == (None,):
+            # Hiding the sort expression would make the shards deduplicate on it too.
+            raise _Invalid("for SELECT DISTINCT, ORDER BY expressions must appear in the "
+                           "select list")
         elif allow_hidden:
             ref = self._hide(node)
         else:

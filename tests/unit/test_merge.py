@@ -299,6 +299,14 @@ def test_unsupported_types_raise_with_the_oid(spec, oid):
     assert exc.value.sqlstate == "0A000"
 
 
+def test_unmergeable_spec_refuses_rows():
+    # The shards were expected to reject the statement (e.g. ORDER BY 5 of 2 columns).
+    spec = analyze("SELECT id, name FROM t ORDER BY 5", {"t": "id"}).merge
+    with pytest.raises(FeatureNotSupported, match="position 5") as exc:
+        Merger(spec, [("id", INT8, 0), ("name", TEXT, 0)])
+    assert exc.value.sqlstate == "0A000"
+
+
 def test_spec_indexes_outside_the_row_are_a_protocol_violation():
     with pytest.raises(ProtocolViolation):
         Merger(MergeSpec(order_by=((3, False, None),)), [("a", INT4, 0)])

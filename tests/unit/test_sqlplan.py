@@ -371,6 +371,30 @@ def test_merge_plans(sql, spec, shard_sql):
         parse_sql(shard_sql)
 
 
+# Statements PostgreSQL rejects run unchanged (the shards report their own error, as one
+# database would); the merge refuses should a shard accept one after all.
+INVALID_CASES = [
+    ("SELECT id, name FROM users ORDER BY 5", "position 5"),
+    ("SELECT id FROM users ORDER BY 0", "position 0"),
+    ("SELECT name, count(*) FROM users GROUP BY 3", "position 3"),
+    ("SELECT id FROM users ORDER BY id LIMIT -1", "LIMIT must not be negative"),
+    ("SELECT id FROM users ORDER BY id OFFSET -2", "OFFSET must not be negative"),
+    ("SELECT DISTINCT name FROM users ORDER BY id", "SELECT DISTINCT"),
+    ("SELECT DISTINCT name, count(*) FROM users GROUP BY name ORDER BY max(age)",
+     "SELECT DISTINCT"),
+    ("SELECT id FROM users UNION SELECT user_id FROM orders LIMIT -3",
+     "LIMIT must not be negative"),
+]
+
+
+@pytest.mark.parametrize("sql,reason", INVALID_CASES, ids=[c[0][:60] for c in INVALID_CASES])
+def test_statements_postgres_rejects_run_unchanged(sql, reason):
+    a = analyze(sql, TABLES)
+    assert a.refuse is None
+    assert a.shard_sql is None
+    assert a.merge is not None and reason in a.merge.unmergeable
+
+
 def test_insert_rows_split_multi_row_values():
     a = analyze("INSERT INTO users (id, name) VALUES (1, 'a'), ($1, 'b'), (1, 'c')", TABLES)
     assert a.insert_rows == ((KeyRef("1"), 0), (KeyRef(param=1), 1), (KeyRef("1"), 2))
