@@ -29,29 +29,54 @@ BACKEND_TYPES = frozenset(b"RSKZETDCIs123tnGHWdcNAv")
 
 
 class FrameBuffer:
-    """Accumulates bytes; yields complete messages as (type byte, body bytes)."""
+    """Accumulates bytes; yields complete messages as (type byte, body bytes).
 
-    __slots__ = ("_buf", "_pos", "max_size", "allowed")
+    Strategy: most reads hold whole messages only, so bytes fed into an empty buffer are
+    kept as they are (no copy) and consumed in place; only a partial tail is copied."""
+
+    __slots__ = ("_buf", "_pos", "_ext", "_epos", "max_size", "allowed")
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  allowed: frozenset[int] | None = None):
         self._buf = bytearray()
         self._pos = 0
+        self._ext: bytes | None = None   # fed bytes not copied yet
+        self._epos = 0
         self.max_size = max_size
         self.allowed = allowed
 
     def feed(self, data: bytes) -> None:
         if self._pos and self._pos == len(self._buf):
-            # Everything was consumed: start over rather than grow forever.
             self._buf.clear()
             self._pos = 0
+        ext = self._ext
+        if ext is not None:
+            # Bytes still pending in place: join them (and what follows) in the buffer.
+            self._buf += memoryview(ext)[self._epos:]
+            self._ext = None
+            self._epos = 0
+        elif not self._buf:
+            self._ext = data
+            return
         self._buf += data
 
+    def _spill(self) -> None:
+        """Move pending in-place bytes into the buffer (for the slow paths)."""
+        ext = self._ext
+        if ext is not None:
+            self._buf += memoryview(ext)[self._epos:]
+            self._ext = None
+            self._epos = 0
+
     def __len__(self) -> int:
-        return len(self._buf) - self._pos
+        n = len(self._buf) - self._pos
+        if self._ext is not None:
+            n += len(self._ext) - self._epos
+        return n
 
     def take_all(self) -> bytes:
         """Return and drop every buffered byte (used when switching to TLS)."""
+        self._spill()
         data = bytes(self._buf[self._pos:])
         self._buf.clear()
         self._pos = 0
@@ -59,6 +84,7 @@ class FrameBuffer:
 
     def next_startup(self) -> tuple[int, bytes] | None:
         """The next untyped startup-phase packet as (request code, body after the code)."""
+        self._spill()
         buf, pos = self._buf, self._pos
         if len(buf) - pos < 4:
             return None
@@ -74,6 +100,7 @@ class FrameBuffer:
 
     def next_message(self) -> tuple[int, bytes] | None:
         """The next whole typed message, or None until more bytes arrive."""
+        self._spill()
         buf, pos = self._buf, self._pos
         avail = len(buf) - pos
         if avail < 5:
@@ -89,6 +116,27 @@ class FrameBuffer:
 
     def next_frame(self) -> tuple[int, bytes] | None:
         """Like next_message, but returns the whole frame (header included) for forwarding."""
+        ext = self._ext
+        if ext is not None:
+            pos = self._epos
+            avail = len(ext) - pos
+            if avail < 5:
+                self._spill()
+                return None
+            mtype = ext[pos]
+            (length,) = _I32.unpack_from(ext, pos + 1)
+            self._check(mtype, length)
+            end = pos + 1 + length
+            if end > len(ext):
+                self._spill()
+                return None
+            raw = ext if (pos == 0 and end == len(ext)) else ext[pos:end]
+            if end == len(ext):
+                self._ext = None
+                self._epos = 0
+            else:
+                self._epos = end
+            return mtype, raw
         buf, pos = self._buf, self._pos
         avail = len(buf) - pos
         if avail < 5:
@@ -104,25 +152,39 @@ class FrameBuffer:
 
     def scan(self) -> tuple[list[tuple[int, int, int]], memoryview | bytes]:
         """All whole messages buffered now, as (type, start, end) offsets into the returned
-        view, and consume them. Bodies are not copied: the caller slices what it needs."""
-        buf, pos = self._buf, self._pos
-        end = len(buf)
+        bytes, and consume them. Bodies are not copied: the caller slices what it needs."""
+        ext = self._ext
+        if ext is not None and not self._epos:
+            frames, n = self._frames(ext, 0)
+            self._ext = None
+            if n == len(ext):
+                return frames, ext
+            self._buf += memoryview(ext)[n:]
+            return (frames, ext[:n]) if frames else (frames, b"")
+        self._spill()
+        frames, pos = self._frames(self._buf, self._pos)
+        if not frames:
+            return frames, b""
+        data = bytes(self._buf[self._pos:pos])
+        self._consume(pos - self._pos)
+        return frames, data
+
+    def _frames(self, data, start: int) -> tuple[list[tuple[int, int, int]], int]:
+        """Whole frames in data from start: (frames with offsets from start, end offset)."""
+        end = len(data)
         frames = []
-        start = pos
+        pos = start
+        check = self._check
         while end - pos >= 5:
-            mtype = buf[pos]
-            (length,) = _I32.unpack_from(buf, pos + 1)
-            self._check(mtype, length)
+            mtype = data[pos]
+            (length,) = _I32.unpack_from(data, pos + 1)
+            check(mtype, length)
             nxt = pos + 1 + length
             if nxt > end:
                 break
             frames.append((mtype, pos - start, nxt - start))
             pos = nxt
-        if not frames:
-            return frames, b""
-        data = bytes(buf[start:pos])
-        self._consume(pos - start)
-        return frames, data
+        return frames, pos
 
     def _check(self, mtype: int, length: int) -> None:
         if length < 4:

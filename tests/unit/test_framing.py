@@ -149,3 +149,24 @@ def test_protocol_package_does_no_io():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module.split(".")[0]]
             assert not banned.intersection(names), f"{path.name} imports {names}"
+
+
+def test_in_place_and_buffered_paths_agree():
+    """Any split of a stream gives the same frames, whether kept in place or copied."""
+    import random
+
+    stream = b"".join([m.query("SELECT 1"), m.parse("s", "SELECT $1", (23,)),
+                       m.bind("", "s", [b"42"]), m.execute(), m.SYNC] * 20)
+    rnd = random.Random(7)
+    for _ in range(200):
+        cuts = sorted(rnd.sample(range(1, len(stream)), rnd.randint(0, 12)))
+        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        got, rest = frames(chunks)
+        assert b"".join(raw for _, raw in got) == stream and rest == 0
+        fb = FrameBuffer(allowed=BACKEND_TYPES | FRONTEND_TYPES)
+        out = b""
+        for c in chunks:
+            fb.feed(c)
+            fr, data = fb.scan()
+            out += bytes(data)[:fr[-1][2]] if fr else b""
+        assert out == stream
