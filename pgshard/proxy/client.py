@@ -987,6 +987,11 @@ class ClientSession(asyncio.Protocol):
     # ------------------------------------------------------------ fan-out
 
     def _check_fanout(self, fan: Fanout) -> None:
+        s = self.server
+        if s is not None and s.txn_status == b"I" and not s.expect \
+                and self.pool_mode == "transaction":
+            # Held only because a Describe was flushed without a Sync: let it go.
+            self._detach()
         if self.server is not None:
             raise FeatureNotSupported(
                 f"this transaction runs on shard {self.shard}; a statement that needs "
