@@ -114,6 +114,12 @@ class _Orphan:
     def server_lost(self, server, reason):
         pass
 
+    def server_error(self):
+        pass
+
+    def parse_failed(self, name):
+        pass
+
 
 class ClientSession(asyncio.Protocol):
     def __init__(self, proxy):
@@ -146,6 +152,8 @@ class ClientSession(asyncio.Protocol):
         self.unit_fanout: Fanout | None = None
         self._fan_hide_desc = False
         self.multi: scatter.MultiTxn | None = None   # DDL transaction across shards
+        self._txn_snapshot = None      # (client vars, server vars, server) before a SET in a txn
+        self._ending_commit = False
         self._owe_z = False
         self.skip_until_sync = False
         self.session_key: bytes | None = None
@@ -431,6 +439,8 @@ class ClientSession(asyncio.Protocol):
         if not attached and self.pending_begin is not None and kind in (r.SET, r.SET_LOCAL, r.RESET):
             # Part of the held-back transaction: it runs where the transaction will.
             self.pending_begin += "; " + sql.strip().rstrip(";")
+            if self._txn_snapshot is None:
+                self._txn_snapshot = (dict(self.vars), None, None)
             if kind == r.SET:
                 self._set_var(plan.name, plan.value)
             elif kind == r.RESET:
@@ -463,18 +473,35 @@ class ClientSession(asyncio.Protocol):
         self._send_query(s, raw, plan)
 
     def _send_query(self, s, raw: bytes, plan: r.Plan) -> None:
-        kind = plan.kind
-        if kind == r.SET:
-            self._set_var(plan.name, plan.value)
-            s.vars[plan.name] = plan.value
-        elif kind == r.RESET:
-            self._reset_var(plan.name, s)
-        elif kind == r.DISCARD_ALL:
-            s.prepared.clear()
+        self._track(s, plan)
         s.unnamed_owner = None
         s.send(raw)
         s.push(X_QUERY)
         s.flush()
+
+    def _track(self, s, plan: r.Plan) -> None:
+        """Session state a statement changes, kept to replay it on other servers."""
+        kind = plan.kind
+        if kind == r.SET or kind == r.RESET:
+            if s.txn_status != b"I" and self._txn_snapshot is None:
+                # A SET inside a transaction is undone by ROLLBACK: remember the before.
+                self._txn_snapshot = (dict(self.vars), dict(s.vars), s)
+            if kind == r.SET:
+                self._set_var(plan.name, plan.value)
+                s.vars[plan.name] = plan.value
+            else:
+                self._reset_var(plan.name, s)
+        elif kind == r.DISCARD_ALL:
+            s.prepared.clear()
+            s.vars = {}
+            s.unnamed_owner = None
+            self._discard_all()
+        elif kind == r.COMMIT or kind == r.ROLLBACK:
+            self._ending_commit = kind == r.COMMIT and s.txn_status == b"T"
+        elif plan.is_ddl:
+            # Plans prepared before a schema change must not be reused under the same name.
+            self.proxy.statements.invalidate()
+            self.proxy.forget_key_positions()
 
     async def _multi_query(self, raw: bytes, sql: str, plan: r.Plan) -> None:
         kind = plan.kind
@@ -524,6 +551,11 @@ class ClientSession(asyncio.Protocol):
         self.pending_failed = False
         self.local_key = None
         tag = "ROLLBACK" if kind == r.ROLLBACK or failed else "COMMIT"
+        snap = self._txn_snapshot
+        self._txn_snapshot = None
+        if snap is not None and tag == "ROLLBACK":
+            self.vars = snap[0]
+            self.vars_gen += 1
         self.write(m.command_complete(tag))
 
     # ------------------------------------------------------------ extended protocol
@@ -536,6 +568,7 @@ class ClientSession(asyncio.Protocol):
         st = self.proxy.statements.get(pm.sql, pm.oids, named)
         if st.plan.first_word == "LISTEN" and self.pool_mode == "transaction":
             raise _listen_error()
+        self._check_failed_txn(st.plan)
         if named:
             self.stmts[pm.name] = st
         else:
@@ -554,6 +587,9 @@ class ClientSession(asyncio.Protocol):
         name, _ = m.bind_statement_name(raw[5:])
         st = self._lookup(name)
         plan = st.plan
+        self._check_failed_txn(plan)
+        if plan.kind in _TXN_KINDS and self.unit_shard is None:
+            self._release_if_idle()
         multi = len(self.proxy.catalog.shards) > 1
         bind = m.decode_bind(raw[5:]) if plan.key_param or multi else None
         if plan.kind in _TXN_KINDS and self.server is None and self.pool_mode == "transaction":
@@ -611,11 +647,16 @@ class ClientSession(asyncio.Protocol):
     def _flush_ops(self, sync: bool):
         ops = self.ops
         self.ops = []
-        if self._owe_z and all(op[0] in (OP_SYNC, OP_FLUSH) for op in ops):
+        if self._owe_z:
+            # A unit already ran to a Sync of its own on the servers: the client's Sync is
+            # answered here, or by the unit it ends.
+            if all(op[0] in (OP_SYNC, OP_FLUSH) for op in ops):
+                if sync:
+                    self._owe_z = False
+                    self.write(m.ready_for_query(self._status()))
+                return None
             if sync:
                 self._owe_z = False
-                self.write(m.ready_for_query(self._status()))
-            return None
         if self.multi is not None and self.unit_fanout is None:
             return self._guard(self._multi_unit(ops, sync), False, sync)
         fan = self.unit_fanout
@@ -667,9 +708,12 @@ class ClientSession(asyncio.Protocol):
                     s.prepared.add(st.global_name)
                     push(X_PARSE, fake=(st, op[3]))
             elif k == OP_BIND:
-                self._ensure(s, op[1])
+                st = op[1]
+                self._ensure(s, st)
                 send(op[2])
                 push(X_BIND)
+                if st.plan.kind != r.STATEMENT or st.plan.is_ddl:
+                    self._track(s, st.plan)   # after the Bind: it applies to what follows
             elif k == OP_RAW:
                 send(op[1])
                 push(op[2])
@@ -986,12 +1030,15 @@ class ClientSession(asyncio.Protocol):
 
     # ------------------------------------------------------------ fan-out
 
-    def _check_fanout(self, fan: Fanout) -> None:
+    def _release_if_idle(self) -> None:
+        """Let go of a server held only because a Describe was flushed without a Sync."""
         s = self.server
         if s is not None and s.txn_status == b"I" and not s.expect \
-                and self.pool_mode == "transaction":
-            # Held only because a Describe was flushed without a Sync: let it go.
+                and self.pool_mode == "transaction" and self.multi is None:
             self._detach()
+
+    def _check_fanout(self, fan: Fanout) -> None:
+        self._release_if_idle()
         if self.server is not None:
             raise FeatureNotSupported(
                 f"this transaction runs on shard {self.shard}; a statement that needs "
@@ -1038,6 +1085,7 @@ class ClientSession(asyncio.Protocol):
         if fan.kind in ("one", "all"):
             return scatter.agree(fan.shards, replies)
         self.proxy.forget_key_positions()
+        self.proxy.statements.invalidate()
         return scatter.agree(fan.shards, replies)
 
     async def _multi_unit(self, ops, sync: bool) -> None:
@@ -1301,6 +1349,16 @@ class ClientSession(asyncio.Protocol):
         if self.unit_wrote and s.txn_status == b"I":
             self.last_write[self.shard] = time.monotonic()
             self.unit_wrote = False
+        snap = self._txn_snapshot
+        if snap is not None and s.txn_status == b"I":
+            self._txn_snapshot = None
+            if not self._ending_commit:
+                # Rolled back: PostgreSQL undid the SETs, and so does the replay state.
+                self.vars = snap[0]
+                self.vars_gen += 1
+                if snap[2] is s:
+                    s.vars = snap[1]
+            self._ending_commit = False
         if s.txn_status == b"I":
             self.local_key = None
             if self.pool_mode == "transaction":
@@ -1369,6 +1427,17 @@ class ClientSession(asyncio.Protocol):
             self.write(m.ready_for_query(self._status()))
         else:
             self.skip_until_sync = True
+
+    def _check_failed_txn(self, plan: r.Plan) -> None:
+        if self.pending_failed and self.server is None \
+                and plan.kind not in (r.COMMIT, r.ROLLBACK):
+            raise PgError("current transaction is aborted, commands ignored until end of "
+                          "transaction block", sqlstate="25P02")
+
+    def server_error(self) -> None:
+        """An ErrorResponse reached the client: a held-back transaction is now failed."""
+        if self.pending_begin is not None:
+            self.pending_failed = True
 
     def parse_failed(self, client_name: str | None) -> None:
         if client_name:

@@ -40,14 +40,14 @@ class BackendPool:
     """Idle servers in a deque; waiters served first-come first-served."""
 
     def __init__(self, key: PoolKey, host: str, port: int, password: str,
-                 settings: PoolSettings, application_name: str = "pgshard"):
+                 settings: PoolSettings):
         self.key = key
         self.host = host
         self.port = port
         self.password = password
         self.settings = settings
-        self.params = {"user": key.user, "database": key.database,
-                       "application_name": application_name}
+        # No application_name: a client that sets none must see PostgreSQL's default ('').
+        self.params = {"user": key.user, "database": key.database}
         self.idle: deque[ServerConnection] = deque()
         self.servers: set[ServerConnection] = set()
         self.connecting = 0

@@ -43,6 +43,9 @@ class Collector:
     def parse_failed(self, name) -> None:
         pass
 
+    def server_error(self) -> None:
+        pass
+
     def frames(self) -> list[tuple[int, bytes]]:
         fb = FrameBuffer(allowed=BACKEND_TYPES)
         fb.feed(b"".join(self.chunks))

@@ -13,12 +13,13 @@ class Statement:
 
     __slots__ = ("sql", "oids", "global_name", "parse_msg", "plan", "described_oids", "validated")
 
-    def __init__(self, sql: str, oids: tuple[int, ...], named: bool):
+    def __init__(self, sql: str, oids: tuple[int, ...], named: bool, epoch: int = 0):
         self.sql = sql
         self.oids = oids
         self.plan = routing.plan(sql)
         if named:
-            digest = hashlib.blake2b(f"{sql}\0{oids}".encode(), digest_size=10).hexdigest()
+            digest = hashlib.blake2b(f"{sql}\0{oids}\0{epoch}".encode(),
+                                     digest_size=10).hexdigest()
             self.global_name = f"pgshard_{digest}"
         else:
             self.global_name = ""
@@ -41,15 +42,23 @@ class StatementCache:
 
     def __init__(self, limit: int = 20000):
         self.limit = limit
+        self.epoch = 0
         self._named: dict[tuple[str, tuple[int, ...]], Statement] = {}
         self._unnamed: dict[tuple[str, tuple[int, ...]], Statement] = {}
+
+    def invalidate(self) -> None:
+        """After DDL: later Parses get fresh global names, so no server reuses a plan made
+        for the old schema."""
+        self.epoch += 1
+        self._named.clear()
+        self._unnamed.clear()
 
     def get(self, sql: str, oids: tuple[int, ...], named: bool) -> Statement:
         table = self._named if named else self._unnamed
         key = (sql, oids)
         st = table.get(key)
         if st is None:
-            st = Statement(sql, oids, named)
+            st = Statement(sql, oids, named, self.epoch)
             if len(table) >= self.limit:
                 table.pop(next(iter(table)))
             table[key] = st
