@@ -184,6 +184,17 @@ async def serve_forever(config: Config, role: str = "all") -> None:
         await runtime.stop()
 
 
+DEMO_TABLE = "accounts"
+DEMO_DDL = (f"CREATE TABLE IF NOT EXISTS {DEMO_TABLE} "
+            "(id bigint PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL DEFAULT 0)")
+
+
+def _create_demo_table(cluster) -> None:
+    """The example sharded table, on every primary (replicas get it by replication)."""
+    for shard in cluster.shards:
+        shard.primary.psql(DEMO_DDL)
+
+
 def demo_config(cluster, port: int, pool_mode: str, password: str, *, api_port: int = 8081,
                 store: str | None = None, admin_password: str | None = None) -> Config:
     """The config `pgshard demo` runs with: one app user, the cluster's shards."""
@@ -194,6 +205,7 @@ def demo_config(cluster, port: int, pool_mode: str, password: str, *, api_port: 
         "users": [{"name": "app", "password": password}],
         "shards": [{"name": s["name"], "primary": s["primary"], "replicas": s["replicas"]}
                    for s in cluster.describe()["shards"]],
+        "tables": [{"name": DEMO_TABLE, "shard_key": "id"}],
     }
     if store:
         data["store"] = store
@@ -223,6 +235,7 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
         await asyncio.to_thread(cluster.start)
     else:
         await asyncio.to_thread(cluster.create)
+    await asyncio.to_thread(_create_demo_table, cluster)
     password = _secret_file(data_dir / "app-password")
     admin_password = _secret_file(data_dir / "admin-password")
     config = demo_config(cluster, port, pool_mode, password, api_port=api_port,
@@ -242,6 +255,10 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
         state_file.write_text(json.dumps(state, indent=2))
         os.chmod(state_file, 0o600)
         print(f"pgshard demo ready. Connect with:\n  psql {client_dsn}\n"
+              f"Example sharded table: {DEMO_TABLE}(id, owner, balance), sharded by id; try\n"
+              f"  INSERT INTO {DEMO_TABLE} VALUES (1, 'ann', 10), (2, 'bob', 20);\n"
+              f"  SELECT * FROM {DEMO_TABLE} ORDER BY id;\n"
+              "Declare your own tables with `pgshard tables add NAME --shard-key COLUMN`.\n"
               f"REST API: {runtime.api_url} (user {config.sidecar.admin_user}, password in "
               f"{state_file})\nstate: {state_file}   (Ctrl-C stops everything)", flush=True)
         await _until_signalled()
