@@ -6,35 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
-import secrets
 import socket
 import time
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.auth import SCRAM, ScramServer, md5_response, scram_verifier
 from pgshard.protocol.errors import (
     ConnectionFailure,
     FeatureNotSupported,
-    InvalidCatalogName,
-    InvalidPassword,
     InvalidSqlStatementName,
     PgError,
     ProtocolViolation,
-    TooManyConnections,
 )
 from pgshard.protocol.framing import (
-    CANCEL_REQUEST,
     FRONTEND_TYPES,
-    GSSENC_REQUEST,
-    PROTOCOL_3_0,
-    SSL_REQUEST,
     FrameBuffer,
 )
-from pgshard.proxy import fastkey, scatter
 from pgshard.proxy import routing as r
-from pgshard.proxy import sqlplan as sp
+from pgshard.proxy import scatter
 from pgshard.proxy.backend import (
     X_BIND,
     X_CLOSE,
@@ -46,53 +34,36 @@ from pgshard.proxy.backend import (
     X_QUERY,
     X_SYNC,
 )
-from pgshard.proxy.relations import user_relations
-from pgshard.ring import hashing
+from pgshard.proxy.fanout import FanoutMixin
+from pgshard.proxy.session_state import SessionStateMixin
+from pgshard.proxy.startup import StartupMixin
+from pgshard.proxy.targeting import TargetingMixin
+from pgshard.proxy.units import (
+    LOCAL_KINDS,
+    OP_BIND,
+    OP_DESC_STMT,
+    OP_FAKE,
+    OP_FLUSH,
+    OP_PARSE,
+    OP_RAW,
+    OP_SYNC,
+    TXN_KINDS,
+    Fanout,
+    NeedColumns,
+    quote_literal,
+)
 
 log = logging.getLogger("pgshard.client")
-
-# Pending extended-protocol operations (built until Flush/Sync, then sent to one server).
-OP_PARSE, OP_BIND, OP_DESC_STMT, OP_RAW, OP_FAKE, OP_FLUSH, OP_SYNC = range(7)
-
-# Statements answered by the proxy itself, also inside a multi-shard transaction.
-_LOCAL_KINDS = frozenset({"set_pgshard", "reset_pgshard", "show_pgshard", "deallocate", "empty"})
-_READ_ONLY = re.compile(r"\bREAD\s+ONLY\b", re.I)
-_STARTUP_SKIP = frozenset({"user", "database", "replication", "options"})
-_TXN_KINDS = (r.BEGIN, r.COMMIT, r.ROLLBACK)
-
-
-def _quote_literal(v: str) -> str:
-    return "'" + v.replace("'", "''") + "'"
 
 
 def _raise_sql(exc: PgError) -> str:
     """A statement that makes a server raise exc, so its transaction state follows."""
-    parts = [f"ERRCODE = {_quote_literal(exc.sqlstate)}", f"MESSAGE = {_quote_literal(exc.message)}"]
+    parts = [f"ERRCODE = {quote_literal(exc.sqlstate)}", f"MESSAGE = {quote_literal(exc.message)}"]
     if exc.hint:
-        parts.append(f"HINT = {_quote_literal(exc.hint)}")
+        parts.append(f"HINT = {quote_literal(exc.hint)}")
     if exc.detail:
-        parts.append(f"DETAIL = {_quote_literal(exc.detail)}")
+        parts.append(f"DETAIL = {quote_literal(exc.detail)}")
     return f"DO $pgshard$ BEGIN RAISE EXCEPTION USING {', '.join(parts)}; END $pgshard$"
-
-
-class Fanout:
-    """A unit that runs on several shards: a read to merge, or DDL to apply everywhere."""
-
-    __slots__ = ("kind", "shards", "analysis", "groups")
-
-    def __init__(self, kind: str, shards: list[str], analysis, groups=None):
-        self.kind = kind
-        self.shards = shards
-        self.analysis = analysis
-        self.groups = groups       # insert: shard -> row indexes of a multi-row VALUES
-
-
-class _NeedColumns(Exception):
-    """Routing needs the column order of these tables (INSERT without a column list)."""
-
-    def __init__(self, tables):
-        super().__init__(tables)
-        self.tables = tables
 
 
 class _Terminate(Exception):
@@ -121,7 +92,8 @@ class _Orphan:
         pass
 
 
-class ClientSession(asyncio.Protocol):
+class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin,
+                    asyncio.Protocol):
     def __init__(self, proxy):
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
@@ -333,37 +305,9 @@ class ClientSession(asyncio.Protocol):
             if exc.fatal:
                 raise
             self._fail(exc, simple=(t == 0x51))
-        except _NeedColumns as nc:
+        except NeedColumns as nc:
             return self._guard(self._learn_then_dispatch(nc.tables, t, raw), t == 0x51)
         return None
-
-    async def _learn_then_dispatch(self, tables, t: int, raw: bytes) -> None:
-        await self._learn_columns(tables)
-        aw = self._dispatch(t, raw)
-        if aw is not None:
-            await aw
-
-    async def _learn_columns(self, tables) -> None:
-        """Learn where each table's key column sits in its column order, from a shard."""
-        cat = self.proxy.catalog
-        for table in tables:
-            key = cat.key_column(table)
-            sql = ("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass("
-                   f"{_quote_literal(table)}) AND attnum > 0 AND NOT attisdropped ORDER BY attnum")
-            msg = m.query(sql)
-
-            def emit(s, i, msg=msg):
-                s.send(msg)
-                s.push(X_QUERY)
-                s.unnamed_owner = None
-
-            if self.multi is not None:   # the table may exist only in this transaction
-                replies = await self.multi.run(self.multi.shards[:1], emit)
-            else:
-                replies = await scatter.run_on_shards(self, [self._any_shard()], emit)
-            names = [scatter.decode_row(raw[5:])[0] for t, raw in replies[0] if t == 0x44]
-            names = [n.decode() for n in names if n is not None]
-            self.proxy.set_key_position(table, names.index(key) if key in names else -1)
 
     async def _guard(self, coro, simple: bool, synced: bool = False) -> None:
         """Run a step that had to wait; its routing errors are reported like the rest.
@@ -405,12 +349,12 @@ class ClientSession(asyncio.Protocol):
         if plan.first_word == "LISTEN" and self.pool_mode == "transaction":
             raise _listen_error()
         attached = self.server is not None
-        if self.multi is not None and kind not in _LOCAL_KINDS:
+        if self.multi is not None and kind not in LOCAL_KINDS:
             return self._guard(self._multi_query(raw, sql, plan), True)
         if self.pending_failed and not attached and kind not in (r.COMMIT, r.ROLLBACK):
             raise PgError("current transaction is aborted, commands ignored until end of "
                           "transaction block", sqlstate="25P02")
-        if kind in _TXN_KINDS and not attached and self.pool_mode == "transaction":
+        if kind in TXN_KINDS and not attached and self.pool_mode == "transaction":
             self._local_txn(kind, sql)
             self.write(m.ready_for_query(self._status()))
             return
@@ -479,58 +423,6 @@ class ClientSession(asyncio.Protocol):
         s.push(X_QUERY)
         s.flush()
 
-    def _track(self, s, plan: r.Plan) -> None:
-        """Session state a statement changes, kept to replay it on other servers."""
-        kind = plan.kind
-        if kind == r.SET or kind == r.RESET:
-            if s.txn_status != b"I" and self._txn_snapshot is None:
-                # A SET inside a transaction is undone by ROLLBACK: remember the before.
-                self._txn_snapshot = (dict(self.vars), dict(s.vars), s)
-            if kind == r.SET:
-                self._set_var(plan.name, plan.value)
-                s.vars[plan.name] = plan.value
-            else:
-                self._reset_var(plan.name, s)
-        elif kind == r.DISCARD_ALL:
-            s.prepared.clear()
-            s.vars = {}
-            s.unnamed_owner = None
-            self._discard_all()
-        elif kind == r.COMMIT or kind == r.ROLLBACK:
-            self._ending_commit = kind == r.COMMIT and s.txn_status == b"T"
-        elif plan.is_ddl:
-            # Plans prepared before a schema change must not be reused under the same name.
-            self.proxy.statements.invalidate()
-            self.proxy.forget_key_positions()
-
-    async def _multi_query(self, raw: bytes, sql: str, plan: r.Plan) -> None:
-        kind = plan.kind
-        if kind in (r.COMMIT, r.ROLLBACK):
-            out = await self._multi_end(kind)
-            self.write(out + m.ready_for_query(b"I"))
-            return
-        if kind == r.BEGIN:
-            self.write(m.error_response("25001", "there is already a transaction in progress",
-                                        severity="WARNING", notice=True)
-                       + m.command_complete("BEGIN") + m.ready_for_query(self._status()))
-            return
-        if kind in (r.SET, r.RESET, r.SET_LOCAL, r.TXN_INNER, r.DISCARD_ALL):
-            if self.multi.failed and kind != r.TXN_INNER:
-                raise PgError("current transaction is aborted, commands ignored until end of "
-                              "transaction block", sqlstate="25P02")
-            if kind == r.SET:
-                self._set_var(plan.name, plan.value)
-            elif kind == r.RESET:
-                self._reset_var(plan.name, None)
-            fan = Fanout("all", list(self.multi.shards), None)
-        else:
-            try:
-                fan = self._multi_target(plan, sql)
-            except _NeedColumns as nc:
-                await self._learn_columns(nc.tables)
-                fan = self._multi_target(plan, sql)
-        await self._fanout(fan, [(raw, X_QUERY)], sql, True)
-
     def _local_txn(self, kind: str, sql: str) -> None:
         """BEGIN/COMMIT/ROLLBACK with no server attached: the transaction starts on the
         shard of its first routed statement, so BEGIN is held back until then."""
@@ -588,11 +480,11 @@ class ClientSession(asyncio.Protocol):
         st = self._lookup(name)
         plan = st.plan
         self._check_failed_txn(plan)
-        if plan.kind in _TXN_KINDS and self.unit_shard is None:
+        if plan.kind in TXN_KINDS and self.unit_shard is None:
             self._release_if_idle()
         multi = len(self.proxy.catalog.shards) > 1
         bind = m.decode_bind(raw[5:]) if plan.key_param or multi else None
-        if plan.kind in _TXN_KINDS and self.server is None and self.pool_mode == "transaction":
+        if plan.kind in TXN_KINDS and self.server is None and self.pool_mode == "transaction":
             shard = None
         elif self.multi is not None:
             shard = self._multi_target(plan, st.sql, bind, st)
@@ -773,11 +665,11 @@ class ClientSession(asyncio.Protocol):
         for op in ops:
             k = op[0]
             if k == OP_PARSE:
-                if op[1].plan.kind not in _TXN_KINDS:
+                if op[1].plan.kind not in TXN_KINDS:
                     return False
                 out.append(("fake", m.PARSE_COMPLETE))
             elif k == OP_BIND:
-                if op[1].plan.kind not in _TXN_KINDS:
+                if op[1].plan.kind not in TXN_KINDS:
                     return False
                 current = op[1]
                 out.append(("fake", m.BIND_COMPLETE))
@@ -802,440 +694,6 @@ class ClientSession(asyncio.Protocol):
             else:
                 self.write(m.ready_for_query(self._status()))
         return True
-
-    # ------------------------------------------------------------ routing
-
-    def _any_shard(self) -> str:
-        """A shard for statements that need a server but no particular one."""
-        if self.session_shard:
-            return self.session_shard
-        cat = self.proxy.catalog
-        return cat.shards[0].name
-
-    def _target(self, plan: r.Plan, bind=None, st=None, sql: str | None = None):
-        """The shard for a statement (a name), or a Fanout. Precedence: hints, then
-        SET pgshard.*, then a named parameter, then the key read from the SQL itself."""
-        cat = self.proxy.catalog
-        if plan.shard is not None:
-            cat.shard(plan.shard)  # raises for an unknown shard
-            return plan.shard
-        key = plan.shard_key
-        if key is None and plan.key_param is not None and bind is not None:
-            i = plan.key_param - 1
-            if i >= len(bind.params):
-                raise PgError(f"shard_key_param {plan.key_param} names a parameter the "
-                              f"statement does not have ({len(bind.params)} bound)",
-                              sqlstate="22023")
-            v = bind.params[i]
-            if v is None:
-                raise PgError("the shard key parameter is NULL", sqlstate="22004")
-            key = hashing.key_from_param(v, bind.param_format(i), st.param_oid(i))
-        if key is None:
-            key = self.local_key if self.local_key is not None else self.session_key
-        if key is not None:
-            return cat.ring.owner(hashing.token(key))
-        if self.session_shard is not None:
-            return self.session_shard
-        if len(cat.shards) == 1:
-            return cat.shards[0].name
-        if plan.kind != r.STATEMENT:
-            return self.shard if self.server is not None else self._any_shard()
-        return self._auto_route(sql if sql is not None else st.sql, bind, st)
-
-    def _role_for(self, shard: str, plan: r.Plan, sql: str) -> str:
-        """primary, or replica:<i> for a read under eventual/session consistency (also a
-        whole BEGIN READ ONLY transaction: a write in it gets the replica's own error)."""
-        s = self.server
-        if s is not None and s.txn_status != b"I":
-            return self.role      # inside a transaction: it stays where it is
-        cons = plan.consistency or self.consistency
-        mon = self.proxy.replicas
-        if cons == "strong" or mon is None or self.pool_mode == "session":
-            return "primary"
-        read_only_txn = self.pending_begin is not None and \
-            _READ_ONLY.search(self.pending_begin) is not None
-        if self.pending_begin is not None and not read_only_txn:
-            return "primary"
-        if s is not None and self.role != "primary" and s.expect:
-            return "primary"
-        if not read_only_txn:
-            if plan.kind not in (r.STATEMENT, r.SHOW):
-                return "primary"
-            if plan.kind == r.STATEMENT:
-                if plan.first_word not in ("SELECT", "WITH", "VALUES", "TABLE"):
-                    return "primary"
-                a = sp.analyze(sql, self.proxy.catalog.tables)
-                if a.kind != sp.SELECT or a.locking:
-                    return "primary"   # includes SQL that does not parse: never a replica
-        if cons == "session":
-            t = self.last_write.get(shard)
-            if t is not None:
-                lsn = mon.primary_lsn_since(shard, t)
-                if lsn is None:
-                    return "primary"
-                i = mon.choose(shard, min_lsn=lsn)
-            else:
-                i = mon.choose(shard)
-        else:
-            i = mon.choose(shard)
-        return "primary" if i is None else f"replica:{i}"
-
-    def _auto_route(self, sql: str, bind, st):
-        """Route by what the SQL says (pglast): keys in WHERE / VALUES, or a fan-out."""
-        cat = self.proxy.catalog
-        proxy = self.proxy
-        if bind is None:
-            shard = fastkey.route(sql, cat, proxy.key_positions_key)
-            if shard is not None:
-                return shard
-        a = sp.analyze(sql, cat.tables, proxy.key_positions_key)
-        if a.kind == sp.INSERT and a.keys is None and a.tables:
-            missing = [t for t in a.tables if t not in proxy.key_positions]
-            if missing:
-                raise _NeedColumns(missing)
-        if a.updates_key:
-            raise FeatureNotSupported(
-                "UPDATE changes the shard key column; that would move the row to another shard",
-                hint="DELETE the row and INSERT it with its new key")
-        if a.keys is not None:
-            params = bind.params if bind is not None else ()
-            formats = bind.param_formats if bind is not None else ()
-            oids = tuple(st.param_oid(i) for i in range(len(params))) if st is not None else ()
-            owners = sorted({cat.ring.owner(hashing.token(k.resolve(params, formats, oids)))
-                             for k in a.keys})
-            if len(owners) == 1:
-                return owners[0]
-            if a.kind == sp.SELECT and not a.locking:
-                if a.refuse:
-                    raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
-                return Fanout("read", owners, a)
-            if a.insert_rows and bind is None and self.server is None \
-                    and self.pending_begin is None:
-                groups: dict[str, list[int]] = {}
-                for k, row in a.insert_rows:
-                    owner = cat.ring.owner(hashing.token(k.resolve()))
-                    groups.setdefault(owner, []).append(row)
-                return Fanout("insert", sorted(groups), a, groups)
-            if a.insert_rows:
-                raise FeatureNotSupported(
-                    f"this multi-row INSERT spans {len(owners)} shards; it is split per shard "
-                    "only as a simple-protocol statement outside a transaction",
-                    hint="insert the rows of each shard in its own statement")
-            raise r.CrossShardTransaction(
-                f"this statement touches keys on {len(owners)} shards ({', '.join(owners)}); "
-                "writes across shards are not supported yet",
-                hint="write the rows of each shard in its own statement")
-        if a.kind == sp.UNPARSED:
-            # Never guess: unparsable SQL goes to a primary, where it will most likely fail.
-            return self.shard if self.server is not None else self._any_shard()
-        if a.tables:
-            if a.kind == sp.SELECT and not a.locking:
-                if a.refuse:
-                    raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
-                return Fanout("read", [sh.name for sh in cat.shards], a)
-            if a.kind == sp.DDL:
-                return Fanout("ddl", [sh.name for sh in cat.shards], a)
-            raise r.no_key_error(r.plan(sql), len(cat.shards), a.tables)
-        if a.kind == sp.DDL:
-            return Fanout("ddl", [sh.name for sh in cat.shards], a)
-        rels = user_relations(sql)
-        if rels and a.kind in (sp.SELECT, sp.INSERT, sp.UPDATE, sp.DELETE, sp.OTHER):
-            raise FeatureNotSupported(
-                f"{', '.join(rels)} {'is' if len(rels) == 1 else 'are'} not declared as sharded "
-                f"and the cluster has {len(cat.shards)} shards, so pgshard cannot tell where "
-                "its rows live (no shard key)",
-                hint="declare the table with its shard key ([[tables]] in the config, or PUT "
-                     "/api/v1/tables/<name>), or pin the statement: /* shard: <name> */ or "
-                     "/* shard_key: <value> */")
-        return self.shard if self.server is not None else self._any_shard()
-
-    def _set_pgshard(self, plan: r.Plan) -> str:
-        name = plan.name
-        if name not in r.PGSHARD_SETTINGS:
-            raise PgError(f'unrecognized configuration parameter "pgshard.{name}"',
-                          sqlstate="42704", hint="pgshard settings: " + ", ".join(
-                              "pgshard." + n for n in r.PGSHARD_SETTINGS))
-        if plan.kind == r.RESET_PGSHARD:
-            if name == "shard_key":
-                self.session_key = self.local_key = None
-            elif name == "shard":
-                self.session_shard = None
-            else:
-                self.consistency = self.user.default_consistency if self.user else "strong"
-            return "RESET"
-        value = plan.value.strip()
-        if value.upper() in ("DEFAULT",):
-            return self._set_pgshard(r.Plan(r.RESET_PGSHARD, name=name))
-        value = value[1:-1].replace("''", "'") if value.startswith("'") and value.endswith("'") \
-            else value
-        local = plan.consistency == "local"
-        if name == "shard_key":
-            if local:
-                if self._status() == b"I":
-                    self.write(m.error_response(
-                        "25P01", "SET LOCAL can only be used in transaction blocks",
-                        severity="WARNING", notice=True))
-                else:
-                    self.local_key = value.encode()
-            else:
-                self.session_key = value.encode()
-        elif name == "shard":
-            self.proxy.catalog.shard(value)
-            self.session_shard = value
-        else:
-            self.consistency = r.check_consistency(value)
-        return "SET"
-
-    def _show_pgshard(self, name: str) -> str | None:
-        if name == "shard_key":
-            key = self.local_key if self.local_key is not None else self.session_key
-            return None if key is None else key.decode(errors="replace")
-        if name == "shard":
-            return self.session_shard
-        if name == "consistency":
-            return self.consistency
-        raise PgError(f'unrecognized configuration parameter "pgshard.{name}"', sqlstate="42704",
-                      hint="pgshard settings: " + ", ".join("pgshard." + n for n in r.PGSHARD_SETTINGS))
-
-    def _set_var(self, name: str, value: str) -> None:
-        self.vars[name] = value
-        self.vars_gen += 1
-
-    def _reset_var(self, name: str, s) -> None:
-        """Track RESET; s is the server that ran it (None when it is still held back)."""
-        if name == "all":
-            self.vars = {k: _quote_literal(v) for k, v in self.startup_vars.items()}
-            if s is not None:
-                s.vars = {}
-        else:
-            if name in self.startup_vars:
-                self.vars[name] = _quote_literal(self.startup_vars[name])
-            else:
-                self.vars.pop(name, None)
-            if s is not None:
-                s.vars.pop(name, None)
-        self.vars_gen += 1
-
-    def _deallocate(self, name: str | None) -> None:
-        if name is None:
-            self.stmts.clear()
-        elif self.stmts.pop(name, None) is None:
-            raise InvalidSqlStatementName(f'prepared statement "{name}" does not exist')
-
-    def _discard_all(self) -> None:
-        self.stmts.clear()
-        self.vars = {k: _quote_literal(v) for k, v in self.startup_vars.items()}
-        self.vars_gen += 1
-        self.session_key = self.local_key = self.session_shard = None
-
-    # ------------------------------------------------------------ fan-out
-
-    def _release_if_idle(self) -> None:
-        """Let go of a server held only because a Describe was flushed without a Sync."""
-        s = self.server
-        if s is not None and s.txn_status == b"I" and not s.expect \
-                and self.pool_mode == "transaction" and self.multi is None:
-            self._detach()
-
-    def _check_fanout(self, fan: Fanout) -> None:
-        self._release_if_idle()
-        if self.server is not None:
-            raise FeatureNotSupported(
-                f"this transaction runs on shard {self.shard}; a statement that needs "
-                f"{'every shard' if fan.kind == 'ddl' else 'several shards'} cannot join it",
-                hint="run it outside the transaction (cross-shard transactions are not supported yet)")
-        if fan.kind == "insert" and (self.pending_begin is not None or self.multi is not None):
-            raise FeatureNotSupported(
-                "a multi-row INSERT spanning shards cannot be split inside a transaction",
-                hint="insert the rows of each shard in its own statement")
-
-    async def _run_fanout(self, fan: Fanout, parts: list[tuple[bytes, int, bool]]) -> bytes | None:
-        """Run parts on every shard of fan; the merged reply (no Z), or None after an error
-        has been written to the client."""
-        def emit(s, i):
-            for msg, kind, swallow in (parts[fan.shards[i]] if isinstance(parts, dict) else parts):
-                s.send(msg)
-                s.push(kind, swallow)
-            s.unnamed_owner = None
-
-        if self.multi is None and self.pending_begin is not None and fan.kind == "ddl":
-            await self._open_multi()
-        if self.multi is not None:
-            replies = await self.multi.run(fan.shards, emit)
-        else:
-            replies = await scatter.run_on_shards(self, fan.shards, emit)
-        err = scatter.first_error(fan.shards, replies)
-        if err is not None and self.multi is not None:
-            self.multi.failed = True
-        if err is not None:
-            if fan.kind != "read":
-                ok = [n for n, fr in zip(fan.shards, replies, strict=True) if not any(t == 0x45 for t, _ in fr)]
-                if ok:
-                    f = m.decode_fields(err[5:])
-                    err = m.error_response(
-                        f.get("C", "XX000"), f.get("M", ""), hint=f.get("H"),
-                        detail=f"the statement succeeded on {', '.join(ok)}; fix the failing "
-                               "shard and re-run it there, or undo it on the others")
-            self.write(err)
-            return None
-        if fan.kind == "read":
-            return scatter.merge_read(fan.shards, replies, fan.analysis.merge)
-        if fan.kind == "insert":
-            return scatter.merge_insert(replies)
-        if fan.kind in ("one", "all"):
-            return scatter.agree(fan.shards, replies)
-        self.proxy.forget_key_positions()
-        self.proxy.statements.invalidate()
-        return scatter.agree(fan.shards, replies)
-
-    async def _multi_unit(self, ops, sync: bool) -> None:
-        """A unit with no routed Bind inside a multi-shard transaction: COMMIT/ROLLBACK
-        sent with the extended protocol, or a Parse/Describe (run on one held shard)."""
-        self.unit_shard = None
-        txn = [op[1] for op in ops if op[0] == OP_BIND and op[1].plan.kind in _TXN_KINDS]
-        if txn:
-            end = await self._multi_end(txn[0].plan.kind) if txn[0].plan.kind != r.BEGIN \
-                else m.command_complete("BEGIN")
-            for op in ops:
-                k = op[0]
-                if k == OP_PARSE:
-                    self.write(m.PARSE_COMPLETE)
-                elif k == OP_BIND:
-                    self.write(m.BIND_COMPLETE)
-                elif k == OP_RAW and op[2] == X_DESC_PORTAL:
-                    self.write(m.NO_DATA)
-                elif k == OP_RAW and op[2] == X_EXEC:
-                    self.write(end)
-                elif k == OP_FAKE:
-                    self.write(op[1])
-                elif k == OP_SYNC:
-                    self.write(m.ready_for_query(self._status()))
-            return
-        await self._fanout_ext(Fanout("one", [self.multi.shards[0]], None), ops, sync)
-
-    async def _open_multi(self) -> None:
-        """DDL inside BEGIN: hold the transaction open on every shard from here on."""
-        shards = [sh.name for sh in self.proxy.catalog.shards]
-        multi = scatter.MultiTxn(self, shards)
-        replies = await multi.open(self.pending_begin)
-        err = scatter.first_error(shards, replies)
-        if err is not None:
-            multi.release(abort=True)
-            f = m.decode_fields(err[5:])
-            raise PgError(f.get("M", "BEGIN failed"), sqlstate=f.get("C", "XX000"))
-        self.pending_begin = None
-        self.multi = multi
-
-    def _multi_target(self, plan: r.Plan, sql: str, bind=None, st=None) -> Fanout:
-        """Inside a multi-shard transaction every unit runs on the held servers."""
-        if self.multi.failed and plan.kind not in (r.COMMIT, r.ROLLBACK):
-            raise PgError("current transaction is aborted, commands ignored until end of "
-                          "transaction block", sqlstate="25P02")
-        target = self._target(plan, bind, st, sql=sql)
-        if isinstance(target, Fanout):
-            return target
-        return Fanout("one", [target], None)
-
-    async def _multi_end(self, kind: str) -> bytes:
-        """COMMIT or ROLLBACK on every shard of the multi-shard transaction."""
-        multi = self.multi
-        self.multi = None
-        word = "ROLLBACK" if kind == r.ROLLBACK or multi.failed else "COMMIT"
-        done, failed = [], []
-        try:
-            for sh in multi.shards:   # one by one: stop committing at the first failure
-                msg = m.query(word)
-
-                def emit(s, i, msg=msg):
-                    s.send(msg)
-                    s.push(X_QUERY)
-                reply = (await multi.run([sh], emit))[0]
-                if any(t == 0x45 for t, _ in reply):
-                    failed.append(sh)
-                    word = "ROLLBACK"
-                else:
-                    done.append(sh)
-        finally:
-            multi.release(abort=bool(failed))
-        if failed:
-            return m.error_response(
-                "XX000", f"COMMIT failed on {', '.join(failed)}",
-                detail=f"committed on: {', '.join(d for d in done) or 'none'} (no two-phase "
-                       "commit yet: the shards now disagree)")
-        return m.command_complete(word)
-
-    async def _fanout(self, fan: Fanout, parts, sql: str, simple: bool) -> None:
-        """A simple Query on several shards."""
-        self._check_fanout(fan)
-        a = fan.analysis
-        if fan.kind == "read" and a.shard_sql:
-            parts = [(m.query(a.shard_sql), X_QUERY, False)]
-        elif fan.kind == "insert":
-            texts = scatter.split_insert(sql, fan.groups)
-            parts = {sh: [(m.query(t), X_QUERY, False)] for sh, t in texts.items()}
-        else:
-            parts = [(raw, kind, False) for raw, kind in parts]
-        out = await self._run_fanout(fan, parts)
-        self.write((out or b"") + m.ready_for_query(self._status()))
-
-    async def _fanout_ext(self, fan: Fanout, ops, sync: bool) -> None:
-        """An extended-protocol unit (Parse/Bind/Describe/Execute) on several shards."""
-        self._check_fanout(fan)
-        a = fan.analysis
-        hidden = a.merge.hidden if fan.kind == "read" and a.merge else 0
-        parts: list[tuple[bytes, int, bool]] = []
-        parsed = set()
-        for op in ops:
-            k = op[0]
-            if k == OP_PARSE:
-                st = op[1]
-                parts.append((m.parse("", self._fan_sql(fan, st), st.oids), X_PARSE, False))
-                parsed.add(id(st))
-            elif k == OP_BIND:
-                st, bind = op[1], op[3]
-                if id(st) not in parsed:
-                    parts.append((m.parse("", self._fan_sql(fan, st), st.oids), X_PARSE, True))
-                    parsed.add(id(st))
-                rf = bind.result_formats
-                if hidden and len(rf) > 1:
-                    rf = tuple(rf) + (0,) * hidden
-                parts.append((m.bind(bind.portal, "", bind.params, bind.param_formats, rf),
-                              X_BIND, False))
-                if fan.kind == "read" and not any(o[0] == OP_RAW and o[2] == X_DESC_PORTAL
-                                                  for o in ops):
-                    # The merge needs the column types even when the client did not ask.
-                    parts.append((m.describe(b"P", bind.portal), X_DESC_PORTAL, False))
-                    self._fan_hide_desc = True
-            elif k == OP_DESC_STMT:
-                parts.append((m.describe(b"S", ""), X_DESC_STMT, False))
-            elif k == OP_RAW:
-                parts.append((op[1], op[2], False))
-            elif k == OP_FAKE:
-                parts.append((b"", X_FAKE, False))
-            elif k == OP_SYNC:
-                parts.append((m.SYNC, X_SYNC, False))
-        if not sync:
-            # The servers must reach an idle point to be released; the client's own Sync
-            # comes later and is answered here.
-            parts.append((m.SYNC, X_SYNC, False))
-            self._owe_z = True
-        out = await self._run_fanout(fan, [p for p in parts if p[1] != X_FAKE])
-        if out is not None and self._fan_hide_desc:
-            out = scatter.drop_first(out, 0x54)
-        self._fan_hide_desc = False
-        if out is None:
-            if sync:
-                self.write(m.ready_for_query(self._status()))
-            else:
-                self.skip_until_sync = True
-            return
-        self.write(out)
-        if sync:
-            self.write(m.ready_for_query(self._status()))
-
-    @staticmethod
-    def _fan_sql(fan: Fanout, st) -> str:
-        return fan.analysis.shard_sql if fan.kind == "read" and fan.analysis.shard_sql else st.sql
 
     # ------------------------------------------------------------ attach / release
 
@@ -1306,26 +764,6 @@ class ClientSession(asyncio.Protocol):
         elif s.synced != (self, self.vars_gen):
             self._sync_vars(s)
         return s
-
-    def sync_vars_on(self, s) -> None:
-        self._sync_vars(s)
-
-    def _sync_vars(self, s) -> None:
-        want = self.vars
-        have = s.vars
-        stmts = []
-        for k, v in want.items():
-            if have.get(k) != v:
-                stmts.append(f"SET {k} TO {v}")
-        for k in have:
-            if k not in want:
-                stmts.append(f"RESET {k}")
-        if stmts:
-            s.send(m.query("; ".join(stmts)))
-            s.push(X_QUERY, swallow=True)
-            s.vars = dict(want)
-            s.unnamed_owner = None
-        s.synced = (self, self.vars_gen)
 
     async def _wait_idle_point(self) -> None:
         self._idle_waiter = asyncio.get_running_loop().create_future()
@@ -1443,132 +881,6 @@ class ClientSession(asyncio.Protocol):
         if client_name:
             self.stmts.pop(client_name, None)
 
-    # ------------------------------------------------------------ startup
-
-    async def _next_startup(self):
-        while True:
-            pkt = self.buf.next_startup()
-            if pkt is not None:
-                return pkt
-            await self._wait_data()
-
-    async def _next_password(self) -> bytes:
-        while True:
-            msg = self.buf.next_message()
-            if msg is not None:
-                t, body = msg
-                if t != 0x70:
-                    raise ProtocolViolation(f"expected password response, got message type {chr(t)!r}")
-                return body
-            await self._wait_data()
-
-    async def _startup(self) -> bool:
-        proxy = self.proxy
-        while True:
-            code, body = await self._next_startup()
-            if code == SSL_REQUEST:
-                if proxy.ssl_context is not None and not self.tls:
-                    if len(self.buf):
-                        raise ProtocolViolation("received unencrypted data after SSL request")
-                    self.transport.write(b"S")
-                    loop = asyncio.get_running_loop()
-                    self.transport = await loop.start_tls(
-                        self.transport, self, proxy.ssl_context, server_side=True)
-                    self.tls = True
-                else:
-                    self.transport.write(b"N")
-            elif code == GSSENC_REQUEST:
-                self.transport.write(b"N")
-            elif code == CANCEL_REQUEST:
-                pid, key = m.decode_cancel(body)
-                await proxy.cancel(pid, key)
-                self.transport.close()
-                return False
-            elif code == PROTOCOL_3_0:
-                params = m.decode_startup_params(body)
-                break
-            else:
-                raise ProtocolViolation(
-                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server "
-                    "supports 3.0", sqlstate="0A000")
-        self.user_name = params["user"]
-        database = params.get("database") or self.user_name
-        if proxy.closing:
-            raise PgError("the proxy is shutting down", sqlstate="57P03", severity="FATAL")
-        if proxy.client_count() > proxy.config.proxy.max_client_conn:
-            raise TooManyConnections(
-                f"too many client connections (max_client_conn = {proxy.config.proxy.max_client_conn})")
-        await self._authenticate()
-        if database != proxy.config.proxy.database:
-            raise InvalidCatalogName(f'database "{database}" does not exist',
-                                     hint=f'pgshard serves the database "{proxy.config.proxy.database}"')
-        if proxy.catalog is None or not proxy.catalog.shards:
-            raise PgError("pgshard has no shards configured", sqlstate="57P03", severity="FATAL")
-        self.pool_mode = (self.user.pool_mode if self.user and self.user.pool_mode
-                          else proxy.config.proxy.pool_mode)
-        self.consistency = self.user.default_consistency if self.user else "strong"
-        for k, v in params.items():
-            if k not in _STARTUP_SKIP:
-                self.startup_vars[k.lower()] = v
-        for opt in _parse_options(params.get("options", "")):
-            self.startup_vars[opt[0].lower()] = opt[1]
-        self.vars = {k: _quote_literal(v) for k, v in self.startup_vars.items()}
-        server_params = await proxy.server_params(self.user)
-        out = [m.auth_ok()]
-        merged = dict(server_params)
-        for k, v in self.startup_vars.items():
-            for known in merged:
-                if known.lower() == k:
-                    merged[known] = v
-                    break
-            else:
-                if k == "application_name":
-                    merged["application_name"] = v
-        if "application_name" in merged and "application_name" not in self.startup_vars:
-            merged["application_name"] = ""
-        for k, v in merged.items():
-            out.append(m.parameter_status(k, v))
-        self.pid, self.secret = proxy.register(self)
-        out.append(m.backend_key_data(self.pid, self.secret))
-        out.append(m.ready_for_query(b"I"))
-        self.write(b"".join(out))
-        return True
-
-    async def _authenticate(self) -> None:
-        proxy = self.proxy
-        user = proxy.config.user(self.user_name)
-        self.user = user
-        method = user.auth if user else "scram-sha-256"
-        if method == "trust":
-            return
-        if method == "md5":
-            salt = os.urandom(4)
-            self.transport.write(m.auth_md5(salt))
-            body = await self._next_password()
-            given = m.decode_password(body).encode()
-            stored = user.password
-            if stored.startswith("SCRAM-SHA-256$"):
-                raise InvalidPassword(f'password authentication failed for user "{self.user_name}"',
-                                      detail="the stored secret is a SCRAM verifier; md5 needs the "
-                                             "password or its md5 hash")
-            expected = md5_response(self.user_name, stored, salt)
-            if not secrets.compare_digest(given, expected):
-                raise InvalidPassword(f'password authentication failed for user "{self.user_name}"')
-            return
-        # SCRAM-SHA-256; an unknown user goes through a doomed exchange, as PostgreSQL does,
-        # so the reply does not tell which user names exist.
-        secret = user.password if user else scram_verifier(secrets.token_hex(16))
-        scram = ScramServer(secret, user=self.user_name)
-        self.transport.write(m.auth_sasl(scram.mechanisms))
-        mech, data = m.decode_sasl_initial(await self._next_password())
-        if mech != SCRAM:
-            raise ProtocolViolation(f"unsupported SASL mechanism {mech!r}", sqlstate="28000")
-        self.transport.write(m.auth_sasl_continue(scram.handle_initial(mech, data)))
-        final = scram.handle_final(await self._next_password())
-        if user is None:
-            raise InvalidPassword(f'password authentication failed for user "{self.user_name}"')
-        self.transport.write(m.auth_sasl_final(final))
-
     # ------------------------------------------------------------ teardown
 
     async def cancel_running(self) -> None:
@@ -1617,28 +929,6 @@ def _listen_error() -> PgError:
         "LISTEN needs a server connection of its own; in transaction pooling the next "
         "transaction may run on another one and the notifications would be lost",
         hint="connect as a user with pool_mode = \"session\" to LISTEN")
-
-
-def _parse_options(options: str) -> list[tuple[str, str]]:
-    """-c name=value pairs from the startup 'options' parameter."""
-    out = []
-    parts = options.replace("--", "-c ").split()
-    i = 0
-    while i < len(parts):
-        p = parts[i]
-        if p == "-c" and i + 1 < len(parts):
-            p = parts[i + 1]
-            i += 1
-        elif p.startswith("-c"):
-            p = p[2:]
-        else:
-            i += 1
-            continue
-        if "=" in p:
-            k, v = p.split("=", 1)
-            out.append((k.replace("-", "_"), v))
-        i += 1
-    return out
 
 
 __all__ = ["ClientSession", "ConnectionFailure", "FeatureNotSupported"]

@@ -1,0 +1,298 @@
+"""Units that run on several shards: fan-out reads merged, DDL everywhere, INSERTs split
+per shard, and the transaction held on every shard once DDL runs inside BEGIN."""
+
+from __future__ import annotations
+
+from pgshard.protocol import messages as m
+from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.proxy import routing as r
+from pgshard.proxy import scatter
+from pgshard.proxy.backend import (
+    X_BIND,
+    X_DESC_PORTAL,
+    X_DESC_STMT,
+    X_EXEC,
+    X_FAKE,
+    X_PARSE,
+    X_QUERY,
+    X_SYNC,
+)
+from pgshard.proxy.units import (
+    OP_BIND,
+    OP_DESC_STMT,
+    OP_FAKE,
+    OP_PARSE,
+    OP_RAW,
+    OP_SYNC,
+    TXN_KINDS,
+    Fanout,
+    NeedColumns,
+    quote_literal,
+)
+
+
+class FanoutMixin:
+    async def _learn_then_dispatch(self, tables, t: int, raw: bytes) -> None:
+        await self._learn_columns(tables)
+        aw = self._dispatch(t, raw)
+        if aw is not None:
+            await aw
+
+    async def _learn_columns(self, tables) -> None:
+        """Learn where each table's key column sits in its column order, from a shard."""
+        cat = self.proxy.catalog
+        for table in tables:
+            key = cat.key_column(table)
+            sql = ("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass("
+                   f"{quote_literal(table)}) AND attnum > 0 AND NOT attisdropped ORDER BY attnum")
+            msg = m.query(sql)
+
+            def emit(s, i, msg=msg):
+                s.send(msg)
+                s.push(X_QUERY)
+                s.unnamed_owner = None
+
+            if self.multi is not None:   # the table may exist only in this transaction
+                replies = await self.multi.run(self.multi.shards[:1], emit)
+            else:
+                replies = await scatter.run_on_shards(self, [self._any_shard()], emit)
+            names = [scatter.decode_row(raw[5:])[0] for t, raw in replies[0] if t == 0x44]
+            names = [n.decode() for n in names if n is not None]
+            self.proxy.set_key_position(table, names.index(key) if key in names else -1)
+
+    async def _multi_query(self, raw: bytes, sql: str, plan: r.Plan) -> None:
+        kind = plan.kind
+        if kind in (r.COMMIT, r.ROLLBACK):
+            out = await self._multi_end(kind)
+            self.write(out + m.ready_for_query(b"I"))
+            return
+        if kind == r.BEGIN:
+            self.write(m.error_response("25001", "there is already a transaction in progress",
+                                        severity="WARNING", notice=True)
+                       + m.command_complete("BEGIN") + m.ready_for_query(self._status()))
+            return
+        if kind in (r.SET, r.RESET, r.SET_LOCAL, r.TXN_INNER, r.DISCARD_ALL):
+            if self.multi.failed and kind != r.TXN_INNER:
+                raise PgError("current transaction is aborted, commands ignored until end of "
+                              "transaction block", sqlstate="25P02")
+            if kind == r.SET:
+                self._set_var(plan.name, plan.value)
+            elif kind == r.RESET:
+                self._reset_var(plan.name, None)
+            fan = Fanout("all", list(self.multi.shards), None)
+        else:
+            try:
+                fan = self._multi_target(plan, sql)
+            except NeedColumns as nc:
+                await self._learn_columns(nc.tables)
+                fan = self._multi_target(plan, sql)
+        await self._fanout(fan, [(raw, X_QUERY)], sql, True)
+
+
+    def _release_if_idle(self) -> None:
+        """Let go of a server held only because a Describe was flushed without a Sync."""
+        s = self.server
+        if s is not None and s.txn_status == b"I" and not s.expect \
+                and self.pool_mode == "transaction" and self.multi is None:
+            self._detach()
+
+    def _check_fanout(self, fan: Fanout) -> None:
+        self._release_if_idle()
+        if self.server is not None:
+            raise FeatureNotSupported(
+                f"this transaction runs on shard {self.shard}; a statement that needs "
+                f"{'every shard' if fan.kind == 'ddl' else 'several shards'} cannot join it",
+                hint="run it outside the transaction (cross-shard transactions are not supported yet)")
+        if fan.kind == "insert" and (self.pending_begin is not None or self.multi is not None):
+            raise FeatureNotSupported(
+                "a multi-row INSERT spanning shards cannot be split inside a transaction",
+                hint="insert the rows of each shard in its own statement")
+
+    async def _run_fanout(self, fan: Fanout, parts: list[tuple[bytes, int, bool]]) -> bytes | None:
+        """Run parts on every shard of fan; the merged reply (no Z), or None after an error
+        has been written to the client."""
+        def emit(s, i):
+            for msg, kind, swallow in (parts[fan.shards[i]] if isinstance(parts, dict) else parts):
+                s.send(msg)
+                s.push(kind, swallow)
+            s.unnamed_owner = None
+
+        if self.multi is None and self.pending_begin is not None and fan.kind == "ddl":
+            await self._open_multi()
+        if self.multi is not None:
+            replies = await self.multi.run(fan.shards, emit)
+        else:
+            replies = await scatter.run_on_shards(self, fan.shards, emit)
+        err = scatter.first_error(fan.shards, replies)
+        if err is not None and self.multi is not None:
+            self.multi.failed = True
+        if err is not None:
+            if fan.kind != "read":
+                ok = [n for n, fr in zip(fan.shards, replies, strict=True) if not any(t == 0x45 for t, _ in fr)]
+                if ok:
+                    f = m.decode_fields(err[5:])
+                    err = m.error_response(
+                        f.get("C", "XX000"), f.get("M", ""), hint=f.get("H"),
+                        detail=f"the statement succeeded on {', '.join(ok)}; fix the failing "
+                               "shard and re-run it there, or undo it on the others")
+            self.write(err)
+            return None
+        if fan.kind == "read":
+            return scatter.merge_read(fan.shards, replies, fan.analysis.merge)
+        if fan.kind == "insert":
+            return scatter.merge_insert(replies)
+        if fan.kind in ("one", "all"):
+            return scatter.agree(fan.shards, replies)
+        self.proxy.forget_key_positions()
+        self.proxy.statements.invalidate()
+        return scatter.agree(fan.shards, replies)
+
+    async def _multi_unit(self, ops, sync: bool) -> None:
+        """A unit with no routed Bind inside a multi-shard transaction: COMMIT/ROLLBACK
+        sent with the extended protocol, or a Parse/Describe (run on one held shard)."""
+        self.unit_shard = None
+        txn = [op[1] for op in ops if op[0] == OP_BIND and op[1].plan.kind in TXN_KINDS]
+        if txn:
+            end = await self._multi_end(txn[0].plan.kind) if txn[0].plan.kind != r.BEGIN \
+                else m.command_complete("BEGIN")
+            for op in ops:
+                k = op[0]
+                if k == OP_PARSE:
+                    self.write(m.PARSE_COMPLETE)
+                elif k == OP_BIND:
+                    self.write(m.BIND_COMPLETE)
+                elif k == OP_RAW and op[2] == X_DESC_PORTAL:
+                    self.write(m.NO_DATA)
+                elif k == OP_RAW and op[2] == X_EXEC:
+                    self.write(end)
+                elif k == OP_FAKE:
+                    self.write(op[1])
+                elif k == OP_SYNC:
+                    self.write(m.ready_for_query(self._status()))
+            return
+        await self._fanout_ext(Fanout("one", [self.multi.shards[0]], None), ops, sync)
+
+    async def _open_multi(self) -> None:
+        """DDL inside BEGIN: hold the transaction open on every shard from here on."""
+        shards = [sh.name for sh in self.proxy.catalog.shards]
+        multi = scatter.MultiTxn(self, shards)
+        replies = await multi.open(self.pending_begin)
+        err = scatter.first_error(shards, replies)
+        if err is not None:
+            multi.release(abort=True)
+            f = m.decode_fields(err[5:])
+            raise PgError(f.get("M", "BEGIN failed"), sqlstate=f.get("C", "XX000"))
+        self.pending_begin = None
+        self.multi = multi
+
+    def _multi_target(self, plan: r.Plan, sql: str, bind=None, st=None) -> Fanout:
+        """Inside a multi-shard transaction every unit runs on the held servers."""
+        if self.multi.failed and plan.kind not in (r.COMMIT, r.ROLLBACK):
+            raise PgError("current transaction is aborted, commands ignored until end of "
+                          "transaction block", sqlstate="25P02")
+        target = self._target(plan, bind, st, sql=sql)
+        if isinstance(target, Fanout):
+            return target
+        return Fanout("one", [target], None)
+
+    async def _multi_end(self, kind: str) -> bytes:
+        """COMMIT or ROLLBACK on every shard of the multi-shard transaction."""
+        multi = self.multi
+        self.multi = None
+        word = "ROLLBACK" if kind == r.ROLLBACK or multi.failed else "COMMIT"
+        done, failed = [], []
+        try:
+            for sh in multi.shards:   # one by one: stop committing at the first failure
+                msg = m.query(word)
+
+                def emit(s, i, msg=msg):
+                    s.send(msg)
+                    s.push(X_QUERY)
+                reply = (await multi.run([sh], emit))[0]
+                if any(t == 0x45 for t, _ in reply):
+                    failed.append(sh)
+                    word = "ROLLBACK"
+                else:
+                    done.append(sh)
+        finally:
+            multi.release(abort=bool(failed))
+        if failed:
+            return m.error_response(
+                "XX000", f"COMMIT failed on {', '.join(failed)}",
+                detail=f"committed on: {', '.join(d for d in done) or 'none'} (no two-phase "
+                       "commit yet: the shards now disagree)")
+        return m.command_complete(word)
+
+    async def _fanout(self, fan: Fanout, parts, sql: str, simple: bool) -> None:
+        """A simple Query on several shards."""
+        self._check_fanout(fan)
+        a = fan.analysis
+        if fan.kind == "read" and a.shard_sql:
+            parts = [(m.query(a.shard_sql), X_QUERY, False)]
+        elif fan.kind == "insert":
+            texts = scatter.split_insert(sql, fan.groups)
+            parts = {sh: [(m.query(t), X_QUERY, False)] for sh, t in texts.items()}
+        else:
+            parts = [(raw, kind, False) for raw, kind in parts]
+        out = await self._run_fanout(fan, parts)
+        self.write((out or b"") + m.ready_for_query(self._status()))
+
+    async def _fanout_ext(self, fan: Fanout, ops, sync: bool) -> None:
+        """An extended-protocol unit (Parse/Bind/Describe/Execute) on several shards."""
+        self._check_fanout(fan)
+        a = fan.analysis
+        hidden = a.merge.hidden if fan.kind == "read" and a.merge else 0
+        parts: list[tuple[bytes, int, bool]] = []
+        parsed = set()
+        for op in ops:
+            k = op[0]
+            if k == OP_PARSE:
+                st = op[1]
+                parts.append((m.parse("", self._fan_sql(fan, st), st.oids), X_PARSE, False))
+                parsed.add(id(st))
+            elif k == OP_BIND:
+                st, bind = op[1], op[3]
+                if id(st) not in parsed:
+                    parts.append((m.parse("", self._fan_sql(fan, st), st.oids), X_PARSE, True))
+                    parsed.add(id(st))
+                rf = bind.result_formats
+                if hidden and len(rf) > 1:
+                    rf = tuple(rf) + (0,) * hidden
+                parts.append((m.bind(bind.portal, "", bind.params, bind.param_formats, rf),
+                              X_BIND, False))
+                if fan.kind == "read" and not any(o[0] == OP_RAW and o[2] == X_DESC_PORTAL
+                                                  for o in ops):
+                    # The merge needs the column types even when the client did not ask.
+                    parts.append((m.describe(b"P", bind.portal), X_DESC_PORTAL, False))
+                    self._fan_hide_desc = True
+            elif k == OP_DESC_STMT:
+                parts.append((m.describe(b"S", ""), X_DESC_STMT, False))
+            elif k == OP_RAW:
+                parts.append((op[1], op[2], False))
+            elif k == OP_FAKE:
+                parts.append((b"", X_FAKE, False))
+            elif k == OP_SYNC:
+                parts.append((m.SYNC, X_SYNC, False))
+        if not sync:
+            # The servers must reach an idle point to be released; the client's own Sync
+            # comes later and is answered here.
+            parts.append((m.SYNC, X_SYNC, False))
+            self._owe_z = True
+        out = await self._run_fanout(fan, [p for p in parts if p[1] != X_FAKE])
+        if out is not None and self._fan_hide_desc:
+            out = scatter.drop_first(out, 0x54)
+        self._fan_hide_desc = False
+        if out is None:
+            if sync:
+                self.write(m.ready_for_query(self._status()))
+            else:
+                self.skip_until_sync = True
+            return
+        self.write(out)
+        if sync:
+            self.write(m.ready_for_query(self._status()))
+
+    @staticmethod
+    def _fan_sql(fan: Fanout, st) -> str:
+        return fan.analysis.shard_sql if fan.kind == "read" and fan.analysis.shard_sql else st.sql
+

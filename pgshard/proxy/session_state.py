@@ -1,0 +1,136 @@
+"""A session's settings: SET/RESET/DISCARD tracked and replayed on whichever server
+serves the client, and the proxy's own pgshard.* settings."""
+
+from __future__ import annotations
+
+from pgshard.protocol import messages as m
+from pgshard.protocol.errors import InvalidSqlStatementName, PgError
+from pgshard.proxy import routing as r
+from pgshard.proxy.backend import X_QUERY
+from pgshard.proxy.units import quote_literal
+
+
+class SessionStateMixin:
+    def _track(self, s, plan: r.Plan) -> None:
+        """Session state a statement changes, kept to replay it on other servers."""
+        kind = plan.kind
+        if kind == r.SET or kind == r.RESET:
+            if s.txn_status != b"I" and self._txn_snapshot is None:
+                # A SET inside a transaction is undone by ROLLBACK: remember the before.
+                self._txn_snapshot = (dict(self.vars), dict(s.vars), s)
+            if kind == r.SET:
+                self._set_var(plan.name, plan.value)
+                s.vars[plan.name] = plan.value
+            else:
+                self._reset_var(plan.name, s)
+        elif kind == r.DISCARD_ALL:
+            s.prepared.clear()
+            s.vars = {}
+            s.unnamed_owner = None
+            self._discard_all()
+        elif kind == r.COMMIT or kind == r.ROLLBACK:
+            self._ending_commit = kind == r.COMMIT and s.txn_status == b"T"
+        elif plan.is_ddl:
+            # Plans prepared before a schema change must not be reused under the same name.
+            self.proxy.statements.invalidate()
+            self.proxy.forget_key_positions()
+
+    def _set_pgshard(self, plan: r.Plan) -> str:
+        name = plan.name
+        if name not in r.PGSHARD_SETTINGS:
+            raise PgError(f'unrecognized configuration parameter "pgshard.{name}"',
+                          sqlstate="42704", hint="pgshard settings: " + ", ".join(
+                              "pgshard." + n for n in r.PGSHARD_SETTINGS))
+        if plan.kind == r.RESET_PGSHARD:
+            if name == "shard_key":
+                self.session_key = self.local_key = None
+            elif name == "shard":
+                self.session_shard = None
+            else:
+                self.consistency = self.user.default_consistency if self.user else "strong"
+            return "RESET"
+        value = plan.value.strip()
+        if value.upper() in ("DEFAULT",):
+            return self._set_pgshard(r.Plan(r.RESET_PGSHARD, name=name))
+        value = value[1:-1].replace("''", "'") if value.startswith("'") and value.endswith("'") \
+            else value
+        local = plan.consistency == "local"
+        if name == "shard_key":
+            if local:
+                if self._status() == b"I":
+                    self.write(m.error_response(
+                        "25P01", "SET LOCAL can only be used in transaction blocks",
+                        severity="WARNING", notice=True))
+                else:
+                    self.local_key = value.encode()
+            else:
+                self.session_key = value.encode()
+        elif name == "shard":
+            self.proxy.catalog.shard(value)
+            self.session_shard = value
+        else:
+            self.consistency = r.check_consistency(value)
+        return "SET"
+
+    def _show_pgshard(self, name: str) -> str | None:
+        if name == "shard_key":
+            key = self.local_key if self.local_key is not None else self.session_key
+            return None if key is None else key.decode(errors="replace")
+        if name == "shard":
+            return self.session_shard
+        if name == "consistency":
+            return self.consistency
+        raise PgError(f'unrecognized configuration parameter "pgshard.{name}"', sqlstate="42704",
+                      hint="pgshard settings: " + ", ".join("pgshard." + n for n in r.PGSHARD_SETTINGS))
+
+    def _set_var(self, name: str, value: str) -> None:
+        self.vars[name] = value
+        self.vars_gen += 1
+
+    def _reset_var(self, name: str, s) -> None:
+        """Track RESET; s is the server that ran it (None when it is still held back)."""
+        if name == "all":
+            self.vars = {k: quote_literal(v) for k, v in self.startup_vars.items()}
+            if s is not None:
+                s.vars = {}
+        else:
+            if name in self.startup_vars:
+                self.vars[name] = quote_literal(self.startup_vars[name])
+            else:
+                self.vars.pop(name, None)
+            if s is not None:
+                s.vars.pop(name, None)
+        self.vars_gen += 1
+
+    def _deallocate(self, name: str | None) -> None:
+        if name is None:
+            self.stmts.clear()
+        elif self.stmts.pop(name, None) is None:
+            raise InvalidSqlStatementName(f'prepared statement "{name}" does not exist')
+
+    def _discard_all(self) -> None:
+        self.stmts.clear()
+        self.vars = {k: quote_literal(v) for k, v in self.startup_vars.items()}
+        self.vars_gen += 1
+        self.session_key = self.local_key = self.session_shard = None
+
+    def sync_vars_on(self, s) -> None:
+        self._sync_vars(s)
+
+    def _sync_vars(self, s) -> None:
+        want = self.vars
+        have = s.vars
+        stmts = []
+        for k, v in want.items():
+            if have.get(k) != v:
+                stmts.append(f"SET {k} TO {v}")
+        for k in have:
+            if k not in want:
+                stmts.append(f"RESET {k}")
+        if stmts:
+            s.send(m.query("; ".join(stmts)))
+            s.push(X_QUERY, swallow=True)
+            s.vars = dict(want)
+            s.unnamed_owner = None
+        s.synced = (self, self.vars_gen)
+

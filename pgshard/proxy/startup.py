@@ -1,0 +1,173 @@
+"""A session's startup: SSL/GSS negotiation, cancel requests, authentication (SCRAM-SHA-256,
+md5, trust) and the greeting (ParameterStatus, BackendKeyData)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+
+from pgshard.protocol import messages as m
+from pgshard.protocol.auth import SCRAM, ScramServer, md5_response, scram_verifier
+from pgshard.protocol.errors import (
+    InvalidCatalogName,
+    InvalidPassword,
+    PgError,
+    ProtocolViolation,
+    TooManyConnections,
+)
+from pgshard.protocol.framing import CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_3_0, SSL_REQUEST
+from pgshard.proxy.units import quote_literal
+
+_STARTUP_SKIP = frozenset({"user", "database", "replication", "options"})
+
+
+class StartupMixin:
+
+    async def _next_startup(self):
+        while True:
+            pkt = self.buf.next_startup()
+            if pkt is not None:
+                return pkt
+            await self._wait_data()
+
+    async def _next_password(self) -> bytes:
+        while True:
+            msg = self.buf.next_message()
+            if msg is not None:
+                t, body = msg
+                if t != 0x70:
+                    raise ProtocolViolation(f"expected password response, got message type {chr(t)!r}")
+                return body
+            await self._wait_data()
+
+    async def _startup(self) -> bool:
+        proxy = self.proxy
+        while True:
+            code, body = await self._next_startup()
+            if code == SSL_REQUEST:
+                if proxy.ssl_context is not None and not self.tls:
+                    if len(self.buf):
+                        raise ProtocolViolation("received unencrypted data after SSL request")
+                    self.transport.write(b"S")
+                    loop = asyncio.get_running_loop()
+                    self.transport = await loop.start_tls(
+                        self.transport, self, proxy.ssl_context, server_side=True)
+                    self.tls = True
+                else:
+                    self.transport.write(b"N")
+            elif code == GSSENC_REQUEST:
+                self.transport.write(b"N")
+            elif code == CANCEL_REQUEST:
+                pid, key = m.decode_cancel(body)
+                await proxy.cancel(pid, key)
+                self.transport.close()
+                return False
+            elif code == PROTOCOL_3_0:
+                params = m.decode_startup_params(body)
+                break
+            else:
+                raise ProtocolViolation(
+                    f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server "
+                    "supports 3.0", sqlstate="0A000")
+        self.user_name = params["user"]
+        database = params.get("database") or self.user_name
+        if proxy.closing:
+            raise PgError("the proxy is shutting down", sqlstate="57P03", severity="FATAL")
+        if proxy.client_count() > proxy.config.proxy.max_client_conn:
+            raise TooManyConnections(
+                f"too many client connections (max_client_conn = {proxy.config.proxy.max_client_conn})")
+        await self._authenticate()
+        if database != proxy.config.proxy.database:
+            raise InvalidCatalogName(f'database "{database}" does not exist',
+                                     hint=f'pgshard serves the database "{proxy.config.proxy.database}"')
+        if proxy.catalog is None or not proxy.catalog.shards:
+            raise PgError("pgshard has no shards configured", sqlstate="57P03", severity="FATAL")
+        self.pool_mode = (self.user.pool_mode if self.user and self.user.pool_mode
+                          else proxy.config.proxy.pool_mode)
+        self.consistency = self.user.default_consistency if self.user else "strong"
+        for k, v in params.items():
+            if k not in _STARTUP_SKIP:
+                self.startup_vars[k.lower()] = v
+        for opt in _parse_options(params.get("options", "")):
+            self.startup_vars[opt[0].lower()] = opt[1]
+        self.vars = {k: quote_literal(v) for k, v in self.startup_vars.items()}
+        server_params = await proxy.server_params(self.user)
+        out = [m.auth_ok()]
+        merged = dict(server_params)
+        for k, v in self.startup_vars.items():
+            for known in merged:
+                if known.lower() == k:
+                    merged[known] = v
+                    break
+            else:
+                if k == "application_name":
+                    merged["application_name"] = v
+        if "application_name" in merged and "application_name" not in self.startup_vars:
+            merged["application_name"] = ""
+        for k, v in merged.items():
+            out.append(m.parameter_status(k, v))
+        self.pid, self.secret = proxy.register(self)
+        out.append(m.backend_key_data(self.pid, self.secret))
+        out.append(m.ready_for_query(b"I"))
+        self.write(b"".join(out))
+        return True
+
+    async def _authenticate(self) -> None:
+        proxy = self.proxy
+        user = proxy.config.user(self.user_name)
+        self.user = user
+        method = user.auth if user else "scram-sha-256"
+        if method == "trust":
+            return
+        if method == "md5":
+            salt = os.urandom(4)
+            self.transport.write(m.auth_md5(salt))
+            body = await self._next_password()
+            given = m.decode_password(body).encode()
+            stored = user.password
+            if stored.startswith("SCRAM-SHA-256$"):
+                raise InvalidPassword(f'password authentication failed for user "{self.user_name}"',
+                                      detail="the stored secret is a SCRAM verifier; md5 needs the "
+                                             "password or its md5 hash")
+            expected = md5_response(self.user_name, stored, salt)
+            if not secrets.compare_digest(given, expected):
+                raise InvalidPassword(f'password authentication failed for user "{self.user_name}"')
+            return
+        # SCRAM-SHA-256; an unknown user goes through a doomed exchange, as PostgreSQL does,
+        # so the reply does not tell which user names exist.
+        secret = user.password if user else scram_verifier(secrets.token_hex(16))
+        scram = ScramServer(secret, user=self.user_name)
+        self.transport.write(m.auth_sasl(scram.mechanisms))
+        mech, data = m.decode_sasl_initial(await self._next_password())
+        if mech != SCRAM:
+            raise ProtocolViolation(f"unsupported SASL mechanism {mech!r}", sqlstate="28000")
+        self.transport.write(m.auth_sasl_continue(scram.handle_initial(mech, data)))
+        final = scram.handle_final(await self._next_password())
+        if user is None:
+            raise InvalidPassword(f'password authentication failed for user "{self.user_name}"')
+        self.transport.write(m.auth_sasl_final(final))
+
+
+def _parse_options(options: str) -> list[tuple[str, str]]:
+    """-c name=value pairs from the startup 'options' parameter."""
+    out = []
+    parts = options.replace("--", "-c ").split()
+    i = 0
+    while i < len(parts):
+        p = parts[i]
+        if p == "-c" and i + 1 < len(parts):
+            p = parts[i + 1]
+            i += 1
+        elif p.startswith("-c"):
+            p = p[2:]
+        else:
+            i += 1
+            continue
+        if "=" in p:
+            k, v = p.split("=", 1)
+            out.append((k.replace("-", "_"), v))
+        i += 1
+    return out
+
+

@@ -1,0 +1,160 @@
+"""Where a session's statement goes: the shard (hints, SET pgshard.*, a bound key, the
+key read from the SQL), the role (primary or a healthy replica), or a fan-out."""
+
+from __future__ import annotations
+
+from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.proxy import fastkey
+from pgshard.proxy import routing as r
+from pgshard.proxy import sqlplan as sp
+from pgshard.proxy.relations import user_relations
+from pgshard.proxy.units import READ_ONLY, Fanout, NeedColumns
+from pgshard.ring import hashing
+
+
+class TargetingMixin:
+
+    def _any_shard(self) -> str:
+        """A shard for statements that need a server but no particular one."""
+        if self.session_shard:
+            return self.session_shard
+        cat = self.proxy.catalog
+        return cat.shards[0].name
+
+    def _target(self, plan: r.Plan, bind=None, st=None, sql: str | None = None):
+        """The shard for a statement (a name), or a Fanout. Precedence: hints, then
+        SET pgshard.*, then a named parameter, then the key read from the SQL itself."""
+        cat = self.proxy.catalog
+        if plan.shard is not None:
+            cat.shard(plan.shard)  # raises for an unknown shard
+            return plan.shard
+        key = plan.shard_key
+        if key is None and plan.key_param is not None and bind is not None:
+            i = plan.key_param - 1
+            if i >= len(bind.params):
+                raise PgError(f"shard_key_param {plan.key_param} names a parameter the "
+                              f"statement does not have ({len(bind.params)} bound)",
+                              sqlstate="22023")
+            v = bind.params[i]
+            if v is None:
+                raise PgError("the shard key parameter is NULL", sqlstate="22004")
+            key = hashing.key_from_param(v, bind.param_format(i), st.param_oid(i))
+        if key is None:
+            key = self.local_key if self.local_key is not None else self.session_key
+        if key is not None:
+            return cat.ring.owner(hashing.token(key))
+        if self.session_shard is not None:
+            return self.session_shard
+        if len(cat.shards) == 1:
+            return cat.shards[0].name
+        if plan.kind != r.STATEMENT:
+            return self.shard if self.server is not None else self._any_shard()
+        return self._auto_route(sql if sql is not None else st.sql, bind, st)
+
+    def _role_for(self, shard: str, plan: r.Plan, sql: str) -> str:
+        """primary, or replica:<i> for a read under eventual/session consistency (also a
+        whole BEGIN READ ONLY transaction: a write in it gets the replica's own error)."""
+        s = self.server
+        if s is not None and s.txn_status != b"I":
+            return self.role      # inside a transaction: it stays where it is
+        cons = plan.consistency or self.consistency
+        mon = self.proxy.replicas
+        if cons == "strong" or mon is None or self.pool_mode == "session":
+            return "primary"
+        read_only_txn = self.pending_begin is not None and \
+            READ_ONLY.search(self.pending_begin) is not None
+        if self.pending_begin is not None and not read_only_txn:
+            return "primary"
+        if s is not None and self.role != "primary" and s.expect:
+            return "primary"
+        if not read_only_txn:
+            if plan.kind not in (r.STATEMENT, r.SHOW):
+                return "primary"
+            if plan.kind == r.STATEMENT:
+                if plan.first_word not in ("SELECT", "WITH", "VALUES", "TABLE"):
+                    return "primary"
+                a = sp.analyze(sql, self.proxy.catalog.tables)
+                if a.kind != sp.SELECT or a.locking:
+                    return "primary"   # includes SQL that does not parse: never a replica
+        if cons == "session":
+            t = self.last_write.get(shard)
+            if t is not None:
+                lsn = mon.primary_lsn_since(shard, t)
+                if lsn is None:
+                    return "primary"
+                i = mon.choose(shard, min_lsn=lsn)
+            else:
+                i = mon.choose(shard)
+        else:
+            i = mon.choose(shard)
+        return "primary" if i is None else f"replica:{i}"
+
+    def _auto_route(self, sql: str, bind, st):
+        """Route by what the SQL says (pglast): keys in WHERE / VALUES, or a fan-out."""
+        cat = self.proxy.catalog
+        proxy = self.proxy
+        if bind is None:
+            shard = fastkey.route(sql, cat, proxy.key_positions_key)
+            if shard is not None:
+                return shard
+        a = sp.analyze(sql, cat.tables, proxy.key_positions_key)
+        if a.kind == sp.INSERT and a.keys is None and a.tables:
+            missing = [t for t in a.tables if t not in proxy.key_positions]
+            if missing:
+                raise NeedColumns(missing)
+        if a.updates_key:
+            raise FeatureNotSupported(
+                "UPDATE changes the shard key column; that would move the row to another shard",
+                hint="DELETE the row and INSERT it with its new key")
+        if a.keys is not None:
+            params = bind.params if bind is not None else ()
+            formats = bind.param_formats if bind is not None else ()
+            oids = tuple(st.param_oid(i) for i in range(len(params))) if st is not None else ()
+            owners = sorted({cat.ring.owner(hashing.token(k.resolve(params, formats, oids)))
+                             for k in a.keys})
+            if len(owners) == 1:
+                return owners[0]
+            if a.kind == sp.SELECT and not a.locking:
+                if a.refuse:
+                    raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
+                return Fanout("read", owners, a)
+            if a.insert_rows and bind is None and self.server is None \
+                    and self.pending_begin is None:
+                groups: dict[str, list[int]] = {}
+                for k, row in a.insert_rows:
+                    owner = cat.ring.owner(hashing.token(k.resolve()))
+                    groups.setdefault(owner, []).append(row)
+                return Fanout("insert", sorted(groups), a, groups)
+            if a.insert_rows:
+                raise FeatureNotSupported(
+                    f"this multi-row INSERT spans {len(owners)} shards; it is split per shard "
+                    "only as a simple-protocol statement outside a transaction",
+                    hint="insert the rows of each shard in its own statement")
+            raise r.CrossShardTransaction(
+                f"this statement touches keys on {len(owners)} shards ({', '.join(owners)}); "
+                "writes across shards are not supported yet",
+                hint="write the rows of each shard in its own statement")
+        if a.kind == sp.UNPARSED:
+            # Never guess: unparsable SQL goes to a primary, where it will most likely fail.
+            return self.shard if self.server is not None else self._any_shard()
+        if a.tables:
+            if a.kind == sp.SELECT and not a.locking:
+                if a.refuse:
+                    raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
+                return Fanout("read", [sh.name for sh in cat.shards], a)
+            if a.kind == sp.DDL:
+                return Fanout("ddl", [sh.name for sh in cat.shards], a)
+            raise r.no_key_error(r.plan(sql), len(cat.shards), a.tables)
+        if a.kind == sp.DDL:
+            return Fanout("ddl", [sh.name for sh in cat.shards], a)
+        rels = user_relations(sql)
+        if rels and a.kind in (sp.SELECT, sp.INSERT, sp.UPDATE, sp.DELETE, sp.OTHER):
+            raise FeatureNotSupported(
+                f"{', '.join(rels)} {'is' if len(rels) == 1 else 'are'} not declared as sharded "
+                f"and the cluster has {len(cat.shards)} shards, so pgshard cannot tell where "
+                "its rows live (no shard key)",
+                hint="declare the table with its shard key ([[tables]] in the config, or PUT "
+                     "/api/v1/tables/<name>), or pin the statement: /* shard: <name> */ or "
+                     "/* shard_key: <value> */")
+        return self.shard if self.server is not None else self._any_shard()
+
