@@ -36,6 +36,12 @@ async def load_or_seed(store: MetadataStore, seed: Catalog | None) -> tuple[Cata
                 log.warning("the store's catalog (version %d, shards %s) overrides the "
                             "configured shards %s", catalog.version,
                             ", ".join(catalog.shard_names()), ", ".join(seed.shard_names()))
+            if seed is not None and dict(seed.tables) != dict(catalog.tables):
+                log.warning("the store's catalog (version %d) declares the sharded tables %s; "
+                            "the config's [[tables]] (%s) only seed a new store: change them "
+                            "with `pgshard tables add/remove` or PUT /api/v1/tables/<name>",
+                            catalog.version, dict(catalog.tables) or "{}",
+                            dict(seed.tables) or "{}")
             return catalog, kv.revision
         if seed is None:
             raise LookupError("the metadata store holds no catalog and the config has no "
