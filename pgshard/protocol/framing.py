@@ -99,20 +99,9 @@ class FrameBuffer:
         return code, body
 
     def next_message(self) -> tuple[int, bytes] | None:
-        """The next whole typed message, or None until more bytes arrive."""
-        self._spill()
-        buf, pos = self._buf, self._pos
-        avail = len(buf) - pos
-        if avail < 5:
-            return None
-        mtype = buf[pos]
-        (length,) = _I32.unpack_from(buf, pos + 1)
-        self._check(mtype, length)
-        if avail < length + 1:
-            return None
-        body = bytes(buf[pos + 5:pos + 1 + length])
-        self._consume(length + 1)
-        return mtype, body
+        """The next whole typed message as (type, body), or None until more bytes arrive."""
+        msg = self.next_frame()
+        return None if msg is None else (msg[0], msg[1][5:])
 
     def next_frame(self) -> tuple[int, bytes] | None:
         """Like next_message, but returns the whole frame (header included) for forwarding."""
