@@ -364,11 +364,6 @@ def decode_target(body: bytes) -> tuple[bytes, str]:
     return body[0:1], _Reader(body[1:]).cstr()
 
 
-def decode_execute(body: bytes) -> tuple[str, int]:
-    r = _Reader(body)
-    return r.cstr(), r.i32()
-
-
 def decode_row_description(body: bytes) -> list[tuple[str, int, int]]:
     """[(column name, type oid, format code)] of a RowDescription."""
     r = _Reader(body)

@@ -236,11 +236,6 @@ class ServerConnection(asyncio.Protocol):
             return
         self.expect.append([kind, swallow, fake])
 
-    @property
-    def idle_point(self) -> bool:
-        """Nothing outstanding: every request sent has been answered."""
-        return not self.expect
-
     def _relay(self) -> None:
         frames, data = self.buf.scan()
         if not frames:

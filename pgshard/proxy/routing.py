@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from pgshard.protocol.errors import FeatureNotSupported, InvalidParameterValue, PgError
-from pgshard.ring import hashing
 
 _HINT = re.compile(
     r"/\*\s*(shard_key_param|shard_key|shard|consistency)\s*[:=]\s*"
@@ -209,14 +208,6 @@ class NoShardKey(FeatureNotSupported):
 
 class CrossShardTransaction(FeatureNotSupported):
     pass
-
-
-def key_hint_text(shard_key: bytes) -> str:
-    return shard_key.decode(errors="replace")
-
-
-def shard_for_key(catalog, key: bytes) -> str:
-    return catalog.ring.owner(hashing.token(key))
 
 
 def no_key_error(plan_: Plan, n_shards: int, tables: tuple[str, ...] = ()) -> PgError:
