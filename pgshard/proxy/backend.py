@@ -264,7 +264,7 @@ class ServerConnection(asyncio.Protocol):
                 keep = not head[1]
                 at_idle = not expect
             elif t == 0x45:  # ErrorResponse: always forwarded
-                client.server_error()
+                client.server_error(data[s + 5:e])
                 head = expect[0]
                 if head[0] != X_QUERY:
                     if head[0] == X_PARSE and head[2]:

@@ -85,7 +85,7 @@ class _Orphan:
     def server_lost(self, server, reason):
         pass
 
-    def server_error(self):
+    def server_error(self, body):
         pass
 
     def parse_failed(self, name):
@@ -124,6 +124,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.unit_fanout: Fanout | None = None
         self._fan_hide_desc = False
         self.multi: scatter.MultiTxn | None = None   # DDL transaction across shards
+        self._t0 = 0.0                 # when the unit now on the server was sent (metrics)
+        self._qkind = "read"
         self._txn_snapshot = None      # (client vars, server vars, server) before a SET in a txn
         self._ending_commit = False
         self._owe_z = False
@@ -418,6 +420,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def _send_query(self, s, raw: bytes, plan: r.Plan) -> None:
         self._track(s, plan)
+        self._t0 = time.monotonic()
+        self._qkind = _query_kind(plan)
         s.unnamed_owner = None
         s.send(raw)
         s.push(X_QUERY)
@@ -619,8 +623,12 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             elif k == OP_SYNC:
                 send(m.SYNC)
                 push(X_SYNC)
+                self._t0 = time.monotonic()
             elif k == OP_FLUSH:
                 send(m.FLUSH)
+        if self._t0:
+            binds = [op[1].plan for op in ops if op[0] == OP_BIND]
+            self._qkind = _query_kind(binds[-1]) if binds else "other"
         s.flush()
 
     def _ensure(self, s, st) -> None:
@@ -784,6 +792,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         """Called by the server connection when every request has been answered."""
         if s is not self.server:
             return
+        metrics = self.proxy.metrics
+        if metrics is not None and self._t0:
+            metrics.query(self.shard, self.role, self._qkind, time.monotonic() - self._t0)
+            self._t0 = 0.0
         if self.unit_wrote and s.txn_status == b"I":
             self.last_write[self.shard] = time.monotonic()
             self.unit_wrote = False
@@ -832,8 +844,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
     def _fail(self, exc: PgError, simple: bool, synced: bool = False) -> None:
         """Report a routing error as PostgreSQL would, keeping transaction state true."""
         s = self.server
-        self.proxy.metrics_error(exc.sqlstate)
-        if s is not None:
+        if s is not None:   # the server raises it: counted when its error passes by
             sql = _raise_sql(exc)
             if simple:
                 s.send(m.query(sql))
@@ -852,6 +863,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             s.flush()
             self.ops = []
             return
+        self.proxy.metrics_error(exc.sqlstate)
         for op in self.ops:
             if op[0] == OP_PARSE:
                 self.write(m.PARSE_COMPLETE)
@@ -872,10 +884,12 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             raise PgError("current transaction is aborted, commands ignored until end of "
                           "transaction block", sqlstate="25P02")
 
-    def server_error(self) -> None:
+    def server_error(self, body: bytes) -> None:
         """An ErrorResponse reached the client: a held-back transaction is now failed."""
         if self.pending_begin is not None:
             self.pending_failed = True
+        if self.proxy.metrics is not None:
+            self.proxy.metrics_error(m.decode_fields(body).get("C", "XX000"))
 
     def parse_failed(self, client_name: str | None) -> None:
         if client_name:
@@ -922,6 +936,13 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         proxy.metrics_client_disconnected(self)
+
+
+def _query_kind(plan: r.Plan) -> str:
+    """The kind label of /metrics query counters: read, write, ddl or other."""
+    if plan.kind != r.STATEMENT:
+        return "other"
+    return "read" if plan.is_read else "ddl" if plan.is_ddl else "write"
 
 
 def _listen_error() -> PgError:

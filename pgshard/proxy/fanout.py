@@ -3,6 +3,8 @@ per shard, and the transaction held on every shard once DDL runs inside BEGIN.""
 
 from __future__ import annotations
 
+import time
+
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import FeatureNotSupported, PgError
 from pgshard.proxy import routing as r
@@ -119,10 +121,16 @@ class FanoutMixin:
 
         if self.multi is None and self.pending_begin is not None and fan.kind == "ddl":
             await self._open_multi()
+        t0 = time.monotonic()
         if self.multi is not None:
             replies = await self.multi.run(fan.shards, emit)
         else:
             replies = await scatter.run_on_shards(self, fan.shards, emit)
+        metrics = self.proxy.metrics
+        if metrics is not None:
+            elapsed = time.monotonic() - t0
+            for sh in fan.shards:
+                metrics.query(sh, "primary", f"fanout-{fan.kind}", elapsed)
         err = scatter.first_error(fan.shards, replies)
         if err is not None and self.multi is not None:
             self.multi.failed = True

@@ -43,7 +43,7 @@ class Collector:
     def parse_failed(self, name) -> None:
         pass
 
-    def server_error(self) -> None:
+    def server_error(self, body: bytes) -> None:
         pass
 
     def frames(self) -> list[tuple[int, bytes]]:
