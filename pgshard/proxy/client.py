@@ -589,6 +589,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def _emit_ops(self, s, ops) -> None:
         push, send = s.push, s.send
+        last = None   # the plan of the unit's last Bind, for the metrics kind
         for op in ops:
             k = op[0]
             if k == OP_PARSE:
@@ -605,6 +606,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                     push(X_PARSE, fake=(st, op[3]))
             elif k == OP_BIND:
                 st = op[1]
+                last = st.plan
                 self._ensure(s, st)
                 send(op[2])
                 push(X_BIND)
@@ -626,9 +628,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 self._t0 = time.monotonic()
             elif k == OP_FLUSH:
                 send(m.FLUSH)
-        if self._t0:
-            binds = [op[1].plan for op in ops if op[0] == OP_BIND]
-            self._qkind = _query_kind(binds[-1]) if binds else "other"
+        self._qkind = _query_kind(last) if last is not None else "other"
         s.flush()
 
     def _ensure(self, s, st) -> None:

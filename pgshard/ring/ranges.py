@@ -5,30 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pgshard.ring.ring import MAX_TOKEN, TOKEN_SPACE, Ring
+from pgshard.ring.ring import MAX_TOKEN, TOKEN_SPACE, Ring, TokenSpan
 
 
 @dataclass(frozen=True, slots=True)
-class RangeMove:
-    """Tokens t with lo < t <= hi change owner from src to dst; lo == -1 means from 0 inclusive."""
+class RangeMove(TokenSpan):
+    """A span of tokens whose owner changes from src to dst."""
 
-    lo: int
-    hi: int
     src: str
     dst: str
-
-    def __post_init__(self):
-        if not -1 <= self.lo < self.hi <= MAX_TOKEN:
-            raise ValueError(f"invalid token range ({self.lo}, {self.hi}]")
-
-    def contains(self, t: int) -> bool:
-        """Whether token t lies in (lo, hi]."""
-        return self.lo < t <= self.hi
-
-    @property
-    def size(self) -> int:
-        """How many tokens the move covers."""
-        return self.hi - self.lo
 
 
 def diff(old_ring: Ring, new_ring: Ring) -> list[RangeMove]:

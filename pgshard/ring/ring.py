@@ -20,12 +20,11 @@ class EmptyRing(ObjectNotInPrerequisiteState):
 
 
 @dataclass(frozen=True, slots=True)
-class Range:
-    """Tokens t with lo < t <= hi owned by shard; lo == -1 means from token 0 inclusive."""
+class TokenSpan:
+    """Tokens t with lo < t <= hi; lo == -1 means from token 0 inclusive."""
 
     lo: int
     hi: int
-    shard: str
 
     def __post_init__(self):
         if not -1 <= self.lo < self.hi <= MAX_TOKEN:
@@ -37,8 +36,15 @@ class Range:
 
     @property
     def size(self) -> int:
-        """How many tokens the range covers."""
+        """How many tokens the span covers."""
         return self.hi - self.lo
+
+
+@dataclass(frozen=True, slots=True)
+class Range(TokenSpan):
+    """A span of tokens owned by shard."""
+
+    shard: str
 
 
 class Ring:

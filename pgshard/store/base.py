@@ -209,9 +209,13 @@ class MetadataStore(abc.ABC):
     async def revision(self) -> int:
         """The store's current revision."""
 
-    @abc.abstractmethod
     async def ping(self) -> bool:
         """True if the store answers, False otherwise; never raises."""
+        try:
+            await self.revision()
+        except StoreError:
+            return False
+        return True
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -286,13 +286,6 @@ class EtcdStore(MetadataStore):
 
         return await self._call(op)
 
-    async def ping(self) -> bool:
-        try:
-            await self.revision()
-        except StoreError:
-            return False
-        return True
-
     async def close(self) -> None:
         if self._closed:
             return

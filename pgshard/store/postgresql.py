@@ -346,13 +346,6 @@ class PostgresStore(MetadataStore):
         return await self._run(lambda conn: conn.fetchval(
             "SELECT revision FROM pgshard_meta.pgshard_revision"))
 
-    async def ping(self) -> bool:
-        try:
-            await self._run(lambda conn: conn.fetchval("SELECT 1"))
-        except StoreError:
-            return False
-        return True
-
     async def close(self) -> None:
         if self._closed:
             return

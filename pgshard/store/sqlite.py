@@ -314,13 +314,6 @@ class SQLiteStore(MetadataStore):
         return await self._call(self._read, lambda conn: conn.execute(
             "SELECT value FROM meta WHERE name = 'revision'").fetchone()[0])
 
-    async def ping(self) -> bool:
-        try:
-            await self._call(self._read, lambda conn: conn.execute("SELECT 1").fetchone())
-        except StoreError:
-            return False
-        return True
-
     async def close(self) -> None:
         if self._closed:
             return
