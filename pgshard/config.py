@@ -47,6 +47,8 @@ class ProxyConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     max_replica_lag: float = 10.0
+    statement_cache_bytes: int = 64 * 1024 * 1024   # prepared statements kept, by SQL bytes
+    fanout_buffer_bytes: int = 8 * 1024 * 1024      # per client: shard replies buffered in a fan-out
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,10 @@ def config_from_dict(data: dict) -> Config:
         raise ConfigError(f"[proxy] pool_mode must be one of {POOL_MODES}")
     if proxy.pool_size < 1 or proxy.min_pool_size < 0 or proxy.min_pool_size > proxy.pool_size:
         raise ConfigError("[proxy] need 0 <= min_pool_size <= pool_size and pool_size >= 1")
+    for name, least in (("statement_cache_bytes", 0), ("fanout_buffer_bytes", 65536)):
+        value = getattr(proxy, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"[proxy] {name} must be an integer of at least {least}")
     sidecar_data = dict(data.pop("sidecar", {}))
     if isinstance(sidecar_data.get("cors_origins"), list):
         sidecar_data["cors_origins"] = tuple(sidecar_data["cors_origins"])

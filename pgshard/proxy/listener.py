@@ -37,7 +37,7 @@ class Proxy:
             server_idle_timeout=pc.server_idle_timeout, server_lifetime=pc.server_lifetime,
             connect_timeout=pc.connect_timeout, query_wait_timeout=pc.query_wait_timeout)
         self.pools: dict[PoolKey, BackendPool] = {}
-        self.statements = StatementCache()
+        self.statements = StatementCache(pc.statement_cache_bytes)
         self.clients: dict[int, ClientSession] = {}
         self.ssl_context = make_ssl_context(pc.tls_cert, pc.tls_key) if pc.tls_cert else None
         self.closing = False

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
+
+from pgshard.proxy.textmemo import text_memo
 
 _SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 
 
-@lru_cache(maxsize=4096)
+# Bounded by bytes of text; texts above 64 KiB are parsed each time.
+CACHE_BYTES = 8 * 1024 * 1024
+MAX_CACHED_TEXT = 64 * 1024
+
+
+@text_memo(CACHE_BYTES, MAX_CACHED_TEXT, lambda names: sum(len(n) + 56 for n in names))
 def user_relations(sql: str) -> tuple[str, ...]:
     """Tables and views named by sql, minus system catalogs and CTE names; () if unparsable."""
     try:

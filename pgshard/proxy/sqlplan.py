@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
@@ -24,6 +23,7 @@ from pglast.parser import ParseError
 from pgshard.proxy.sqlconfine import Confinement
 from pgshard.proxy.sqlfanout import MergeSpec, plan_fanout
 from pgshard.proxy.sqlkeys import KeyRef, normalize_table
+from pgshard.proxy.textmemo import text_memo
 
 __all__ = ["Analysis", "KeyRef", "MergeSpec", "analyze"]
 
@@ -68,7 +68,17 @@ def analyze(sql: str, tables: Mapping[str, str] | tuple[tuple[str, str], ...],
     return _analyze(sql, key, positions)
 
 
-@lru_cache(maxsize=4096)
+# Analyses are cached by text, bounded by bytes; texts above 64 KiB are analysed each time.
+CACHE_BYTES = 32 * 1024 * 1024
+MAX_CACHED_TEXT = 64 * 1024
+
+
+def _weight(a: Analysis) -> int:
+    """The bytes an Analysis holds beyond the text it was made from: its rewritten SQL."""
+    return len(a.shard_sql or "") + 64 * len(a.tables) + 64 * len(a.keys or ())
+
+
+@text_memo(CACHE_BYTES, MAX_CACHED_TEXT, _weight)
 def _analyze(sql: str, tables_key, positions=()) -> Analysis:
     tables = {normalize_table(t): c for t, c in tables_key}
     pos = {normalize_table(t): i for t, i in positions}

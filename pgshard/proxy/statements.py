@@ -6,6 +6,11 @@ import hashlib
 
 from pgshard.protocol import messages as m
 from pgshard.proxy import routing
+from pgshard.proxy.bytecache import ByteLRU
+
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+# What a Statement costs beyond its texts: the object, its plan, the cache's bookkeeping.
+_OVERHEAD = 512
 
 
 class Statement:
@@ -27,6 +32,11 @@ class Statement:
         self.described_oids: tuple[int, ...] | None = None
         self.validated = False   # a server has accepted its Parse
 
+    @property
+    def weight(self) -> int:
+        """Bytes this statement holds: its text (as str) and its Parse message."""
+        return len(self.sql) + len(self.parse_msg) + 4 * len(self.oids) + _OVERHEAD
+
     def param_oid(self, i: int) -> int:
         """The type OID of 0-based parameter i, from Parse or from ParameterDescription."""
         if i < len(self.oids) and self.oids[i]:
@@ -38,28 +48,39 @@ class Statement:
 
 
 class StatementCache:
-    """Statement objects by (named?, text, types); bounded, oldest dropped first."""
+    """Statement objects by (named?, text, types), bounded by the bytes they hold, least
+    recently used dropped first.
 
-    def __init__(self, limit: int = 20000):
-        self.limit = limit
+    Eviction only drops the cache's reference: a client keeps the Statement it holds in
+    its own `stmts`, and its global name is derived from the text, so a statement made
+    again later is the same statement on every server that prepared it."""
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
         self.epoch = 0
-        self._named: dict[tuple[str, tuple[int, ...]], Statement] = {}
-        self._unnamed: dict[tuple[str, tuple[int, ...]], Statement] = {}
+        self._lru = ByteLRU(max_bytes)
+
+    @property
+    def bytes(self) -> int:
+        """The weight of the statements cached now."""
+        return self._lru.bytes
+
+    @property
+    def max_bytes(self) -> int:
+        return self._lru.max_bytes
+
+    def __len__(self) -> int:
+        return len(self._lru)
 
     def invalidate(self) -> None:
         """After DDL: later Parses get fresh global names, so no server reuses a plan made
         for the old schema."""
         self.epoch += 1
-        self._named.clear()
-        self._unnamed.clear()
+        self._lru.clear()
 
     def get(self, sql: str, oids: tuple[int, ...], named: bool) -> Statement:
-        table = self._named if named else self._unnamed
-        key = (sql, oids)
-        st = table.get(key)
+        key = (named, sql, oids)
+        st = self._lru.get(key)
         if st is None:
             st = Statement(sql, oids, named, self.epoch)
-            if len(table) >= self.limit:
-                table.pop(next(iter(table)))
-            table[key] = st
+            self._lru.put(key, st, st.weight)   # one heavier than the budget is not kept
         return st
