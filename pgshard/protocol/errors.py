@@ -44,6 +44,21 @@ class ProtocolViolation(PgError, code="08P01"):
     severity = "FATAL"
 
 
+class MalformedMessage(ProtocolViolation):
+    """A well-framed message whose body does not decode (PostgreSQL's pq_getmsg* errors):
+    an ERROR, not FATAL, so the session goes on at the next Sync as PostgreSQL's does."""
+
+    severity = "ERROR"
+
+
+class CharacterNotInRepertoire(PgError, code="22021"):
+    """Bytes that are not valid UTF-8 (PostgreSQL: invalid byte sequence for encoding)."""
+
+
+class InvalidBinaryRepresentation(PgError, code="22P03"):
+    pass
+
+
 class ConnectionFailure(PgError, code="08006"):
     pass
 

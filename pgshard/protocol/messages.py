@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from struct import Struct
 
-from pgshard.protocol.errors import PgError, ProtocolViolation
+from pgshard.protocol.encoding import decode_utf8
+from pgshard.protocol.errors import MalformedMessage, PgError, ProtocolViolation
 from pgshard.protocol.framing import CANCEL_REQUEST, PROTOCOL_3_0, SSL_REQUEST
 
 _I16 = Struct("!h")
+_U16 = Struct("!H")
 _I32 = Struct("!i")
+_U32 = Struct("!I")
 _HDR = Struct("!ci")
 _II = Struct("!ii")
 
@@ -23,42 +26,68 @@ def _cstr(s: str) -> bytes:
 
 
 class _Reader:
-    """Cursor over a message body; any overrun is the peer's protocol violation."""
+    """Cursor over a message body, failing as PostgreSQL's pq_getmsg* functions do.
 
-    __slots__ = ("data", "pos")
+    A client's message that is well framed but whose body does not decode is an ERROR
+    (MalformedMessage, 08P01; invalid UTF-8 is 22021): the framing is intact, so the session
+    goes on. Startup packets and server messages pass error=ProtocolViolation (FATAL)."""
 
-    def __init__(self, data: bytes):
+    __slots__ = ("data", "pos", "error")
+
+    def __init__(self, data: bytes, error: type[ProtocolViolation] = MalformedMessage):
         self.data = data
         self.pos = 0
+        self.error = error
 
     def cstr(self) -> str:
         end = self.data.find(b"\0", self.pos)
         if end < 0:
-            raise ProtocolViolation("invalid string in message")
+            raise self.error("invalid string in message")
         s = self.data[self.pos:end]
         self.pos = end + 1
-        try:
-            return s.decode()
-        except UnicodeDecodeError as exc:
-            raise ProtocolViolation("invalid UTF-8 in message") from exc
+        if s.isascii():
+            return s.decode("ascii")
+        if self.error is not MalformedMessage:
+            try:
+                return s.decode()
+            except UnicodeDecodeError:
+                raise self.error("invalid UTF-8 in message") from None
+        return decode_utf8(s)
+
+    def _need(self, n: int) -> None:
+        if self.pos + n > len(self.data):
+            raise self.error("insufficient data left in message")
 
     def i16(self) -> int:
-        if self.pos + 2 > len(self.data):
-            raise ProtocolViolation("message too short")
+        self._need(2)
         (v,) = _I16.unpack_from(self.data, self.pos)
         self.pos += 2
         return v
 
+    def u16(self) -> int:
+        """A count: PostgreSQL reads counts as unsigned 16-bit (so -1 is 65535)."""
+        self._need(2)
+        (v,) = _U16.unpack_from(self.data, self.pos)
+        self.pos += 2
+        return v
+
     def i32(self) -> int:
-        if self.pos + 4 > len(self.data):
-            raise ProtocolViolation("message too short")
+        self._need(4)
         (v,) = _I32.unpack_from(self.data, self.pos)
         self.pos += 4
         return v
 
+    def u32(self) -> int:
+        """An OID: unsigned 32-bit, so 2**31 and above are valid (if unknown) type OIDs."""
+        self._need(4)
+        (v,) = _U32.unpack_from(self.data, self.pos)
+        self.pos += 4
+        return v
+
     def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise ProtocolViolation("message too short")
+        if n < 0:
+            raise self.error("insufficient data left in message")
+        self._need(n)
         v = self.data[self.pos:self.pos + n]
         self.pos += n
         return v
@@ -68,12 +97,17 @@ class _Reader:
         self.pos = len(self.data)
         return v
 
+    def end(self) -> None:
+        """Nothing may follow the last field (pq_getmsgend)."""
+        if self.pos != len(self.data):
+            raise self.error("invalid message format")
+
 
 # ---------------------------------------------------------------- startup phase
 
 def decode_startup_params(body: bytes) -> dict[str, str]:
     """Parameters of a v3 StartupMessage (the body after the protocol code)."""
-    r = _Reader(body)
+    r = _Reader(body, ProtocolViolation)
     params: dict[str, str] = {}
     while True:
         key = r.cstr()
@@ -152,7 +186,7 @@ def command_complete(tag: str) -> bytes:
 
 def row_description(columns: list[tuple[str, int]]) -> bytes:
     """A RowDescription of text-format columns given as (name, type oid)."""
-    body = _I16.pack(len(columns))
+    body = _U16.pack(len(columns))
     for name, oid in columns:
         body += _cstr(name) + _I32.pack(0) + _I16.pack(0) + _I32.pack(oid) + _I16.pack(-1) \
             + _I32.pack(-1) + _I16.pack(0)
@@ -160,7 +194,7 @@ def row_description(columns: list[tuple[str, int]]) -> bytes:
 
 
 def data_row(values: list[bytes | None]) -> bytes:
-    body = _I16.pack(len(values))
+    body = _U16.pack(len(values))
     for v in values:
         body += _I32.pack(-1) if v is None else _I32.pack(len(v)) + v
     return frame(b"D", body)
@@ -215,17 +249,17 @@ def error_to_exception(body: bytes) -> PgError:
 
 
 def decode_parameter_status(body: bytes) -> tuple[str, str]:
-    r = _Reader(body)
+    r = _Reader(body, ProtocolViolation)
     return r.cstr(), r.cstr()
 
 
 def decode_auth(body: bytes) -> tuple[int, bytes]:
-    r = _Reader(body)
+    r = _Reader(body, ProtocolViolation)
     return r.i32(), r.rest()
 
 
 def decode_sasl_mechanisms(data: bytes) -> list[str]:
-    return [m.decode() for m in data.split(b"\0") if m]
+    return [m.decode(errors="replace") for m in data.split(b"\0") if m]
 
 
 # ---------------------------------------------------------------- client → backend
@@ -247,30 +281,31 @@ def sasl_response(data: bytes) -> bytes:
 
 
 def decode_sasl_initial(body: bytes) -> tuple[str, bytes]:
-    r = _Reader(body)
+    r = _Reader(body, ProtocolViolation)
     mech = r.cstr()
     n = r.i32()
     return mech, (b"" if n < 0 else r.take(n))
 
 
 def decode_password(body: bytes) -> str:
-    return _Reader(body).cstr()
+    return _Reader(body, ProtocolViolation).cstr()
 
 
 def parse(name: str, sql: str, oids: tuple[int, ...] = ()) -> bytes:
-    body = _cstr(name) + _cstr(sql) + _I16.pack(len(oids))
-    body += b"".join(_I32.pack(o) for o in oids)
+    # OIDs are unsigned 32-bit; counts are unsigned 16-bit, as PostgreSQL reads them.
+    body = _cstr(name) + _cstr(sql) + _U16.pack(len(oids))
+    body += b"".join(_U32.pack(o & 0xFFFFFFFF) for o in oids)
     return frame(b"P", body)
 
 
 def bind(portal: str, statement: str, params: list[bytes | None] = (),
          param_formats: tuple[int, ...] = (), result_formats: tuple[int, ...] = ()) -> bytes:
-    body = _cstr(portal) + _cstr(statement) + _I16.pack(len(param_formats))
+    body = _cstr(portal) + _cstr(statement) + _U16.pack(len(param_formats))
     body += b"".join(_I16.pack(f) for f in param_formats)
-    body += _I16.pack(len(params))
+    body += _U16.pack(len(params))
     for p in params:
         body += _I32.pack(-1) if p is None else _I32.pack(len(p)) + p
-    body += _I16.pack(len(result_formats)) + b"".join(_I16.pack(f) for f in result_formats)
+    body += _U16.pack(len(result_formats)) + b"".join(_I16.pack(f) for f in result_formats)
     return frame(b"B", body)
 
 
@@ -286,8 +321,17 @@ def close(kind: bytes, name: str) -> bytes:
     return frame(b"C", kind + _cstr(name))
 
 
+def check_empty(body: bytes) -> None:
+    """Sync, Flush and Terminate carry no body; PostgreSQL refuses one that does."""
+    if body:
+        raise MalformedMessage("invalid message format")
+
+
 def decode_query(body: bytes) -> str:
-    return _Reader(body).cstr()
+    r = _Reader(body)
+    sql = r.cstr()
+    r.end()
+    return sql
 
 
 @dataclass(slots=True)
@@ -300,10 +344,10 @@ class ParseMsg:
 def decode_parse(body: bytes) -> ParseMsg:
     r = _Reader(body)
     name, sql = r.cstr(), r.cstr()
-    n = r.i16()
-    if n < 0:
-        raise ProtocolViolation("invalid parameter count in Parse")
-    oids = tuple(r.i32() & 0xFFFFFFFF for _ in range(n))
+    n = r.u16()
+    r._need(4 * n)
+    oids = tuple(r.u32() for _ in range(n))
+    r.end()
     return ParseMsg(name, sql, oids)
 
 
@@ -323,31 +367,33 @@ class BindMsg:
 
 
 def decode_bind(body: bytes) -> BindMsg:
+    """The Bind's fields, checked in PostgreSQL's order (exec_bind_message); the parameter
+    count against the statement's is left to the server."""
     r = _Reader(body)
     portal, stmt = r.cstr(), r.cstr()
-    nf = r.i16()
-    if nf < 0:
-        raise ProtocolViolation("invalid format count in Bind")
+    nf = r.u16()
+    r._need(2 * nf)
     fmts = tuple(r.i16() for _ in range(nf))
-    np_ = r.i16()
-    if np_ < 0 or (nf > 1 and nf != np_):
-        raise ProtocolViolation("bind message has mismatched parameter format count")
+    np_ = r.u16()
+    if nf > 1 and nf != np_:
+        raise MalformedMessage(f"bind message has {nf} parameter formats but {np_} parameters")
     params: list[bytes | None] = []
     for _ in range(np_):
         n = r.i32()
         params.append(None if n == -1 else r.take(n))
-    nr = r.i16()
-    rfmts = tuple(r.i16() for _ in range(max(nr, 0)))
+    nr = r.u16()
+    r._need(2 * nr)
+    rfmts = tuple(r.i16() for _ in range(nr))
+    r.end()
     return BindMsg(portal, stmt, fmts, params, rfmts)
 
 
 def bind_statement_name(body: bytes) -> tuple[str, int]:
     """(statement name, offset where it starts) without decoding the parameters."""
-    start = body.find(b"\0")
-    end = body.find(b"\0", start + 1)
-    if start < 0 or end < 0:
-        raise ProtocolViolation("invalid Bind message")
-    return body[start + 1:end].decode(errors="replace"), start + 1
+    r = _Reader(body)
+    r.cstr()   # the portal
+    at = r.pos
+    return r.cstr(), at
 
 
 def rewrite_bind_statement(body: bytes, new_name: str) -> bytes:
@@ -357,21 +403,36 @@ def rewrite_bind_statement(body: bytes, new_name: str) -> bytes:
     return frame(b"B", nb)
 
 
-def decode_target(body: bytes) -> tuple[bytes, str]:
-    """(kind b'S'|b'P', name) of a Describe or Close message."""
-    if not body or body[0:1] not in (b"S", b"P"):
-        raise ProtocolViolation("invalid Describe/Close target")
-    return body[0:1], _Reader(body[1:]).cstr()
+def decode_target(body: bytes, what: str = "DESCRIBE/CLOSE") -> tuple[bytes, str]:
+    """(kind b'S'|b'P', name) of a Describe or Close message (what names it in errors)."""
+    if not body:
+        raise MalformedMessage("no data left in message")
+    kind = body[0:1]
+    if kind not in (b"S", b"P"):
+        raise MalformedMessage(f"invalid {what} message subtype {body[0]}")
+    r = _Reader(body)
+    r.pos = 1
+    name = r.cstr()
+    r.end()
+    return kind, name
+
+
+def decode_describe(body: bytes) -> tuple[bytes, str]:
+    return decode_target(body, "DESCRIBE")
+
+
+def decode_close(body: bytes) -> tuple[bytes, str]:
+    return decode_target(body, "CLOSE")
 
 
 def decode_row_description(body: bytes) -> list[tuple[str, int, int]]:
     """[(column name, type oid, format code)] of a RowDescription."""
-    r = _Reader(body)
+    r = _Reader(body, ProtocolViolation)
     cols = []
-    for _ in range(r.i16()):
+    for _ in range(r.u16()):
         name = r.cstr()
         r.take(6)
-        oid = r.i32() & 0xFFFFFFFF
+        oid = r.u32()
         r.take(6)
         cols.append((name, oid, r.i16()))
     return cols

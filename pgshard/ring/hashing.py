@@ -7,7 +7,14 @@ import uuid
 
 import mmh3
 
-from pgshard.protocol.errors import FeatureNotSupported, InvalidTextRepresentation
+from pgshard.protocol.encoding import check_utf8
+from pgshard.protocol.errors import (
+    FeatureNotSupported,
+    InvalidBinaryRepresentation,
+    InvalidParameterValue,
+    InvalidTextRepresentation,
+    MalformedMessage,
+)
 
 INT2 = 21
 INT4 = 23
@@ -46,6 +53,10 @@ _HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 class InvalidKey(InvalidTextRepresentation):
     """A shard key value that its declared type cannot hold (SQLSTATE 22P02)."""
+
+
+class KeyOutOfRange(InvalidKey, code="22003"):
+    """A shard key outside its integer type's range (numeric_value_out_of_range)."""
 
 
 class UnsupportedKeyType(FeatureNotSupported):
@@ -93,13 +104,19 @@ def key_from_literal(text: str, kind: str = "auto") -> bytes:
     raise ValueError(f"unknown shard key kind {kind!r}")
 
 
-def key_from_param(value: bytes, fmt: int, type_oid: int) -> bytes:
-    """Canonical bytes of a Bind parameter given its format code (0 text, 1 binary) and type OID."""
+def key_from_param(value: bytes, fmt: int, type_oid: int, index: int | None = None) -> bytes:
+    """Canonical bytes of a Bind parameter given its format code (0 text, 1 binary) and type
+    OID (index: its 0-based position, for error messages).
+
+    Bad values fail with the error PostgreSQL's Bind would give: text that is not UTF-8 (or
+    holds a NUL) 22021, before any type input; a binary value too short 08P01 ("insufficient
+    data left in message"), too long 22P03; a format code other than 0/1 22023."""
     if value is None:
         raise InvalidKey("a NULL shard key belongs to no shard")
     if not isinstance(value, bytes):
         value = bytes(value)
     if fmt == 0:
+        check_utf8(value)   # PostgreSQL converts every text parameter's encoding first
         if type_oid in _TEXT_LIKE_TEXT_FORMAT:
             return value
         if type_oid in _INT_BITS:
@@ -108,25 +125,30 @@ def key_from_param(value: bytes, fmt: int, type_oid: int) -> bytes:
             return _parse_uuid(value)
     elif fmt == 1:
         if type_oid in _TEXT_LIKE_BINARY_FORMAT:
-            return value
+            return check_utf8(value)   # textrecv checks the encoding too
         if type_oid in _INT_WIDTH:
-            if len(value) != _INT_WIDTH[type_oid]:
-                raise InvalidKey(
-                    f"binary {_INT_NAMES[type_oid]} parameter has {len(value)} bytes, "
-                    f"expected {_INT_WIDTH[type_oid]}"
-                )
-            return str(int.from_bytes(value, "big", signed=True)).encode("ascii")
+            return str(int.from_bytes(_binary(value, _INT_WIDTH[type_oid], index), "big",
+                                      signed=True)).encode("ascii")
         if type_oid == UUID:
-            if len(value) != 16:
-                raise InvalidKey(f"binary uuid parameter has {len(value)} bytes, expected 16")
-            return str(uuid.UUID(bytes=value)).encode("ascii")
+            return str(uuid.UUID(bytes=_binary(value, 16, index))).encode("ascii")
     else:
-        raise InvalidKey(f"unknown parameter format code {fmt}")
+        raise InvalidParameterValue(f"unsupported format code: {fmt}")
     raise UnsupportedKeyType(
         f"a shard key parameter of type OID {type_oid} "
         f"({'binary' if fmt else 'text'} format) is not supported",
         hint="Shard keys are smallint, integer, bigint, uuid, text, varchar, char or name.",
     )
+
+
+def _binary(value: bytes, width: int, index: int | None) -> bytes:
+    """A fixed-width binary value, failing as the type's recv function and Bind do."""
+    if len(value) < width:
+        raise MalformedMessage("insufficient data left in message")
+    if len(value) > width:
+        where = "" if index is None else f" {index + 1}"
+        raise InvalidBinaryRepresentation(
+            f"incorrect binary data format in bind parameter{where}")
+    return value
 
 
 def _utf8(text: str) -> bytes:
@@ -158,7 +180,7 @@ def _parse_int(raw: bytes, type_oid: int | None) -> bytes:
     if type_oid is not None:
         bits = _INT_BITS[type_oid]
         if not -(1 << (bits - 1)) <= n < 1 << (bits - 1):
-            raise InvalidKey(f'value "{_show(raw)}" is out of range for type {type_name}')
+            raise KeyOutOfRange(f'value "{_show(raw)}" is out of range for type {type_name}')
     return str(n).encode("ascii")
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgshard.protocol.errors import FeatureNotSupported, InvalidTextRepresentation
+from pgshard.protocol.errors import FeatureNotSupported, InvalidTextRepresentation, PgError
 from pgshard.ring.hashing import (
     BPCHAR,
     INT2,
@@ -192,20 +192,27 @@ def test_binary_params(raw, oid, expected):
     assert key_from_param(memoryview(raw), 1, oid) == expected
 
 
-@pytest.mark.parametrize(("raw", "oid"), [
-    (b"\x00\x00\x00\x2a", INT2),
-    (b"\x2a", INT2),
-    (b"\x00\x2a", INT4),
-    (b"\x00\x00\x00\x00\x00\x00\x00\x2a", INT4),
-    (b"\x00\x00\x00\x2a", INT8),
-    (b"", INT8),
-    (U.bytes[:15], UUID),
-    (U.bytes + b"\x00", UUID),
-    (U_TEXT, UUID),
+# As PostgreSQL's Bind: a value shorter than the type's width runs out of message
+# (08P01), a longer one is not the type's binary format (22P03).
+@pytest.mark.parametrize(("raw", "oid", "sqlstate"), [
+    (b"\x00\x00\x00\x2a", INT2, "22P03"),
+    (b"\x2a", INT2, "08P01"),
+    (b"\x00\x2a", INT4, "08P01"),
+    (b"\x00\x00\x00\x00\x00\x00\x00\x2a", INT4, "22P03"),
+    (b"\x00\x00\x00\x2a", INT8, "08P01"),
+    (b"", INT8, "08P01"),
+    (U.bytes[:15], UUID, "08P01"),
+    (U.bytes + b"\x00", UUID, "22P03"),
+    (U_TEXT, UUID, "22P03"),
 ])
-def test_binary_params_wrong_length(raw, oid):
-    with pytest.raises(InvalidKey):
-        key_from_param(raw, 1, oid)
+def test_binary_params_wrong_length(raw, oid, sqlstate):
+    with pytest.raises(PgError) as ei:
+        key_from_param(raw, 1, oid, index=2)
+    assert ei.value.sqlstate == sqlstate and ei.value.severity == "ERROR"
+    if sqlstate == "22P03":
+        assert ei.value.message == "incorrect binary data format in bind parameter 3"
+    else:
+        assert ei.value.message == "insufficient data left in message"
 
 
 @pytest.mark.parametrize(("fmt", "oid"), [
@@ -221,12 +228,13 @@ def test_binary_params_wrong_length(raw, oid):
 ])
 def test_unsupported_oids_name_the_oid(fmt, oid):
     with pytest.raises(UnsupportedKeyType, match=str(oid)):
-        key_from_param(b"\x00\x00\x00\x2a", fmt, oid)
+        key_from_param(b"42" if fmt == 0 else b"\x00\x00\x00\x2a", fmt, oid)
 
 
 def test_bad_format_code_and_null():
-    with pytest.raises(InvalidKey):
+    with pytest.raises(PgError, match="unsupported format code: 2") as ei:
         key_from_param(b"42", 2, INT4)
+    assert ei.value.sqlstate == "22023"
     with pytest.raises(InvalidKey):
         key_from_param(None, 0, INT4)
 
@@ -312,6 +320,13 @@ def test_text_forms_agree(s):
         expected = s.encode()
     except UnicodeEncodeError:
         return
+    if "\0" in s:
+        # PostgreSQL text cannot hold a NUL: a parameter with one is refused as Bind does.
+        for fmt in (0, 1):
+            with pytest.raises(PgError, match="0x00") as ei:
+                key_from_param(expected, fmt, TEXT)
+            assert ei.value.sqlstate == "22021"
+        return
     assert canonical_key(s) == expected
     assert key_from_literal(s) == expected
     assert key_from_literal(s, "text") == expected
@@ -326,5 +341,7 @@ def test_garbage_params_fail_cleanly(raw, oid):
     for fmt in (0, 1):
         try:
             key_from_param(raw, fmt, oid)
-        except InvalidKey:
-            pass
+        except PgError as exc:
+            # The errors PostgreSQL's Bind gives for such bytes, never a FATAL.
+            assert exc.sqlstate in ("22P02", "22021", "22003", "08P01", "22P03"), exc
+            assert exc.severity == "ERROR"
