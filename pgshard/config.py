@@ -42,7 +42,10 @@ class ProxyConfig:
     server_lifetime: float = 3600.0
     connect_timeout: float = 5.0
     query_wait_timeout: float = 30.0
-    max_client_conn: int = 1000
+    max_client_conn: int = 1000         # client sockets, counted from accept (pgshard.proxy.limits)
+    client_login_timeout: float = 15.0  # seconds to finish startup + authentication (0: off)
+    client_idle_timeout: float = 0.0    # seconds idle outside a transaction (0: off)
+    idle_transaction_timeout: float = 0.0   # seconds idle inside a transaction (0: off)
     max_message_size: int = 64 * 1024 * 1024
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -69,6 +72,11 @@ class SidecarConfig:
     execute_pool_size: int = 4           # /v1/execute connections to the proxy's own listener
     execute_timeout: float = 30.0
     execute_max_rows: int = 10000
+    # Login throttling (pgshard.control.login_limits): 429 + Retry-After when exceeded.
+    login_max_failures: int = 5          # consecutive failures that lock a user (0: off)
+    login_lockout: float = 30.0          # first lockout, seconds; doubles per further failure
+    login_lockout_max: float = 900.0     #   up to this
+    login_rate_per_ip: float = 20.0      # failed logins per minute per client address (0: off)
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,10 @@ def config_from_dict(data: dict) -> Config:
         raise ConfigError(f"[proxy] pool_mode must be one of {POOL_MODES}")
     if proxy.pool_size < 1 or proxy.min_pool_size < 0 or proxy.min_pool_size > proxy.pool_size:
         raise ConfigError("[proxy] need 0 <= min_pool_size <= pool_size and pool_size >= 1")
+    for name in ("client_login_timeout", "client_idle_timeout", "idle_transaction_timeout"):
+        value = getattr(proxy, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"[proxy] {name} must be a number of seconds >= 0 (0: off)")
     for name, least in (("statement_cache_bytes", 0), ("fanout_buffer_bytes", 65536)):
         value = getattr(proxy, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -169,6 +181,13 @@ def _check_sidecar(sc: SidecarConfig) -> None:
     if sc.execute_pool_size < 1 or sc.execute_max_rows < 1 or sc.execute_timeout <= 0:
         raise ConfigError("[sidecar] execute_pool_size, execute_max_rows and execute_timeout "
                           "must be positive")
+    if not isinstance(sc.login_max_failures, int) or sc.login_max_failures < 0:
+        raise ConfigError("[sidecar] login_max_failures must be an integer >= 0")
+    for name, least in (("login_lockout", 0.001), ("login_lockout_max", 0),
+                        ("login_rate_per_ip", 0)):
+        value = getattr(sc, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < least:
+            raise ConfigError(f"[sidecar] {name} must be a number of at least {least:g}")
 
 
 def load_config(path: str | Path) -> Config:

@@ -83,7 +83,7 @@ async def error_middleware(request: web.Request, handler):
     try:
         resp = await handler(request)
     except ApiError as exc:
-        resp = problem_response(exc.to_json())
+        resp = problem_response(exc.to_json(), exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -134,7 +134,7 @@ async def audit_middleware(request: web.Request, handler):
         plane: ControlPlane = request.app[PLANE]
         note = request.get(AUDIT, {})
         principal: Principal | None = request.get(PRINCIPAL)
-        result = "ok" if status < 400 else "denied" if status in (401, 403) else "error"
+        result = "ok" if status < 400 else "denied" if status in (401, 403, 429) else "error"
         if detail is not None:
             note.setdefault("detail", {})["error"] = detail
         await plane.audit.record(

@@ -16,10 +16,11 @@ class ApiError(Exception):
     title = "Internal Server Error"
     slug = "internal-error"
 
-    def __init__(self, detail: str, **extra):
+    def __init__(self, detail: str, *, headers: dict | None = None, **extra):
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        self.headers = dict(headers or {})   # sent with the problem body (e.g. Retry-After)
 
     def to_json(self) -> dict:
         return problem(self.status, self.title, self.detail, self.slug, **self.extra)
@@ -57,6 +58,16 @@ class Unprocessable(ApiError):
     """The request is well-formed but the world disagrees (an endpoint that does not answer)."""
 
     status, title, slug = 422, "Unprocessable Content", "unprocessable"
+
+
+class TooManyRequests(ApiError):
+    """Throttled (login limits); the Retry-After header says when to try again."""
+
+    status, title, slug = 429, "Too Many Requests", "too-many-requests"
+
+    def __init__(self, detail: str, retry_after: str, **extra):
+        super().__init__(detail, headers={"Retry-After": retry_after},
+                         retry_after_seconds=int(retry_after), **extra)
 
 
 class ServiceUnavailable(ApiError):

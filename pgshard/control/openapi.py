@@ -65,7 +65,8 @@ PROBLEM = {
 _STATUS_TEXT = {200: "OK", 201: "Created", 400: "Bad request: malformed JSON, unknown fields "
                 "or wrong types", 401: "Missing, invalid or expired token", 403: "The role "
                 "lacks the permission", 404: "Not found", 409: "Conflict", 413: "Body too large",
-                415: "Content-Type is not application/json", 422: "An endpoint did not answer "
+                415: "Content-Type is not application/json", 429: "Too many failed logins "
+                "(for this user or from this address); see the Retry-After header", 422: "An endpoint did not answer "
                 "or is not what it should be", 503: "The metadata store or the proxy is "
                 "unavailable", 504: "The statement timed out"}
 
@@ -106,6 +107,10 @@ def build_document(routes) -> dict:
             else:
                 responses[str(code)] = {"description": _STATUS_TEXT[code], "content": {
                     "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        if "429" in responses:
+            responses["429"]["headers"] = {"Retry-After": {
+                "description": "Seconds to wait before trying again",
+                "schema": {"type": "integer", "minimum": 1}}}
         op["responses"] = responses
         if route.permission:
             op["description"] = f"Requires the {route.permission} permission."

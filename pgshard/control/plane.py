@@ -11,6 +11,7 @@ from pgshard.control.auth import TokenIssuer
 from pgshard.control.catalog_ops import CatalogService
 from pgshard.control.catalog_sync import CatalogFollower
 from pgshard.control.execute import QueryExecutor
+from pgshard.control.login_limits import LoginLimiter
 from pgshard.control.membership import Membership, StoreStatus
 from pgshard.control.metrics import Metrics
 from pgshard.control.users import UserDirectory
@@ -33,7 +34,12 @@ class ControlPlane:
     audit: AuditLog | None = None
     catalog_ops: CatalogService | None = None
     executor: QueryExecutor | None = None
+    login_limiter: LoginLimiter | None = None   # default: from the [sidecar] login_* settings
     started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.login_limiter is None:
+            self.login_limiter = LoginLimiter.from_settings(self.config.sidecar)
 
     def health(self) -> dict:
         """Liveness facts: the served catalog version and whether the store answers."""

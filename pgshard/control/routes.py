@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from pgshard.control.catalog_ops import catalog_view, shard_view
-from pgshard.control.errors import BadRequest, NotFound, Unauthorized
+from pgshard.control.errors import BadRequest, NotFound, TooManyRequests, Unauthorized
+from pgshard.control.json_body import parse_json_body
+from pgshard.control.login_limits import LoginThrottled
 from pgshard.control.membership import list_routers
 from pgshard.control.openapi import NAME, SCHEMAS, TABLE
 from pgshard.control.plane import ControlPlane
@@ -67,12 +69,10 @@ def _dumps(data) -> str:
 
 
 async def read_body(request: web.Request) -> dict:
-    """The request's JSON body, validated against its route's schema (400 otherwise)."""
-    raw = await request.read()
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    """The request's JSON body, validated against its route's schema (400 otherwise).
+
+    The only place the sidecar reads client JSON: parse_json_body bounds its nesting."""
+    data = parse_json_body(await request.read())
     try:
         validate(data, SCHEMAS[request[ROUTE].schema])
     except SchemaError as exc:
@@ -136,14 +136,42 @@ OPENAPI_DOC = web.AppKey("openapi_doc", dict)
 async def login(request: web.Request) -> web.Response:
     p = plane(request)
     data = await read_body(request)
-    request.setdefault(AUDIT, {})["actor"] = data["username"]
-    audit_note(request, data["username"])
-    user = await p.users.authenticate(data["username"], data["password"])
+    name = data["username"]
+    request.setdefault(AUDIT, {})["actor"] = name
+    audit_note(request, name)
+    user = await _throttled_authenticate(request, p, name, data["password"])
     if user is None:
         raise Unauthorized("unknown user or wrong password")
     token, exp = p.tokens.issue(user.name, user.role)
     return ok({"token": token, "token_type": "Bearer", "role": user.role,
                "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(exp))})
+
+
+async def _throttled_authenticate(request: web.Request, p: ControlPlane, name: str,
+                                  password: str):
+    """The user if the password is right, None if not; 429 while the user or the client's
+    address is over its login limit (the password is then not even checked)."""
+    limiter = p.login_limiter
+    try:
+        attempt = limiter.begin(name, request.remote)
+    except LoginThrottled as exc:
+        audit_note(request, throttled=exc.reason)
+        raise TooManyRequests(f"{exc.reason}; retry after {exc.retry_after_header} s",
+                              exc.retry_after_header) from None
+    try:
+        user = await p.users.authenticate(name, password)
+    except BaseException:
+        limiter.abandoned(attempt)
+        raise
+    if user is not None:
+        limiter.succeeded(attempt)
+        return user
+    lockout = limiter.failed(attempt)
+    if lockout is not None:
+        await p.audit.record(actor=name, role=None, action="auth.lockout", target=name,
+                             result="locked", status=429, remote=request.remote,
+                             detail=f"failures={lockout.failures}; seconds={lockout.seconds:g}")
+    return None
 
 
 # ---------------------------------------------------------------------- catalog
@@ -305,7 +333,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/api/v1/openapi.json", openapi, "openapi", "This document", "health",
           router_role=True),
     Route("POST", "/api/v1/auth/login", login, "login", "Exchange a username and password "
-          "for a bearer token", "auth", action="auth.login", schema="Login", statuses=(401,)),
+          "for a bearer token", "auth", action="auth.login", schema="Login", statuses=(401, 429)),
     Route("GET", "/api/v1/catalog", get_catalog, "getCatalog", "The current catalog",
           "catalog", "catalog:read", statuses=(503,)),
     Route("GET", "/api/v1/shards", list_shards, "listShards", "All shards", "shards",

@@ -1,0 +1,70 @@
+"""The sidecar's one JSON body parser: valid objects pass, anything else is a 400 with a
+reason, deep nesting included, in time linear in the body."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pgshard.control.errors import BadRequest
+from pgshard.control.json_body import MAX_DEPTH, json_depth, parse_json_body
+
+
+def nested_arrays(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def nested_objects(depth: int) -> bytes:
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+@pytest.mark.parametrize("raw,depth", [
+    (b"{}", 1),
+    (b'{"a": 1, "b": [1, 2, {"c": null}]}', 3),
+    (b'{"s": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}', 1),
+    (nested_objects(MAX_DEPTH), MAX_DEPTH),
+    (b'{"a": ' + nested_arrays(MAX_DEPTH - 1) + b"}", MAX_DEPTH),
+])
+def test_accepted(raw, depth):
+    assert json_depth(parse_json_body(raw)) == depth
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b"{not json", "not valid JSON"),
+    (b"", "not valid JSON"),
+    (b"\xff\xfe\x00", "not valid JSON"),
+    (b'{"a": NaN}', "NaN is not valid JSON"),
+    (b'{"a": -Infinity}', "not valid JSON"),
+    (b"[]", "must be an object, not an array"),
+    (b'"x"', "must be an object, not a string"),
+    (b"null", "must be an object, not null"),
+    (b"1", "must be an object, not a number"),
+    (nested_objects(MAX_DEPTH + 1), f"deeper than {MAX_DEPTH}"),
+    (b'{"a": ' + nested_arrays(MAX_DEPTH) + b"}", f"deeper than {MAX_DEPTH}"),
+    (b'{"a": ' + nested_arrays(500) + b"}", f"deeper than {MAX_DEPTH}"),
+    (b'{"a": ' + nested_arrays(10_000) + b"}", f"deeper than {MAX_DEPTH}"),
+    (nested_arrays(100_000), f"deeper than {MAX_DEPTH}"),
+    (nested_objects(100_000), f"deeper than {MAX_DEPTH}"),
+    (b"[" * 1_000_000, f"deeper than {MAX_DEPTH}"),
+])
+def test_refused(raw, reason):
+    with pytest.raises(BadRequest, match=reason):
+        parse_json_body(raw)
+
+
+def test_wide_bodies_are_checked_in_linear_time():
+    # Many shallow containers: the depth walk visits each once.
+    small = b'{"p": [' + b",".join([b"[[1]]"] * 10_000) + b"]}"
+    big = b'{"p": [' + b",".join([b"[[1]]"] * 100_000) + b"]}"
+    start = time.perf_counter()
+    assert json_depth(parse_json_body(small)) == 4
+    t_small = time.perf_counter() - start
+    start = time.perf_counter()
+    assert json_depth(parse_json_body(big)) == 4
+    t_big = time.perf_counter() - start
+    assert t_big < max(30 * t_small, 0.5)
+
+
+def test_array_top_level_when_asked():
+    assert parse_json_body(b"[1, 2]", top=list) == [1, 2]
