@@ -193,16 +193,20 @@ def serve(config_path: str, log_level: str | None, role: str) -> None:
 @click.option("--api-port", type=int, default=8081, show_default=True)
 @click.option("--pool-mode", type=click.Choice(["transaction", "session"]), default="transaction")
 @click.option("--log-level", default="WARNING", show_default=True)
+@click.option("--durable", is_flag=True, help="run PostgreSQL with fsync, synchronous_commit "
+              "and full_page_writes on (default: off, fast, a crash can lose committed data)")
 def demo(data_dir: str, shards: int, replicas: int, port: int, api_port: int, pool_mode: str,
-         log_level: str) -> None:
+         log_level: str, durable: bool) -> None:
     """Start local PostgreSQL shards with replicas and the proxy in front of them.
 
     Runs in the foreground; writes DATA_DIR/demo.json once ready; Ctrl-C stops everything.
+    PostgreSQL runs with fsync off for speed unless --durable is given.
     """
     from pgshard.runtime import run_demo
 
     _setup_logging(log_level)
-    _run(run_demo(Path(data_dir).absolute(), shards, replicas, port, api_port, pool_mode))
+    _run(run_demo(Path(data_dir).absolute(), shards, replicas, port, api_port, pool_mode,
+                  durable))
 
 
 @main.command()

@@ -222,15 +222,20 @@ def _secret_file(path: Path) -> str:
 
 
 async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_port: int,
-                   pool_mode: str) -> None:
+                   pool_mode: str, durable: bool = False) -> None:
     from pgshard.cluster import LocalCluster
 
     data_dir.mkdir(parents=True, exist_ok=True)
     state_file = data_dir / "demo.json"
     state_file.unlink(missing_ok=True)
-    cluster = LocalCluster(data_dir / "cluster", shards=shards, replicas=replicas)
+    cluster = LocalCluster(data_dir / "cluster", shards=shards, replicas=replicas,
+                           durable=durable)
     print(f"pgshard demo: starting {shards} shard(s) x (1 primary + {replicas} replica(s)) "
           f"in {cluster.base_dir} ...", flush=True)
+    if not durable:
+        print("pgshard demo: PostgreSQL runs with fsync off for speed; a crash can lose "
+              "committed data (--durable turns fsync, synchronous_commit and "
+              "full_page_writes on)", flush=True)
     if cluster.exists():
         await asyncio.to_thread(cluster.start)
     else:

@@ -32,11 +32,20 @@ BASE_SETTINGS: dict[str, object] = {
     "dynamic_shared_memory_type": "posix",
 }
 
-# Fast, crash-unsafe defaults for tests and demos.
+# Fast, crash-unsafe defaults for tests and demos: a killed server loses acknowledged
+# commits (synchronous_commit), a crashed host can corrupt the cluster (fsync, full pages).
 FAST_SETTINGS: dict[str, object] = {
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
+}
+
+# What a durable cluster (failover and resharding tests, `pgshard demo --durable`) runs
+# with: PostgreSQL's own defaults, written out so a node never inherits the fast ones.
+DURABLE_SETTINGS: dict[str, object] = {
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
 }
 
 SYNC_STANDBYS = "ANY 1 (*)"
@@ -51,14 +60,14 @@ host    replication  all        127.0.0.1/32 scram-sha-256
 
 
 def render_settings(*, name: str, port: int, socket_dir: Path, synchronous: bool,
-                    sync_standbys: bool, extra: Mapping[str, object] | None) -> str:
-    """The node's pgshard.conf: common settings, then node identity, then extra_conf."""
+                    sync_standbys: bool, extra: Mapping[str, object] | None,
+                    durable: bool = False) -> str:
+    """The node's pgshard.conf: common settings, durability, then node identity, then
+    extra_conf. Synchronous replication implies durable settings."""
     settings = dict(BASE_SETTINGS)
+    settings.update(DURABLE_SETTINGS if durable or synchronous else FAST_SETTINGS)
     if synchronous:
-        settings["synchronous_commit"] = "on"
         settings["synchronous_standby_names"] = SYNC_STANDBYS if sync_standbys else ""
-    else:
-        settings.update(FAST_SETTINGS)
     settings.update(port=port, unix_socket_directories=str(socket_dir), cluster_name=name)
     settings.update(extra or {})
     lines = [f"# written by pgshard.cluster for {name}; changes are overwritten"]

@@ -59,17 +59,24 @@ class LocalCluster:
 
     The layout (node names and ports) is saved in base_dir/cluster.json, so a later
     LocalCluster on the same base_dir finds the same ports and can start() it again.
+
+    By default the servers run with fsync, synchronous_commit and full_page_writes off:
+    fast, and a killed server loses acknowledged commits. durable=True runs them with all
+    three on (failover and resharding tests need that); synchronous=True adds synchronous
+    replication (ANY 1 standby) and implies durable.
     """
 
     def __init__(self, base_dir: str | os.PathLike, shards: int = 2, replicas: int = 1, *,
                  database: str = "app", user: str = "pgshard", password: str = "pgshard",
                  base_port: int | None = None, shard_prefix: str = "shard",
-                 synchronous: bool = False, extra_conf: dict | None = None):
+                 synchronous: bool = False, durable: bool = False,
+                 extra_conf: dict | None = None):
         if shards < 1 or replicas < 0:
             raise ValueError("need shards >= 1 and replicas >= 0")
         self.base_dir = Path(base_dir).absolute()
         self.database, self.user, self.password = database, user, password
         self.synchronous = synchronous
+        self.durable = durable or synchronous
         self.extra_conf = dict(extra_conf or {})
         self.bindir = find_pg_bindir()
         layout = self._load_layout()
@@ -137,7 +144,15 @@ class LocalCluster:
         self._save_layout(complete=True)
 
     def start(self) -> None:
-        """Start every node (in parallel) and wait until each accepts connections."""
+        """Start every node (in parallel) and wait until each accepts connections.
+
+        A stopped node's settings are rewritten first, so this cluster's durability applies
+        even to a base_dir created with other options (a re-run `pgshard demo --durable`)."""
+        for shard in self.shards:
+            for node in shard.nodes:
+                if not node.is_running():
+                    self._configure(node, sync_standbys=(
+                        self.synchronous and node is shard.primary and bool(shard.replicas)))
         _parallel(lambda node: node.start(), self.nodes)
 
     def stop(self, mode: str = "fast") -> None:
@@ -162,7 +177,7 @@ class LocalCluster:
     def _create_shard(self, shard: ShardNodes) -> None:
         primary = shard.primary
         run([self.bindir / "initdb", "-D", primary.data_dir, "-U", "postgres", "--auth=trust",
-             "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
+             "-E", "UTF8", "--locale=C", *self._no_sync, "--no-instructions"],
             as_service=True, cwd=self.base_dir, what=f"initdb {primary.name}")
         self._configure(primary, sync_standbys=False)
         self._start_new(primary)
@@ -176,7 +191,7 @@ class LocalCluster:
 
     def _create_replica(self, primary: Node, replica: Node) -> None:
         run([self.bindir / "pg_basebackup", "-D", replica.data_dir, "-R", "-X", "stream",
-             "-c", "fast", "--no-sync", "--no-manifest", "-h", primary.host,
+             "-c", "fast", *self._no_sync, "--no-manifest", "-h", primary.host,
              "-p", str(primary.port), "-U", self.user, "-w"],
             as_service=True, cwd=self.base_dir, env={"PGPASSWORD": self.password},
             timeout=300, what=f"pg_basebackup {replica.name}", log_path=primary.log_path)
@@ -199,10 +214,16 @@ class LocalCluster:
             self._configure(node, sync_standbys=False)
             self._save_layout()
 
+    @property
+    def _no_sync(self) -> tuple[str, ...]:
+        # A durable cluster's initial files reach the disk too (initdb, pg_basebackup).
+        return () if self.durable else ("--no-sync",)
+
     def _configure(self, node: Node, *, sync_standbys: bool) -> None:
         write_node_config(node.data_dir, render_settings(
             name=node.name, port=node.port, socket_dir=node.data_dir,
-            synchronous=self.synchronous, sync_standbys=sync_standbys, extra=self.extra_conf))
+            synchronous=self.synchronous, sync_standbys=sync_standbys, durable=self.durable,
+            extra=self.extra_conf))
 
     def _prepare_base_dir(self) -> None:
         missing = [p for p in (self.base_dir, *self.base_dir.parents) if not p.exists()]
