@@ -164,7 +164,7 @@ def _decode(status: int, content_type: str, payload: bytes):
         return None
     try:
         return json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ApiError(f"the sidecar replied {status} with a body that is not JSON "
                        f"({content_type or 'no Content-Type'})", status=status) from None
 
@@ -174,7 +174,7 @@ def _error(method: str, api_path: str, status: int, reason: str, payload: bytes)
     title, detail = reason or http.client.responses.get(status, ""), ""
     try:
         problem = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         problem = None
     if isinstance(problem, dict):
         title = str(problem.get("title") or title)

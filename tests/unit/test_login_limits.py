@@ -141,3 +141,14 @@ def test_login_settings_are_validated(settings, ok):
     else:
         with pytest.raises(ConfigError, match="login_"):
             config_from_dict({"sidecar": settings})
+
+
+def test_openapi_documents_the_429_of_login():
+    from pgshard.control.openapi import build_document
+    from pgshard.control.routes import ROUTES
+
+    doc = build_document(ROUTES)
+    responses = doc["paths"]["/api/v1/auth/login"]["post"]["responses"]
+    assert "Retry-After" in responses["429"]["headers"]
+    assert all("429" not in op["responses"] for path, ops in doc["paths"].items()
+               for op in ops.values() if path != "/api/v1/auth/login")
