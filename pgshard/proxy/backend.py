@@ -64,6 +64,9 @@ class ServerConnection(asyncio.Protocol):
         self.unnamed_owner: object | None = None
         self.vars: dict[str, str] = {}    # session settings applied beyond startup
         self.synced: tuple | None = None  # (client, vars generation) last replayed here
+        # Extended-protocol work sent since the last Sync/Query: 0 none, 1 only Parse/
+        # Describe/Close (harmless to Sync), 2 a Bind or Execute (a Sync would commit it).
+        self.unsynced = 0
         self.wbuf: list[bytes] = []
         self.created = time.monotonic()
         self.last_used = self.created
@@ -231,9 +234,17 @@ class ServerConnection(asyncio.Protocol):
 
     def push(self, kind: int, swallow: bool = False, fake: bytes | None = None) -> None:
         """Record that a reply to one request is due, in order."""
-        if kind == X_FAKE and not self.expect:
-            self.client.write(fake)
-            return
+        if kind == X_FAKE:
+            if not self.expect:
+                self.client.write(fake)
+                return
+        elif kind < X_SYNC:
+            if kind == X_BIND or kind == X_EXEC:
+                self.unsynced = 2
+            elif not self.unsynced:
+                self.unsynced = 1
+        else:
+            self.unsynced = 0
         self.expect.append([kind, swallow, fake])
 
     def _relay(self) -> None:
@@ -260,9 +271,17 @@ class ServerConnection(asyncio.Protocol):
                     self._note_fatal(data[s + 5:e])
             elif t == 0x5A:  # ReadyForQuery
                 head = expect.popleft()
-                self.txn_status = data[s + 5:s + 6]
+                status = self.txn_status = data[s + 5:s + 6]
                 keep = not head[1]
                 at_idle = not expect
+                if keep and status == b"I" and getattr(client, "pending_begin", None) is not None:
+                    # The client is in a transaction whose BEGIN is still held back (this
+                    # server only looked, e.g. a Describe): say so, as one database would.
+                    keep = False
+                    if span < s:
+                        out.append(data[span:s])
+                    span = e
+                    out.append(m.ready_for_query(b"E" if client.pending_failed else b"T"))
             elif t == 0x45:  # ErrorResponse: always forwarded
                 client.server_error(data[s + 5:e])
                 head = expect[0]

@@ -133,6 +133,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.session_key: bytes | None = None
         self.local_key: bytes | None = None
         self.session_shard: str | None = None
+        self.any_pick: str | None = None    # the shard _any_shard chose for this statement
         self.consistency = "strong"
         self.role = "primary"               # role of the attached server
         self.unit_role = "primary"
@@ -326,10 +327,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
     def _status(self) -> bytes:
         if self.multi is not None:
             return b"E" if self.multi.failed else b"T"
+        if self.pending_begin is not None:   # even with a server that only looked
+            return b"E" if self.pending_failed else b"T"
         if self.server is not None:
             return self.server.txn_status
-        if self.pending_begin is not None:
-            return b"E" if self.pending_failed else b"T"
         return b"I"
 
     def _reply(self, data: bytes) -> None:
@@ -350,6 +351,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         kind = plan.kind
         if plan.first_word == "LISTEN" and self.pool_mode == "transaction":
             raise _listen_error()
+        if kind in TXN_KINDS:
+            self._release_if_idle()   # a server held by a flushed Describe does not pin it
         attached = self.server is not None
         if self.multi is not None and kind not in LOCAL_KINDS:
             return self._guard(self._multi_query(raw, sql, plan), True)
@@ -715,6 +718,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 return None
             if s.synced != (self, self.vars_gen):
                 self._sync_vars(s)
+            if begin and self.pending_begin is not None:
+                self._send_begin(s)
             return s
         if self.closed:
             return None
@@ -731,10 +736,19 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.shard = shard
         self._sync_vars(s)
         if self.pending_begin is not None and begin:
-            s.send(m.query(self.pending_begin))
-            s.push(X_QUERY, swallow=True)
-            self.pending_begin = None
-            s.unnamed_owner = None
+            self._send_begin(s)
+
+    def _send_begin(self, s) -> None:
+        """Open the held-back transaction on s, ahead of the statement that runs in it,
+        whichever message first attached s (a flushed Parse/Describe only looks)."""
+        if s.unsynced:
+            # End the look-only unit first: a Query inside it would be part of it.
+            s.send(m.SYNC)
+            s.push(X_SYNC, swallow=True)
+        s.send(m.query(self.pending_begin))
+        s.push(X_QUERY, swallow=True)
+        self.pending_begin = None
+        s.unnamed_owner = None
 
     async def _attach(self, shard: str, begin: bool = True, role: str = "primary"):
         """The server this client's next request goes to, acquiring one if needed."""
@@ -743,6 +757,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             if s.expect:
                 await self._wait_idle_point()
                 continue
+            if s.unsynced == 2:
+                raise r.CrossShardTransaction(
+                    f"statement routes to shard {shard} but this pipeline already runs on "
+                    f"shard {self.shard}",
+                    hint="send a Sync between statements for different shards")
             if s.txn_status != b"I":
                 raise r.CrossShardTransaction(
                     f"this transaction runs on shard {self.shard}; a statement for shard "
@@ -759,6 +778,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 try:
                     s = await pool.acquire()
                 except PgError as exc:
+                    if role == "primary" and isinstance(exc, ConnectionFailure):
+                        other = self._other_shard(shard)
+                        if other is not None:   # the statement needs no particular shard
+                            return await self._attach(other, begin, role)
                     if role == "primary" or self.proxy.replicas is None:
                         raise
                     # A replica that cannot be reached is banned; the primary serves.
@@ -769,8 +792,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                     raise ConnectionError("client gone")
             self._link(s, shard, begin)
             self.role = role
-        elif s.synced != (self, self.vars_gen):
-            self._sync_vars(s)
+        else:
+            if s.synced != (self, self.vars_gen):
+                self._sync_vars(s)
+            if begin and self.pending_begin is not None:
+                self._send_begin(s)
         return s
 
     async def _wait_idle_point(self) -> None:
@@ -786,7 +812,25 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.shard = None
         self.local_key = None
         if s is not None:
-            s.pool.release(s)
+            if s.unsynced and s.usable and not s.expect:
+                self._end_unit_then_release(s)
+            else:
+                s.pool.release(s)
+
+    @staticmethod
+    def _end_unit_then_release(s, sql: str | None = None) -> None:
+        """Give s back to the pool once it is idle with nothing outstanding: end a pending
+        extended-protocol unit with a Sync (only look-only units reach here, or a client
+        that is gone, whose Bind/Execute must not be committed: see _cleanup), then run
+        sql (ROLLBACK / DISCARD ALL) if given; replies go nowhere."""
+        s.client = _Orphan(s.pool)
+        if s.unsynced:
+            s.send(m.SYNC)
+            s.push(X_SYNC, swallow=True)
+        if sql is not None:
+            s.send(m.query(sql))
+            s.push(X_QUERY, swallow=True)
+        s.flush()
 
     def server_idle(self, s) -> None:
         """Called by the server connection when every request has been answered."""
@@ -916,23 +960,22 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         s = self.server
         self.server = None
         if s is not None:
-            if s.usable and not s.expect:
-                if s.txn_status == b"I" and self.pool_mode == "transaction":
+            if s.usable and not s.expect and s.unsynced != 2:
+                if s.txn_status == b"I" and self.pool_mode == "transaction" and not s.unsynced:
                     s.pool.release(s)
                 else:
-                    # Never hand a dirty server to another client: roll back (and in
-                    # session mode reset) first, then release.
-                    s.client = _Orphan(s.pool)
-                    sql = "ROLLBACK" if s.txn_status != b"I" else ""
+                    # Never hand a dirty server to another client: end its unit, roll
+                    # back (and in session mode reset) first, then release.
+                    sql = "ROLLBACK" if s.txn_status != b"I" else None
                     if self.pool_mode == "session":
                         sql = (sql + "; " if sql else "") + "DISCARD ALL"
                         s.prepared.clear()
                         s.vars = {}
-                    s.send(m.query(sql))
-                    s.push(X_QUERY, swallow=True)
-                    s.flush()
+                    self._end_unit_then_release(s, sql)
             else:
-                s.abort("client disconnected with a request in flight")
+                # A request in flight, or a Bind/Execute not yet ended by a Sync: a Sync
+                # would commit what the client never finished. Close the server instead.
+                s.abort("client disconnected in the middle of a request")
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         proxy.metrics_client_disconnected(self)

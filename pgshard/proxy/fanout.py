@@ -94,7 +94,7 @@ class FanoutMixin:
     def _release_if_idle(self) -> None:
         """Let go of a server held only because a Describe was flushed without a Sync."""
         s = self.server
-        if s is not None and s.txn_status == b"I" and not s.expect \
+        if s is not None and s.txn_status == b"I" and not s.expect and s.unsynced != 2 \
                 and self.pool_mode == "transaction" and self.multi is None:
             self._detach()
 

@@ -54,6 +54,7 @@ class BackendPool:
         self.waiters: deque[asyncio.Future] = deque()
         self.server_params: dict[str, str] | None = None
         self.closed = False
+        self.failed_at = 0.0   # when a connect last failed (0: the last one worked)
         self.stats = {"acquired": 0, "waited": 0, "timeouts": 0, "connects": 0,
                       "connect_errors": 0}
 
@@ -62,6 +63,10 @@ class BackendPool:
     @property
     def size(self) -> int:
         return len(self.servers) + self.connecting
+
+    def healthy(self, retry_after: float = 5.0) -> bool:
+        """False while the last connect failed less than retry_after seconds ago."""
+        return not self.failed_at or time.monotonic() - self.failed_at > retry_after
 
     @property
     def active(self) -> int:
@@ -137,8 +142,8 @@ class BackendPool:
         """Return a server at an idle point; a dirty or expired one is closed instead."""
         server.unlink()
         now = time.monotonic()
-        if (not server.usable or server.txn_status != b"I" or server.expect or self.closed
-                or now - server.created > self.settings.server_lifetime):
+        if (not server.usable or server.txn_status != b"I" or server.expect or server.unsynced
+                or self.closed or now - server.created > self.settings.server_lifetime):
             server.terminate() if server.usable else server.abort("released while unusable")
             if server.state != CLOSED:
                 server._set_state(CLOSED)
@@ -179,15 +184,18 @@ class BackendPool:
             await server.startup(self.key.user, self.password, timeout)
         except PgError:
             self.stats["connect_errors"] += 1
+            self.failed_at = time.monotonic()
             server.abort("startup failed")
             raise
         except (OSError, TimeoutError) as exc:
             self.stats["connect_errors"] += 1
+            self.failed_at = time.monotonic()
             server.abort("connect failed")
             raise ConnectionFailure(
                 f"could not connect to shard {self.key.shard} ({self.key.role}) at "
                 f"{self.host}:{self.port}: {exc or 'timeout'}") from None
         self.servers.add(server)
+        self.failed_at = 0.0
         if self.server_params is None:
             self.server_params = dict(server.server_params)
         return server

@@ -15,15 +15,37 @@ from pgshard.ring import hashing
 class TargetingMixin:
 
     def _any_shard(self) -> str:
-        """A shard for statements that need a server but no particular one."""
+        """A shard for statements that touch no shard data (Parse/Describe without a key,
+        SELECT 1, SHOW): this client's own pick among the shards whose primary answers,
+        so that no one shard is needed by everyone."""
         if self.session_shard:
             return self.session_shard
-        cat = self.proxy.catalog
-        return cat.shards[0].name
+        shards = self.proxy.catalog.shards
+        n = len(shards)
+        start = self.pid % n if n > 1 else 0
+        for i in range(n):
+            name = shards[(start + i) % n].name
+            if n == 1 or self.proxy.pool_for(name, self.user).healthy():
+                break
+        else:
+            name = shards[start].name
+        self.any_pick = name
+        return name
+
+    def _other_shard(self, failed: str) -> str | None:
+        """After the shard _any_shard chose could not be reached: another healthy one."""
+        if self.session_shard or self.any_pick != failed:
+            return None
+        for sh in self.proxy.catalog.shards:
+            if sh.name != failed and self.proxy.pool_for(sh.name, self.user).healthy():
+                self.any_pick = sh.name
+                return sh.name
+        return None
 
     def _target(self, plan: r.Plan, bind=None, st=None, sql: str | None = None):
         """The shard for a statement (a name), or a Fanout. Precedence: hints, then
         SET pgshard.*, then a named parameter, then the key read from the SQL itself."""
+        self.any_pick = None
         cat = self.proxy.catalog
         if plan.shard is not None:
             cat.shard(plan.shard)  # raises for an unknown shard

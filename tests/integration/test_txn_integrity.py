@@ -1,0 +1,282 @@
+"""Transactions mean what they say: a held-back BEGIN reaches the server whichever message
+attached it, a client that leaves mid-request never hands its work to the next client, and
+statements that touch no shard data do not need the first shard."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import asyncpg
+import psycopg
+import pytest
+
+from pgshard.ring import Ring, hashing
+from tests.fixtures.clusters import temp_cluster
+from tests.fixtures.proxy import ProxyProcess
+from tests.integration.conftest import USERS, _shards
+
+ONE = {"name": "one", "password": "one-secret", "pool_size": 1}
+DDL = "DROP TABLE IF EXISTS accounts; " \
+      "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, balance int)"
+
+
+def _keys(names: list[str], start: int = 1000) -> dict[str, list[int]]:
+    """Some keys of every shard, by the ring the proxy builds for these shard names."""
+    ring = Ring.build(names)
+    out: dict[str, list[int]] = {n: [] for n in names}
+    k = start
+    while min(len(v) for v in out.values()) < 8:
+        out[ring.owner(hashing.token(hashing.canonical_key(k)))].append(k)
+        k += 1
+    return out
+
+
+def _config(cluster) -> dict:
+    return {"proxy": {"database": "app", "pool_size": 2, "query_wait_timeout": 10},
+            "users": USERS + [ONE], "shards": _shards(cluster),
+            "tables": [{"name": "accounts", "shard_key": "id"}]}
+
+
+@pytest.fixture(scope="module")
+def env(pg_cluster):
+    for s in pg_cluster.shards:
+        s.primary.psql(DDL)
+    with ProxyProcess(_config(pg_cluster)) as p:
+        yield p, pg_cluster, _keys([s.name for s in pg_cluster.shards])
+
+
+def _on_primaries(cluster, key: int) -> dict[str, int]:
+    return {s.name: int(s.primary.psql(f"SELECT count(*) FROM accounts WHERE id = {key}"))
+            for s in cluster.shards}
+
+
+# ------------------------------------------------------------ a raw wire client
+
+def _msg(t: bytes, body: bytes) -> bytes:
+    return t + struct.pack("!i", len(body) + 4) + body
+
+
+def _parse(sql: str, name: str = "") -> bytes:
+    return _msg(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", 0))
+
+
+def _bind(params: list[bytes], stmt: str = "") -> bytes:
+    body = b"\0" + stmt.encode() + b"\0" + struct.pack("!h", 0) + struct.pack("!h", len(params))
+    for p in params:
+        body += struct.pack("!i", len(p)) + p
+    return _msg(b"B", body + struct.pack("!h", 0))
+
+
+
+
+def _describe(name: str = "") -> bytes:
+    return _msg(b"D", b"S" + name.encode() + b"\0")
+
+
+EXECUTE = _msg(b"E", b"\0" + struct.pack("!i", 0))
+SYNC = _msg(b"S", b"")
+FLUSH = _msg(b"H", b"")
+
+
+def _query(sql: str) -> bytes:
+    return _msg(b"Q", sql.encode() + b"\0")
+
+
+class Wire:
+    """A client speaking the protocol by hand, every read bounded by a deadline."""
+
+    def __init__(self, port: int, user: str, password: str):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        body = struct.pack("!i", 196608) + b"user\0" + user.encode() + b"\0database\0app\0\0"
+        self.sock.sendall(struct.pack("!i", len(body) + 4) + body)
+        t, b = self.read()
+        if t == b"R" and struct.unpack("!i", b[:4])[0] == 10:   # SASL: use psycopg's way
+            raise AssertionError("use a trust user for the wire client")
+        while t != b"Z":
+            t, b = self.read()
+
+    def send(self, *parts: bytes) -> None:
+        self.sock.sendall(b"".join(parts))
+
+    def read(self) -> tuple[bytes, bytes]:
+        while True:
+            if len(self.buf) >= 5:
+                n = struct.unpack("!i", self.buf[1:5])[0]
+                if len(self.buf) >= n + 1:
+                    t, body, self.buf = self.buf[:1], self.buf[5:n + 1], self.buf[n + 1:]
+                    return t, body
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+
+    def until(self, last: bytes) -> list[tuple[bytes, bytes]]:
+        out = []
+        while True:
+            t, b = self.read()
+            out.append((t, b))
+            if t == last:
+                return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# ------------------------------------------------------------ 1. a ROLLBACK rolls back
+
+@pytest.mark.parametrize("shard", ["shard0", "shard1"])
+async def test_asyncpg_rollback_leaves_nothing(env, shard):
+    proxy, cluster, keys = env
+    conn = await asyncpg.connect(proxy.dsn())
+    try:
+        for k in keys[shard][:3]:
+            tr = conn.transaction()
+            await tr.start()
+            await conn.execute("INSERT INTO accounts VALUES ($1, 'rb', 0)", k)
+            assert await conn.fetchval("SELECT count(*) FROM accounts WHERE id = $1", k) == 1
+            await tr.rollback()
+            assert await conn.fetchval("SELECT count(*) FROM accounts WHERE id = $1", k) == 0
+            assert _on_primaries(cluster, k) == {s.name: 0 for s in cluster.shards}
+        k = keys[shard][3]
+        async with conn.transaction():
+            await conn.execute("INSERT INTO accounts VALUES ($1, 'kept', 0)", k)
+        assert _on_primaries(cluster, k)[shard] == 1
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("shard", ["shard0", "shard1"])
+def test_wire_begin_then_flushed_describe_then_execute_is_in_the_transaction(env, shard):
+    proxy, cluster, keys = env
+    k = keys[shard][4]
+    w = Wire(proxy.port, "trustu", "")
+    try:
+        w.send(_query("BEGIN"))
+        assert w.until(b"Z")[-1] == (b"Z", b"T")
+        # A look-only unit (what asyncpg sends to prepare) attaches any server ...
+        w.send(_parse("INSERT INTO accounts VALUES ($1, 'w', 0)", "s1"), _describe("s1"), FLUSH)
+        got = [t for t, _ in (w.read(), w.read(), w.read())]
+        assert got == [b"1", b"t", b"n"]
+        # ... and the client, still in its transaction, is told so at a Sync.
+        w.send(SYNC)
+        assert w.until(b"Z")[-1] == (b"Z", b"T")
+        w.send(_bind([str(k).encode()], "s1"), EXECUTE, SYNC)
+        replies = w.until(b"Z")
+        assert (b"C", b"INSERT 0 1\0") in replies and replies[-1] == (b"Z", b"T")
+        w.send(_query("ROLLBACK"))
+        assert w.until(b"Z")[-1] == (b"Z", b"I")
+    finally:
+        w.close()
+    assert sum(_on_primaries(cluster, k).values()) == 0
+
+
+def test_psycopg_prepared_rollback(env):
+    proxy, cluster, keys = env
+    with psycopg.connect(proxy.dsn(), prepare_threshold=0, connect_timeout=10) as conn:
+        for shard in ("shard0", "shard1"):
+            k = keys[shard][5]
+            conn.execute("INSERT INTO accounts VALUES (%s, 'p', 0)", (k,))
+            conn.rollback()
+            assert sum(_on_primaries(cluster, k).values()) == 0
+
+
+# ------------------------------------------------------------ 2. no half-finished request inherited
+
+def _next_client_works(proxy, k: int) -> int:
+    """The only server of user `one` on k's shard answers the next client at once."""
+    async def go():
+        conn = await asyncpg.connect(proxy.dsn("one", "one-secret"), timeout=10)
+        try:
+            return await asyncio.wait_for(
+                conn.fetchval("SELECT count(*) FROM accounts WHERE id = $1", k), 10)
+        finally:
+            await conn.close()
+    return asyncio.run(go())
+
+
+def _leave_mid_unit(proxy, parts: list[bytes], reads: int) -> None:
+    """As user `one`: send parts, read `reads` messages, then vanish without a Sync."""
+    conn = psycopg.connect(proxy.dsn("one", "one-secret"), connect_timeout=10)
+    sock = socket.socket(fileno=conn.pgconn.socket)   # the authenticated socket, by hand
+    sock.settimeout(10)
+    try:
+        sock.sendall(b"".join(parts))
+        buf = b""
+        seen = 0
+        while seen < reads:
+            while len(buf) < 5 or len(buf) < struct.unpack("!i", buf[1:5])[0] + 1:
+                chunk = sock.recv(65536)
+                assert chunk, "closed early"
+                buf += chunk
+            n = struct.unpack("!i", buf[1:5])[0]
+            buf = buf[n + 1:]
+            seen += 1
+    finally:
+        sock.shutdown(socket.SHUT_RDWR)   # gone, without a Terminate
+        sock.detach()
+        conn.pgconn.finish()
+
+
+@pytest.mark.parametrize("shard", ["shard0", "shard1"])
+def test_client_gone_after_flush_does_not_commit_its_insert(env, shard):
+    proxy, cluster, keys = env
+    k = keys[shard][6]
+    # Parse, Bind, Execute, Flush: the INSERT ran in an implicit transaction, no Sync yet.
+    _leave_mid_unit(proxy, [_parse("INSERT INTO accounts VALUES ($1, 'half', 0)"),
+                            _bind([str(k).encode()]), EXECUTE, FLUSH], reads=3)
+    assert _next_client_works(proxy, k) == 0
+    assert sum(_on_primaries(cluster, k).values()) == 0
+
+
+def test_client_gone_after_bind_of_missing_statement(env):
+    proxy, cluster, keys = env
+    k = keys["shard0"][7]
+    # A flushed Describe attaches a server, then a Bind names a statement that is not there.
+    _leave_mid_unit(proxy, [_parse(f"SELECT * FROM accounts WHERE id = {k}", "s1"),
+                            _describe("s1"), FLUSH, _bind([], "nosuch"), FLUSH], reads=4)
+    for shard in ("shard0", "shard1"):
+        assert _next_client_works(proxy, keys[shard][0]) == 0
+
+
+def test_client_gone_after_look_only_unit_keeps_the_server(env):
+    proxy, cluster, keys = env
+    _leave_mid_unit(proxy, [_parse("SELECT 1", "s1"), _describe("s1"), FLUSH], reads=3)
+    for shard in ("shard0", "shard1"):
+        assert _next_client_works(proxy, keys[shard][1]) == 0
+
+
+# ------------------------------------------------------------ 8. no first-shard dependency
+
+def test_statements_without_shard_data_survive_shard0_down():
+    with temp_cluster(shards=2, replicas=0) as cluster:
+        for s in cluster.shards:
+            s.primary.psql(DDL)
+        keys = _keys([s.name for s in cluster.shards])
+        cfg = _config(cluster)
+        cfg["proxy"]["connect_timeout"] = 2
+        with ProxyProcess(cfg) as proxy:
+            cluster.shards[0].primary.stop(mode="immediate")
+
+            async def go():
+                results = []
+                for i in range(12):
+                    conn = await asyncpg.connect(proxy.dsn(), timeout=10)
+                    try:
+                        results.append(await asyncio.wait_for(conn.fetchval("SELECT 1"), 10))
+                        k = keys["shard1"][i % 8]
+                        stmt = await asyncio.wait_for(conn.prepare(
+                            "INSERT INTO accounts VALUES ($1, 'up', 0) ON CONFLICT DO NOTHING"), 10)
+                        await asyncio.wait_for(stmt.fetch(k), 10)
+                        with pytest.raises(asyncpg.PostgresError) as ei:
+                            await asyncio.wait_for(conn.fetchval(
+                                "SELECT count(*) FROM accounts WHERE id = $1", keys["shard0"][0]), 10)
+                        assert ei.value.sqlstate.startswith("08") and "shard0" in str(ei.value)
+                    finally:
+                        await conn.close()
+                return results
+            assert asyncio.run(go()) == [1] * 12
+            assert int(cluster.shards[1].primary.psql(
+                "SELECT count(*) FROM accounts WHERE owner = 'up'")) == 8
