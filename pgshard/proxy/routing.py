@@ -1,31 +1,20 @@
 """Routing decisions, pure: what a statement is, and which shard its key names.
 
-`plan(sql)` classifies a statement once (cached by text) and reads the comment hints;
-`Router.target(...)` turns a plan plus the session's state into a shard name.
+`plan(sql)` classifies a statement once (cached by text, the cache bounded by bytes) and
+reads the comment hints, both from the SQL's own tokens (sqllex: linear time, so no text a
+client sends can stall the event loop); the session's targeting turns a plan plus its
+state into a shard name.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from functools import lru_cache
+from itertools import islice
 
 from pgshard.protocol.errors import FeatureNotSupported, InvalidParameterValue, PgError
-
-_HINT = re.compile(
-    r"/\*\s*(shard_key_param|shard_key|shard|consistency)\s*[:=]\s*"
-    r"('(?:[^']|'')*'|\$[0-9]+|[A-Za-z0-9_.:-]+)\s*\*/")
-_LEADING = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\()*", re.S)
-_WORD = re.compile(r"[A-Za-z_]+")
-_SET = re.compile(
-    r"SET\s+(?:(SESSION|LOCAL)\s+)?([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)"
-    r"\s*(?:=|\s+TO\s+|\s+)\s*(.*?)\s*;?\s*$", re.S | re.I)
-_SET_TIME_ZONE = re.compile(r"SET\s+(?:SESSION\s+)?TIME\s+ZONE\s+(.*?)\s*;?\s*$", re.S | re.I)
-_RESET = re.compile(r"RESET\s+(ALL|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\s*;?\s*$",
-                    re.S | re.I)
-_SHOW = re.compile(r"SHOW\s+([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\s*;?\s*$", re.S | re.I)
-_DEALLOCATE = re.compile(r"DEALLOCATE\s+(?:PREPARE\s+)?(ALL|\"(?:[^\"]|\"\")+\"|[A-Za-z_][A-Za-z0-9_$]*)"
-                         r"\s*;?\s*$", re.S | re.I)
+from pgshard.proxy import sqllex as lx
+from pgshard.proxy import sqlsettings as ss
+from pgshard.proxy.bytecache import ByteLRU
 
 # Statement kinds.
 BEGIN, COMMIT, ROLLBACK, TXN_INNER = "begin", "commit", "rollback", "txn_inner"
@@ -37,6 +26,7 @@ _READ_WORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "EXPLAIN", "SHOW",
 _DDL_WORDS = frozenset({"CREATE", "ALTER", "DROP", "TRUNCATE", "COMMENT", "GRANT", "REVOKE"})
 
 PGSHARD_SETTINGS = ("shard_key", "shard", "consistency")
+_HINT_NAMES = frozenset({"shard_key_param", "shard_key", "shard", "consistency"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +36,10 @@ class Plan:
     shard_key: bytes | None = None      # from a /* shard_key: … */ hint
     shard: str | None = None            # from a /* shard: … */ hint
     key_param: int | None = None        # 1-based, from /* shard_key_param: N */
-    consistency: str | None = None
+    consistency: str | None = None      # SET_PGSHARD: "local" for SET LOCAL
     name: str | None = None             # SET/RESET/DEALLOCATE target
-    value: str | None = None            # SET value as written (SQL)
+    value: str | None = None            # SET: the value as written (SQL); SET_PGSHARD: the
+    #                                     value decoded, None for DEFAULT
     multi: bool = False                 # more than one statement in the string
 
     @property
@@ -64,28 +55,26 @@ class Plan:
         return self.shard_key is not None or self.shard is not None or self.key_param is not None
 
 
-def _unquote(v: str) -> str:
-    if v.startswith("'") and v.endswith("'") and len(v) >= 2:
-        return v[1:-1].replace("''", "'")
-    return v
+# ------------------------------------------------------------ the plan cache
+
+DEFAULT_PLAN_CACHE_BYTES = 16 * 1024 * 1024
+MAX_CACHED_TEXT = 64 * 1024     # longer texts are planned every time, never kept
+_ENTRY_OVERHEAD = 256           # the Plan, the key's str header, the cache's own node
+_cache = ByteLRU(DEFAULT_PLAN_CACHE_BYTES)
 
 
-def _hints(sql: str) -> dict[str, str]:
-    if "/*" not in sql:
-        return {}
-    return {k: _unquote(v) for k, v in _HINT.findall(sql)}
+def configure_cache(max_bytes: int) -> None:
+    """Bound the plan cache by the bytes of the texts it keeps (plan_cache_bytes)."""
+    _cache.resize(max_bytes)
 
 
-def _is_multi(sql: str) -> bool:
-    body = sql.strip().rstrip(";").rstrip()
-    if ";" not in body:
-        return False
-    # A ';' may sit inside a literal or comment: ask the real scanner.
-    try:
-        from pglast.parser import split
-        return len(split(body, with_parser=False)) > 1
-    except Exception:
-        return True
+def clear_cache() -> None:
+    _cache.clear()
+
+
+def cache_usage() -> tuple[int, int]:
+    """(entries, bytes) of the plan cache now."""
+    return len(_cache), _cache.bytes
 
 
 _PLAIN = {w: Plan(STATEMENT, w) for w in ("SELECT", "INSERT", "UPDATE", "DELETE")}
@@ -100,13 +89,227 @@ def plan(sql: str) -> Plan:
         body = sql.rstrip().rstrip(";")
         if ";" not in body:
             return _PLAIN[head[:6]]
-    return _plan(sql)
+    p = _cache.get(sql)
+    if p is None:
+        p = _plan(sql)
+        if len(sql) <= MAX_CACHED_TEXT:
+            _cache.put(sql, p, len(sql) + _ENTRY_OVERHEAD)
+    return p
 
 
-@lru_cache(maxsize=8192)
+# ------------------------------------------------------------ classification
+
 def _plan(sql: str) -> Plan:
-    hints = _hints(sql)
-    kw = {}
+    sc = lx.scan(sql)
+    # A backslash inside a '…' literal: the text reads differently when the session has
+    # standard_conforming_strings off. Trust only what both readings agree on.
+    alt = lx.scan(sql, backslash_escapes=True) if sc.ambiguous else None
+    kw = _hint_fields(_hints(sql, sc, alt))
+    _refuse_pgshard_in_multi(sql, sc, alt)
+    if not sc.statements:
+        return Plan(EMPTY, **kw)
+    s0, e0 = sc.statements[0]
+    it = lx.tokens(sql, s0, e0)
+    first = next(it, None)
+    while first is not None and first.kind == lx.OP and first.text == "(":
+        first = next(it, None)
+    word = ss.word(first)
+    if word is None:
+        return Plan(STATEMENT, **kw)
+    if len(sc.statements) > 1:
+        return Plan(STATEMENT, word, multi=True, **kw)
+    if word in ("BEGIN", "START"):
+        return Plan(BEGIN, word, **kw)
+    if word in ("COMMIT", "END"):
+        nxt = ss.word(next(it, None))
+        return Plan(STATEMENT if nxt == "PREPARED" else COMMIT, word, **kw)
+    if word in ("ROLLBACK", "ABORT"):
+        words = {ss.word(t) for t in islice(it, 3)}
+        return Plan(TXN_INNER if "TO" in words or "PREPARED" in words else ROLLBACK, word, **kw)
+    if word in ("SAVEPOINT", "RELEASE"):
+        return Plan(TXN_INNER, word, **kw)
+    if word == "SET":
+        return _set(sql, [first, *it], kw)
+    if word == "RESET":
+        return _reset([first, *it], kw)
+    if word == "SHOW":
+        return _show([first, *it], kw)
+    if word == "DISCARD":
+        toks = list(islice(it, 2))
+        if len(toks) == 1 and ss.word(toks[0]) == "ALL":
+            return Plan(DISCARD_ALL, word, **kw)
+        return Plan(STATEMENT, word, **kw)
+    if word == "DEALLOCATE":
+        return _deallocate([first, *islice(it, 3)], kw)
+    return Plan(STATEMENT, word, **kw)
+
+
+def _set(sql: str, toks: list[lx.Token], kw: dict) -> Plan:
+    n = len(toks)
+    i, scope = 1, None
+    if n > 2 and ss.word(toks[1]) in ("SESSION", "LOCAL") and toks[2].kind in (lx.IDENT, lx.QIDENT):
+        scope, i = ss.word(toks[1]), 2
+    kind = SET_LOCAL if scope == "LOCAL" else SET
+    target = ss.word(toks[i]) if i < n else None
+    if target == "TRANSACTION":
+        return Plan(TXN_INNER, "SET", **kw)
+    if target in ("CHARACTERISTICS", "AUTHORIZATION") and scope == "SESSION" or target == "SESSION":
+        return Plan(STATEMENT, "SET", **kw)
+    if target == "TIME" and i + 2 < n and ss.word(toks[i + 1]) == "ZONE":
+        return Plan(kind, "SET", name="timezone", value=_text(sql, toks, i + 2), **kw)
+    special = {"ROLE": "role", "SCHEMA": "search_path", "NAMES": "client_encoding"}
+    if target in special and i + 1 < n and not (toks[i + 1].kind == lx.OP
+                                                   or ss.word(toks[i + 1]) == "TO"):
+        return Plan(kind, "SET", name=special[target], value=_text(sql, toks, i + 1), **kw)
+    name, quoted, j = ss.var_name(toks, i)
+    if name is None:
+        return Plan(STATEMENT, "SET", **kw)
+    pgshard = name.startswith("pgshard.")
+    sep = toks[j] if j < n else None
+    if sep is not None and (sep.kind == lx.OP and sep.text == "=" or ss.word(sep) == "TO"):
+        j += 1
+    elif pgshard and ss.word(sep) == "FROM":
+        raise FeatureNotSupported(f"SET {name} FROM CURRENT is not supported")
+    elif pgshard:
+        raise ss.syntax_error(sep)
+    else:
+        return Plan(STATEMENT, "SET", **kw)
+    if pgshard:
+        setting = name[len("pgshard."):]
+        value = ss.single_value(sql, toks, j, setting)
+        return Plan(SET_PGSHARD, "SET", name=setting, value=value,
+                    consistency="local" if scope == "LOCAL" else None,
+                    **{k: v for k, v in kw.items() if k != "consistency"})
+    if quoted or not ss.check_list(sql, toks, j):
+        return Plan(STATEMENT, "SET", **kw)   # PostgreSQL reports what is wrong with it
+    return Plan(kind, "SET", name=name, value=_text(sql, toks, j), **kw)
+
+
+def _text(sql: str, toks: list[lx.Token], i: int) -> str:
+    """The source of toks[i:] (comments between tokens kept, those around dropped)."""
+    return sql[toks[i].start:toks[-1].end] if i < len(toks) else ""
+
+
+def _reset(toks: list[lx.Token], kw: dict) -> Plan:
+    n = len(toks)
+    if n == 3 and ss.word(toks[1]) == "TIME" and ss.word(toks[2]) == "ZONE":
+        return Plan(RESET, "RESET", name="timezone", **kw)
+    name, quoted, j = ss.var_name(toks, 1)
+    if name is not None and name.startswith("pgshard."):
+        if j < n:
+            raise ss.syntax_error(toks[j])
+        return Plan(RESET_PGSHARD, "RESET", name=name[len("pgshard."):], **kw)
+    if name is not None and not quoted and j == n:
+        return Plan(RESET, "RESET", name=name, **kw)
+    return Plan(STATEMENT, "RESET", **kw)
+
+
+def _show(toks: list[lx.Token], kw: dict) -> Plan:
+    name, _, j = ss.var_name(toks, 1)
+    if name is not None and name.startswith("pgshard."):
+        if j < len(toks):
+            raise ss.syntax_error(toks[j])
+        return Plan(SHOW_PGSHARD, "SHOW", name=name[len("pgshard."):], **kw)
+    return Plan(SHOW, "SHOW", **kw)
+
+
+def _deallocate(toks: list[lx.Token], kw: dict) -> Plan:
+    i = 2 if len(toks) == 3 and ss.word(toks[1]) == "PREPARE" else 1
+    if len(toks) == i + 1:
+        t = toks[i]
+        if t.kind == lx.IDENT:
+            name = None if t.text.upper() == "ALL" else ss.var_name(toks, i)[0]
+            return Plan(DEALLOCATE, "DEALLOCATE", name=name, **kw)
+        if t.kind == lx.QIDENT and len(t.text) > 2 and t.flavor == "":
+            return Plan(DEALLOCATE, "DEALLOCATE", name=t.text[1:-1].replace('""', '"'), **kw)
+    return Plan(STATEMENT, "DEALLOCATE", **kw)
+
+
+def _refuse_pgshard_in_multi(sql: str, sc: lx.Scan, alt: lx.Scan | None) -> None:
+    """pgshard.* settings are the proxy's: in a string of several statements they cannot
+    be taken out without changing what the rest means, and PostgreSQL would take them as
+    placeholders and ignore them. Refuse the whole string before anything runs."""
+    for reading, esc in ((sc, False), (alt, True)):
+        if reading is None or len(reading.statements) < 2:
+            continue
+        for s, e in reading.statements:
+            name = _pgshard_setting(sql, s, e, esc)
+            if name is not None:
+                raise FeatureNotSupported(
+                    f"{name} in a string of several statements: pgshard.* settings must be "
+                    "sent as their own statement (nothing in this string was run)",
+                    hint=f"send SET/RESET/SHOW {name} alone, then the other statements")
+
+
+def _pgshard_setting(sql: str, s: int, e: int, esc: bool) -> str | None:
+    """The pgshard.* setting a SET/RESET/SHOW statement in sql[s:e] names, else None."""
+    it = lx.tokens(sql, s, e, esc)
+    verb = ss.word(next(it, None))
+    if verb not in ("SET", "RESET", "SHOW"):
+        return None
+    toks = list(islice(it, 64))
+    i = 0
+    if verb == "SET" and len(toks) > 1 and ss.word(toks[0]) in ("SESSION", "LOCAL") \
+            and toks[1].kind in (lx.IDENT, lx.QIDENT):
+        i = 1
+    try:
+        name = ss.var_name(toks, i)[0]
+    except PgError:
+        return "pgshard.*"   # a name pgshard cannot read: do not let it through
+    return name if name is not None and name.startswith("pgshard.") else None
+
+
+# ------------------------------------------------------------ comment hints
+
+def _hints(sql: str, sc: lx.Scan, alt: lx.Scan | None) -> dict[str, str]:
+    if "/*" not in sql:
+        return {}
+    spans = sc.comments
+    if alt is not None:
+        agreed = set(alt.comments)
+        spans = tuple(sp for sp in spans if sp in agreed)
+    out: dict[str, str] = {}
+    for span in spans:
+        h = _hint(lx.comment_body(sql, span))
+        if h is not None:
+            out[h[0]] = h[1]
+    return out
+
+
+_SPACES = " \t\n\r\f\v"
+_BARE_VALUE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+
+
+def _hint(body: str | None) -> tuple[str, str] | None:
+    """A comment that is exactly `name: value` (or name = value): shard_key, shard,
+    shard_key_param or consistency; value bare, '$n' or a '…' literal."""
+    if body is None:
+        return None
+    b = body.strip(_SPACES)
+    k = 0
+    while k < len(b) and (b[k].isascii() and b[k].isalpha() or b[k] == "_"):
+        k += 1
+    name = b[:k]
+    if name not in _HINT_NAMES:
+        return None
+    rest = b[k:].lstrip(_SPACES)
+    if not rest or rest[0] not in ":=":
+        return None
+    v = rest[1:].lstrip(_SPACES)
+    if v.startswith("'"):
+        end, _ = lx.skip_string(v, 0, False)
+        if end != len(v):
+            return None
+        return name, v[1:-1].replace("''", "'")
+    if v.startswith("$") and v[1:].isdigit() and v[1:].isascii():
+        return name, v
+    if v and all(c in _BARE_VALUE for c in v):
+        return name, v
+    return None
+
+
+def _hint_fields(hints: dict[str, str]) -> dict:
+    kw: dict = {}
     if "shard_key" in hints:
         v = hints["shard_key"]
         if v.startswith("$") and v[1:].isdigit():
@@ -128,73 +331,11 @@ def _plan(sql: str) -> Plan:
         kw["key_param"] = n
     if "consistency" in hints:
         kw["consistency"] = check_consistency(hints["consistency"])
-    start = _LEADING.match(sql).end()
-    rest = sql[start:]
-    mw = _WORD.match(rest)
-    if not mw:
-        return Plan(EMPTY if not rest.strip(" \t\n\r;") else STATEMENT, **kw)
-    word = mw.group(0).upper()
-    multi = _is_multi(rest)
-    if multi:
-        return Plan(STATEMENT, word, multi=True, **kw)
-    if word in ("BEGIN", "START"):
-        return Plan(BEGIN, word, **kw)
-    if word in ("COMMIT", "END"):
-        return Plan(COMMIT if "PREPARED" not in rest.upper() else STATEMENT, word, **kw)
-    if word in ("ROLLBACK", "ABORT"):
-        up = rest.upper()
-        if " TO " in up or "PREPARED" in up:
-            return Plan(TXN_INNER, word, **kw)
-        return Plan(ROLLBACK, word, **kw)
-    if word in ("SAVEPOINT", "RELEASE"):
-        return Plan(TXN_INNER, word, **kw)
-    if word == "SET":
-        ms = _SET.match(rest)
-        if ms:
-            scope, name, value = ms.group(1), ms.group(2).lower(), ms.group(3)
-            if name.startswith("pgshard."):
-                return Plan(SET_PGSHARD, word, name=name[8:], value=value,
-                            consistency="local" if (scope or "").upper() == "LOCAL" else None,
-                            **{k: v for k, v in kw.items() if k != "consistency"})
-            if name in ("transaction", "session") or value.upper().startswith("CHARACTERISTICS"):
-                return Plan(TXN_INNER if name == "transaction" else STATEMENT, word, **kw)
-            if (scope or "").upper() == "LOCAL":
-                return Plan(SET_LOCAL, word, name=name, value=value, **kw)
-            return Plan(SET, word, name=name, value=value, **kw)
-        mt = _SET_TIME_ZONE.match(rest)
-        if mt:
-            return Plan(SET, word, name="timezone", value=mt.group(1), **kw)
-        return Plan(STATEMENT, word, **kw)
-    if word == "RESET":
-        mr = _RESET.match(rest)
-        if mr:
-            name = mr.group(1).lower()
-            if name.startswith("pgshard."):
-                return Plan(RESET_PGSHARD, word, name=name[8:], **kw)
-            return Plan(RESET, word, name=name, **kw)
-        return Plan(STATEMENT, word, **kw)
-    if word == "SHOW":
-        ms = _SHOW.match(rest)
-        if ms and ms.group(1).lower().startswith("pgshard."):
-            return Plan(SHOW_PGSHARD, word, name=ms.group(1).lower()[8:], **kw)
-        return Plan(SHOW, word, **kw)
-    if word == "DISCARD":
-        if rest.upper().split()[1:2] == ["ALL"] or rest.upper().rstrip("; \n").endswith("ALL"):
-            return Plan(DISCARD_ALL, word, **kw)
-        return Plan(STATEMENT, word, **kw)
-    if word == "DEALLOCATE":
-        md = _DEALLOCATE.match(rest)
-        if md:
-            name = md.group(1)
-            name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
-            if name.upper() == "ALL" and not md.group(1).startswith('"'):
-                name = None
-            return Plan(DEALLOCATE, word, name=name, **kw)
-    return Plan(STATEMENT, word, **kw)
+    return kw
 
 
 def check_consistency(value: str) -> str:
-    v = value.strip().strip("'").lower()
+    v = value.lower()
     if v not in ("strong", "eventual", "session"):
         raise InvalidParameterValue(
             f'invalid value for pgshard.consistency: "{value}"',

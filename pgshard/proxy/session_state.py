@@ -49,11 +49,9 @@ class SessionStateMixin:
             else:
                 self.consistency = self.user.default_consistency if self.user else "strong"
             return "RESET"
-        value = plan.value.strip()
-        if value.upper() in ("DEFAULT",):
+        value = plan.value   # one literal, number or word, decoded by routing.plan
+        if value is None:    # SET … TO DEFAULT
             return self._set_pgshard(r.Plan(r.RESET_PGSHARD, name=name))
-        value = value[1:-1].replace("''", "'") if value.startswith("'") and value.endswith("'") \
-            else value
         local = plan.consistency == "local"
         if name == "shard_key":
             if local:
