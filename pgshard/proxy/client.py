@@ -113,6 +113,12 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.pid = 0
         self.secret = 0
         self.tls = False
+        # client limits (pgshard.proxy.limits): accepted / last heard from / last seen busy,
+        # the error to answer the startup packet with when over a limit, when it was closed
+        self.accepted_at = self.last_active = self.busy_at = time.monotonic()
+        self.refusal: PgError | None = None
+        self.reaped_at = 0.0
+        self.in_tls_handshake = False
         # routing state
         self.server = None
         self.shard: str | None = None
@@ -159,6 +165,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     def data_received(self, data):
+        self.last_active = time.monotonic()
         self.buf.feed(data)
         w = self._waiter
         if len(self.buf) > 4 * 1024 * 1024 and not self._reading_paused:
@@ -957,6 +964,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.closed = True
         proxy = self.proxy
         proxy.unregister(self)
+        proxy.limits.release(self)
         s = self.server
         self.server = None
         if s is not None:

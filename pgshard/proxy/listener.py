@@ -1,23 +1,34 @@
-"""The data plane's top object: listens for clients, owns the pools, the catalog snapshot
-and the registry of sessions that cancel requests are matched against.
+"""The data plane's top object: listens for clients (admitting each socket against the
+client limits at accept), owns the pools, the catalog snapshot and the registry of sessions
+that cancel requests are matched against.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import secrets
+import socket
 import ssl
 
 from pgshard.config import Config, UserConfig, parse_dsn
+from pgshard.protocol import messages as m
 from pgshard.protocol.errors import PgError
 from pgshard.proxy.client import ClientSession
+from pgshard.proxy.limits import ADMIT, REFUSE, ClientLimits
 from pgshard.proxy.pool import BackendPool, PoolKey, PoolSettings
 from pgshard.proxy.statements import StatementCache
 from pgshard.ring.catalog import Catalog
 
 log = logging.getLogger("pgshard.proxy")
+
+# Sockets accepted per readiness callback: a flood must not starve the sidecar or servers.
+ACCEPT_BATCH = 64
+# accept() failing for lack of resources (should not happen inside the fd budget): retry after.
+ACCEPT_PAUSE = 0.1
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def make_ssl_context(cert: str, key: str) -> ssl.SSLContext:
@@ -41,7 +52,9 @@ class Proxy:
         self.clients: dict[int, ClientSession] = {}
         self.ssl_context = make_ssl_context(pc.tls_cert, pc.tls_key) if pc.tls_cert else None
         self.closing = False
-        self._server: asyncio.base_events.Server | None = None
+        self.limits = ClientLimits(self)
+        self._listeners: list[socket.socket] = []
+        self._handoffs: set[asyncio.Task] = set()
         self._janitor: asyncio.Task | None = None
         self._server_params: dict[str, str] | None = None
         self._pool_cache: tuple[Catalog | None, dict] = (None, {})
@@ -57,8 +70,10 @@ class Proxy:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         pc = self.config.proxy
-        self._server = await loop.create_server(
-            lambda: ClientSession(self), pc.host, pc.port, reuse_address=True, backlog=1024)
+        self._listeners = await _bind(pc.host, pc.port)
+        self.limits.start()
+        for sock in self._listeners:
+            loop.add_reader(sock.fileno(), self._on_acceptable, sock)
         self._janitor = loop.create_task(self._maintain())
         if any(sh.replicas for sh in (self.catalog.shards if self.catalog else ())):
             from pgshard.proxy.replicas import ReplicaMonitor
@@ -69,25 +84,85 @@ class Proxy:
 
     @property
     def port(self) -> int:
-        if self._server and self._server.sockets:
-            return self._server.sockets[0].getsockname()[1]
+        if self._listeners:
+            return self._listeners[0].getsockname()[1]
         return self.config.proxy.port
 
     async def stop(self) -> None:
         self.closing = True
-        if self._server is not None:
-            self._server.close()
+        self._stop_listening()
+        self.limits.stop()
         if self._janitor is not None:
             self._janitor.cancel()
         if self.replicas is not None:
             await self.replicas.stop()
-        for c in list(self.clients.values()):
+        for c in {*self.clients.values(), *self.limits.sessions()}:
             if c.transport is not None:
                 c.write(b"")
                 c.transport.close()
         for p in self.pools.values():
             p.close()
         await asyncio.sleep(0)
+
+    def _stop_listening(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners = []
+
+    # ------------------------------------------------------------ accepting clients
+
+    def _on_acceptable(self, sock: socket.socket) -> None:
+        """Accept what is queued (a batch at a time), admitting each socket against
+        max_client_conn and the fd budget before any byte is read from it."""
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self.limits.accept_failed(exc)
+                    self._pause_accepting(sock)
+                elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
+                    log.warning("accept() failed: %s", exc)
+                return
+            conn.setblocking(False)
+            if self.closing:
+                conn.close()
+                continue
+            what, refusal = self.limits.admit()
+            if what == ADMIT or what == REFUSE:
+                self._hand_off(conn, refusal)
+            else:
+                _refuse_now(conn, refusal)
+
+    def _pause_accepting(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+
+        def resume():
+            if sock in self._listeners:
+                loop.add_reader(sock.fileno(), self._on_acceptable, sock)
+        loop.call_later(ACCEPT_PAUSE, resume)
+
+    def _hand_off(self, conn: socket.socket, refusal: PgError | None) -> None:
+        """Give an accepted socket a session; a refused one answers its startup packet
+        with the refusal (drivers trust no error sent before that)."""
+        session = ClientSession(self)
+        session.refusal = refusal
+        self.limits.track(session, refusing=refusal is not None)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(lambda: session, conn))
+        self._handoffs.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._handoffs.discard(t)
+            if t.cancelled() or t.exception() is not None:
+                self.limits.release(session)
+                conn.close()
+        task.add_done_callback(done)
 
     async def _maintain(self) -> None:
         while True:
@@ -167,9 +242,6 @@ class Proxy:
 
     # ------------------------------------------------------------ sessions
 
-    def client_count(self) -> int:
-        return len(self.clients) + 1
-
     def register(self, client: ClientSession) -> tuple[int, int]:
         while True:
             pid = secrets.randbits(31) or 1
@@ -203,3 +275,39 @@ class Proxy:
     def metrics_error(self, sqlstate: str) -> None:
         if self.metrics:
             self.metrics.error(sqlstate)
+
+
+async def _bind(host: str, port: int) -> list[socket.socket]:
+    """Non-blocking listening sockets for every address host resolves to."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, type_, proto, _, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            sock = socket.socket(family, type_, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(1024)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _refuse_now(conn: socket.socket, refusal: PgError) -> None:
+    """Answer an over-limit socket without keeping it: the error, then close, at once."""
+    try:
+        conn.send(m.error_from(refusal))
+    except OSError:
+        pass
+    conn.close()

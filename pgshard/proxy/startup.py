@@ -1,5 +1,6 @@
 """A session's startup: SSL/GSS negotiation, cancel requests, authentication (SCRAM-SHA-256,
-md5, trust) and the greeting (ParameterStatus, BackendKeyData)."""
+md5, trust) and the greeting (ParameterStatus, BackendKeyData). Limits (max_client_conn,
+the fd budget, client_login_timeout) are applied from accept by pgshard.proxy.limits."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pgshard.protocol.errors import (
     InvalidPassword,
     PgError,
     ProtocolViolation,
-    TooManyConnections,
 )
 from pgshard.protocol.framing import CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_3_0, SSL_REQUEST
 from pgshard.proxy.units import quote_literal
@@ -51,8 +51,12 @@ class StartupMixin:
                         raise ProtocolViolation("received unencrypted data after SSL request")
                     self.transport.write(b"S")
                     loop = asyncio.get_running_loop()
-                    self.transport = await loop.start_tls(
-                        self.transport, self, proxy.ssl_context, server_side=True)
+                    self.in_tls_handshake = True   # no plaintext error may be written now
+                    try:
+                        self.transport = await loop.start_tls(
+                            self.transport, self, proxy.ssl_context, server_side=True)
+                    finally:
+                        self.in_tls_handshake = False
                     self.tls = True
                 else:
                     self.transport.write(b"N")
@@ -64,6 +68,12 @@ class StartupMixin:
                 self.transport.close()
                 return False
             elif code == PROTOCOL_3_0:
+                if self.refusal is not None:
+                    # Over a limit at accept (pgshard.proxy.limits): answered now, as
+                    # PostgreSQL does, since drivers ignore errors sent before this point.
+                    self._send_error(self.refusal)
+                    self.transport.close()
+                    return False
                 params = m.decode_startup_params(body)
                 break
             else:
@@ -74,9 +84,6 @@ class StartupMixin:
         database = params.get("database") or self.user_name
         if proxy.closing:
             raise PgError("the proxy is shutting down", sqlstate="57P03", severity="FATAL")
-        if proxy.client_count() > proxy.config.proxy.max_client_conn:
-            raise TooManyConnections(
-                f"too many client connections (max_client_conn = {proxy.config.proxy.max_client_conn})")
         await self._authenticate()
         if database != proxy.config.proxy.database:
             raise InvalidCatalogName(f'database "{database}" does not exist',
