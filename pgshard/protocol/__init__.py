@@ -1,0 +1,1 @@
+"""The PostgreSQL wire protocol, sans I/O: framing, messages, authentication, SQLSTATE errors."""

@@ -1,0 +1,1 @@
+"""The asyncio data plane: listener, client sessions, server connections, pools, fan-out."""
