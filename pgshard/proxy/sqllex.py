@@ -14,15 +14,15 @@ from dataclasses import dataclass
 # Characters that may start something that is not plain code (a string, a quoted
 # identifier, a dollar quote, a comment, a statement end).
 _SPECIAL = re.compile(r"['\"$;/-]")
-_SPACE = re.compile(r"[ \t\n\r\f\v]*")
 _NOT_SPACE = re.compile(r"[^ \t\n\r\f\v]")
 # PostgreSQL: ident_start [A-Za-z\200-\377_], ident_cont adds [0-9$]; dollar-quote tags
 # are identifiers without '$'.
 _IDENT_CONT = re.compile(r"[A-Za-z0-9_$\x80-\U0010ffff]*")
 _TAG_CONT = re.compile(r"[A-Za-z0-9_\x80-\U0010ffff]*")
 _DIGITS = re.compile(r"[0-9]*")
-_OP_CHARS = re.compile(r"[~!@#^&|`?+\-*/%<>=]*")
-_STR_STOP = re.compile(r"['\\]")
+# String bodies with possessive quantifiers: each character is taken once, never given back.
+_STD_BODY = re.compile(r"(?:[^']++|'')*+")
+_E_BODY = re.compile(r"(?:[^'\\]++|\\.|'')*+", re.S)
 _COMMENT_MARK = re.compile(r"/\*|\*/")   # two fixed two-character strings: no backtracking
 _EOL = re.compile(r"[\n\r]")
 
@@ -64,20 +64,11 @@ def skip_string(sql: str, p: int, escapes: bool) -> tuple[int, bool]:
     """sql[p] == "'": the end of the literal (len(sql) + 1 if unterminated), and whether a
     backslash appeared in it. escapes: backslash escapes (E'' strings, or
     standard_conforming_strings off)."""
-    i, n, saw = p + 1, len(sql), False
-    while True:
-        m = _STR_STOP.search(sql, i)
-        if m is None:
-            return n + 1, saw
-        j = m.start()
-        if sql[j] == "\\":
-            saw = True
-            i = j + 2 if escapes else j + 1
-            continue
-        if j + 1 < n and sql[j + 1] == "'":
-            i = j + 2
-            continue
-        return j + 1, saw
+    body = (_E_BODY if escapes else _STD_BODY).match(sql, p + 1).end()
+    saw = sql.find("\\", p + 1, body) >= 0
+    if body < len(sql) and sql[body] == "'":
+        return body + 1, saw
+    return len(sql) + 1, saw or body < len(sql)   # unterminated (or ends in a lone '\\')
 
 
 def skip_quoted_ident(sql: str, p: int) -> int:
@@ -209,13 +200,23 @@ IDENT, QIDENT, STRING, NUMBER, PARAM, OP = "ident", "qident", "string", "number"
 UNTERMINATED = "unterminated"   # a string, identifier or comment that never ends
 
 
-@dataclass(frozen=True, slots=True)
 class Token:
-    kind: str
-    start: int
-    end: int
-    text: str            # as written
-    flavor: str = ""     # STRING: "", "E", "U&" or "$"
+    """One token: kind, [start, end) in the text, the text as written, and for a STRING
+    its flavor ("", "E", "U&", "$", or "B" for b''/x'';
+    N'' is the word N and a string, as in PostgreSQL's scanner). A plain slotted class:
+    tokens are made by the thousand on the event loop."""
+
+    __slots__ = ("kind", "start", "end", "text", "flavor")
+
+    def __init__(self, kind: str, start: int, end: int, text: str, flavor: str = ""):
+        self.kind = kind
+        self.start = start
+        self.end = end
+        self.text = text
+        self.flavor = flavor
+
+    def __repr__(self) -> str:
+        return f"Token({self.kind}, {self.start}, {self.end}, {self.text!r})"
 
 
 def tokens(sql: str, start: int = 0, end: int | None = None, backslash_escapes: bool = False):
@@ -230,107 +231,78 @@ def tokens(sql: str, start: int = 0, end: int | None = None, backslash_escapes: 
         yield t
 
 
-def _tokens(sql: str, start: int, end: int | None, backslash_escapes: bool):
-    n = len(sql) if end is None else end
-    text = sql if end is None else sql[:end]
+_TOKEN_SRC = r"""
+ (?P<ws>[ \t\n\r\f\v]++)
+|(?P<line>--[^\n\r]*+)
+|(?P<block>/\*)
+|(?P<estr>[eE]'(?:[^'\\]++|\\.|'')*+(?P<eclose>')?)
+|(?P<ustr>[uU]&'(?:[^']++|'')*+(?P<uclose>')?)
+|(?P<uqid>[uU]&"(?:[^"]++|"")*+(?P<uqclose>")?)
+|(?P<str>'BODY(?P<sclose>')?)
+|(?P<bstr>[bBxX]'[^']*+(?P<bclose>')?)
+|(?P<qid>"(?:[^"]++|"")*+(?P<qclose>")?)
+|(?P<dollar>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*+)?\$)
+|(?P<param>\$[0-9]++)
+|(?P<ident>[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*+)
+|(?P<num>(?:[0-9]++(?:\.(?!\.)[0-9]*+)?|\.[0-9]++)(?:[eE][+-]?+[0-9]++)?)
+|(?P<op>[~!@#^&|`?+\-*/%<>=]++)
+|(?P<cast>::|:=|\.\.)
+|(?P<other>.)
+"""
+# One token per match. Every repetition is possessive (nothing is given back) and the
+# alternatives start with different characters, so a match costs the length it consumes
+# plus a constant; E'' and U&'' come before identifiers, comments before operators.
+_TOKEN = re.compile(_TOKEN_SRC.replace("BODY", r"(?:[^']++|'')*+"), re.X | re.S)
+_TOKEN_ESC = re.compile(_TOKEN_SRC.replace("BODY", r"(?:[^'\\]++|\\.|'')*+"), re.X | re.S)
+_CLOSE = {"estr": "eclose", "ustr": "uclose", "uqid": "uqclose", "str": "sclose",
+          "qid": "qclose", "bstr": "bclose"}
+_KIND = {"estr": (STRING, "E"), "ustr": (STRING, "U&"), "uqid": (QIDENT, "U&"),
+         "str": (STRING, ""), "qid": (QIDENT, ""), "bstr": (STRING, "B"),
+         "param": (PARAM, ""),
+         "ident": (IDENT, ""), "num": (NUMBER, ""), "cast": (OP, ""), "other": (OP, "")}
+
+
+def _tokens(text: str, start: int, end: int | None, backslash_escapes: bool):
+    # Dollar quotes and comments are skipped on the whole text (one that runs past `end`
+    # is reported as unterminated by tokens()); everything else stops at n.
+    n = len(text) if end is None else end
+    match = (_TOKEN_ESC if backslash_escapes else _TOKEN).match
     i = start
-    while True:
-        i = _SPACE.match(text, i).end()
-        if i >= n:
-            return
-        c = text[i]
-        if c == "-" and text.startswith("--", i):
-            i = skip_line_comment(text, i)
-            continue
-        if c == "/" and text.startswith("/*", i):
+    while i < n:
+        m = match(text, i, n)
+        g = m.lastgroup
+        j = m.end()
+        if g == "ws" or g == "line":
+            pass
+        elif g == "ident" or g == "num" or g == "other" or g == "cast" or g == "param":
+            kind, flavor = _KIND[g]
+            yield Token(kind, i, j, m.group(), flavor)
+        elif g == "op":
+            for a, b in _operator_spans(text, i, j):
+                yield Token(OP, a, b, text[a:b])
+                j = b
+        elif g == "block":
             j = skip_block_comment(text, i)
             if j > n:
-                yield Token(UNTERMINATED, i, j, text[i:], "/*")
-            i = j
-            continue
-        if c == "'":
-            j, _ = skip_string(text, i, backslash_escapes)
-            yield Token(STRING, i, j, text[i:j])
-            i = j
-            continue
-        if c == '"':
-            j = skip_quoted_ident(text, i)
-            yield Token(QIDENT, i, j, text[i:j])
-            i = j
-            continue
-        if c in "eE" and text.startswith("'", i + 1):
-            j, _ = skip_string(text, i + 1, True)
-            yield Token(STRING, i, j, text[i:j], "E")
-            i = j
-            continue
-        if c in "uU" and text.startswith("&'", i + 1):
-            j, _ = skip_string(text, i + 2, False)
-            yield Token(STRING, i, j, text[i:j], "U&")
-            i = j
-            continue
-        if c in "uU" and text.startswith('&"', i + 1):
-            j = skip_quoted_ident(text, i + 2)
-            yield Token(QIDENT, i, j, text[i:j], "U&")
-            i = j
-            continue
-        if c == "$":
-            tag = dollar_tag(text, i)
-            if tag is not None:
-                j = skip_dollar(text, i, tag)
-                yield Token(STRING, i, j, text[i:j], "$")
-            else:
-                j = _DIGITS.match(text, i + 1).end()
-                if j > i + 1:
-                    yield Token(PARAM, i, j, text[i:j])
-                else:
-                    j = i + 1
-                    yield Token(OP, i, j, "$")
-            i = j
-            continue
-        if "0" <= c <= "9" or (c == "." and "0" <= text[i + 1:i + 2] <= "9"):
-            j = _number_end(text, i)
-            yield Token(NUMBER, i, j, text[i:j])
-            i = j
-            continue
-        if _is_ident_start(c):
-            j = _IDENT_CONT.match(text, i).end()
-            yield Token(IDENT, i, j, text[i:j])
-            i = j
-            continue
-        if c in "~!@#^&|`?+-*/%<>=":
-            for a, b in _operator_spans(text, i):
-                yield Token(OP, a, b, text[a:b])
-                i = b
-            continue
-        # , ( ) [ ] . ; : and anything else: one character
-        if c == ":" and text.startswith("::", i):
-            yield Token(OP, i, i + 2, "::")
-            i += 2
-            continue
-        yield Token(OP, i, i + 1, c)
-        i += 1
+                yield Token(UNTERMINATED, i, j, text[i:n], "/*")
+                return
+        elif g == "dollar":
+            j = skip_dollar(text, i, m.group())
+            yield Token(STRING, i, j, text[i:min(j, n)], "$")
+        else:   # a quoted string or identifier
+            kind, flavor = _KIND[g]
+            if m.start(_CLOSE[g]) < 0:
+                j = n + 1                   # runs to the end: unterminated
+            yield Token(kind, i, j, text[i:min(j, n)], flavor)
+        i = j
 
 
-def _number_end(text: str, i: int) -> int:
-    j = _DIGITS.match(text, i).end()
-    if text.startswith(".", j) and not text.startswith("..", j):
-        j = _DIGITS.match(text, j + 1).end()
-    if text[j:j + 1] in ("e", "E"):
-        k = j + 1
-        if text[k:k + 1] in ("+", "-"):
-            k += 1
-        d = _DIGITS.match(text, k).end()
-        if d > k:
-            j = d
-    return j
-
-
-def _operator_spans(text: str, i: int) -> list[tuple[int, int]]:
-    """PostgreSQL's operator rule: the longest run of operator characters, cut before a
-    comment start, and trailing + or - dropped unless the operator has one of ~!@#^&|`?%
-    (each dropped character is then an operator of its own). PostgreSQL re-scans the
-    dropped tail; here it is split in one pass, so a long run costs linear time."""
-    j = _OP_CHARS.match(text, i).end()
+def _operator_spans(text: str, i: int, j: int) -> list[tuple[int, int]]:
+    """PostgreSQL's operator rule for the run of operator characters text[i:j]: cut
+    before a comment start, and trailing + or - dropped unless the operator has one of
+    ~!@#^&|`?% (each dropped character is then an operator of its own). PostgreSQL
+    re-scans the dropped tail; here it is split in one pass, so a long run costs linear
+    time. The spans may end before j (at a comment)."""
     for mark in ("/*", "--"):
         k = text.find(mark, i, j)
         if k > i:

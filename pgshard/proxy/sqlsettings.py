@@ -77,7 +77,7 @@ def var_list(sql: str, toks: list[lx.Token], i: int) -> list[list[lx.Token]] | l
                 return toks[i + 1]
             items.append([t, toks[i + 1]])
             i += 2
-        elif t.kind == lx.STRING:
+        elif t.kind == lx.STRING and t.flavor in ("", "E", "U&", "$"):
             j = i + 1
             while j < n and _continues(sql, toks[j - 1], toks[j]):
                 j += 1

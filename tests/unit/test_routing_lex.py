@@ -3,6 +3,8 @@ token wherever they are, SET values validated like PostgreSQL's (no servers)."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from pglast import parser as pg
 
@@ -287,3 +289,30 @@ def test_errors_are_not_cached_and_stay_errors():
     for _ in range(2):
         with pytest.raises(InvalidParameterValue):
             r.plan("SET pgshard.shard_key = 1, 2")
+
+
+_PIECES = ["SELECT", " ", "\n", "'", "''", '"', "$", "$$", "$a$", "/*", "*/", "--", ";", "\\",
+           "E'", "U&'", "x", "e", "1", ".", "+", "-", "*", "/", "=", "<", ">", "(", ",", "é",
+           "$1", "a$b", "::", "%", "!", "||", "\t", "b'", "N'", 'u&"', "1e5", ".5", "\r", "@",
+           "~", "?", ":", "&", "#", "^", "`", "|", "$x$", "$_$", "$1$", "E", "_"]
+
+
+def test_random_texts_lex_like_postgresql():
+    """Where PostgreSQL's scanner accepts a text, the comments and tokens agree with it."""
+    rnd = random.Random(7)
+    compared = 0
+    for _ in range(4000):
+        sql = "".join(rnd.choice(_PIECES) for _ in range(rnd.randrange(1, 30)))
+        try:
+            theirs = pg.scan(sql)
+        except Exception:
+            continue
+        compared += 1
+        comments = [(t.start, t.end + 1) for t in theirs if t.name == "C_COMMENT"]
+        toks = [sql[t.start:t.end + 1] for t in theirs
+                if t.name not in ("C_COMMENT", "SQL_COMMENT")]
+        assert list(lx.scan(sql).comments) == comments, sql
+        if any(("\n" in t or "\r" in t) and t.endswith("'") for t in toks):
+            continue   # 'a'<newline>'b' is one token there, two here (sqlsettings joins them)
+        assert [t.text for t in lx.tokens(sql)] == toks, sql
+    assert compared > 1000
