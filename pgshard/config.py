@@ -51,6 +51,7 @@ class ProxyConfig:
     tls_key: str | None = None
     max_replica_lag: float = 10.0
     statement_cache_bytes: int = 64 * 1024 * 1024   # prepared statements kept, by SQL bytes
+    plan_cache_bytes: int = 16 * 1024 * 1024        # routing plans kept, by SQL bytes
     fanout_buffer_bytes: int = 8 * 1024 * 1024      # per client: shard replies buffered in a fan-out
 
 
@@ -121,7 +122,8 @@ def config_from_dict(data: dict) -> Config:
         value = getattr(proxy, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"[proxy] {name} must be a number of seconds >= 0 (0: off)")
-    for name, least in (("statement_cache_bytes", 0), ("fanout_buffer_bytes", 65536)):
+    for name, least in (("statement_cache_bytes", 0), ("plan_cache_bytes", 0),
+                        ("fanout_buffer_bytes", 65536)):
         value = getattr(proxy, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"[proxy] {name} must be an integer of at least {least}")

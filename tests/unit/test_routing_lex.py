@@ -8,6 +8,7 @@ import random
 import pytest
 from pglast import parser as pg
 
+from pgshard.config import ConfigError, config_from_dict
 from pgshard.protocol.errors import FeatureNotSupported, InvalidParameterValue, PgError
 from pgshard.proxy import routing as r
 from pgshard.proxy import sqllex as lx
@@ -316,3 +317,16 @@ def test_random_texts_lex_like_postgresql():
             continue   # 'a'<newline>'b' is one token there, two here (sqlsettings joins them)
         assert [t.text for t in lx.tokens(sql)] == toks, sql
     assert compared > 1000
+
+
+def test_plan_cache_bytes_setting():
+    assert config_from_dict({}).proxy.plan_cache_bytes == r.DEFAULT_PLAN_CACHE_BYTES
+    assert config_from_dict({"proxy": {"plan_cache_bytes": 4096}}).proxy.plan_cache_bytes == 4096
+    with pytest.raises(ConfigError):
+        config_from_dict({"proxy": {"plan_cache_bytes": -1}})
+    r.configure_cache(0)            # 0: nothing is kept, every text is planned anew
+    try:
+        r.plan("SELECT 1 /* shard_key: 1 */")
+        assert r.cache_usage() == (0, 0)
+    finally:
+        r.configure_cache(r.DEFAULT_PLAN_CACHE_BYTES)
