@@ -49,7 +49,7 @@ class TargetingMixin:
         cat = self.proxy.catalog
         if plan.shard is not None:
             cat.shard(plan.shard)  # raises for an unknown shard
-            return plan.shard
+            return self._explicit(plan.shard, "the /* shard */ hint", plan, bind, st, sql)
         key = plan.shard_key
         if key is None and plan.key_param is not None and bind is not None:
             i = plan.key_param - 1
@@ -64,14 +64,54 @@ class TargetingMixin:
         if key is None:
             key = self.local_key if self.local_key is not None else self.session_key
         if key is not None:
-            return cat.ring.owner(hashing.token(key))
+            return self._explicit(cat.ring.owner(hashing.token(key)), "the shard key hint",
+                                  plan, bind, st, sql)
         if self.session_shard is not None:
-            return self.session_shard
+            return self._explicit(self.session_shard, "SET pgshard.shard", plan, bind, st, sql)
         if len(cat.shards) == 1:
             return cat.shards[0].name
         if plan.kind != r.STATEMENT:
             return self.shard if self.server is not None else self._any_shard()
         return self._auto_route(sql if sql is not None else st.sql, bind, st)
+
+    def _explicit(self, shard: str, how: str, plan: r.Plan, bind, st, sql: str | None) -> str:
+        """An explicit choice of shard, checked for writes: a row the SQL names by its key
+        goes only to the shard that owns that key, or a keyed read could never find it."""
+        if plan.kind != r.STATEMENT or plan.is_read or plan.is_ddl or plan.multi:
+            return shard
+        cat = self.proxy.catalog
+        if len(cat.shards) == 1 or not cat.tables:
+            return shard
+        sql = sql if sql is not None else st.sql
+        proxy = self.proxy
+        if bind is None and fastkey.route(sql, cat, proxy.key_positions_key) == shard:
+            return shard
+        a = sp.analyze(sql, cat.tables, proxy.key_positions_key)
+        if a.kind == sp.INSERT and a.keys is None and a.tables:
+            missing = [t for t in a.tables if t not in proxy.key_positions]
+            if missing:
+                raise NeedColumns(missing)
+        if a.keys is None or a.kind not in (sp.INSERT, sp.UPDATE, sp.DELETE):
+            return shard
+        owners = self._key_owners(a, bind, st)
+        if owners != [shard]:
+            elsewhere = [o for o in owners if o != shard]
+            raise FeatureNotSupported(
+                f"this write names shard key values owned by shard {', '.join(elsewhere)}, "
+                f"but {how} sends it to shard {shard}: the row would be out of reach of every "
+                "statement routed by its key",
+                hint="leave the routing of writes to the key in the statement (or give the "
+                     "row's own key in /* shard_key: … */)")
+        return shard
+
+    def _key_owners(self, a, bind, st) -> list[str]:
+        """The shards that own the keys an analysis found, sorted."""
+        ring = self.proxy.catalog.ring
+        params = bind.params if bind is not None else ()
+        formats = bind.param_formats if bind is not None else ()
+        oids = tuple(st.param_oid(i) for i in range(len(params))) if st is not None else ()
+        return sorted({ring.owner(hashing.token(k.resolve(params, formats, oids)))
+                       for k in a.keys})
 
     def _role_for(self, shard: str, plan: r.Plan, sql: str) -> str:
         """primary, or replica:<i> for a read under eventual/session consistency (also a
@@ -129,11 +169,7 @@ class TargetingMixin:
                 "UPDATE changes the shard key column; that would move the row to another shard",
                 hint="DELETE the row and INSERT it with its new key")
         if a.keys is not None:
-            params = bind.params if bind is not None else ()
-            formats = bind.param_formats if bind is not None else ()
-            oids = tuple(st.param_oid(i) for i in range(len(params))) if st is not None else ()
-            owners = sorted({cat.ring.owner(hashing.token(k.resolve(params, formats, oids)))
-                             for k in a.keys})
+            owners = self._key_owners(a, bind, st)
             if len(owners) == 1:
                 return owners[0]
             if a.kind == sp.SELECT and not a.locking:
