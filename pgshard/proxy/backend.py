@@ -333,8 +333,13 @@ class ServerConnection(asyncio.Protocol):
                 out.append(data[span:])
             if out:
                 client.write(b"".join(out))
-        if at_idle and not expect:
-            client.server_idle(self)
+        if not expect:
+            if at_idle:
+                client.server_idle(self)
+            else:   # every reply is in, but the unit is not over (a Flush, not a Sync)
+                drained = getattr(client, "server_drained", None)
+                if drained is not None:
+                    drained(self)
 
     def _note_fatal(self, body: bytes) -> None:
         f = m.decode_fields(body)

@@ -14,6 +14,7 @@ from pgshard.protocol.errors import (
     ConnectionFailure,
     FeatureNotSupported,
     InvalidSqlStatementName,
+    MalformedMessage,
     PgError,
     ProtocolViolation,
 )
@@ -295,9 +296,13 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 self._close(raw)
             elif t == 0x53:    # Sync
                 self.skip_until_sync = False
+                if len(raw) != 5:
+                    return self._bad_unit_end(sync=True)
                 self.ops.append((OP_SYNC,))
                 return self._flush_ops(sync=True)
             elif t == 0x48:    # Flush
+                if len(raw) != 5:
+                    return self._bad_unit_end(sync=False)
                 self.ops.append((OP_FLUSH,))
                 return self._flush_ops(sync=False)
             elif t in (0x64, 0x63, 0x66):  # CopyData / CopyDone / CopyFail
@@ -318,6 +323,23 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         except NeedColumns as nc:
             return self._guard(self._learn_then_dispatch(nc.tables, t, raw), t == 0x51)
         return None
+
+    def _bad_unit_end(self, sync: bool):
+        """A Sync or Flush with a body: what came before it runs, then an ERROR 08P01 (and
+        at a Sync, ReadyForQuery), as PostgreSQL answers."""
+        exc = MalformedMessage("invalid message format")
+        aw = self._flush_ops(sync=False) if self.ops else None
+        if sync:   # the unit ends here, as at any Sync
+            self.unit_shard = self.unit_fanout = None
+            self.unit_role = "primary"
+        if aw is not None:
+            return self._guard(self._then_fail(aw, exc, sync), False, sync)
+        self._fail(exc, simple=False, synced=sync)
+        return None
+
+    async def _then_fail(self, aw, exc: PgError, sync: bool) -> None:
+        await aw
+        self._fail(exc, simple=False, synced=sync)
 
     async def _guard(self, coro, simple: bool, synced: bool = False) -> None:
         """Run a step that had to wait; its routing errors are reported like the rest.
@@ -866,6 +888,13 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 self._detach()
         w = self._idle_waiter
         if w is not None and not w.done():
+            w.set_result(None)
+
+    def server_drained(self, s) -> None:
+        """Every request sent to s has been answered, short of a Sync: a statement that
+        waits to go to another shard (see _attach) may now take s off."""
+        w = self._idle_waiter
+        if s is self.server and w is not None and not w.done():
             w.set_result(None)
 
     def server_lost(self, s, reason: str) -> None:

@@ -58,8 +58,8 @@ class TargetingMixin:
                               f"statement does not have ({len(bind.params)} bound)",
                               sqlstate="22023")
             v = bind.params[i]
-            if v is None:
-                raise PgError("the shard key parameter is NULL", sqlstate="22004")
+            if v is None:   # matches no row anywhere: any shard answers as one database would
+                return self._any_shard()
             key = hashing.key_from_param(v, bind.param_format(i), st.param_oid(i))
         if key is None:
             key = self.local_key if self.local_key is not None else self.session_key
@@ -94,7 +94,7 @@ class TargetingMixin:
         if a.keys is None or a.kind not in (sp.INSERT, sp.UPDATE, sp.DELETE):
             return shard
         owners = self._key_owners(a, bind, st)
-        if owners != [shard]:
+        if owners and owners != [shard]:
             elsewhere = [o for o in owners if o != shard]
             raise FeatureNotSupported(
                 f"this write names shard key values owned by shard {', '.join(elsewhere)}, "
@@ -110,8 +110,10 @@ class TargetingMixin:
         params = bind.params if bind is not None else ()
         formats = bind.param_formats if bind is not None else ()
         oids = tuple(st.param_oid(i) for i in range(len(params))) if st is not None else ()
+        # A NULL key (`key = $1` bound to NULL) matches no row: it names no shard.
         return sorted({ring.owner(hashing.token(k.resolve(params, formats, oids)))
-                       for k in a.keys})
+                       for k in a.keys
+                       if k.param is None or k.param > len(params) or params[k.param - 1] is not None})
 
     def _role_for(self, shard: str, plan: r.Plan, sql: str) -> str:
         """primary, or replica:<i> for a read under eventual/session consistency (also a
@@ -170,6 +172,8 @@ class TargetingMixin:
                 hint="DELETE the row and INSERT it with its new key")
         if a.keys is not None:
             owners = self._key_owners(a, bind, st)
+            if not owners:
+                return self.shard if self.server is not None else self._any_shard()
             if len(owners) == 1:
                 return owners[0]
             if a.kind == sp.SELECT and not a.locking:

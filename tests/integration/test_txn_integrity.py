@@ -280,3 +280,54 @@ def test_statements_without_shard_data_survive_shard0_down():
             assert asyncio.run(go()) == [1] * 12
             assert int(cluster.shards[1].primary.psql(
                 "SELECT count(*) FROM accounts WHERE owner = 'up'")) == 8
+
+
+# ------------------------------------------------------------ pipelined units
+
+@pytest.mark.parametrize("shard", ["shard0", "shard1"])
+def test_pipelined_describe_flush_then_bind_elsewhere_does_not_hang(env, shard):
+    """asyncpg's prepare pattern sent in one write: the Describe's server may be on another
+    shard than the Bind's; the Bind waits for the Describe's replies, not for a Sync."""
+    proxy, cluster, keys = env
+    for k in keys[shard][:3]:
+        w = Wire(proxy.port, "trustu", "")
+        try:
+            parse = _msg(b"P", b"s1\0SELECT id FROM accounts WHERE id = $1\0"
+                         + struct.pack("!hi", 1, 20))
+            w.send(parse, _describe("s1"), FLUSH, _bind([str(k).encode()], "s1"), EXECUTE, SYNC)
+            assert [t for t, _ in w.until(b"Z")] == [b"1", b"t", b"T", b"2", b"C", b"Z"]
+        finally:
+            w.close()
+
+
+def test_sync_or_flush_with_a_body_is_an_error_then_the_session_goes_on(env):
+    proxy, cluster, keys = env
+    w = Wire(proxy.port, "trustu", "")
+    try:
+        w.send(_msg(b"S", b"xx"))
+        got = w.until(b"Z")
+        assert got[0][0] == b"E" and b"C08P01" in got[0][1] and got[-1] == (b"Z", b"I")
+        k = keys["shard1"][5]
+        # A Flush with a body: the statements before it run, then the error, then the
+        # server skips to the Sync; nothing of the unit is committed.
+        w.send(_parse("INSERT INTO accounts VALUES ($1, 'f', 0)"), _bind([str(k).encode()]),
+               EXECUTE, _msg(b"H", b"x"), SYNC)
+        got = w.until(b"Z")
+        assert b"E" in [t for t, _ in got] and got[-1] == (b"Z", b"I")
+        assert sum(_on_primaries(cluster, k).values()) == 0
+        w.send(_query("SELECT 1"))
+        assert w.until(b"Z")[-1] == (b"Z", b"I")
+    finally:
+        w.close()
+
+
+async def test_null_shard_key_parameter_matches_no_row(env):
+    proxy, cluster, keys = env
+    conn = await asyncpg.connect(proxy.dsn())
+    try:
+        assert await conn.fetch("SELECT * FROM accounts WHERE id = $1::bigint", None) == []
+        assert await conn.execute("DELETE FROM accounts WHERE id = $1", None) == "DELETE 0"
+        assert await conn.fetch("SELECT 1 WHERE $1::int IS NULL /* shard_key_param: 1 */",
+                                None) == [(1,)]
+    finally:
+        await conn.close()
