@@ -79,6 +79,7 @@ class Wire:
 
     def login(self, user: str) -> None:
         self.send(_startup(user))
+        self.key = self.until(b"K")          # BackendKeyData: pid, secret
         assert self.until(b"Z") == b"I"
 
     def run(self, sql: str) -> bytes:
@@ -117,8 +118,10 @@ def _proxy(pg_cluster, **proxy) -> ProxyProcess:
 # ------------------------------------------------------------------ client_login_timeout
 
 @pytest.fixture(scope="module")
-def login_proxy(pg_cluster):
-    with _proxy(pg_cluster, client_login_timeout=1.0) as p:
+def login_proxy(pg_cluster, tls_pair):
+    cert, key = tls_pair
+    with _proxy(pg_cluster, client_login_timeout=1.0, tls_cert=str(cert),
+                tls_key=str(key)) as p:
         yield p
 
 
@@ -137,6 +140,22 @@ def test_login_timeout_closes_the_socket_with_an_error(login_proxy, sent):
     assert 0.9 <= took < 4, took
     w.close()
     assert login_proxy.alive()
+
+
+def test_login_timeout_during_the_tls_handshake(login_proxy):
+    """Silent after the proxy said S: closed in time, with no plaintext inside TLS and no
+    traceback in the log."""
+    w = Wire(login_proxy.port)
+    w.send(struct.pack("!ii", 8, 80877103))      # SSLRequest
+    w.sock.settimeout(5)
+    assert w.sock.recv(1) == b"S"
+    t0 = time.monotonic()
+    assert w.message(6) is None
+    assert 0.9 <= time.monotonic() - t0 < 4
+    w.close()
+    time.sleep(0.2)
+    log = login_proxy.log_path.read_text()
+    assert "Traceback" not in log and '"ERROR"' not in log, log[-3000:]
 
 
 async def test_login_timeout_spares_logged_in_clients(login_proxy):
@@ -204,9 +223,31 @@ async def test_max_client_conn_counts_sockets_from_accept(capped_proxy):
         await c.close()
 
 
+def test_cancel_requests_are_served_when_full(capped_proxy):
+    """As in PostgreSQL, a CancelRequest is honoured even with every slot taken."""
+    p = capped_proxy
+    time.sleep(0.3)
+    busy = Wire(p.port)
+    busy.login("trustu")
+    busy.send(_query("SELECT pg_sleep(30) /* shard: shard0 */"))
+    pending = [Wire(p.port) for _ in range(MAX - 1)]
+    try:
+        time.sleep(0.5)
+        canceller = Wire(p.port)
+        canceller.send(struct.pack("!ii", 16, 80877102) + busy.key)
+        assert canceller.message(5) is None
+        fields = _fields(busy.until(b"E", 5))
+        assert fields["C"] == "57014", fields
+        assert busy.until(b"Z") == b"I"
+    finally:
+        for w in [busy, *pending]:
+            w.close()
+
+
 async def test_max_client_conn_releases_every_count(capped_proxy):
     """Open and drop many sockets of every kind; afterwards exactly MAX clients fit."""
     p = capped_proxy
+    time.sleep(0.5)   # the previous test's sockets are counted until the proxy sees them go
     for i in range(150):
         w = Wire(p.port)
         kind = i % 5
@@ -227,6 +268,7 @@ async def test_max_client_conn_releases_every_count(capped_proxy):
         burst = [Wire(p.port) for _ in range(MAX + 20)]
         for w in burst:
             w.close()
+    time.sleep(0.5)   # as above: the proxy notices the last burst going
     conns = await _connect_all(p, MAX)
     try:
         with pytest.raises(asyncpg.TooManyConnectionsError):
