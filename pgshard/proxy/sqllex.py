@@ -219,39 +219,29 @@ class Token:
         return f"Token({self.kind}, {self.start}, {self.end}, {self.text!r})"
 
 
-def tokens(sql: str, start: int = 0, end: int | None = None, backslash_escapes: bool = False):
-    """The tokens of sql[start:end], comments and space skipped, lazily (a caller that needs
-    the first few pays for the first few). Something left open at the end is one
-    UNTERMINATED token, and the last."""
-    limit = len(sql) if end is None else end
-    for t in _tokens(sql, start, end, backslash_escapes):
-        if t.end > limit:
-            yield Token(UNTERMINATED, t.start, limit, sql[t.start:limit], t.flavor or t.kind)
-            return
-        yield t
-
-
 _TOKEN_SRC = r"""
  (?P<ws>[ \t\n\r\f\v]++)
+|(?P<other>[,()\[\];])
+|(?P<ident>(?![eEbBxX]'|[uU]&['"])[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*+)
+|(?P<num>(?:[0-9]++(?:\.(?!\.)[0-9]*+)?|\.[0-9]++)(?:[eE][+-]?+[0-9]++)?)
+|(?P<str>'BODY(?P<sclose>')?)
 |(?P<line>--[^\n\r]*+)
 |(?P<block>/\*)
+|(?P<op>[~!@#^&|`?+\-*/%<>=]++)
 |(?P<estr>[eE]'(?:[^'\\]++|\\.|'')*+(?P<eclose>')?)
 |(?P<ustr>[uU]&'(?:[^']++|'')*+(?P<uclose>')?)
 |(?P<uqid>[uU]&"(?:[^"]++|"")*+(?P<uqclose>")?)
-|(?P<str>'BODY(?P<sclose>')?)
 |(?P<bstr>[bBxX]'[^']*+(?P<bclose>')?)
 |(?P<qid>"(?:[^"]++|"")*+(?P<qclose>")?)
 |(?P<dollar>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*+)?\$)
 |(?P<param>\$[0-9]++)
-|(?P<ident>[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*+)
-|(?P<num>(?:[0-9]++(?:\.(?!\.)[0-9]*+)?|\.[0-9]++)(?:[eE][+-]?+[0-9]++)?)
-|(?P<op>[~!@#^&|`?+\-*/%<>=]++)
 |(?P<cast>::|:=|\.\.)
-|(?P<other>.)
+|(?P<any>.)
 """
 # One token per match. Every repetition is possessive (nothing is given back) and the
-# alternatives start with different characters, so a match costs the length it consumes
-# plus a constant; E'' and U&'' come before identifiers, comments before operators.
+# alternatives start with different characters (an identifier is not E'', U&'', b'' or
+# x''; comments come before operators), so a match costs the length it consumes plus a
+# constant. The commonest tokens come first: the engine tries alternatives in order.
 _TOKEN = re.compile(_TOKEN_SRC.replace("BODY", r"(?:[^']++|'')*+"), re.X | re.S)
 _TOKEN_ESC = re.compile(_TOKEN_SRC.replace("BODY", r"(?:[^'\\]++|\\.|'')*+"), re.X | re.S)
 _CLOSE = {"estr": "eclose", "ustr": "uclose", "uqid": "uqclose", "str": "sclose",
@@ -259,12 +249,16 @@ _CLOSE = {"estr": "eclose", "ustr": "uclose", "uqid": "uqclose", "str": "sclose"
 _KIND = {"estr": (STRING, "E"), "ustr": (STRING, "U&"), "uqid": (QIDENT, "U&"),
          "str": (STRING, ""), "qid": (QIDENT, ""), "bstr": (STRING, "B"),
          "param": (PARAM, ""),
-         "ident": (IDENT, ""), "num": (NUMBER, ""), "cast": (OP, ""), "other": (OP, "")}
+         "ident": (IDENT, ""), "num": (NUMBER, ""), "cast": (OP, ""), "other": (OP, ""), "any": (OP, "")}
 
 
-def _tokens(text: str, start: int, end: int | None, backslash_escapes: bool):
-    # Dollar quotes and comments are skipped on the whole text (one that runs past `end`
-    # is reported as unterminated by tokens()); everything else stops at n.
+def tokens(sql: str, start: int = 0, end: int | None = None, backslash_escapes: bool = False):
+    """The tokens of sql[start:end], comments and space skipped, lazily (a caller that needs
+    the first few pays for the first few). Something left open at the end is one
+    UNTERMINATED token, and the last."""
+    # Dollar quotes and comments are looked for in the whole text (one that ends past n
+    # is unterminated here); everything else stops at n.
+    text = sql
     n = len(text) if end is None else end
     match = (_TOKEN_ESC if backslash_escapes else _TOKEN).match
     i = start
@@ -274,26 +268,30 @@ def _tokens(text: str, start: int, end: int | None, backslash_escapes: bool):
         j = m.end()
         if g == "ws" or g == "line":
             pass
-        elif g == "ident" or g == "num" or g == "other" or g == "cast" or g == "param":
+        elif g == "ident" or g == "other" or g == "num" or g == "any" or g == "cast" \
+                or g == "param":
             kind, flavor = _KIND[g]
             yield Token(kind, i, j, m.group(), flavor)
         elif g == "op":
             for a, b in _operator_spans(text, i, j):
                 yield Token(OP, a, b, text[a:b])
                 j = b
-        elif g == "block":
-            j = skip_block_comment(text, i)
+        else:
+            if g == "block":
+                j = skip_block_comment(text, i)
+                kind, flavor = UNTERMINATED, "/*"
+            elif g == "dollar":
+                j = skip_dollar(text, i, m.group())
+                kind, flavor = STRING, "$"
+            else:   # a quoted string or identifier
+                kind, flavor = _KIND[g]
+                if m.start(_CLOSE[g]) < 0:
+                    j = n + 1               # runs to the end
             if j > n:
-                yield Token(UNTERMINATED, i, j, text[i:n], "/*")
+                yield Token(UNTERMINATED, i, n, text[i:n], flavor or kind)
                 return
-        elif g == "dollar":
-            j = skip_dollar(text, i, m.group())
-            yield Token(STRING, i, j, text[i:min(j, n)], "$")
-        else:   # a quoted string or identifier
-            kind, flavor = _KIND[g]
-            if m.start(_CLOSE[g]) < 0:
-                j = n + 1                   # runs to the end: unterminated
-            yield Token(kind, i, j, text[i:min(j, n)], flavor)
+            if g != "block":
+                yield Token(kind, i, j, text[i:j], flavor)
         i = j
 
 
