@@ -169,7 +169,6 @@ class ClientLimits:
         self.refusing: set = set()
         self.nofile = (0, 0)
         self.in_use_at_start = 0
-        self.refused = {"max_client_conn": 0, "fd_budget": 0}
         # One line a minute per kind (a refused limit, accept failures, each timeout's
         # SQLSTATE): a flood must not become a flood of log lines.
         self._logs: dict[str, RateLimitedLog] = {}
@@ -227,7 +226,6 @@ class ClientLimits:
         what, why = admission(len(self.admitted), len(self.refusing), pc.max_client_conn, budget)
         if what == ADMIT:
             return what, None
-        self.refused[why] += 1
         now = time.monotonic()
         if why == "fd_budget":
             exc = TooManyConnections(
@@ -285,11 +283,12 @@ class ClientLimits:
         t = self.timeouts
         for group in (self.admitted, self.refusing):
             for s in list(group):
+                if s.task is not None and s.task.done():
+                    group.discard(s)   # ended without reaching _cleanup: never leak a count
+                    continue
                 if s.reaped_at:
                     if not s.closed and now - s.reaped_at > ABORT_AFTER and s.transport:
-                        s.transport.abort()
-                    if s.task is not None and s.task.done():
-                        group.discard(s)   # its _cleanup ran (or it never started)
+                        s.transport.abort()   # it never read our FATAL: close() would wait
                     continue
                 logged_in = s.pid != 0
                 idle_for = None
