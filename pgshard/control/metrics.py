@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from pgshard.proxy.cachestats import cache_usage
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 
@@ -102,6 +104,17 @@ class _StateCollector:
         yield from (size, idle, active, waiters, limit, *stats.values())
         yield GaugeMetricFamily("pgshard_client_connections", "Client sessions now connected",
                                 value=len(self.metrics._clients))
+        cache_bytes = GaugeMetricFamily("pgshard_cache_bytes", "Bytes held by a cache",
+                                        labels=["cache"])
+        cache_max = GaugeMetricFamily("pgshard_cache_max_bytes", "Byte budget of a cache",
+                                      labels=["cache"])
+        cache_entries = GaugeMetricFamily("pgshard_cache_entries", "Entries in a cache",
+                                          labels=["cache"])
+        for name, (entries, used, budget) in cache_usage(proxy).items():
+            cache_bytes.add_metric([name], used)
+            cache_max.add_metric([name], budget)
+            cache_entries.add_metric([name], entries)
+        yield from (cache_bytes, cache_max, cache_entries)
         st = self.status()
         yield GaugeMetricFamily("pgshard_catalog_version", "Catalog version this router serves",
                                 value=st.get("catalog_version") or 0)

@@ -196,12 +196,15 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 w.set_result(None)
 
     def pause_writing(self):
-        # The client reads slower than the server sends: stop reading the server.
+        # The client reads slower than the server sends: stop reading the server (or, in
+        # a fan-out read, stop merging: the shards' streams then pause their servers).
+        self._fan_flow(True)
         s = self.server
         if s is not None and s.transport is not None:
             s.transport.pause_reading()
 
     def resume_writing(self):
+        self._fan_flow(False)
         s = self.server
         if s is not None and s.transport is not None:
             s.transport.resume_reading()

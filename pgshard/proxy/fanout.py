@@ -3,12 +3,13 @@ per shard, and the transaction held on every shard once DDL runs inside BEGIN.""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.proxy import fanread, scatter
 from pgshard.proxy import routing as r
-from pgshard.proxy import scatter
 from pgshard.proxy.backend import (
     X_BIND,
     X_DESC_PORTAL,
@@ -110,9 +111,11 @@ class FanoutMixin:
                 "a multi-row INSERT spanning shards cannot be split inside a transaction",
                 hint="insert the rows of each shard in its own statement")
 
-    async def _run_fanout(self, fan: Fanout, parts: list[tuple[bytes, int, bool]]) -> bytes | None:
+    async def _run_fanout(self, fan: Fanout, parts: list[tuple[bytes, int, bool]],
+                          hide_desc: int | None = None) -> bytes | None:
         """Run parts on every shard of fan; the merged reply (no Z), or None after an error
-        has been written to the client."""
+        has been written to the client. A read streams its rows to the client as it goes
+        (then b"" is returned); hide_desc: see fanread.stream_read."""
         def emit(s, i):
             for msg, kind, swallow in (parts[fan.shards[i]] if isinstance(parts, dict) else parts):
                 s.send(msg)
@@ -122,15 +125,19 @@ class FanoutMixin:
         if self.multi is None and self.pending_begin is not None and fan.kind == "ddl":
             await self._open_multi()
         t0 = time.monotonic()
+        if fan.kind == "read":
+            try:
+                ok = await self._stream_read(fan, emit, hide_desc)
+            finally:
+                self._fan_metrics(fan, t0)
+            if not ok and self.multi is not None:
+                self.multi.failed = True
+            return b"" if ok else None
         if self.multi is not None:
             replies = await self.multi.run(fan.shards, emit)
         else:
             replies = await scatter.run_on_shards(self, fan.shards, emit)
-        metrics = self.proxy.metrics
-        if metrics is not None:
-            elapsed = time.monotonic() - t0
-            for sh in fan.shards:
-                metrics.query(sh, "primary", f"fanout-{fan.kind}", elapsed)
+        self._fan_metrics(fan, t0)
         err = scatter.first_error(fan.shards, replies)
         if err is not None and self.multi is not None:
             self.multi.failed = True
@@ -145,8 +152,6 @@ class FanoutMixin:
                                "shard and re-run it there, or undo it on the others")
             self.write(err)
             return None
-        if fan.kind == "read":
-            return scatter.merge_read(fan.shards, replies, fan.analysis.merge)
         if fan.kind == "insert":
             return scatter.merge_insert(replies)
         if fan.kind in ("one", "all"):
@@ -154,6 +159,48 @@ class FanoutMixin:
         self.proxy.forget_key_positions()
         self.proxy.statements.invalidate()
         return scatter.agree(fan.shards, replies)
+
+    async def _stream_read(self, fan: Fanout, emit, hide_desc: int | None) -> bool:
+        budget = self.proxy.config.proxy.fanout_buffer_bytes
+        spec = fan.analysis.merge if fan.analysis is not None else None
+        if self.multi is not None:
+            servers = [self.multi.servers[sh] for sh in fan.shards]
+            return await fanread.stream_read(self, fan.shards, servers, emit, spec, hide_desc,
+                                             budget)
+        async with scatter.servers_for(self, fan.shards) as servers:
+            return await fanread.stream_read(self, fan.shards, servers, emit, spec, hide_desc,
+                                             budget)
+
+    def _fan_metrics(self, fan: Fanout, t0: float) -> None:
+        metrics = self.proxy.metrics
+        if metrics is not None:
+            elapsed = time.monotonic() - t0
+            for sh in fan.shards:
+                metrics.query(sh, "primary", f"fanout-{fan.kind}", elapsed)
+
+    # -- the client's socket, for streamed reads (ClientSession.pause/resume_writing) ------
+
+    _fan_paused = False
+    _fan_resumed: asyncio.Future | None = None
+
+    def _fan_flow(self, paused: bool) -> None:
+        """The client's transport went above (paused) or back below its high-water mark."""
+        self._fan_paused = paused
+        f = self._fan_resumed
+        if not paused and f is not None and not f.done():
+            f.set_result(None)
+
+    async def _fan_writable(self) -> None:
+        """Return once the client's socket takes more (or the client is gone)."""
+        while self._fan_paused and not self.closed:
+            fut = self._fan_resumed = asyncio.get_running_loop().create_future()
+            try:
+                # A lost connection resumes nothing: look at `closed` now and then.
+                await asyncio.wait_for(fut, 1.0)
+            except TimeoutError:
+                pass
+            finally:
+                self._fan_resumed = None
 
     async def _multi_unit(self, ops, sync: bool) -> None:
         """A unit with no routed Bind inside a multi-shard transaction: COMMIT/ROLLBACK
@@ -252,6 +299,7 @@ class FanoutMixin:
         hidden = a.merge.hidden if fan.kind == "read" and a.merge else 0
         parts: list[tuple[bytes, int, bool]] = []
         parsed = set()
+        hide = None
         for op in ops:
             k = op[0]
             if k == OP_PARSE:
@@ -270,9 +318,10 @@ class FanoutMixin:
                               X_BIND, False))
                 if fan.kind == "read" and not any(o[0] == OP_RAW and o[2] == X_DESC_PORTAL
                                                   for o in ops):
-                    # The merge needs the column types even when the client did not ask.
+                    # The merge needs the column types even when the client did not ask;
+                    # the reply to this Describe is not sent on.
+                    hide = sum(1 for p in parts if p[1] in (X_DESC_STMT, X_DESC_PORTAL))
                     parts.append((m.describe(b"P", bind.portal), X_DESC_PORTAL, False))
-                    self._fan_hide_desc = True
             elif k == OP_DESC_STMT:
                 parts.append((m.describe(b"S", ""), X_DESC_STMT, False))
             elif k == OP_RAW:
@@ -286,10 +335,7 @@ class FanoutMixin:
             # comes later and is answered here.
             parts.append((m.SYNC, X_SYNC, False))
             self._owe_z = True
-        out = await self._run_fanout(fan, [p for p in parts if p[1] != X_FAKE])
-        if out is not None and self._fan_hide_desc:
-            out = scatter.drop_first(out, 0x54)
-        self._fan_hide_desc = False
+        out = await self._run_fanout(fan, [p for p in parts if p[1] != X_FAKE], hide)
         if out is None:
             if sync:
                 self.write(m.ready_for_query(self._status()))

@@ -4,6 +4,10 @@ Rows stay wire-format DataRow bodies; only the columns the merge looks at (ORDER
 BY, DISTINCT, aggregates) are decoded, per type OID and format code (pgvalues). Order of
 operations, as in PostgreSQL: group and combine aggregates, DISTINCT, ORDER BY, OFFSET and
 LIMIT; then the hidden trailing columns the shard SQL added are dropped.
+
+Two ways in: `add` every row then `finish`, or, as rows stream in (pgshard.proxy.fanread),
+`row` + `sort_key` for a k-way merge or `accumulate` + `grouped_rows`, through a
+`RowWindow` (DISTINCT, OFFSET, LIMIT, wire form) that says when no more rows are needed.
 """
 
 from __future__ import annotations
@@ -177,16 +181,35 @@ class Merger:
 
     # -- input -------------------------------------------------------------------------
 
-    def add(self, shard_index: int, row_body: bytes) -> None:
-        """One DataRow body from a shard (each shard's rows in its ORDER BY order)."""
+    @property
+    def ordered(self) -> bool:
+        """Rows of several shards must be interleaved by the ORDER BY (a k-way merge)."""
+        return bool(self._order)
+
+    def row(self, row_body: bytes) -> list:
+        """The values of one DataRow body from a shard, checked against the columns."""
         row = decode_row(row_body)
         if len(row) != len(self.columns):
             raise ProtocolViolation(f"DataRow has {len(row)} columns, expected "
                                     f"{len(self.columns)}")
+        return row
+
+    def sort_key(self, row: list) -> tuple:
+        """What orders row among the others (the ORDER BY, NULLS FIRST/LAST included)."""
+        return self._sort_key(row)
+
+    def add(self, shard_index: int, row_body: bytes) -> None:
+        """One DataRow body from a shard (each shard's rows in its ORDER BY order), kept
+        for finish()."""
+        row = self.row(row_body)
         if not self._grouped:
             stream = self._streams.setdefault(shard_index, [])
             stream.append((self._sort_key(row), next(self._seq), row))
             return
+        self.accumulate(row)
+
+    def accumulate(self, row: list) -> None:
+        """Fold one row into its group (GROUP BY or aggregates): memory per group, not row."""
         key = tuple(None if row[i] is None else fn(row[i]) for i, fn in self._group_cols)
         g = self._groups.get(key)
         if g is None:
@@ -218,13 +241,8 @@ class Merger:
 
     def finish(self) -> list[bytes]:
         """The merged DataRow messages for the client, in order, hidden columns dropped."""
-        spec = self.spec
         if self._grouped:
-            rows: Iterator[list] = iter(self._combined())
-            if spec.distinct:
-                rows = self._dedupe(rows)
-            if self._order:
-                rows = iter(sorted(rows, key=self._sort_key))
+            rows: Iterator[list] = self.grouped_rows()
         else:
             streams = [self._streams[k] for k in sorted(self._streams)]
             if self._order:
@@ -232,11 +250,30 @@ class Merger:
             else:
                 merged = itertools.chain.from_iterable(streams)
             rows = (row for _, _, row in merged)
-            if spec.distinct:
-                rows = self._dedupe(rows)
-        stop = None if spec.limit is None else spec.offset + spec.limit
-        vis = self._visible
-        return [encode_row(row[:vis]) for row in itertools.islice(rows, spec.offset, stop)]
+        window = self.window()
+        out = []
+        for row in rows:
+            msg = window.take(row)
+            if msg is not None:
+                out.append(msg)
+            if window.full:
+                break
+        return out
+
+    def grouped_rows(self) -> Iterator[list]:
+        """The combined groups, deduplicated if DISTINCT, in ORDER BY order."""
+        rows: Iterator[list] = iter(self._combined())
+        if self.spec.distinct:
+            rows = self._dedupe(rows)
+        if self._order:
+            rows = iter(sorted(rows, key=self._sort_key))
+        return rows
+
+    def window(self) -> RowWindow:
+        """DISTINCT (of ungrouped rows), OFFSET and LIMIT for rows in their final order."""
+        spec = self.spec
+        distinct = self._distinct_cols if spec.distinct and not self._grouped else None
+        return RowWindow(spec.offset, spec.limit, self._visible, len(self.columns), distinct)
 
     def _combined(self) -> list[list]:
         out = []
@@ -284,6 +321,66 @@ class Merger:
             if k not in seen:
                 seen.add(k)
                 yield row
+
+
+class RowWindow:
+    """OFFSET, LIMIT and DISTINCT over merged rows as they come, and their wire form.
+
+    take() answers the DataRow to send for one row, or None when the row is skipped;
+    once `full`, no later row can be sent (the shards need not be read any further)."""
+
+    __slots__ = ("_skip", "_left", "_visible", "_distinct", "_seen", "count", "passthrough",
+                 "needs_values")
+
+    def __init__(self, offset: int, limit: int | None, visible: int, width: int,
+                 distinct: list | None = None):
+        self._skip = offset
+        self._left = limit
+        self._visible = visible
+        self._distinct = distinct
+        self._seen: set = set()
+        self.count = 0
+        # The shard's own DataRow is what the client gets: no hidden column to drop.
+        self.passthrough = visible == width
+        self.needs_values = not self.passthrough or distinct is not None
+
+    @property
+    def full(self) -> bool:
+        return self._left is not None and self._left <= 0
+
+    def take(self, row: list | None, frame: bytes | None = None) -> bytes | None:
+        """The DataRow for row (frame: the shard's DataRow message, reused when it is
+        already what the client gets), or None to skip it."""
+        if self._distinct is not None:
+            k = tuple(None if row[i] is None else fn(row[i]) for i, fn in self._distinct)
+            if k in self._seen:
+                return None
+            self._seen.add(k)
+        if self._skip:
+            self._skip -= 1
+            return None
+        if self._left is not None:
+            if self._left <= 0:
+                return None
+            self._left -= 1
+        self.count += 1
+        if frame is not None and self.passthrough:
+            return frame
+        return encode_row(row[:self._visible])
+
+    def bulk(self) -> int | None:
+        """How many rows may go out as they are, unexamined, right now: 0 while each must
+        be looked at (DISTINCT, hidden columns, OFFSET still skipping), else the rows the
+        LIMIT leaves (None: no limit)."""
+        if not self.passthrough or self._distinct is not None or self._skip:
+            return 0
+        return self._left
+
+    def took(self, n: int) -> None:
+        """n rows went out unexamined (at most bulk())."""
+        self.count += n
+        if self._left is not None:
+            self._left -= n
 
 
 def _add(a, b):

@@ -1,23 +1,26 @@
-"""Scatter-gather: run one unit of work on several shards at once, then merge the replies
-into what one database would have answered (reads) or check they all agree (DDL).
+"""Scatter-gather: run one unit of work on several shards at once and combine the
+replies: DDL everywhere (they must agree), INSERTs split per shard (counts summed), the
+transaction held on every shard. Reads are streamed instead (fanread).
 
 Strategy: every shard gets the same messages, so every shard's reply has the same shape
 (ParseComplete?, BindComplete?, RowDescription?, DataRow*, CommandComplete, ReadyForQuery).
-The first shard's reply is the template; its RowDescription, rows and command tag are
-replaced by the merged ones. Nothing is sent to the client until every shard answered, so
-an error on any shard is reported alone, named after its shard.
+The first shard's reply is the template. Nothing is sent to the client until every shard
+answered, so an error on any shard is reported alone, named after its shard; these
+replies are small (command tags, RETURNING rows of one statement).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.protocol.errors import PgError
 from pgshard.protocol.framing import BACKEND_TYPES, FrameBuffer
-from pgshard.proxy.merge import Merger, decode_row, row_description
+from pgshard.proxy.fanread import shard_error
+from pgshard.proxy.merge import decode_row
 
-__all__ = ["Collector", "agree", "decode_row", "first_error", "merge_read", "run_on_shards"]
+__all__ = ["Collector", "agree", "decode_row", "first_error", "run_on_shards", "servers_for"]
 
 
 class Collector:
@@ -55,17 +58,29 @@ class Collector:
         return out
 
 
+@contextlib.asynccontextmanager
+async def servers_for(session, shards: list[str]):
+    """A server of every shard, as [(pool, server)], released when the block ends (a
+    server not back at an idle point is closed by its pool, never reused)."""
+    pools = [session.proxy.pool_for(sh, session.user) for sh in shards]
+    servers = await asyncio.gather(*(p.acquire() for p in pools), return_exceptions=True)
+    try:
+        failed = next((s for s in servers if isinstance(s, BaseException)), None)
+        if failed is not None:
+            raise failed
+        yield list(zip(pools, servers, strict=True))
+    finally:
+        for pool, s in zip(pools, servers, strict=True):
+            if not isinstance(s, BaseException):
+                pool.release(s)
+
+
 async def run_on_shards(session, shards: list[str], emit) -> list[list[tuple[int, bytes]]]:
     """Send one unit to a server of every shard in parallel; the replies, per shard.
     emit(server, i) queues the unit's messages for shards[i] and their expectations."""
-    pools = [session.proxy.pool_for(sh, session.user) for sh in shards]
-    servers = await asyncio.gather(*(p.acquire() for p in pools), return_exceptions=True)
-    failed = next((s for s in servers if isinstance(s, BaseException)), None)
-    collectors = []
-    try:
-        if failed is not None:
-            raise failed
-        for i, (pool, s) in enumerate(zip(pools, servers, strict=True)):
+    async with servers_for(session, shards) as servers:
+        collectors = []
+        for i, (pool, s) in enumerate(servers):
             c = Collector(pool)
             collectors.append(c)
             s.link(c)
@@ -73,10 +88,6 @@ async def run_on_shards(session, shards: list[str], emit) -> list[list[tuple[int
             emit(s, i)
             s.flush()
         await asyncio.gather(*(c.done for c in collectors))
-    finally:
-        for pool, s in zip(pools, servers, strict=True):
-            if not isinstance(s, BaseException):
-                pool.release(s)
     return [c.frames() for c in collectors]
 
 
@@ -138,68 +149,8 @@ def first_error(shards: list[str], replies) -> bytes | None:
     for name, frames in zip(shards, replies, strict=True):
         for t, raw in frames:
             if t == 0x45:
-                f = m.decode_fields(raw[5:])
-                return m.error_response(f.get("C", "XX000"), f"{name}: {f.get('M', '')}",
-                                        severity=f.get("V", "ERROR"), hint=f.get("H"),
-                                        detail=f.get("D"))
+                return shard_error(name, raw)
     return None
-
-
-def _columns(raw: bytes) -> list[tuple[str, int, int]]:
-    return m.decode_row_description(raw[5:])
-
-
-def merge_read(shards: list[str], replies, spec) -> bytes:
-    """The client's reply to a fan-out read: the template with merged rows."""
-    template = replies[0]
-    descs = [next((raw for t, raw in frames if t == 0x54), None) for frames in replies]
-    cols = [_columns(d) if d else None for d in descs]
-    if any(c != cols[0] for c in cols[1:]):
-        bad = next(shards[i] for i, c in enumerate(cols) if c != cols[0])
-        raise FeatureNotSupported(
-            f"shards return different columns for this query ({shards[0]} vs {bad})",
-            hint="the shards' schemas differ; run the DDL through pgshard so every shard has it")
-    if cols[0] is None:
-        # No rows at all (e.g. no RowDescription requested): the template's tag sums up.
-        return b"".join(raw for t, raw in template if t != 0x5A)
-    merger = Merger(spec, cols[0])
-    for i, frames in enumerate(replies):
-        for t, raw in frames:
-            if t == 0x44:
-                merger.add(i, raw[5:])
-    rows = merger.finish()
-    out = []
-    placed = False
-    for t, raw in template:
-        if t == 0x54:
-            out.append(row_description(raw[5:], spec.hidden))
-        elif t == 0x44:
-            if not placed:
-                out.extend(rows)
-                placed = True
-        elif t == 0x43:
-            if not placed:
-                out.extend(rows)
-                placed = True
-            out.append(m.command_complete(f"SELECT {len(rows)}"))
-        elif t != 0x5A:
-            out.append(raw)
-    return b"".join(out)
-
-
-def drop_first(data: bytes, mtype: int) -> bytes:
-    """data without its first message of type mtype (a RowDescription the client did not
-    ask for)."""
-    fb = FrameBuffer(allowed=BACKEND_TYPES)
-    fb.feed(data)
-    out = []
-    dropped = False
-    while (msg := fb.next_frame()) is not None:
-        if msg[0] == mtype and not dropped:
-            dropped = True
-            continue
-        out.append(msg[1])
-    return b"".join(out)
 
 
 def merge_insert(replies) -> bytes:
