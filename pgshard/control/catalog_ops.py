@@ -95,6 +95,7 @@ class CatalogService:
         catalog, _ = await self.current()
         if name in catalog.shard_names():
             raise Conflict(f'shard "{name}" already exists')
+        _check_unique_endpoints(catalog, name, [primary, *replicas])
         await self.check_endpoints(primary, replicas)
         populated = await self._populated_tables(catalog)
         notes: dict = {}
@@ -102,6 +103,7 @@ class CatalogService:
         def change(cat: Catalog) -> Catalog:
             if name in cat.shard_names():
                 raise Conflict(f'shard "{name}" already exists')
+            _check_unique_endpoints(cat, name, [primary, *replicas])
             shard = Shard(name=name, primary=primary, replicas=tuple(replicas))
             if populated:
                 notes.update(owns_ranges=False, rebalance_required=True,
@@ -122,6 +124,9 @@ class CatalogService:
         if name not in catalog.shard_names():
             _no_shard(name)
         if "primary" in patch or "replicas" in patch:
+            old = catalog.shard(name)
+            _check_unique_endpoints(catalog, name, [patch.get("primary", old.primary),
+                                                    *patch.get("replicas", old.replicas)])
             await self.check_endpoints(patch.get("primary"), patch.get("replicas", []))
 
         def change(cat: Catalog) -> Catalog:
@@ -130,6 +135,7 @@ class CatalogService:
             old = cat.shard(name)
             fields = {k: (tuple(v) if k == "replicas" else v) for k, v in patch.items()}
             new = Shard(**{**old.to_json(), "replicas": old.replicas, **fields})
+            _check_unique_endpoints(cat, name, [new.primary, *new.replicas])
             if new == old:
                 return None
             return cat.evolve(shards=tuple(new if s.name == name else s for s in cat.shards))
@@ -153,6 +159,7 @@ class CatalogService:
 
     async def put_table(self, table: str, column: str) -> Change:
         catalog, _ = await self.current()
+        await self._check_column_everywhere(catalog, table, column)
         existing = catalog.key_column(table)
         if existing is not None and existing != column:
             populated = await self._populated_tables(catalog, only=[table])
@@ -212,6 +219,37 @@ class CatalogService:
                     else f"{redact_dsn(dsn)} is a primary, not a streaming replica")
         return None
 
+    async def _check_column_everywhere(self, catalog: Catalog, table: str, column: str) -> None:
+        """A sharded table must exist, with its key column, on every shard: otherwise keyed
+        statements fail on some shards only and fan-out reads half-answer."""
+        async def check(shard: Shard) -> str | None:
+            try:
+                conn = await asyncio.wait_for(
+                    asyncpg.connect(shard.primary, timeout=self.connect_timeout),
+                    self.connect_timeout + 1)
+            except Exception as exc:
+                return f"shard {shard.name} does not answer: {_short(exc)}"
+            try:
+                rel = await conn.fetchval("SELECT to_regclass($1)::oid", _qualified(table))
+                if rel is None:
+                    return f'table "{table}" does not exist on shard {shard.name}'
+                found = await conn.fetchval(
+                    "SELECT true FROM pg_attribute WHERE attrelid = $1 AND attname = $2 "
+                    "AND attnum > 0 AND NOT attisdropped", rel, column)
+                if not found:
+                    return f'table "{table}" has no column "{column}" on shard {shard.name}'
+            except asyncpg.PostgresError as exc:
+                return f"shard {shard.name}: {_short(exc)}"
+            finally:
+                await _close(conn)
+            return None
+
+        problems = [p for p in await asyncio.gather(*(check(s) for s in catalog.shards)) if p]
+        if problems:
+            raise Unprocessable("; ".join(problems),
+                                hint="create the table on every shard first (DDL through the "
+                                     "proxy runs on every shard)")
+
     async def _populated_tables(self, catalog: Catalog, only: list[str] | None = None
                                 ) -> list[str]:
         """Sharded tables holding at least one row on some shard (unknown counts as rows)."""
@@ -243,6 +281,36 @@ class CatalogService:
 
         await asyncio.gather(*(scan(s) for s in catalog.shards))
         return sorted(found)
+
+
+def _endpoint(dsn: str) -> tuple[str, int, str] | None:
+    try:
+        d = parse_dsn(dsn)
+    except ValueError:
+        return None   # check_endpoints reports it
+    host = d.host.lower()
+    return ("127.0.0.1" if host in ("localhost", "::1", "127.0.0.1") else host, d.port, d.database)
+
+
+def _check_unique_endpoints(catalog: Catalog, name: str, dsns: list[str]) -> None:
+    """One server (host, port, database) serves one shard once: a duplicate would make a
+    fan-out read count its rows twice."""
+    seen: dict[tuple, str] = {}
+    for sh in catalog.shards:
+        if sh.name != name:
+            for dsn in (sh.primary, *sh.replicas):
+                if (e := _endpoint(dsn)) is not None:
+                    seen[e] = sh.name
+    mine: set[tuple] = set()
+    for dsn in dsns:
+        e = _endpoint(dsn)
+        if e is None:
+            continue
+        if e in seen:
+            raise Conflict(f"{redact_dsn(dsn)} is already a server of shard {seen[e]}")
+        if e in mine:
+            raise Conflict(f"{redact_dsn(dsn)} is listed twice for shard {name}")
+        mine.add(e)
 
 
 def _no_shard(name: str):

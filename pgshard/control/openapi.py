@@ -66,8 +66,8 @@ _STATUS_TEXT = {200: "OK", 201: "Created", 400: "Bad request: malformed JSON, un
                 "or wrong types", 401: "Missing, invalid or expired token", 403: "The role "
                 "lacks the permission", 404: "Not found", 409: "Conflict", 413: "Body too large",
                 415: "Content-Type is not application/json", 429: "Too many failed logins "
-                "(for this user or from this address); see the Retry-After header", 422: "An endpoint did not answer "
-                "or is not what it should be", 503: "The metadata store or the proxy is "
+                "(for this user or from this address); see the Retry-After header", 422: "An endpoint did not answer, "
+                "is not what it should be, or a table or column is missing on a shard", 503: "The metadata store or the proxy is "
                 "unavailable", 504: "The statement timed out"}
 
 

@@ -355,7 +355,7 @@ ROUTES: tuple[Route, ...] = (
           "tables", "catalog:read", statuses=(404, 503), path_params=_TABLE_PARAM),
     Route("PUT", "/api/v1/tables/{name}", put_table, "putTable", "Declare a sharded table "
           "and its shard key column", "tables", "catalog:write", "table.put", "TablePut",
-          statuses=(201, 409, 503), path_params=_TABLE_PARAM),
+          statuses=(201, 409, 422, 503), path_params=_TABLE_PARAM),
     Route("DELETE", "/api/v1/tables/{name}", delete_table, "deleteTable", "Forget a sharded "
           "table", "tables", "catalog:write", "table.remove", statuses=(404, 409, 503),
           path_params=_TABLE_PARAM),

@@ -20,15 +20,16 @@ class TargetingMixin:
         so that no one shard is needed by everyone."""
         if self.session_shard:
             return self.session_shard
-        shards = self.proxy.catalog.shards
+        cat = self.proxy.catalog
+        shards = cat.serving_shards() or cat.shard_names()   # a new shard may lack the schema
         n = len(shards)
         start = self.pid % n if n > 1 else 0
         for i in range(n):
-            name = shards[(start + i) % n].name
+            name = shards[(start + i) % n]
             if n == 1 or self.proxy.pool_for(name, self.user).healthy():
                 break
         else:
-            name = shards[start].name
+            name = shards[start]
         self.any_pick = name
         return name
 
@@ -36,10 +37,11 @@ class TargetingMixin:
         """After the shard _any_shard chose could not be reached: another healthy one."""
         if self.session_shard or self.any_pick != failed:
             return None
-        for sh in self.proxy.catalog.shards:
-            if sh.name != failed and self.proxy.pool_for(sh.name, self.user).healthy():
-                self.any_pick = sh.name
-                return sh.name
+        cat = self.proxy.catalog
+        for name in cat.serving_shards() or cat.shard_names():
+            if name != failed and self.proxy.pool_for(name, self.user).healthy():
+                self.any_pick = name
+                return name
         return None
 
     def _target(self, plan: r.Plan, bind=None, st=None, sql: str | None = None):
@@ -203,7 +205,7 @@ class TargetingMixin:
             if a.kind == sp.SELECT and not a.locking:
                 if a.refuse:
                     raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
-                return Fanout("read", [sh.name for sh in cat.shards], a)
+                return Fanout("read", list(cat.serving_shards()), a)
             if a.kind == sp.DDL:
                 return Fanout("ddl", [sh.name for sh in cat.shards], a)
             raise r.no_key_error(r.plan(sql), len(cat.shards), a.tables)

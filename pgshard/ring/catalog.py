@@ -133,6 +133,8 @@ class Catalog:
         # Lookup tables are plain attributes, not fields: equality and hashing ignore them.
         object.__setattr__(self, "_by_name", by_name)
         object.__setattr__(self, "_columns", columns)
+        owning = self.ring.shards()
+        object.__setattr__(self, "_serving", tuple(s.name for s in shards if s.name in owning))
 
     @classmethod
     def initial(
@@ -151,6 +153,11 @@ class Catalog:
                 f'shard "{name}" does not exist',
                 hint=f"Known shards: {', '.join(self._by_name) or 'none'}.",
             ) from None
+
+    def serving_shards(self) -> tuple[str, ...]:
+        """The shards that own vnodes, by name: the ones a keyless read must ask (a shard
+        that owns nothing holds no rows anyone may see)."""
+        return self._serving
 
     def shard_names(self) -> tuple[str, ...]:
         """All shard names, sorted."""

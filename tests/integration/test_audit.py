@@ -24,6 +24,8 @@ async def test_audit_trail_of_an_admin_session(pg_cluster):
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     tokens = []
+    for s in pg_cluster.shards:
+        s.primary.psql("DROP TABLE IF EXISTS audit_t; CREATE TABLE audit_t (id int)")
     try:
         async with running_runtime(runtime_config(pg_cluster)) as rt, \
                 aiohttp.ClientSession() as session:

@@ -229,7 +229,11 @@ def test_shards_add_and_remove(admin, pg_cluster, populated_table):
         admin("tables", "remove", populated_table)
 
 
-def test_tables_add_list_remove(admin):
+def test_tables_add_list_remove(admin, pg_cluster):
+    _one_line_error(admin("tables", "add", "public.cli_nothing", "--shard-key", "id"), 1,
+                    "422", 'table "public.cli_nothing" does not exist on shard shard0')
+    pg_cluster.shards[0].primary.psql("DROP TABLE IF EXISTS cli_orders; "
+                                      "CREATE TABLE cli_orders (id int, customer_id int)")
     result = admin("tables", "add", "public.cli_orders", "--shard-key", "customer_id")
     assert result.exit_code == 0, result.output
     assert "table public.cli_orders is sharded by customer_id" in result.stdout

@@ -217,31 +217,49 @@ async def test_patch_and_put_bodies(api):
 
 async def test_shard_lifecycle_on_populated_cluster(api, rt, pg_cluster, rest_items):
     s0, s1 = pg_cluster.shards
-    s0.primary.psql("DROP DATABASE IF EXISTS extra_rest")
-    s0.primary.psql("CREATE DATABASE extra_rest")
+    for s in (s0, s1):
+        s.primary.psql("DROP DATABASE IF EXISTS extra_rest")
+        s.primary.psql("CREATE DATABASE extra_rest")
+    pg_cluster.wait_replicas()
     extra = s0.primary.dsn.rsplit("/", 1)[0] + "/extra_rest"
+    # A standby no shard uses yet (shard1's replica, another database).
+    spare = s1.replicas[0].dsn.rsplit("/", 1)[0] + "/extra_rest"
     status, body, _ = await api.request("PUT", f"/api/v1/tables/{rest_items}", role="operator",
                                         json={"shard_key": "id"})
     assert status in (200, 201), body
     v0 = body["catalog_version"]
     s0.primary.psql(f"INSERT INTO {rest_items} VALUES (-1, 'seed', 1, now(), '{{}}')")
     try:
-        # A replica as primary, a dead port, a primary as replica: all refused, nothing written.
-        for primary, replicas in ((s1.replicas[0].dsn, []), ("postgresql://x:y@127.0.0.1:"
-                                  f"{free_port()}/app", []), (extra, [s1.primary.dsn])):
+        # A replica as primary, a dead port, a primary as replica, another shard's servers,
+        # one server twice: all refused, nothing written.
+        s1_extra = s1.primary.dsn.rsplit("/", 1)[0] + "/extra_rest"
+        for primary, replicas, code in (
+                (spare.replace("/extra_rest", "/postgres"), [], 422),
+                (f"postgresql://x:y@127.0.0.1:{free_port()}/app", [], 422),
+                (extra, [s1_extra], 422),
+                (s1.primary.dsn, [], 409), (extra, [s1.replicas[0].dsn], 409),
+                (extra, [spare, spare.replace("127.0.0.1", "localhost")], 409)):
             status, problem, headers = await api.request(
                 "POST", "/api/v1/shards", role="operator",
                 json={"name": "extra", "primary": primary, "replicas": replicas})
-            is_problem(status, problem, headers, 422)
+            is_problem(status, problem, headers, code)
             assert "y@" not in problem["detail"]
         status, body, _ = await api.request(
             "POST", "/api/v1/shards", role="operator",
-            json={"name": "extra", "primary": extra, "replicas": [s1.replicas[0].dsn]})
+            json={"name": "extra", "primary": extra, "replicas": [spare]})
         assert status == 201, body
         assert body["owns_ranges"] is False and body["rebalance_required"] is True
         assert body["vnodes"] == 0 and ":***@" in body["primary"]
         assert body["catalog_version"] == v0 + 1
         await wait_for_version(rt, v0 + 1)
+        # A shard that owns no vnodes holds no visible rows (and here not even the table):
+        # keyless reads and statements needing no shard do not ask it.
+        for query in (f"SELECT count(*) AS n FROM {rest_items} WHERE id = -1 OR id < 0",
+                      "SELECT 1 AS n"):
+            for _ in range(4):
+                status, body, _ = await api.request("POST", "/v1/execute", role="app",
+                                                    json={"query": query})
+                assert status == 200 and body["rows"] == [{"n": 1}], body
         status, body, _ = await api.request("GET", "/api/v1/shards/extra", role="viewer")
         assert status == 200 and body["vnodes"] == 0 and body["ranges"] == 0
         status, body, _ = await api.request("PATCH", "/api/v1/shards/extra", role="operator",
@@ -251,6 +269,9 @@ async def test_shard_lifecycle_on_populated_cluster(api, rt, pg_cluster, rest_it
             "PATCH", "/api/v1/shards/extra", role="operator",
             json={"primary": f"postgresql://x:y@127.0.0.1:{free_port()}/app"})
         is_problem(status, problem, headers, 422)
+        status, problem, headers = await api.request(
+            "PATCH", "/api/v1/shards/extra", role="operator", json={"primary": s0.primary.dsn})
+        is_problem(status, problem, headers, 409)
         status, body, _ = await api.request("GET", "/api/v1/shards", role="viewer")
         assert [s["name"] for s in body["shards"]] == ["extra", "shard0", "shard1"]
         assert all("***" in s["primary"] for s in body["shards"])
@@ -297,7 +318,18 @@ async def wait_for_version(rt, version: int, timeout: float = 1.0) -> None:
 
 # ------------------------------------------------------------------ tables and catalog
 
-async def test_tables(api, rt):
+async def test_tables(api, rt, pg_cluster):
+    for s in pg_cluster.shards:
+        s.primary.psql("DROP TABLE IF EXISTS orders")
+    # A table or key column missing on some shard is refused.
+    is_problem(*await api.request("PUT", "/api/v1/tables/public.orders", role="operator",
+                                  json={"shard_key": "customer_id"}), 422)
+    pg_cluster.shards[0].primary.psql("CREATE TABLE orders (id int, customer_id int)")
+    pg_cluster.shards[1].primary.psql("CREATE TABLE orders (id int, customer int)")
+    status, problem, _ = await api.request("PUT", "/api/v1/tables/public.orders",
+                                           role="operator", json={"shard_key": "customer_id"})
+    assert status == 422 and 'no column "customer_id" on shard shard1' in problem["detail"]
+    pg_cluster.shards[1].primary.psql("ALTER TABLE orders RENAME customer TO customer_id")
     status, body, _ = await api.request("PUT", "/api/v1/tables/public.orders", role="operator",
                                         json={"shard_key": "customer_id"})
     assert status == 201, body

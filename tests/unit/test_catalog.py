@@ -208,3 +208,11 @@ def test_json_round_trip_any_catalog(names, tables, vnodes):
     assert back == cat
     for table, column in tables.items():
         assert back.key_column(table.upper()) == column
+
+
+def test_serving_shards_are_the_ones_owning_vnodes():
+    shards = [Shard(name=n, primary=f"postgresql://u@h/{n}") for n in ("a", "b", "c")]
+    cat = Catalog.initial(shards[:2], {"t": "id"}, vnodes_per_shard=8)
+    assert cat.serving_shards() == ("a", "b")
+    grown = cat.evolve(shards=tuple(shards))      # c is added but owns nothing yet
+    assert grown.serving_shards() == ("a", "b") and grown.shard_names() == ("a", "b", "c")
