@@ -174,9 +174,15 @@ class Proxy:
                     log.exception("pool maintenance failed for %s", pool.key)
 
     def set_catalog(self, catalog: Catalog) -> None:
-        """Swap the snapshot by reference; sessions read it per statement."""
+        """Swap the snapshot by reference; sessions read it per statement. Pools of a shard
+        the new catalog no longer has are closed (their busy servers close when released)."""
         self.catalog = catalog
         self.forget_key_positions()
+        names = set(catalog.shard_names())
+        for key, pool in list(self.pools.items()):
+            if key.shard not in names:
+                pool.close()
+                del self.pools[key]
 
     def set_key_position(self, table: str, position: int) -> None:
         self.key_positions[table] = position

@@ -279,8 +279,13 @@ async def test_shard_lifecycle_on_populated_cluster(api, rt, pg_cluster, rest_it
         status, problem, headers = await api.request("DELETE", "/api/v1/shards/shard0",
                                                      role="operator")
         is_problem(status, problem, headers, 409)
+        # A pool to the shard exists (as any shard's would, e.g. for the greeting) ...
+        rt.proxy.pool_for("extra", None)
+        assert any(k.shard == "extra" for k in rt.proxy.pools)
         status, body, _ = await api.request("DELETE", "/api/v1/shards/extra", role="operator")
         assert status == 200 and body["deleted"] == "extra"
+        await wait_for_version(rt, body["catalog_version"])
+        assert not any(k.shard == "extra" for k in rt.proxy.pools)   # ... and is gone with it
         is_problem(*await api.request("GET", "/api/v1/shards/extra", role="viewer"), 404)
     finally:
         s0.primary.psql(f"DELETE FROM {rest_items} WHERE id = -1")
