@@ -320,3 +320,43 @@ async def test_limit_then_client_leaves_mid_stream(proxy_small):
             await conn.close()
 
     await asyncio.wait_for(after(), 60)
+
+
+async def test_error_mid_stream_is_reported_and_servers_come_back(proxy_small):
+    """shard1 fails after ~100k of its rows (and shard0's rows already went out): the
+    client gets shard1's error, and the next statements run on the same, drained servers."""
+    async def body():
+        conn = await asyncpg.connect(host="127.0.0.1", port=proxy_small.port, user="solo",
+                                     database="app")
+        try:
+            pids = await _backend_pids(conn)
+            for sql in ("SELECT id, 1 / (id - 250000) AS x FROM fs_big",
+                        "SELECT id, 1 / (id - 250000) AS x FROM fs_big ORDER BY id"):
+                with pytest.raises(asyncpg.DivisionByZeroError, match="shard1"):
+                    await conn.fetch(sql)
+            w = Wire(proxy_small.port, "solo")
+            try:
+                w.send(query("SELECT id, 1 / (id - 250000) AS x FROM fs_big ORDER BY id DESC"))
+                seen, err = 0, None
+                while True:
+                    t, msg = w.message()
+                    if t == 0x44:
+                        seen += 1
+                    elif t == 0x45:
+                        err = msg
+                    elif t == 0x5A:
+                        break
+                assert err is not None and b"22012" in err and b"shard1: division" in err
+                # DESC: shard1 streams 300000 down to 250001 before it fails; all of them
+                # (or fewer, if shard0 is merged in) went out before the error, none after.
+                assert 0 < seen <= 50_000
+                w.send(query("SELECT count(*) FROM fs_big"))
+                rows = [b for t, b in w.until_ready() if t == 0x44]
+                assert first_column(rows[0], False) == 2 * PER_SHARD
+            finally:
+                w.close()
+            assert await _backend_pids(conn) == pids
+        finally:
+            await conn.close()
+
+    await asyncio.wait_for(body(), 120)
