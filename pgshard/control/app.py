@@ -11,6 +11,7 @@ import time
 from aiohttp import web
 
 from pgshard.control.auth import Principal, allowed, bearer_token
+from pgshard.control.console import CONSOLE_ROUTES, add_console
 from pgshard.control.errors import (
     ApiError,
     Forbidden,
@@ -34,7 +35,7 @@ ALLOWED_HEADERS = "Authorization, Content-Type"
 
 def make_app(plane: ControlPlane) -> web.Application:
     """The sidecar app for `plane`; a router-role plane serves health and metrics only."""
-    routes = [r for r in ROUTES if plane.role == "all" or r.router_role]
+    routes = [r for r in (*ROUTES, *CONSOLE_ROUTES) if plane.role == "all" or r.router_role]
     app = web.Application(
         middlewares=[cors_middleware, error_middleware, audit_middleware, limits_middleware,
                      auth_middleware],
@@ -45,6 +46,8 @@ def make_app(plane: ControlPlane) -> web.Application:
     for r in routes:
         route_map[app.router.add_route(r.method, r.path, r.handler)] = r
     app[ROUTE_MAP] = route_map
+    if plane.role == "all":
+        add_console(app)   # the web console at /ui
     return app
 
 
