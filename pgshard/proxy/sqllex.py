@@ -21,6 +21,10 @@ _IDENT_CONT = re.compile(r"[A-Za-z0-9_$\x80-\U0010ffff]*")
 _TAG_CONT = re.compile(r"[A-Za-z0-9_\x80-\U0010ffff]*")
 _DIGITS = re.compile(r"[0-9]*")
 # String bodies with possessive quantifiers: each character is taken once, never given back.
+# Plain code and the literals no reading can disagree on, taken in one match (the loop in
+# scan() handles the rest: other quotes, dollars, ';', comments, E'', a backslash).
+_RUN_STD = re.compile(r"(?:[^'\"$;/\-eE]++|'(?:[^'\\]++|'')*+'|/(?!\*)|-(?!-)|[eE](?!'))*+")
+_RUN_ESC = re.compile(r"(?:[^'\"$;/\-]++|'(?:[^'\\]++|\\.|'')*+'|/(?!\*)|-(?!-))*+", re.S)
 _STD_BODY = re.compile(r"(?:[^']++|'')*+")
 _E_BODY = re.compile(r"(?:[^'\\]++|\\.|'')*+", re.S)
 _COMMENT_MARK = re.compile(r"/\*|\*/")   # two fixed two-character strings: no backtracking
@@ -132,16 +136,19 @@ def scan(sql: str, backslash_escapes: bool = False) -> Scan:
     stmt_start = 0
     has_code = False   # the current statement has something besides space and comments
     search = _SPECIAL.search
+    run = (_RUN_ESC if backslash_escapes else _RUN_STD).match
     while True:
+        floor = pos    # the end of what this loop consumed last: a word starts no earlier
+        pos = run(sql, pos).end()
         m = search(sql, pos)
         p = n if m is None else m.start()
-        if not has_code and p > pos and _NOT_SPACE.search(sql, pos, p) is not None:
+        if not has_code and p > floor and _NOT_SPACE.search(sql, floor, p) is not None:
             has_code = True
         if m is None:
             break
         c = sql[p]
         if c == "'":
-            esc = backslash_escapes or _escape_prefix(sql, p, pos)
+            esc = backslash_escapes or _escape_prefix(sql, p, floor)
             end, saw = skip_string(sql, p, esc)
             if saw and not esc:
                 ambiguous = True
@@ -150,7 +157,7 @@ def scan(sql: str, backslash_escapes: bool = False) -> Scan:
             pos, has_code = skip_quoted_ident(sql, p), True
         elif c == "$":
             i = p
-            while i > pos and _is_word(sql[i - 1]):
+            while i > floor and _is_word(sql[i - 1]):
                 i -= 1
             if i < p and not "0" <= sql[i] <= "9":
                 # inside an identifier (a$b): the identifier runs on
