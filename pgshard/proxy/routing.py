@@ -114,10 +114,10 @@ def _plan(sql: str) -> Plan:
     while first is not None and first.kind == lx.OP and first.text == "(":
         first = next(it, None)
     word = ss.word(first)
+    if len(sc.statements) > 1:
+        return Plan(STATEMENT, word or "", multi=True, **kw)
     if word is None:
         return Plan(STATEMENT, **kw)
-    if len(sc.statements) > 1:
-        return Plan(STATEMENT, word, multi=True, **kw)
     if word in ("BEGIN", "START"):
         return Plan(BEGIN, word, **kw)
     if word in ("COMMIT", "END"):
