@@ -1,12 +1,6 @@
 """A server connection: connect + authenticate to PostgreSQL, then relay its replies to the
-linked client, matching each reply to the request that caused it.
-
-Strategy: every request the proxy sends to the server pushes an expectation onto a queue,
-in order. Replies are matched against the head of the queue, which lets the proxy swallow
-replies to requests the client never made (a re-Parse on a connection that lacked a
-statement, a replayed SET) and inject replies to requests the server never saw (a
-ParseComplete for a statement the server already had) at exactly the right position. Only
-message headers are read; DataRow and CopyData bytes are forwarded as contiguous slices.
+linked client. Which request each reply answers is the sans-IO ReplyMatcher's business
+(pgshard.protocol.replies); this module does the I/O around it.
 """
 
 from __future__ import annotations
@@ -14,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.auth import ScramClient, md5_response
@@ -25,22 +18,29 @@ from pgshard.protocol.errors import (
     ProtocolViolation,
 )
 from pgshard.protocol.framing import BACKEND_TYPES, FrameBuffer
+from pgshard.protocol.replies import (
+    ASYNC_TYPES,
+    AT_IDLE,
+    DRAINED,
+    X_BIND,
+    X_CLOSE,
+    X_DESC_PORTAL,
+    X_DESC_STMT,
+    X_EXEC,
+    X_FAKE,
+    X_PARSE,
+    X_QUERY,
+    X_SYNC,
+    ReplyMatcher,
+)
 
 log = logging.getLogger("pgshard.backend")
 
-# Expectation kinds.
-X_PARSE, X_BIND, X_DESC_STMT, X_DESC_PORTAL, X_EXEC, X_CLOSE, X_SYNC, X_QUERY, X_FAKE = range(9)
-
-_EXEC_END = frozenset(b"CIs")
-_ASYNC = frozenset(b"NAS")   # notice, notification, parameter status: may come any time
+__all__ = ["ACTIVE", "CLOSED", "CONNECTING", "IDLE", "ServerConnection", "X_BIND", "X_CLOSE",
+           "X_DESC_PORTAL", "X_DESC_STMT", "X_EXEC", "X_FAKE", "X_PARSE", "X_QUERY", "X_SYNC"]
 
 # Backend connection states (changed only through ServerConnection._set_state).
 CONNECTING, IDLE, ACTIVE, CLOSED = "connecting", "idle", "active", "closed"
-
-
-def _param_oids(body: bytes) -> tuple[int, ...]:
-    n = int.from_bytes(body[:2], "big")
-    return tuple(int.from_bytes(body[2 + 4 * i:6 + 4 * i], "big") for i in range(n))
 
 
 class ServerConnection(asyncio.Protocol):
@@ -55,8 +55,8 @@ class ServerConnection(asyncio.Protocol):
         self.buf = FrameBuffer(allowed=BACKEND_TYPES)
         self.state = CONNECTING
         self.client = None                # the linked ClientSession while ACTIVE
-        self.expect: deque[list] = deque()
-        self.txn_status = b"I"
+        self.replies = ReplyMatcher()
+        self.expect = self.replies.expect   # the same deque: what the server still owes
         self.pid = 0
         self.secret = 0
         self.server_params: dict[str, str] = {}
@@ -64,9 +64,6 @@ class ServerConnection(asyncio.Protocol):
         self.unnamed_owner: object | None = None
         self.vars: dict[str, str] = {}    # session settings applied beyond startup
         self.synced: tuple | None = None  # (client, vars generation) last replayed here
-        # Extended-protocol work sent since the last Sync/Query: 0 none, 1 only Parse/
-        # Describe/Close (harmless to Sync), 2 a Bind or Execute (a Sync would commit it).
-        self.unsynced = 0
         self.wbuf: list[bytes] = []
         self.created = time.monotonic()
         self.last_used = self.created
@@ -139,6 +136,16 @@ class ServerConnection(asyncio.Protocol):
             w.set_result(None)
 
     @property
+    def txn_status(self) -> bytes:
+        """I, T or E: the server's transaction status at its last ReadyForQuery."""
+        return self.replies.txn_status
+
+    @property
+    def unsynced(self) -> int:
+        """0, or 1 (look-only) / 2 (Bind/Execute) extended-protocol work not yet Synced."""
+        return self.replies.unsynced
+
+    @property
     def usable(self) -> bool:
         return self.state != CLOSED and not self.dirty and self.transport is not None \
             and not self.transport.is_closing()
@@ -196,7 +203,7 @@ class ServerConnection(asyncio.Protocol):
             elif t == 0x4B:  # 'K'
                 self.pid, self.secret = m.decode_backend_key(body)
             elif t == 0x5A:  # 'Z'
-                self.txn_status = body[:1]
+                self.replies.txn_status = body[:1]
                 self._set_state(IDLE)
                 return
             elif t == 0x45:  # 'E'
@@ -232,20 +239,11 @@ class ServerConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.write(wb[0] if len(wb) == 1 else b"".join(wb))
 
-    def push(self, kind: int, swallow: bool = False, fake: bytes | None = None) -> None:
-        """Record that a reply to one request is due, in order."""
-        if kind == X_FAKE:
-            if not self.expect:
-                self.client.write(fake)
-                return
-        elif kind < X_SYNC:
-            if kind == X_BIND or kind == X_EXEC:
-                self.unsynced = 2
-            elif not self.unsynced:
-                self.unsynced = 1
-        else:
-            self.unsynced = 0
-        self.expect.append([kind, swallow, fake])
+    def push(self, kind: int, swallow: bool = False, fake=None) -> None:
+        """Record that a reply to one request is due, in order (see ReplyMatcher.push)."""
+        now = self.replies.push(kind, swallow, fake)
+        if now is not None:
+            self.client.write(now)
 
     def _relay(self) -> None:
         frames, data = self.buf.scan()
@@ -255,91 +253,40 @@ class ServerConnection(asyncio.Protocol):
         if client is None:
             self._idle_messages(frames, data)
             return
-        expect = self.expect
-        out = []
-        span = 0          # start of the pending forwarded span in data
-        at_idle = False
-        for t, s, e in frames:
-            keep = True
-            if t in _ASYNC:
-                if t == 0x53:
-                    k, v = m.decode_parameter_status(data[s + 5:e])
-                    self.server_params[k] = v
-            elif not expect:
-                # A reply nobody asked for (e.g. an ErrorResponse before a shutdown).
-                if t == 0x45:
-                    self._note_fatal(data[s + 5:e])
-            elif t == 0x5A:  # ReadyForQuery
-                head = expect.popleft()
-                status = self.txn_status = data[s + 5:s + 6]
-                keep = not head[1]
-                at_idle = not expect
-                if keep and status == b"I" and getattr(client, "pending_begin", None) is not None:
-                    # The client is in a transaction whose BEGIN is still held back (this
-                    # server only looked, e.g. a Describe): say so, as one database would.
-                    keep = False
-                    if span < s:
-                        out.append(data[span:s])
-                    span = e
-                    out.append(m.ready_for_query(b"E" if client.pending_failed else b"T"))
-            elif t == 0x45:  # ErrorResponse: always forwarded
-                client.server_error(data[s + 5:e])
-                head = expect[0]
-                if head[0] != X_QUERY:
-                    if head[0] == X_PARSE and head[2]:
-                        # The statement does not exist here (nor, for the client, at all).
-                        st, cname = head[2]
-                        if st.global_name:
-                            self.prepared.discard(st.global_name)
-                        else:
-                            self.unnamed_owner = None
-                        client.parse_failed(cname)
-                    # The server now skips everything up to the next Sync.
-                    while expect and expect[0][0] != X_SYNC:
-                        expect.popleft()
-                self._note_fatal(data[s + 5:e])
-            else:
-                head = expect[0]
-                kind = head[0]
-                if kind == X_QUERY or kind == X_EXEC:
-                    keep = not head[1]
-                    if kind == X_EXEC and t in _EXEC_END:
-                        expect.popleft()
-                elif kind == X_DESC_STMT and t == 0x74:  # ParameterDescription
-                    keep = not head[1]
-                    head[0] = X_DESC_PORTAL
-                    st = head[2]
-                    if st is not None and st.described_oids is None:
-                        st.described_oids = _param_oids(data[s + 5:e])
+        replies = self.replies
+        held = getattr(client, "pending_begin", None)
+        replies.held = None if held is None else b"E" if client.pending_failed else b"T"
+        write, state = replies.feed(frames, data)
+        if replies.events:
+            self._handle(replies.events, client)
+        if write is not None:
+            client.write(b"".join(write) if type(write) is list else write)
+        if state == AT_IDLE:
+            client.server_idle(self)
+        elif state == DRAINED:   # every reply is in, but the unit is not over (a Flush)
+            drained = getattr(client, "server_drained", None)
+            if drained is not None:
+                drained(self)
+
+    def _handle(self, events: list, client) -> None:
+        """What the matcher saw besides bytes to forward: settings, errors, failed Parses."""
+        for ev in events:
+            what = ev[0]
+            if what == "param":
+                self.server_params[ev[1]] = ev[2]
+            elif what == "error":
+                client.server_error(ev[1])
+                self._note_fatal(ev[1])
+            elif what == "parse_failed":
+                st = ev[1]
+                if st.global_name:
+                    self.prepared.discard(st.global_name)
                 else:
-                    keep = not head[1]
-                    expect.popleft()
-                    if kind == X_PARSE and t == 0x31 and head[2]:
-                        head[2][0].validated = True
-            if not keep:
-                if span < s:
-                    out.append(data[span:s])
-                span = e
-            # Fakes at the head of the queue go out now, in order.
-            while expect and expect[0][0] == X_FAKE:
-                if span < e:
-                    out.append(data[span:e])
-                span = e
-                out.append(expect.popleft()[2])
-        if span == 0:
-            client.write(data)
-        else:
-            if span < len(data):
-                out.append(data[span:])
-            if out:
-                client.write(b"".join(out))
-        if not expect:
-            if at_idle:
-                client.server_idle(self)
-            else:   # every reply is in, but the unit is not over (a Flush, not a Sync)
-                drained = getattr(client, "server_drained", None)
-                if drained is not None:
-                    drained(self)
+                    self.unnamed_owner = None
+                client.parse_failed(ev[2])
+            else:   # stray_error
+                self._note_fatal(ev[1])
+        events.clear()
 
     def _note_fatal(self, body: bytes) -> None:
         f = m.decode_fields(body)
@@ -356,7 +303,7 @@ class ServerConnection(asyncio.Protocol):
             elif t == 0x45:
                 self._note_fatal(data[s + 5:e])
                 self.dirty = True
-            elif t not in _ASYNC:
+            elif t not in ASYNC_TYPES:
                 self.dirty = True
         if self.dirty:
             self.abort("server sent an error while idle")

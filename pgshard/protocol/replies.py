@@ -1,0 +1,156 @@
+"""Reply matching, sans I/O: which request each server frame answers, and so what to forward
+to the client, what to swallow and what to inject.
+
+Strategy: every request the proxy sends to a server pushes an expectation, in order. Server
+frames are matched against the head of the queue, which lets the proxy swallow replies to
+requests the client never made (a re-Parse on a connection that lacked a statement, a
+replayed SET, a held-back BEGIN) and inject replies to requests the server never saw (a
+ParseComplete for a statement the server already had) at exactly the right position. Only
+message headers are read; DataRow and CopyData bytes are forwarded as contiguous slices.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from pgshard.protocol import messages as m
+
+# Expectation kinds: what a pushed request was.
+X_PARSE, X_BIND, X_DESC_STMT, X_DESC_PORTAL, X_EXEC, X_CLOSE, X_SYNC, X_QUERY, X_FAKE = range(9)
+
+# What feed() reports besides the bytes to forward.
+AT_IDLE = 1     # every request answered, up to a ReadyForQuery: the server is at an idle point
+DRAINED = 2     # every request answered, but the unit is not over (it ended with a Flush)
+
+_EXEC_END = frozenset(b"CIs")
+ASYNC_TYPES = frozenset(b"NAS")   # notice, notification, parameter status: may come any time
+
+
+def param_oids(body) -> tuple[int, ...]:
+    """The type OIDs of a ParameterDescription body."""
+    n = int.from_bytes(body[:2], "big")
+    return tuple(int.from_bytes(body[2 + 4 * i:6 + 4 * i], "big") for i in range(n))
+
+
+class ReplyMatcher:
+    """The queue of requests a server owes replies to, and the server's status as its
+    replies tell it. push() as requests are sent; feed() the frames that arrive.
+
+    Rare happenings are appended to `events` for the caller, in order:
+    ("param", name, value) a ParameterStatus; ("error", body) an ErrorResponse in reply to a
+    request; ("parse_failed", statement, client_name) a Parse this server refused;
+    ("stray_error", body) an ErrorResponse nobody asked for (a shutdown, say)."""
+
+    __slots__ = ("expect", "txn_status", "unsynced", "held", "events")
+
+    def __init__(self):
+        self.expect: deque[list] = deque()
+        self.txn_status = b"I"
+        # Extended-protocol work sent since the last Sync/Query: 0 none, 1 only Parse/
+        # Describe/Close (harmless to Sync), 2 a Bind or Execute (a Sync would commit it).
+        self.unsynced = 0
+        # While the client holds a BEGIN back, a server that only looked reports I; the
+        # client is told held instead (T, or E once an error went by).
+        self.held: bytes | None = None
+        self.events: list[tuple] = []
+
+    def push(self, kind: int, swallow: bool = False, fake=None):
+        """Record that a reply to one request is due. An X_FAKE with nothing owed before it
+        is returned at once, for the caller to write; otherwise None."""
+        if kind == X_FAKE:
+            if not self.expect:
+                return fake
+        elif kind < X_SYNC:
+            if kind == X_BIND or kind == X_EXEC:
+                self.unsynced = 2
+            elif not self.unsynced:
+                self.unsynced = 1
+        else:
+            self.unsynced = 0
+        self.expect.append([kind, swallow, fake])
+        return None
+
+    def feed(self, frames, data) -> tuple[object, int]:
+        """Match whole frames [(type, start, end)] of data. Returns (what to write to the
+        client: data itself, a list of chunks, or None; AT_IDLE, DRAINED or 0)."""
+        expect = self.expect
+        events = self.events
+        out = []
+        span = 0          # start of the pending forwarded span in data
+        at_idle = False
+        for t, s, e in frames:
+            keep = True
+            if t in ASYNC_TYPES:
+                if t == 0x53:
+                    k, v = m.decode_parameter_status(data[s + 5:e])
+                    events.append(("param", k, v))
+            elif not expect:
+                # A reply nobody asked for (e.g. an ErrorResponse before a shutdown).
+                if t == 0x45:
+                    events.append(("stray_error", bytes(data[s + 5:e])))
+            elif t == 0x5A:  # ReadyForQuery
+                head = expect.popleft()
+                status = self.txn_status = data[s + 5:s + 6]
+                keep = not head[1]
+                at_idle = not expect
+                if keep and status == b"I" and self.held is not None:
+                    keep = False
+                    if span < s:
+                        out.append(data[span:s])
+                    span = e
+                    out.append(m.ready_for_query(self.held))
+            elif t == 0x45:  # ErrorResponse: always forwarded
+                events.append(("error", bytes(data[s + 5:e])))
+                if self.held is not None:
+                    self.held = b"E"
+                head = expect[0]
+                if head[0] != X_QUERY:
+                    if head[0] == X_PARSE and head[2]:
+                        # The statement does not exist here (nor, for the client, at all).
+                        events.append(("parse_failed", head[2][0], head[2][1]))
+                    # The server now skips everything up to the next Sync.
+                    while expect and expect[0][0] != X_SYNC:
+                        expect.popleft()
+            else:
+                head = expect[0]
+                kind = head[0]
+                if kind == X_QUERY or kind == X_EXEC:
+                    keep = not head[1]
+                    if kind == X_EXEC and t in _EXEC_END:
+                        expect.popleft()
+                elif kind == X_DESC_STMT and t == 0x74:  # ParameterDescription
+                    keep = not head[1]
+                    head[0] = X_DESC_PORTAL
+                    st = head[2]
+                    if st is not None and st.described_oids is None:
+                        st.described_oids = param_oids(data[s + 5:e])
+                else:
+                    keep = not head[1]
+                    expect.popleft()
+                    if kind == X_PARSE and t == 0x31 and head[2]:
+                        head[2][0].validated = True
+            if not keep:
+                if span < s:
+                    out.append(data[span:s])
+                span = e
+            # Fakes at the head of the queue go out now, in order.
+            while expect and expect[0][0] == X_FAKE:
+                if span < e:
+                    out.append(data[span:e])
+                span = e
+                out.append(expect.popleft()[2])
+        if span == 0:
+            write = data if frames else None
+        else:
+            if span < len(data):
+                out.append(data[span:])
+            write = out or None
+        if expect:
+            return write, 0
+        return write, AT_IDLE if at_idle else DRAINED
+
+    def reset(self) -> None:
+        """Forget what was owed (the connection is gone)."""
+        self.expect.clear()
+        self.events.clear()
+        self.unsynced = 0
