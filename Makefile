@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= .demo
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test unit bench lint clean
+.PHONY: bootstrap run demo test unit bench lint clean ui
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -20,6 +20,10 @@ unit: bootstrap
 
 bench: bootstrap
 	$(BIN)/python -m bench.pgbench_compare
+
+# The web console's bundle (npm ci + npm run build in ui/, into pgshard/control/static/ui).
+ui:
+	@scripts/build-ui.sh
 
 lint: bootstrap
 	$(BIN)/ruff check pgshard tests bench

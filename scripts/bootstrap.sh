@@ -11,6 +11,9 @@ command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-contrib)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbouncer)
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need_apt+=(etcd-client)
+# The web console: Node.js builds it, Debian's Chromium runs its browser tests.
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${need_apt[*]}"
   SUDO=""
@@ -45,3 +48,6 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$sta
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
 fi
+
+# The web console's bundle (pgshard/control/static/ui), rebuilt when missing or stale.
+scripts/build-ui.sh
