@@ -257,9 +257,13 @@ class Healthy:
         self.errors: list[str] = []
         self.txns = 0
 
+    async def connect(self):
+        conn = await asyncpg.connect(self.dsn, timeout=DEADLINE, command_timeout=2 * DEADLINE)
+        sel = await conn.prepare("SELECT v FROM ledger_ok WHERE id = $1", timeout=DEADLINE)
+        return conn, sel
+
     async def run(self, stop: asyncio.Event) -> None:
-        conn = await asyncpg.connect(self.dsn, timeout=DEADLINE)
-        sel = await conn.prepare("SELECT v FROM ledger_ok WHERE id = $1")
+        conn, sel = await self.connect()
         n = 0
         try:
             while not stop.is_set():
@@ -269,13 +273,13 @@ class Healthy:
                     await asyncio.wait_for(self.one(conn, sel, k, n), 2 * DEADLINE)
                 except Exception as exc:   # every failure is a finding; keep going
                     self.errors.append(f"txn {n} key {k}: {exc!r}")
-                    if conn.is_closed():
-                        conn = await asyncpg.connect(self.dsn, timeout=DEADLINE)
-                        sel = await conn.prepare("SELECT v FROM ledger_ok WHERE id = $1")
+                    # An unknown state (a timeout mid-transaction): start afresh.
+                    conn.terminate()
+                    conn, sel = await self.connect()
                 self.txns += 1
                 await asyncio.sleep(0.005)   # steady, not flooding: the fuzz shares 2 cores
         finally:
-            await conn.close()
+            conn.terminate()
 
     async def one(self, conn, sel, k: int, n: int) -> None:
         v = f"h{n}"
@@ -321,7 +325,10 @@ async def test_wire_fuzz(fuzz_proxy, pg_cluster):
         fuzz.fail("budget", detail=f"only {fuzz.done} of {SEQUENCES} sequences in {BUDGET} s")
     finally:
         stop.set()
-        await asyncio.wait_for(healthy_task, 4 * DEADLINE)
+        try:
+            await asyncio.wait_for(healthy_task, 4 * DEADLINE)
+        except Exception as exc:
+            healthy.errors.append(f"the healthy session failed: {exc!r}")
     elapsed = time.monotonic() - t0
     print(f"wire fuzz: {fuzz.done} sequences in {elapsed:.1f} s; {dict(fuzz.stats)}; "
           f"healthy transactions {healthy.txns}; SQLSTATEs {dict(fuzz.sqlstates.most_common())}")
@@ -345,6 +352,19 @@ async def test_wire_fuzz(fuzz_proxy, pg_cluster):
         healthy.errors.append(f"ledger differs from the primaries: extra {extra}, "
                               f"missing {missing}, wrong {wrong}")
 
+    # The servers' side, for a finding: what the proxy's connections are doing now.
+    activity = {}
+    for s in pg_cluster.shards:
+        c = await asyncpg.connect(s.primary.dsn, timeout=DEADLINE)
+        try:
+            rows = await c.fetch(
+                "SELECT usename, state, wait_event_type, wait_event, left(query, 120) AS query, "
+                "extract(epoch FROM now() - xact_start)::int AS xact_age FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
+            activity[s.name] = [dict(r) for r in rows]
+        finally:
+            await c.close()
+
     log = fuzz_proxy.log_path.read_text(errors="replace")
     for bad in ("Traceback", "internal error", "XX000"):
         lines = [ln for ln in log.splitlines() if bad in ln]
@@ -355,7 +375,8 @@ async def test_wire_fuzz(fuzz_proxy, pg_cluster):
 
     report = fuzz_proxy.workdir / "fuzz-failures.json"
     report.write_text(json.dumps({"seed": seed, "failures": fuzz.failures,
-                                  "healthy": healthy.errors}, indent=1))
+                                  "healthy": healthy.errors,
+                                  "server_activity": activity}, indent=1, default=str))
     kinds = Counter(f["kind"] for f in fuzz.failures)
     summary = (f"seed {seed}: {dict(kinds)} fuzz failures, {len(healthy.errors)} healthy-session "
                f"errors; details in {report}\nfirst: "
