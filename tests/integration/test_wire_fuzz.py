@@ -448,6 +448,7 @@ async def _select_1_works(conn: RawConn) -> bool:
 @pytest.mark.parametrize("case", list(_odd_inputs()))
 async def test_odd_input_answered_like_postgresql(fuzz_proxy, pg_cluster, case):
     data = _odd_inputs()[case]
+    log_from = fuzz_proxy.log_path.stat().st_size   # judge only what this test makes
     primary = pg_cluster.shards[0].primary
     pg = await RawConn.open(primary.port, pg_cluster.user, pg_cluster.password,
                             pg_cluster.database)
@@ -464,5 +465,7 @@ async def test_odd_input_answered_like_postgresql(fuzz_proxy, pg_cluster, case):
     finally:
         pg.close()
         proxy.close()
-    log = fuzz_proxy.log_path.read_text(errors="replace")
-    assert "Traceback" not in log and "internal error" not in log
+    with open(fuzz_proxy.log_path, "rb") as f:
+        f.seek(log_from)
+        log = f.read().decode(errors="replace")
+    assert "Traceback" not in log and "internal error" not in log, log[-3000:]
