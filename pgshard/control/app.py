@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 
 from aiohttp import web
@@ -26,6 +25,7 @@ from pgshard.control.openapi import build_document
 from pgshard.control.plane import ControlPlane
 from pgshard.control.routes import AUDIT, OPENAPI_DOC, PLANE, PRINCIPAL, ROUTE, ROUTES, Route
 from pgshard.store import StoreError, StoreUnavailable
+from pgshard.tls import server_context
 
 log = logging.getLogger("pgshard.control")
 
@@ -208,9 +208,7 @@ class Sidecar:
         sc = self.plane.config.sidecar
         ctx = None
         if sc.tls_cert:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.load_cert_chain(sc.tls_cert, sc.tls_key)
+            ctx = server_context(sc.tls_cert, sc.tls_key)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, sc.host, sc.port, ssl_context=ctx,

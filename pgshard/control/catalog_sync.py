@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from pgshard.background import Background
 from pgshard.control.membership import StoreStatus
 from pgshard.ring.catalog import Catalog
 from pgshard.store import CasFailed, MetadataStore, RevisionCompacted, StoreError
@@ -66,19 +67,13 @@ class CatalogFollower:
         self.revision = revision
         self.on_applied = on_applied
         self.applied_at = time.time()
-        self._task: asyncio.Task | None = None
+        self._runner = Background(self._run, "pgshard-catalog-follower")
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(),
-                                                            name="pgshard-catalog-follower")
+        self._runner.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._runner.stop()
 
     def apply(self, raw: bytes, revision: int) -> bool:
         """Apply a catalog value read at `revision` if it is newer than the one served."""

@@ -18,6 +18,7 @@ import os
 import socket
 import time
 
+from pgshard.background import Background
 from pgshard.store import Lease, LeaseExpired, MetadataStore, StoreError
 
 log = logging.getLogger("pgshard.control")
@@ -70,7 +71,7 @@ class Membership:
         self._last_refresh = 0.0
         self._registered_version: int | None = None
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._runner = Background(self._run, "pgshard-membership")
 
     @property
     def is_leader(self) -> bool:
@@ -83,15 +84,10 @@ class Membership:
         self._wake.set()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="pgshard-membership")
+        self._runner.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._runner.stop()
         if self._lease is not None:
             try:
                 # Revoking deletes routers/<id> and leader at once instead of after the TTL.

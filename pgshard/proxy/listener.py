@@ -11,16 +11,17 @@ import errno
 import logging
 import secrets
 import socket
-import ssl
 
 from pgshard.config import Config, UserConfig, parse_dsn
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import PgError
+from pgshard.proxy import routing
 from pgshard.proxy.client import ClientSession
 from pgshard.proxy.limits import ADMIT, REFUSE, ClientLimits
 from pgshard.proxy.pool import BackendPool, PoolKey, PoolSettings
 from pgshard.proxy.statements import StatementCache
 from pgshard.ring.catalog import Catalog
+from pgshard.tls import server_context
 
 log = logging.getLogger("pgshard.proxy")
 
@@ -31,26 +32,17 @@ ACCEPT_PAUSE = 0.1
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-def make_ssl_context(cert: str, key: str) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    return ctx
-
-
 class Proxy:
     def __init__(self, config: Config, catalog: Catalog | None = None):
         self.config = config
         self.catalog: Catalog | None = catalog or config.catalog
         pc = config.proxy
-        self.settings = PoolSettings(
-            pool_size=pc.pool_size, min_pool_size=pc.min_pool_size,
-            server_idle_timeout=pc.server_idle_timeout, server_lifetime=pc.server_lifetime,
-            connect_timeout=pc.connect_timeout, query_wait_timeout=pc.query_wait_timeout)
+        self.settings = PoolSettings.of(pc)
+        routing.configure_cache(pc.plan_cache_bytes)
         self.pools: dict[PoolKey, BackendPool] = {}
         self.statements = StatementCache(pc.statement_cache_bytes)
         self.clients: dict[int, ClientSession] = {}
-        self.ssl_context = make_ssl_context(pc.tls_cert, pc.tls_key) if pc.tls_cert else None
+        self.ssl_context = server_context(pc.tls_cert, pc.tls_key) if pc.tls_cert else None
         self.closing = False
         self.limits = ClientLimits(self)
         self._listeners: list[socket.socket] = []

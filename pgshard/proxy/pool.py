@@ -28,12 +28,18 @@ class PoolKey:
 
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
-    pool_size: int = 20
-    min_pool_size: int = 0
-    server_idle_timeout: float = 600.0
-    server_lifetime: float = 3600.0
-    connect_timeout: float = 5.0
-    query_wait_timeout: float = 30.0
+    """What a pool needs of [proxy] (the defaults live there, in ProxyConfig)."""
+
+    pool_size: int
+    min_pool_size: int
+    server_idle_timeout: float
+    server_lifetime: float
+    connect_timeout: float
+    query_wait_timeout: float
+
+    @classmethod
+    def of(cls, proxy_config) -> PoolSettings:
+        return cls(**{f: getattr(proxy_config, f) for f in cls.__dataclass_fields__})
 
 
 class BackendPool:

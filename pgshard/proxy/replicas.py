@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from pgshard.background import Background
 from pgshard.config import parse_dsn
 from pgshard.ring.catalog import Catalog
 
@@ -159,24 +160,17 @@ class ReplicaMonitor:
         self._history: dict[str, _History] = {}
         self._last_pick: dict[str, int] = {}
         self._round_lock = asyncio.Lock()
-        self._task: asyncio.Task | None = None
+        self._runner = Background(self._run, "pgshard-replica-monitor")
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start polling in the background (the first round runs at once)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="pgshard-replica-monitor")
+        self._runner.start()
 
     async def stop(self) -> None:
         """Stop polling and close every connection."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await self._runner.stop()
         await asyncio.gather(*(self._disconnect(n) for n in self._nodes.values()))
 
     async def _run(self) -> None:

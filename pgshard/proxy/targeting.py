@@ -88,11 +88,7 @@ class TargetingMixin:
         proxy = self.proxy
         if bind is None and fastkey.route(sql, cat, proxy.key_positions_key) == shard:
             return shard
-        a = sp.analyze(sql, cat.tables, proxy.key_positions_key)
-        if a.kind == sp.INSERT and a.keys is None and a.tables:
-            missing = [t for t in a.tables if t not in proxy.key_positions]
-            if missing:
-                raise NeedColumns(missing)
+        a = self._analyze(sql)
         if a.keys is None or a.kind not in (sp.INSERT, sp.UPDATE, sp.DELETE):
             return shard
         owners = self._key_owners(a, bind, st)
@@ -105,6 +101,17 @@ class TargetingMixin:
                 hint="leave the routing of writes to the key in the statement (or give the "
                      "row's own key in /* shard_key: … */)")
         return shard
+
+    def _analyze(self, sql: str):
+        """The pglast analysis of sql; an INSERT without a column list first needs the key
+        column's position in its table (NeedColumns: the session learns it and retries)."""
+        proxy = self.proxy
+        a = sp.analyze(sql, proxy.catalog.tables, proxy.key_positions_key)
+        if a.kind == sp.INSERT and a.keys is None and a.tables:
+            missing = [t for t in a.tables if t not in proxy.key_positions]
+            if missing:
+                raise NeedColumns(missing)
+        return a
 
     def _key_owners(self, a, bind, st) -> list[str]:
         """The shards that own the keys an analysis found, sorted."""
@@ -163,11 +170,7 @@ class TargetingMixin:
             shard = fastkey.route(sql, cat, proxy.key_positions_key)
             if shard is not None:
                 return shard
-        a = sp.analyze(sql, cat.tables, proxy.key_positions_key)
-        if a.kind == sp.INSERT and a.keys is None and a.tables:
-            missing = [t for t in a.tables if t not in proxy.key_positions]
-            if missing:
-                raise NeedColumns(missing)
+        a = self._analyze(sql)
         if a.updates_key:
             raise FeatureNotSupported(
                 "UPDATE changes the shard key column; that would move the row to another shard",

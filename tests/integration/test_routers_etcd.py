@@ -49,6 +49,8 @@ async def query(port: int, sql: str):
 
 async def test_routers_converge_register_and_survive_etcd_loss(pg_cluster, etcd):
     cluster = f"r{uuid.uuid4().hex[:10]}"
+    for s in pg_cluster.shards:
+        s.primary.psql("CREATE TABLE IF NOT EXISTS conv_t (id int)")
     cfg = runtime_config(pg_cluster, store=etcd.url, cluster=cluster)
     # B is a real `pgshard serve` process (a second manager candidate), C a stateless router.
     b_cfg = runtime_config(pg_cluster, store=etcd.url, cluster=cluster)
