@@ -31,5 +31,7 @@ describe("ring arcs", () => {
 
   it("gives shards stable colours by name", () => {
     expect(colours(["s2", "s1"])).toEqual({ s1: PALETTE[0], s2: PALETTE[1] });
+    // One entry per vnode (names repeat) gives the same colours as the names alone.
+    expect(colours(["s2", "s1", "s2", "s1", "s1"])).toEqual({ s1: PALETTE[0], s2: PALETTE[1] });
   });
 });

@@ -64,6 +64,6 @@ export const PALETTE = ["#1d4ed8", "#b45309", "#15803d", "#7e22ce", "#be123c", "
 
 export function colours(shards: string[]): Record<string, string> {
   const out: Record<string, string> = {};
-  [...shards].sort().forEach((s, i) => (out[s] = PALETTE[i % PALETTE.length]));
+  [...new Set(shards)].sort().forEach((s, i) => (out[s] = PALETTE[i % PALETTE.length]));
   return out;
 }

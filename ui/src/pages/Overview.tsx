@@ -141,9 +141,10 @@ function ServerRow({ shard, s, lag, qps }: { shard: string; s: ServerView; lag: 
     <tr>
       <th scope="row">{s.role}<br /><span className="muted">{s.address ?? ""}</span></th>
       <td className={cls} title={s.reason ?? undefined}>{text}{s.reason ? `: ${s.reason}` : ""}</td>
-      <td>{s.role === "primary" ? "—" : `${bytes(s.lag_bytes)} / ${seconds(s.lag_seconds)}`}</td>
+      <td className="nowrap">{s.role === "primary" ? "—" : `${bytes(s.lag_bytes)} / ${seconds(s.lag_seconds)}`}</td>
       <td>{s.role === "primary" ? "" : <Sparkline values={lag[k] ?? []} label={`lag of ${k} in bytes`} />}</td>
-      <td>{s.pool.active}/{s.pool.servers}/{s.pool.max_servers}{s.pool.waiters ? ` (${s.pool.waiters} waiting)` : ""}</td>
+      <td>{s.pool.max_servers === 0 ? "no pool open yet"
+        : `${s.pool.active}/${s.pool.servers}/${s.pool.max_servers}${s.pool.waiters ? ` (${s.pool.waiters} waiting)` : ""}`}</td>
       <td>{rate(qps[k] ?? null)}</td>
     </tr>
   );

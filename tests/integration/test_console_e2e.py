@@ -1,0 +1,356 @@
+"""The web console end to end in headless Chromium (Debian's chromium, driven by Playwright)
+against a real `pgshard serve` over the session's 2-shard cluster: log in, see both shards
+healthy, look up a key and compare with the ring and with where the row really is, add a
+spare shard (its own PostgreSQL server) through the form and see it listed, see the audit
+entry, browse tables/users/jobs, log in as a viewer who is offered no writes; an
+accessibility check (labels, names, contrast, keyboard) on every page. Screenshots of each
+page go to a temporary directory that the test prints (PGSHARD_CONSOLE_SHOTS overrides it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from pgshard.ring.catalog import Catalog
+from pgshard.ring.hashing import canonical_key
+from tests.fixtures.clusters import temp_cluster
+from tests.fixtures.proxy import ProxyProcess
+from tests.integration.conftest import USERS, _shards
+
+CHROMIUM = "/usr/bin/chromium"
+# As root in a sandbox without a GPU or network: the flags the machine notes prescribe.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+ADMIN_PASSWORD = "console-admin-pw"
+TABLE = "e2e_items"
+KEYS = [11, 4242, 90001, 31337, 777777]
+STEP_MS = 20_000   # any single wait in the browser
+
+
+@pytest.fixture(scope="module")
+def spare():
+    """A separate one-server PostgreSQL for the shard the test adds."""
+    with temp_cluster(shards=1, replicas=0, shard_prefix="spare") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def served(pg_cluster):
+    for s in pg_cluster.shards:
+        s.primary.psql(f"DROP TABLE IF EXISTS {TABLE}; "
+                       f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, note text)")
+    cfg = {"proxy": {"database": "app", "pool_size": 4},
+           "sidecar": {"host": "127.0.0.1", "admin_password": ADMIN_PASSWORD},
+           "users": USERS, "shards": _shards(pg_cluster),
+           "tables": [{"name": TABLE, "shard_key": "id"}], "lease_ttl": 2.0}
+    with ProxyProcess(cfg) as p:
+        with psycopg.connect(p.dsn(), connect_timeout=10, autocommit=True) as conn:
+            for k in KEYS:
+                conn.execute(f"INSERT INTO {TABLE} (id, note) VALUES (%s, 'e2e')", (k,))
+        yield p
+
+
+@pytest.fixture(scope="module")
+def shots():
+    d = Path(os.environ.get("PGSHARD_CONSOLE_SHOTS")
+             or tempfile.mkdtemp(prefix="pgshard-console-shots-"))
+    d.mkdir(parents=True, exist_ok=True)
+    print(f"\nconsole screenshots: {d}")
+    return d
+
+
+def rest(base: str, method: str, path: str, token: str | None = None, body=None):
+    req = urllib.request.Request(base + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+# ---------------------------------------------------------------------- checks in the page
+
+A11Y_JS = """() => {
+  const problems = [];
+  const text = (id) => (document.getElementById(id) || {}).textContent || "";
+  const accName = (el) => (el.getAttribute("aria-label")
+      || (el.getAttribute("aria-labelledby") || "").split(" ").map(text).join(" ")
+      || el.textContent || el.getAttribute("title") || "").trim();
+  for (const el of document.querySelectorAll("input, select, textarea")) {
+    if (el.type === "hidden") continue;
+    const ok = [...(el.labels || [])].some((l) => l.textContent.trim())
+      || el.getAttribute("aria-label") || el.getAttribute("aria-labelledby");
+    if (!ok) problems.push("input without a label: " + el.outerHTML.slice(0, 90));
+  }
+  for (const el of document.querySelectorAll("button, a[href], [role=button]"))
+    if (!accName(el)) problems.push("control without a name: " + el.outerHTML.slice(0, 90));
+  for (const el of document.querySelectorAll("img, svg[role=img]"))
+    if (!(el.getAttribute("alt") || el.getAttribute("aria-label")))
+      problems.push("image without a text alternative: " + el.outerHTML.slice(0, 60));
+  if (!document.documentElement.lang) problems.push("the page has no lang");
+  if (document.querySelectorAll("h1").length !== 1) problems.push("not exactly one h1");
+  if (!document.querySelector("main")) problems.push("no main landmark");
+  const parse = (s) => {
+    const m = /rgba?\\(([^)]+)\\)/.exec(s); if (!m) return null;
+    const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return { rgb: p.slice(0, 3), a: p.length > 3 ? p[3] : 1 };
+  };
+  const lum = (c) => {
+    const [r, g, b] = c.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c && c.a > 0.5) return c.rgb;
+    }
+    return [255, 255, 255];
+  };
+  let checked = 0;
+  for (const el of document.querySelectorAll("body *")) {
+    if (el.closest(".sr-only, .skip, svg")) continue;
+    if (![...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    const cs = getComputedStyle(el);
+    const fg = parse(cs.color).rgb, bg = background(el);
+    const l1 = lum(fg), l2 = lum(bg);
+    const ratio = (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
+    const size = parseFloat(cs.fontSize), bold = parseInt(cs.fontWeight, 10) >= 700;
+    const need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+    checked++;
+    if (ratio < need)
+      problems.push(`contrast ${ratio.toFixed(2)} < ${need}: <${el.tagName.toLowerCase()}> "${el.textContent.trim().slice(0, 40)}"`);
+  }
+  if (checked === 0) problems.push("no text was checked for contrast");
+  return problems;
+}"""
+
+
+def accessible(page: Page, where: str) -> None:
+    problems = page.evaluate(A11Y_JS)
+    assert problems == [], f"{where}: {problems}"
+
+
+def snap(page: Page, shots: Path, name: str) -> None:
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+
+def goto(page: Page, title: str) -> None:
+    page.get_by_role("navigation").get_by_role("link", name=title, exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "Sharded tables" if title == "Tables" else title, timeout=STEP_MS)
+
+
+def login(page: Page, base: str, user: str, password: str) -> None:
+    page.goto(base + "/ui/")
+    page.get_by_label("User").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible(timeout=STEP_MS)
+
+
+# ---------------------------------------------------------------------- the test
+
+def test_console_end_to_end(served, spare, pg_cluster, shots):
+    base = f"http://127.0.0.1:{served.api_port}"
+    deadline = time.monotonic() + 20
+    while True:   # the sidecar starts just after the proxy's listener
+        try:
+            rest(base, "GET", "/health")
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    where = {}
+    for s in pg_cluster.shards:
+        for line in s.primary.psql(f"SELECT id FROM {TABLE}").split():
+            where[int(line)] = s.name
+    assert sorted(where) == sorted(KEYS)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                     headless=True, timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(STEP_MS)
+            console_errors: list[str] = []
+            page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+            page.on("pageerror", lambda e: console_errors.append(f"page error: {e}"))
+            failed: set[tuple[int, str]] = set()
+            page.on("response", lambda r: r.status >= 400 and failed.add(
+                (r.status, r.url.removeprefix(base).split("?")[0])))
+            external: list[str] = []
+            page.on("request", lambda r: r.url.startswith(base) or r.url.startswith("data:")
+                    or external.append(r.url))
+
+            # -- login (wrong password first), keyboard reachable
+            page.goto(base + "/ui/")
+            expect(page.get_by_role("heading", name="pgshard console")).to_be_visible()
+            accessible(page, "login")
+            snap(page, shots, "01-login")
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.id") == page.get_by_label("User") \
+                .get_attribute("id")
+            page.keyboard.type("admin")
+            page.keyboard.press("Tab")
+            page.keyboard.type("wrong-password")
+            page.keyboard.press("Enter")
+            expect(page.get_by_role("alert")).to_contain_text("wrong password")
+            page.get_by_label("Password").fill(ADMIN_PASSWORD)
+            page.get_by_label("Password").press("Enter")
+            expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+            token = page.evaluate(
+                "JSON.parse(sessionStorage.getItem('pgshard.console.session')).token")
+            assert page.context.cookies() == []   # the token is never a cookie
+
+            # -- overview: both shards healthy, replicas measured, no alerts
+            for name in ("shard0", "shard1"):
+                card = page.get_by_test_id(f"shard-{name}")
+                expect(card.get_by_test_id("shard-health")).to_have_text("healthy")
+                expect(card.get_by_role("row", name="replica:0")).to_contain_text("healthy")
+            expect(page.get_by_test_id("no-alerts")).to_be_visible()
+            expect(page.get_by_test_id("store-health")).to_have_text("sqlite reachable")
+            accessible(page, "overview")
+            snap(page, shots, "02-overview")
+
+            # -- keyboard navigation: Tab to the Ring link, Enter follows it
+            page.locator("body").focus()
+            page.evaluate("document.activeElement.blur()")
+            ring_link = page.get_by_role("link", name="Ring", exact=True)
+            for _ in range(12):
+                page.keyboard.press("Tab")
+                focused = page.evaluate("[document.activeElement.textContent, "
+                                        "getComputedStyle(document.activeElement).outlineStyle]")
+                if focused[0] == "Ring":
+                    assert focused[1] != "none", "the focused link shows no focus ring"
+                    break
+            else:
+                pytest.fail("Tab never reached the Ring link")
+            page.keyboard.press("Enter")
+            expect(page.get_by_role("heading", level=1)).to_have_text("Ring")
+            assert ring_link.get_attribute("aria-current") == "page"
+
+            # -- ring: look up keys, compare with pgshard.ring and with the rows' shards
+            cat_json = rest(base, "GET", "/api/v1/catalog", token)
+            catalog = Catalog.from_json({k: cat_json[k] for k in
+                                         ("version", "shards", "ring", "tables", "fences")})
+            expect(page.locator("svg[role=img] path[data-owner]")).to_have_count(
+                len(catalog.ring) + 1)   # one arc per vnode, the first one in two pieces
+            for k in KEYS[:3]:
+                page.get_by_label("Shard key").fill(str(k))
+                page.get_by_label("Key type").select_option("int")
+                page.get_by_role("button", name="Look up").click()
+                result = page.get_by_test_id("lookup-result")
+                expect(result).to_contain_text(f"Key {k} ")
+                shown = page.get_by_test_id("lookup-shard").inner_text()
+                assert shown == catalog.shard_for_key(canonical_key(k)).name == where[k], k
+            page.get_by_label("Shard key").fill("12x")
+            page.get_by_role("button", name="Look up").click()
+            expect(page.get_by_role("alert")).to_contain_text("not a valid int key")
+            page.get_by_label("Shard key").fill(str(KEYS[1]))
+            page.get_by_role("button", name="Look up").click()
+            expect(page.get_by_test_id("lookup-shard")).to_have_text(where[KEYS[1]])
+            accessible(page, "ring")
+            snap(page, shots, "03-ring")
+
+            # -- jobs: this server has no jobs API; the page says so (from the 404)
+            goto(page, "Jobs")
+            expect(page.get_by_role("status")).to_contain_text(
+                "not available on this server yet")
+            expect(page.get_by_role("status")).to_contain_text("404")
+            assert page.get_by_role("progressbar").count() == 0
+            accessible(page, "jobs")
+            snap(page, shots, "04-jobs")
+
+            # -- add the spare shard through the form, with its confirmation
+            goto(page, "Overview")
+            expect(page.get_by_test_id("failover-unavailable")).to_be_visible()
+            spare_dsn = spare.describe()["shards"][0]["primary"]
+            page.get_by_label("Name", exact=True).fill("spare")
+            page.get_by_label("Primary (postgresql:// URL)").fill(spare_dsn)
+            page.get_by_role("button", name="Add shard").click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog).to_contain_text("Otherwise it owns nothing until a rebalance")
+            assert page.evaluate("document.activeElement.textContent") == "Cancel"
+            accessible(page, "add-shard confirmation")
+            snap(page, shots, "05-add-shard-confirm")
+            dialog.get_by_role("button", name="Add shard").click()
+            expect(page.get_by_test_id("shard-added")).to_contain_text("Added spare")
+            # e2e_items holds rows, so the new shard owns no ranges until a rebalance.
+            expect(page.get_by_test_id("shard-added")).to_contain_text("owns no ranges")
+            card = page.get_by_test_id("shard-spare")
+            expect(card.get_by_test_id("shard-health")).to_have_text("healthy")
+            expect(card).to_contain_text("0 vnodes")
+            expect(page.get_by_role("list", name="Alerts")).to_contain_text(
+                "shard spare owns no ranges")
+            assert [s["name"] for s in rest(base, "GET", "/api/v1/shards", token)["shards"]] \
+                == ["shard0", "shard1", "spare"]
+            accessible(page, "overview after adding a shard")
+            snap(page, shots, "06-overview-with-spare")
+
+            # -- tables
+            goto(page, "Tables")
+            expect(page.get_by_role("row", name=f"{TABLE} id")).to_be_visible()
+            accessible(page, "tables")
+            snap(page, shots, "07-tables")
+
+            # -- users: add a viewer through the form
+            goto(page, "Users")
+            page.get_by_label("Name", exact=True).fill("e2e-viewer")
+            page.get_by_label("Password (8 characters or more)").fill("viewer-password")
+            page.get_by_label("Role").select_option("viewer")
+            page.get_by_role("button", name="Add user").click()
+            expect(page.get_by_role("row", name="e2e-viewer viewer")).to_be_visible()
+            accessible(page, "users")
+            snap(page, shots, "08-users")
+
+            # -- audit: the shard.add entry, filtered by action
+            goto(page, "Audit log")
+            page.get_by_label("Action (e.g. shard.add)").fill("shard.add")
+            row = page.get_by_test_id("audit-table").get_by_role("row").filter(has_text="spare")
+            expect(row).to_have_count(1)
+            expect(row).to_contain_text("admin")
+            expect(row).to_contain_text("ok")
+            expect(row).to_contain_text("201")
+            expect(page.get_by_test_id("audit-table")).not_to_contain_text("user.add")
+            accessible(page, "audit")
+            snap(page, shots, "09-audit")
+
+            # -- a viewer: read-only pages, no forms that write
+            page.get_by_role("button", name="Log out").click()
+            login(page, base, "e2e-viewer", "viewer-password")
+            nav = page.get_by_role("navigation")
+            expect(nav.get_by_role("link", name="Overview")).to_be_visible()
+            assert nav.get_by_role("link", name="Users").count() == 0
+            expect(page.get_by_test_id("shard-spare")).to_be_visible()
+            assert page.get_by_role("button", name="Add shard").count() == 0
+            goto(page, "Tables")
+            assert page.get_by_role("button", name="Declare table").count() == 0
+            accessible(page, "tables as viewer")
+            goto(page, "Overview")
+            snap(page, shots, "10-overview-viewer")
+
+            # Chromium logs each failed fetch as a console error; those are checked by URL.
+            unexpected = [e for e in console_errors if "Failed to load resource" not in e]
+            assert unexpected == [], unexpected
+            assert failed == {(401, "/api/v1/auth/login"), (400, "/api/v1/ring/lookup"),
+                              (404, "/api/v1/jobs")}, failed
+            assert external == [], f"the console fetched from elsewhere: {external}"
+        finally:
+            browser.close()
+    for name in ("01-login", "02-overview", "03-ring", "04-jobs", "06-overview-with-spare",
+                 "07-tables", "08-users", "09-audit", "10-overview-viewer"):
+        assert (shots / f"{name}.png").stat().st_size > 5000, name
