@@ -200,6 +200,13 @@ def data_row(values: list[bytes | None]) -> bytes:
     return frame(b"D", body)
 
 
+def parameter_description(oids) -> bytes:
+    body = _U16.pack(len(oids))
+    for oid in oids:
+        body += _U32.pack(oid)
+    return frame(b"t", body)
+
+
 PARSE_COMPLETE = frame(b"1")
 BIND_COMPLETE = frame(b"2")
 CLOSE_COMPLETE = frame(b"3")
@@ -386,6 +393,11 @@ def decode_bind(body: bytes) -> BindMsg:
     rfmts = tuple(r.i16() for _ in range(nr))
     r.end()
     return BindMsg(portal, stmt, fmts, params, rfmts)
+
+
+def decode_cstr(body: bytes) -> str:
+    """The first string of a body: the portal an Execute or Bind names."""
+    return _Reader(body).cstr()
 
 
 def bind_statement_name(body: bytes) -> tuple[str, int]:

@@ -126,6 +126,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.pending_begin: str | None = None
         self.pending_failed = False
         self.stmts: dict[str, object] = {}
+        self.local_portals: dict[str, object] = {}   # portals of pgshard.* statements
         self.ops: list[tuple] = []
         self.unit_shard: str | None = None
         self.unit_fanout: Fanout | None = None
@@ -292,6 +293,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             elif t == 0x42:    # Bind
                 self._bind(raw)
             elif t == 0x45:    # Execute
+                if self.local_portals and self._local_execute(raw):
+                    return None
                 self.ops.append((OP_RAW, raw, X_EXEC))
             elif t == 0x44:    # Describe
                 self._describe(raw)
@@ -504,6 +507,9 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.stmts[pm.name] = st
         else:
             self.stmts[""] = st
+        if st.plan.kind in PGSHARD_KINDS:   # answered here, never sent to a server
+            self.ops.append((OP_FAKE, m.PARSE_COMPLETE))
+            return
         self.ops.append((OP_PARSE, st, raw, pm.name))
 
     def _lookup(self, name: str):
@@ -518,6 +524,12 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         name, _ = m.bind_statement_name(raw[5:])
         st = self._lookup(name)
         plan = st.plan
+        if plan.kind in PGSHARD_KINDS:
+            self.local_portals[m.decode_cstr(raw[5:])] = st
+            self.ops.append((OP_FAKE, m.BIND_COMPLETE))
+            return
+        if self.local_portals:   # this Bind replaces a pgshard.* portal of the same name
+            self.local_portals.pop(m.decode_cstr(raw[5:]), None)
         self._check_failed_txn(plan)
         if plan.kind in TXN_KINDS and self.unit_shard is None:
             self._release_if_idle()
@@ -562,9 +574,30 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
     def _describe(self, raw: bytes) -> None:
         kind, name = m.decode_target(raw[5:])
         if kind == b"S":
-            self.ops.append((OP_DESC_STMT, self._lookup(name)))
+            st = self._lookup(name)
+            if st.plan.kind in PGSHARD_KINDS:
+                self.ops.append((OP_FAKE, m.parameter_description(()) + _local_columns(st.plan)))
+                return
+            self.ops.append((OP_DESC_STMT, st))
+        elif name in self.local_portals:
+            self.ops.append((OP_FAKE, _local_columns(self.local_portals[name].plan)))
         else:
             self.ops.append((OP_RAW, raw, X_DESC_PORTAL))
+
+    def _local_execute(self, raw: bytes) -> bool:
+        """Execute of a pgshard.* statement's portal: run it here, queue its reply."""
+        st = self.local_portals.get(m.decode_cstr(raw[5:]))
+        if st is None:
+            return False
+        plan = st.plan
+        if plan.kind == r.SHOW_PGSHARD:
+            value = self._show_pgshard(plan.name)
+            reply = m.data_row([None if value is None else value.encode()]) + \
+                m.command_complete("SHOW")
+        else:
+            reply = m.command_complete(self._set_pgshard(plan))
+        self.ops.append((OP_FAKE, reply))
+        return True
 
     def _close(self, raw: bytes) -> None:
         kind, name = m.decode_target(raw[5:])
@@ -573,6 +606,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.stmts.pop(name, None)
             self.ops.append((OP_FAKE, m.CLOSE_COMPLETE))
         else:
+            self.local_portals.pop(name, None)
             self.ops.append((OP_RAW, raw, X_CLOSE))
 
     def _flush_ops(self, sync: bool):
@@ -692,6 +726,13 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if all(op[0] in (OP_SYNC, OP_FLUSH, OP_FAKE)
                or (op[0] == OP_PARSE and op[1].global_name) for op in ops):
             parses = [op[1] for op in ops if op[0] == OP_PARSE]
+            if not parses:   # only replies made here (pgshard.* settings, Close)
+                for op in ops:
+                    if op[0] == OP_FAKE:
+                        self.write(op[1])
+                    elif op[0] == OP_SYNC:
+                        self.write(m.ready_for_query(self._status()))
+                return True
             if parses and (all(st.validated for st in parses)
                            or self._attach_now(self._any_shard(), begin=False) is None):
                 for op in ops:
@@ -1019,6 +1060,16 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         proxy.metrics_client_disconnected(self)
+
+
+PGSHARD_KINDS = frozenset({r.SET_PGSHARD, r.RESET_PGSHARD, r.SHOW_PGSHARD})
+
+
+def _local_columns(plan: r.Plan) -> bytes:
+    """RowDescription (SHOW) or NoData (SET/RESET) of a pgshard.* statement."""
+    if plan.kind == r.SHOW_PGSHARD:
+        return m.row_description([(f"pgshard.{plan.name}", 25)])
+    return m.NO_DATA
 
 
 def _query_kind(plan: r.Plan) -> str:

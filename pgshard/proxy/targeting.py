@@ -63,11 +63,12 @@ class TargetingMixin:
             if v is None:   # matches no row anywhere: any shard answers as one database would
                 return self._any_shard()
             key = hashing.key_from_param(v, bind.param_format(i), st.param_oid(i))
+        how = "the shard_key hint"
         if key is None:
             key = self.local_key if self.local_key is not None else self.session_key
+            how = "SET pgshard.shard_key"
         if key is not None:
-            return self._explicit(cat.ring.owner(hashing.token(key)), "the shard key hint",
-                                  plan, bind, st, sql)
+            return self._explicit(cat.ring.owner(hashing.token(key)), how, plan, bind, st, sql)
         if self.session_shard is not None:
             return self._explicit(self.session_shard, "SET pgshard.shard", plan, bind, st, sql)
         if len(cat.shards) == 1:

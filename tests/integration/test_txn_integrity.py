@@ -331,3 +331,38 @@ async def test_null_shard_key_parameter_matches_no_row(env):
                                 None) == [(1,)]
     finally:
         await conn.close()
+
+
+async def test_pgshard_settings_over_the_extended_protocol(env):
+    """asyncpg's fetch/fetchval use Parse/Bind/Execute: pgshard.* is answered by the proxy
+    there too, never sent to PostgreSQL."""
+    proxy, cluster, keys = env
+    conn = await asyncpg.connect(proxy.dsn())
+    try:
+        assert await conn.fetchval("SHOW pgshard.shard_key") is None
+        assert await conn.fetch("SET pgshard.shard_key = '42'") == []
+        assert await conn.fetchval("SHOW pgshard.shard_key") == "42"
+        # A write whose own key is not on key 42's shard is refused, never misplaced.
+        ring = Ring.build([s.name for s in cluster.shards])
+        other = "shard1" if ring.owner(hashing.token(b"42")) == "shard0" else "shard0"
+        with pytest.raises(asyncpg.FeatureNotSupportedError, match="SET pgshard.shard_key"):
+            await conn.fetch("INSERT INTO accounts VALUES ($1, 'x', 0)", keys[other][4])
+        await conn.fetch("RESET pgshard.shard_key")
+        k = keys["shard1"][4]
+        stmt = await conn.prepare("SHOW pgshard.consistency")
+        assert [a.name for a in stmt.get_attributes()] == ["pgshard.consistency"]
+        assert await stmt.fetchval() == "strong"
+        await conn.fetch("SET pgshard.shard = 'shard1'")
+        # The setting routes: a write pinned by it lands on shard1 only.
+        await conn.fetch("INSERT INTO accounts VALUES ($1, 'x', 0)", k)
+        assert _on_primaries(cluster, k) == {"shard0": 0, "shard1": 1}
+        await conn.fetch("RESET pgshard.shard")
+        assert await conn.fetchval("SHOW pgshard.shard") is None
+        with pytest.raises(asyncpg.PostgresError) as ei:
+            await conn.fetch("SET pgshard.shard = 'nosuch'")
+        assert "nosuch" in str(ei.value)
+        # The session goes on; ordinary statements on the unnamed portal are not confused.
+        assert await conn.fetchval("SELECT count(*) FROM accounts WHERE id = $1", k) == 1
+        await conn.execute("DELETE FROM accounts WHERE id = $1", k)
+    finally:
+        await conn.close()
