@@ -125,7 +125,7 @@ class FanoutMixin:
         if self.multi is None and self.pending_begin is not None and fan.kind == "ddl":
             await self._open_multi()
         t0 = time.monotonic()
-        if fan.kind == "read":
+        if fan.kind == "read" or (fan.kind == "one" and self.multi is not None):
             try:
                 ok = await self._stream_read(fan, emit, hide_desc)
             finally:
@@ -162,11 +162,13 @@ class FanoutMixin:
 
     async def _stream_read(self, fan: Fanout, emit, hide_desc: int | None) -> bool:
         budget = self.proxy.config.proxy.fanout_buffer_bytes
-        spec = fan.analysis.merge if fan.analysis is not None else None
+        spec = fan.analysis.merge if fan.kind == "read" and fan.analysis is not None else None
         if self.multi is not None:
+            # In a multi-shard transaction: its held servers; a statement for one of them
+            # ("one") is relayed as that server answers it.
             servers = [self.multi.servers[sh] for sh in fan.shards]
             return await fanread.stream_read(self, fan.shards, servers, emit, spec, hide_desc,
-                                             budget)
+                                             budget, relay=fan.kind == "one")
         async with scatter.servers_for(self, fan.shards) as servers:
             return await fanread.stream_read(self, fan.shards, servers, emit, spec, hide_desc,
                                              budget)

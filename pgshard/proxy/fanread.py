@@ -90,12 +90,13 @@ class _Output:
 
 
 async def stream_read(session, shards: list[str], servers, emit, spec: MergeSpec | None,
-                      hide_desc: int | None, budget: int) -> bool:
+                      hide_desc: int | None, budget: int, relay: bool = False) -> bool:
     """Run a read on servers [(pool, server)] (one per shard, in order) and stream the
     merged reply (no ReadyForQuery) to the session. emit(server, i) queues the messages
     for shards[i]. hide_desc: the ordinal (0-based, among RowDescription/NoData replies)
-    of a description the client did not ask for. True when the result went out, False
-    when an error was sent instead (or the client left)."""
+    of a description the client did not ask for. relay: one server whose reply goes to
+    the client as it is (any statement, nothing to merge). True when the result went
+    out, False when an error was sent instead (or the client left)."""
     wake = Wakeup()
     per_shard = max(MIN_SHARD_BUDGET, budget // max(1, len(servers)))
     streams = []
@@ -106,7 +107,7 @@ async def stream_read(session, shards: list[str], servers, emit, spec: MergeSpec
         session.sync_vars_on(s)
         emit(s, i)
         s.flush()
-    walk = _Walk(session, shards, streams, spec or MergeSpec(), hide_desc, wake)
+    walk = _Walk(session, shards, streams, spec or MergeSpec(), hide_desc, wake, relay)
     try:
         return await walk.run()
     finally:
@@ -116,7 +117,10 @@ async def stream_read(session, shards: list[str], servers, emit, spec: MergeSpec
 
 class _Walk:
     def __init__(self, session, shards, streams: list[ShardStream], spec: MergeSpec,
-                 hide_desc: int | None, wake: Wakeup):
+                 hide_desc: int | None, wake: Wakeup, relay: bool = False):
+        if relay and len(streams) != 1:
+            raise ValueError("relay is for one server")
+        self.relay = relay
         self.shards = shards
         self.streams = streams
         self.spec = spec
@@ -127,7 +131,7 @@ class _Walk:
 
     async def run(self) -> bool:
         try:
-            await self._walk()
+            await (self._relay() if self.relay else self._walk())
         except ShardFailed as f:
             self.out.add(shard_error(self.shards[f.index], f.frame))
             self.out.write_now()
@@ -202,6 +206,21 @@ class _Walk:
                 descs += 1
             elif t != READY:   # the caller answers the client's Sync itself
                 self.out.add(frames[0])
+
+    async def _relay(self) -> None:
+        """One server's reply as it comes, ReadyForQuery left to the caller."""
+        st = self.streams[0]
+        while True:
+            t = await self._head(0)
+            if t is None:
+                return
+            if t == D_ROW:
+                run, _ = st.pop_rows(None)
+                await self.out.row(run)
+                continue
+            frame = st.pop()
+            if t != READY:
+                self.out.add(frame)
 
     async def _head(self, i: int) -> int | None:
         """The type of shard i's next frame (waiting for it), None once its reply ended.

@@ -360,3 +360,26 @@ async def test_error_mid_stream_is_reported_and_servers_come_back(proxy_small):
             await conn.close()
 
     await asyncio.wait_for(body(), 120)
+
+
+def test_statement_in_a_multi_shard_transaction_streams_too(proxy_small):
+    """Inside BEGIN … DDL (a transaction held on every shard) a one-shard statement is
+    relayed as its server answers, with the same backpressure."""
+    w = Wire(proxy_small.port, "wire", timeout=60)
+    try:
+        w.send(query("BEGIN"))
+        w.until_ready()
+        w.send(query("CREATE TABLE fs_txn_tmp (id bigint PRIMARY KEY)"))
+        w.until_ready()
+        before = rss_mb(proxy_small)
+        reset_peak(proxy_small)
+        w.send(query(f"SELECT g, repeat('z', {PAD}) FROM generate_series(1, 300000) g"))
+        time.sleep(4)
+        stalled = peak_mb(proxy_small)
+        got = [first_column(b, False) for t, b in w.until_ready() if t == 0x44]
+        w.send(query("ROLLBACK"))
+        w.until_ready()
+    finally:
+        w.close()
+    assert got == list(range(1, 300_001))
+    assert stalled - before < 60, (before, stalled)
