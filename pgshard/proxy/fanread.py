@@ -11,7 +11,8 @@ writes; while the client's socket is above its high-water mark the walk waits, t
 shards' streams fill to their budget and pause their servers (shardstream). A LIMIT that
 is satisfied stops the rows (later ones are dropped on arrival); an error from a shard
 is sent alone, named after its shard. Either way every server is read to its
-ReadyForQuery before it is given back, so none returns to the pool mid-reply.
+ReadyForQuery before it is given back, so none returns to the pool mid-reply. A
+statement for one server of a multi-shard transaction is relayed the same way, unmerged.
 """
 
 from __future__ import annotations
@@ -127,7 +128,6 @@ class _Walk:
         self.hide_desc = hide_desc
         self.wake = wake
         self.out = _Output(session)
-        self.peak = 0
 
     async def run(self) -> bool:
         try:
