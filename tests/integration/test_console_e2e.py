@@ -199,6 +199,17 @@ def test_console_end_to_end(served, spare, pg_cluster, shots):
             # -- login (wrong password first), keyboard reachable
             page.goto(base + "/ui/")
             expect(page.get_by_role("heading", name="pgshard console")).to_be_visible()
+            # The checker itself finds what it looks for: an unlabelled input, a nameless
+            # button, grey-on-white text (coloured through the CSSOM: the page's CSP refuses
+            # inline style attributes).
+            page.evaluate("""() => { const d = document.createElement('div'); d.id = 'bad';
+                d.innerHTML = '<input><button></button><p>faint</p>';
+                d.querySelector('p').style.color = '#bbb';
+                document.body.appendChild(d); }""")
+            found = " ".join(page.evaluate(A11Y_JS))
+            assert "input without a label" in found and "control without a name" in found
+            assert "contrast" in found and "faint" in found
+            page.evaluate("document.getElementById('bad').remove()")
             accessible(page, "login")
             snap(page, shots, "01-login")
             page.keyboard.press("Tab")
@@ -301,9 +312,13 @@ def test_console_end_to_end(served, spare, pg_cluster, shots):
             accessible(page, "overview after adding a shard")
             snap(page, shots, "06-overview-with-spare")
 
-            # -- tables
+            # -- tables; a change made elsewhere shows up without a reload (polling)
             goto(page, "Tables")
             expect(page.get_by_role("row", name=f"{TABLE} id")).to_be_visible()
+            for node in [s.primary for s in pg_cluster.shards] + [spare.shards[0].primary]:
+                node.psql("DROP TABLE IF EXISTS live_added; CREATE TABLE live_added (k int)")
+            rest(base, "PUT", "/api/v1/tables/live_added", token, {"shard_key": "k"})
+            expect(page.get_by_role("row", name="live_added k")).to_be_visible(timeout=4000)
             accessible(page, "tables")
             snap(page, shots, "07-tables")
 
