@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -75,8 +76,13 @@ def rest(base: str, method: str, path: str, token: str | None = None, body=None)
         req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError:
+        raise
+    except urllib.error.URLError as exc:   # say which call, for a diagnosable failure
+        raise ConnectionError(f"{method} {base}{path}: {exc.reason}") from exc
 
 
 # ---------------------------------------------------------------------- checks in the page
@@ -164,6 +170,15 @@ def login(page: Page, base: str, user: str, password: str) -> None:
 # ---------------------------------------------------------------------- the test
 
 def test_console_end_to_end(served, spare, pg_cluster, shots):
+    try:
+        run_console_end_to_end(served, spare, pg_cluster, shots)
+    except Exception as exc:   # with the server's side of the story
+        alive = "running" if served.alive() else f"exited ({served.proc.returncode})"
+        raise AssertionError(f"{exc}\n--- pgshard ({alive}) log tail ---\n{served.log()}") \
+            from exc
+
+
+def run_console_end_to_end(served, spare, pg_cluster, shots):
     base = f"http://127.0.0.1:{served.api_port}"
     deadline = time.monotonic() + 20
     while True:   # the sidecar starts just after the proxy's listener

@@ -1,7 +1,7 @@
 // The console shell: login, navigation between pages (hash routes, so /ui serves one file),
 // and the pages a role may use; what a role may not do is not offered.
 import { useCallback, useEffect, useState } from "react";
-import { ApiError, can, loadSession, saveSession, serverPaths, type Session } from "./lib/api";
+import { UNAUTHORIZED_EVENT, can, loadSession, saveSession, serverPaths, type Session } from "./lib/api";
 import { Login } from "./pages/Login";
 import { Overview } from "./pages/Overview";
 import { Ring } from "./pages/Ring";
@@ -46,11 +46,10 @@ export function App() {
   }, []);
   // An expired or revoked token: back to the login form, saying why.
   useEffect(() => {
-    const onReject = (e: PromiseRejectionEvent) => {
-      if (e.reason instanceof ApiError && e.reason.status === 401) logout(e.reason.message);
-    };
-    window.addEventListener("unhandledrejection", onReject);
-    return () => window.removeEventListener("unhandledrejection", onReject);
+    const onUnauthorized = (e: Event) =>
+      logout(`Logged out: ${(e as CustomEvent<string>).detail}`);
+    window.addEventListener(UNAUTHORIZED_EVENT, onUnauthorized);
+    return () => window.removeEventListener(UNAUTHORIZED_EVENT, onUnauthorized);
   }, [logout]);
   useEffect(() => {
     if (!session) return;

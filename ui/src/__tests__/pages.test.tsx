@@ -50,6 +50,19 @@ describe("login", () => {
   });
 });
 
+describe("session end", () => {
+  it("goes back to the login form, saying why, when the token stops working", async () => {
+    fakeServer({ "GET /api/v1/openapi.json": OPENAPI,
+      "GET /api/v1/overview": { status: 401, body: { title: "Unauthorized", status: 401,
+        detail: "the token has expired; log in again" } } });
+    sessionStorage.setItem("pgshard.console.session", JSON.stringify(session("admin", ADMIN)));
+    render(<App />);
+    expect((await screen.findByRole("status")).textContent).toContain("the token has expired");
+    expect(screen.getByRole("button", { name: "Log in" })).toBeTruthy();
+    expect(sessionStorage.getItem("pgshard.console.session")).toBeNull();
+  });
+});
+
 describe("overview", () => {
   it("shows every shard's health and raises the server's alerts", async () => {
     const doc = overviewDoc({ alerts: [{ severity: "critical", kind: "primary", subject: "shard1",

@@ -12,6 +12,7 @@ export class ApiError extends Error {
 }
 
 const TOKEN_KEY = "pgshard.console.session";
+export const UNAUTHORIZED_EVENT = "pgshard:unauthorized";
 
 export interface Session {
   token: string;
@@ -68,7 +69,12 @@ export async function request<T>(
   }
   if (!resp.ok) {
     const p = (data ?? {}) as { title?: string; detail?: string };
-    throw new ApiError(resp.status, p.title ?? resp.statusText, p.detail ?? String(text));
+    const err = new ApiError(resp.status, p.title ?? resp.statusText, p.detail ?? String(text));
+    // A token that stopped working (expired, user deleted): the shell logs out.
+    if (resp.status === 401 && opts.token) {
+      window.dispatchEvent(new CustomEvent(UNAUTHORIZED_EVENT, { detail: err.message }));
+    }
+    throw err;
   }
   return data as T;
 }
