@@ -138,8 +138,9 @@ async def _server_states(request: web.Request, catalog) -> tuple[dict, str]:
         for shard in unchecked:
             entry = states.setdefault(shard.name, {"replicas": []})
             entry["primary"] = results[shard.primary]
-    return states, "replica-monitor" if monitor is not None and not unchecked else (
-        "replica-monitor+probe" if monitor is not None else "probe")
+    sources = (["replica-monitor"] if monitor is not None else []) + (["probe"] if unchecked
+                                                                       else [])
+    return states, "+".join(sources)
 
 
 class PrimaryProbe:
@@ -180,7 +181,7 @@ class PrimaryProbe:
                 result["reachable"] = True
             finally:
                 await asyncio.wait_for(conn.close(), self.timeout)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except Exception as exc:   # whatever the failure, the answer is "not reachable"
             result["last_error"] = str(exc) or type(exc).__name__
         self._cache[dsn] = (time.monotonic(), result)
         return result

@@ -194,3 +194,30 @@ async def test_new_endpoints_are_documented(api):
     status, doc, _ = await api.request("GET", "/api/v1/openapi.json")
     assert status == 200
     assert {"/api/v1/overview", "/api/v1/ring/lookup", "/api/v1/auth/me"} <= set(doc["paths"])
+
+
+async def test_without_replicas_the_overview_probes_primaries_and_flags_a_dead_one(pg_cluster):
+    """No shard has replicas, so no replica monitor runs: the console probes the primaries
+    itself, and a primary nobody listens on is a critical alert."""
+    from pgshard.cluster import free_port
+    from tests.fixtures.runtime import shards_of
+
+    shards = [{**s, "replicas": []} for s in shards_of(pg_cluster)]
+    dead_port = free_port()
+    shards.append({"name": "dead", "replicas": [],
+                   "primary": f"postgresql://app:x@127.0.0.1:{dead_port}/app"})
+    async with running_runtime(runtime_config(pg_cluster, shards=shards)) as rt, \
+            aiohttp.ClientSession() as session:
+        assert rt.proxy.replicas is None
+        api = Api(rt.api_url, session)
+        api.tokens["admin"] = await api.login("admin", ADMIN_PASSWORD)
+        status, doc, _ = await api.request("GET", "/api/v1/overview", role="admin")
+        assert status == 200, doc
+        assert doc["health_source"] == "probe"
+        health = {s["name"]: s["healthy"] for s in doc["shards"]}
+        assert health == {"shard0": True, "shard1": True, "dead": False}
+        dead = next(s for s in doc["shards"] if s["name"] == "dead")
+        assert dead["servers"][0]["address"] == f"127.0.0.1:{dead_port}"
+        assert dead["servers"][0]["reason"]
+        assert [(a["severity"], a["subject"]) for a in doc["alerts"]
+                if a["kind"] == "primary"] == [("critical", "dead")]

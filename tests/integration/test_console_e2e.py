@@ -53,7 +53,8 @@ def served(pg_cluster):
            "sidecar": {"host": "127.0.0.1", "admin_password": ADMIN_PASSWORD},
            "users": USERS, "shards": _shards(pg_cluster),
            "tables": [{"name": TABLE, "shard_key": "id"}], "lease_ttl": 2.0}
-    with ProxyProcess(cfg) as p:
+    # Its own session: no signal meant for the test runner's process group reaches it.
+    with ProxyProcess(cfg, preexec_fn=os.setsid) as p:
         with psycopg.connect(p.dsn(), connect_timeout=10, autocommit=True) as conn:
             for k in KEYS:
                 conn.execute(f"INSERT INTO {TABLE} (id, note) VALUES (%s, 'e2e')", (k,))
