@@ -12,9 +12,16 @@ import aiohttp
 import asyncpg
 import pytest
 
+from pgshard.cluster import free_port
 from pgshard.ring.catalog import Catalog
 from pgshard.ring.hashing import canonical_key
-from tests.fixtures.runtime import ADMIN_PASSWORD, Api, running_runtime, runtime_config
+from tests.fixtures.runtime import (
+    ADMIN_PASSWORD,
+    Api,
+    running_runtime,
+    runtime_config,
+    shards_of,
+)
 
 TABLE = "console_items"
 
@@ -199,9 +206,6 @@ async def test_new_endpoints_are_documented(api):
 async def test_without_replicas_the_overview_probes_primaries_and_flags_a_dead_one(pg_cluster):
     """No shard has replicas, so no replica monitor runs: the console probes the primaries
     itself, and a primary nobody listens on is a critical alert."""
-    from pgshard.cluster import free_port
-    from tests.fixtures.runtime import shards_of
-
     shards = [{**s, "replicas": []} for s in shards_of(pg_cluster)]
     dead_port = free_port()
     shards.append({"name": "dead", "replicas": [],
