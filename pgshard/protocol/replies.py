@@ -41,7 +41,7 @@ class ReplyMatcher:
     request; ("parse_failed", statement, client_name) a Parse this server refused;
     ("stray_error", body) an ErrorResponse nobody asked for (a shutdown, say)."""
 
-    __slots__ = ("expect", "txn_status", "unsynced", "held", "events")
+    __slots__ = ("expect", "txn_status", "unsynced", "unit_failed", "skipping", "events")
 
     def __init__(self):
         self.expect: deque[list] = deque()
@@ -49,14 +49,22 @@ class ReplyMatcher:
         # Extended-protocol work sent since the last Sync/Query: 0 none, 1 only Parse/
         # Describe/Close (harmless to Sync), 2 a Bind or Execute (a Sync would commit it).
         self.unsynced = 0
-        # While the client holds a BEGIN back, a server that only looked reports I; the
-        # client is told held instead (T, or E once an error went by).
-        self.held: bytes | None = None
+        # An ErrorResponse went by since the last ReadyForQuery.
+        self.unit_failed = False
+        # An extended-protocol error: the server ignores every message up to the next Sync,
+        # including those sent after the error (their replies never come).
+        self.skipping = False
         self.events: list[tuple] = []
 
     def push(self, kind: int, swallow: bool = False, fake=None):
         """Record that a reply to one request is due. An X_FAKE with nothing owed before it
-        is returned at once, for the caller to write; otherwise None."""
+        is returned at once, for the caller to write; otherwise None.
+
+        fake is what the reply stands for: the bytes of an X_FAKE; (statement, client name)
+        of an X_PARSE; the statement of an X_DESC_STMT; for an X_SYNC or X_QUERY, the status
+        the client is in while it holds a BEGIN back (T or E): a server that only looked
+        then reports I, and the client is told its own status instead (E once an error
+        went by)."""
         if kind == X_FAKE:
             if not self.expect:
                 return fake
@@ -89,28 +97,29 @@ class ReplyMatcher:
                 if t == 0x45:
                     events.append(("stray_error", bytes(data[s + 5:e])))
             elif t == 0x5A:  # ReadyForQuery
+                if self.skipping:
+                    # The Sync's answer: whatever was queued before it was skipped.
+                    self.skipping = False
+                    self._drop_until_sync()
                 head = expect.popleft()
                 status = self.txn_status = data[s + 5:s + 6]
                 keep = not head[1]
                 at_idle = not expect
-                if keep and status == b"I" and self.held is not None:
+                if keep and status == b"I" and head[2] is not None:
                     keep = False
                     if span < s:
                         out.append(data[span:s])
                     span = e
-                    out.append(m.ready_for_query(self.held))
+                    out.append(m.ready_for_query(b"E" if self.unit_failed else head[2]))
+                self.unit_failed = False
             elif t == 0x45:  # ErrorResponse: always forwarded
                 events.append(("error", bytes(data[s + 5:e])))
-                if self.held is not None:
-                    self.held = b"E"
-                head = expect[0]
-                if head[0] != X_QUERY:
-                    if head[0] == X_PARSE and head[2]:
-                        # The statement does not exist here (nor, for the client, at all).
-                        events.append(("parse_failed", head[2][0], head[2][1]))
-                    # The server now skips everything up to the next Sync.
-                    while expect and expect[0][0] != X_SYNC:
-                        expect.popleft()
+                self.unit_failed = True
+                if expect[0][0] != X_QUERY:
+                    # The server now skips everything up to the next Sync: the failed request
+                    # and every one after it.
+                    self.skipping = True
+                    self._drop_until_sync()
             else:
                 head = expect[0]
                 kind = head[0]
@@ -148,6 +157,15 @@ class ReplyMatcher:
         if expect:
             return write, 0
         return write, AT_IDLE if at_idle else DRAINED
+
+    def _drop_until_sync(self) -> None:
+        """Forget requests the server skipped. A Parse among them (failed, or never run)
+        left no statement here (nor, for the client, at all)."""
+        expect = self.expect
+        while expect and expect[0][0] != X_SYNC:
+            dropped = expect.popleft()
+            if dropped[0] == X_PARSE and dropped[2]:
+                self.events.append(("parse_failed", dropped[2][0], dropped[2][1]))
 
     def reset(self) -> None:
         """Forget what was owed (the connection is gone)."""

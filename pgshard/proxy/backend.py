@@ -254,8 +254,6 @@ class ServerConnection(asyncio.Protocol):
             self._idle_messages(frames, data)
             return
         replies = self.replies
-        held = getattr(client, "pending_begin", None)
-        replies.held = None if held is None else b"E" if client.pending_failed else b"T"
         write, state = replies.feed(frames, data)
         if replies.events:
             self._handle(replies.events, client)

@@ -13,6 +13,7 @@ from pgshard.protocol import messages as m
 from pgshard.protocol.errors import (
     ConnectionFailure,
     FeatureNotSupported,
+    InFailedSqlTransaction,
     InvalidSqlStatementName,
     MalformedMessage,
     PgError,
@@ -325,7 +326,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         except PgError as exc:
             if exc.fatal:
                 raise
-            self._fail(exc, simple=(t == 0x51))
+            self._fail(exc, simple=(t == 0x51), synced=(t == 0x53))
         except NeedColumns as nc:
             return self._guard(self._learn_then_dispatch(nc.tables, t, raw), t == 0x51)
         return None
@@ -334,6 +335,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         """A Sync or Flush with a body: what came before it runs, then an ERROR 08P01 (and
         at a Sync, ReadyForQuery), as PostgreSQL answers."""
         exc = MalformedMessage("invalid message format")
+        if self.ops:
+            self.ops.append((OP_FLUSH,))   # what came before is answered before the error
         aw = self._flush_ops(sync=False) if self.ops else None
         if sync:   # the unit ends here, as at any Sync
             self.unit_shard = self.unit_fanout = None
@@ -368,6 +371,12 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             return self.server.txn_status
         return b"I"
 
+    def _held(self) -> bytes | None:
+        """While a BEGIN is held back, the status a server's ReadyForQuery must report."""
+        if self.pending_begin is None:
+            return None
+        return b"E" if self.pending_failed else b"T"
+
     def _reply(self, data: bytes) -> None:
         """A locally made reply, kept in order behind anything the server still owes."""
         s = self.server
@@ -378,9 +387,15 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def _query(self, raw: bytes):
         if self.ops:
+            # Extended messages before it run first, and are answered at once (a Flush):
+            # the Query may go to another server.
+            self.ops.append((OP_FLUSH,))
             aw = self._flush_ops(sync=False)
             if aw is not None:
                 return self._guard(self._then_query(aw, raw), True)
+        # A simple Query destroys the unnamed statement and portal, as in PostgreSQL.
+        self.stmts.pop("", None)
+        self.local_portals.pop("", None)
         sql = m.decode_query(raw[5:])
         plan = r.plan(sql)
         kind = plan.kind
@@ -391,9 +406,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         attached = self.server is not None
         if self.multi is not None and kind not in LOCAL_KINDS:
             return self._guard(self._multi_query(raw, sql, plan), True)
-        if self.pending_failed and not attached and kind not in (r.COMMIT, r.ROLLBACK):
-            raise PgError("current transaction is aborted, commands ignored until end of "
-                          "transaction block", sqlstate="25P02")
+        if self.pending_failed and kind not in (r.COMMIT, r.ROLLBACK):
+            raise _aborted()
         if kind in TXN_KINDS and not attached and self.pool_mode == "transaction":
             self._local_txn(kind, sql)
             self.write(m.ready_for_query(self._status()))
@@ -447,7 +461,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     async def _then_query(self, aw, raw: bytes) -> None:
         await aw
-        aw2 = self._query(raw)
+        try:
+            aw2 = self._query(raw)
+        except NeedColumns as nc:
+            await self._learn_columns(nc.tables)
+            aw2 = self._query(raw)
         if aw2 is not None:
             await aw2
 
@@ -462,7 +480,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self._qkind = _query_kind(plan)
         s.unnamed_owner = None
         s.send(raw)
-        s.push(X_QUERY)
+        s.push(X_QUERY, fake=self._held())
         s.flush()
 
     def _local_txn(self, kind: str, sql: str) -> None:
@@ -542,18 +560,19 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         else:
             shard = self._target(plan, bind, st)
         if isinstance(shard, Fanout):
-            if self.unit_shard is not None or self.unit_fanout is not None:
+            if self.unit_shard is not None or self.unit_fanout is not None \
+                    or any(op[0] == OP_BIND for op in self.ops):
                 raise FeatureNotSupported(
                     "a statement that needs several shards cannot share a pipeline with other "
                     "statements", hint="send a Sync before and after it")
             self.unit_fanout = shard
             self.ops.append((OP_BIND, st, raw, bind))
             return
+        if self.unit_fanout is not None:
+            raise FeatureNotSupported(
+                "a statement that needs several shards cannot share a pipeline with other "
+                "statements", hint="send a Sync before and after it")
         if shard is not None:
-            if self.unit_fanout is not None:
-                raise FeatureNotSupported(
-                    "a statement that needs several shards cannot share a pipeline with other "
-                    "statements", hint="send a Sync before and after it")
             if self.unit_shard is not None and shard != self.unit_shard:
                 raise r.CrossShardTransaction(
                     f"statement routes to shard {shard} but this pipeline already runs on "
@@ -636,8 +655,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             return
         unit = target
         if target is None:
-            target = self.shard if self.server is not None else self._any_shard()
+            target = self._any_shard()
         executes = any(op[0] == OP_BIND or (op[0] == OP_RAW and op[2] == X_EXEC) for op in ops)
+        if executes and self.pending_failed:
+            raise _aborted()   # the held-back transaction failed: nothing runs until its end
         if unit is not None:
             role = self.unit_role
         elif self.server is not None:
@@ -693,7 +714,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 push(X_FAKE, fake=op[1])
             elif k == OP_SYNC:
                 send(m.SYNC)
-                push(X_SYNC)
+                push(X_SYNC, fake=self._held())
                 self._t0 = time.monotonic()
             elif k == OP_FLUSH:
                 send(m.FLUSH)
@@ -821,6 +842,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         s.send(m.query(self.pending_begin))
         s.push(X_QUERY, swallow=True)
         self.pending_begin = None
+        self.pending_failed = False
         s.unnamed_owner = None
 
     async def _attach(self, shard: str, begin: bool = True, role: str = "primary"):
@@ -966,13 +988,20 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
     # ------------------------------------------------------------ errors
 
     def _fail(self, exc: PgError, simple: bool, synced: bool = False) -> None:
-        """Report a routing error as PostgreSQL would, keeping transaction state true."""
+        """Report a routing error as PostgreSQL would, keeping transaction state true.
+        The unit it ends runs nowhere; at a Sync (synced) the client also gets its Z."""
         s = self.server
-        if s is not None:   # the server raises it: counted when its error passes by
+        ops, self.ops = self.ops, []
+        self.unit_shard = self.unit_fanout = None
+        self.unit_role = "primary"
+        if s is not None and (s.txn_status != b"I" or s.unsynced == 2):
+            # The server's transaction (an explicit one, or the implicit one of a unit it
+            # has run part of) must fail too, so the server raises the error itself;
+            # counted when its error passes by.
             sql = _raise_sql(exc)
             if simple:
                 s.send(m.query(sql))
-                s.push(X_QUERY)
+                s.push(X_QUERY, fake=self._held())
             else:
                 s.send(m.parse("", sql) + m.bind("", "") + m.execute())
                 s.push(X_PARSE, swallow=True)
@@ -980,33 +1009,30 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 s.push(X_EXEC)
                 if synced:
                     s.send(m.SYNC)
-                    s.push(X_SYNC)
+                    s.push(X_SYNC, fake=self._held())
                 else:
                     self.skip_until_sync = True
             s.unnamed_owner = None
             s.flush()
-            self.ops = []
             return
         self.proxy.metrics_error(exc.sqlstate)
-        for op in self.ops:
-            if op[0] == OP_PARSE:
-                self.write(m.PARSE_COMPLETE)
-        self.ops = []
-        self.unit_shard = None
-        self.unit_fanout = None
-        self.write(m.error_from(exc))
+        out = [m.PARSE_COMPLETE for op in ops if op[0] == OP_PARSE]
+        out.append(m.error_from(exc))
         if self.pending_begin is not None:
             self.pending_failed = True
         if simple or synced:
-            self.write(m.ready_for_query(self._status()))
+            out.append(m.ready_for_query(self._status()))
         else:
             self.skip_until_sync = True
+        # After whatever a server that only looked still owes the client.
+        self._reply(b"".join(out))
+        if simple or synced:
+            self._release_if_idle()
 
     def _check_failed_txn(self, plan: r.Plan) -> None:
-        if self.pending_failed and self.server is None \
+        if self.pending_failed \
                 and plan.kind not in (r.COMMIT, r.ROLLBACK):
-            raise PgError("current transaction is aborted, commands ignored until end of "
-                          "transaction block", sqlstate="25P02")
+            raise _aborted()
 
     def server_error(self, body: bytes) -> None:
         """An ErrorResponse reached the client: a held-back transaction is now failed."""
@@ -1077,6 +1103,11 @@ def _query_kind(plan: r.Plan) -> str:
     if plan.kind != r.STATEMENT:
         return "other"
     return "read" if plan.is_read else "ddl" if plan.is_ddl else "write"
+
+
+def _aborted() -> PgError:
+    return InFailedSqlTransaction("current transaction is aborted, commands ignored until end "
+                                  "of transaction block")
 
 
 def _listen_error() -> PgError:

@@ -99,7 +99,11 @@ class FanoutMixin:
                 and self.pool_mode == "transaction" and self.multi is None:
             self._detach()
 
-    def _check_fanout(self, fan: Fanout) -> None:
+    async def _check_fanout(self, fan: Fanout) -> None:
+        # A server still answering the client's previous request (pipelined) is let go
+        # once it has answered, unless a transaction keeps it.
+        while self.server is not None and self.server.expect:
+            await self._wait_idle_point()
         self._release_if_idle()
         if self.server is not None:
             raise FeatureNotSupported(
@@ -282,7 +286,7 @@ class FanoutMixin:
 
     async def _fanout(self, fan: Fanout, parts, sql: str, simple: bool) -> None:
         """A simple Query on several shards."""
-        self._check_fanout(fan)
+        await self._check_fanout(fan)
         a = fan.analysis
         if fan.kind == "read" and a.shard_sql:
             parts = [(m.query(a.shard_sql), X_QUERY, False)]
@@ -296,13 +300,13 @@ class FanoutMixin:
 
     async def _fanout_ext(self, fan: Fanout, ops, sync: bool) -> None:
         """An extended-protocol unit (Parse/Bind/Describe/Execute) on several shards."""
-        self._check_fanout(fan)
+        await self._check_fanout(fan)
         a = fan.analysis
         hidden = a.merge.hidden if fan.kind == "read" and a.merge else 0
         parts: list[tuple[bytes, int, bool]] = []
         parsed = set()
         hide = None
-        for op in ops:
+        for at, op in enumerate(ops):
             k = op[0]
             if k == OP_PARSE:
                 st = op[1]
@@ -318,10 +322,11 @@ class FanoutMixin:
                     rf = tuple(rf) + (0,) * hidden
                 parts.append((m.bind(bind.portal, "", bind.params, bind.param_formats, rf),
                               X_BIND, False))
-                if fan.kind == "read" and not any(o[0] == OP_RAW and o[2] == X_DESC_PORTAL
-                                                  for o in ops):
-                    # The merge needs the column types even when the client did not ask;
-                    # the reply to this Describe is not sent on.
+                nxt = ops[at + 1] if at + 1 < len(ops) else None
+                if fan.kind == "read" and not (nxt is not None and nxt[0] == OP_RAW
+                                               and nxt[2] == X_DESC_PORTAL):
+                    # The merge needs the column types before the first row, even when the
+                    # client did not ask for them (or asks later); this reply is not sent on.
                     hide = sum(1 for p in parts if p[1] in (X_DESC_STMT, X_DESC_PORTAL))
                     parts.append((m.describe(b"P", bind.portal), X_DESC_PORTAL, False))
             elif k == OP_DESC_STMT:

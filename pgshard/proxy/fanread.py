@@ -189,7 +189,8 @@ class _Walk:
                 continue
             if t == D_ROW or (rows_due and t in (_COMPLETE, _SUSPENDED)):
                 if cols is None:
-                    raise ProtocolViolation("a shard sent rows without a RowDescription")
+                    raise FeatureNotSupported("cannot merge rows whose columns were never "
+                                              "described (a pipeline pgshard cannot follow)")
                 tag_count = await self._rows(Merger(self.spec, cols))
                 rows_due = False
                 continue

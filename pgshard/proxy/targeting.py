@@ -20,6 +20,10 @@ class TargetingMixin:
         so that no one shard is needed by everyone."""
         if self.session_shard:
             return self.session_shard
+        if self.unit_shard is not None:   # a pipeline already bound to a shard stays there
+            return self.unit_shard
+        if self.server is not None:       # so does a client that holds a server
+            return self.shard
         cat = self.proxy.catalog
         shards = cat.serving_shards() or cat.shard_names()   # a new shard may lack the schema
         n = len(shards)
@@ -74,7 +78,7 @@ class TargetingMixin:
         if len(cat.shards) == 1:
             return cat.shards[0].name
         if plan.kind != r.STATEMENT:
-            return self.shard if self.server is not None else self._any_shard()
+            return self._any_shard()
         return self._auto_route(sql if sql is not None else st.sql, bind, st)
 
     def _explicit(self, shard: str, how: str, plan: r.Plan, bind, st, sql: str | None) -> str:
@@ -179,7 +183,7 @@ class TargetingMixin:
         if a.keys is not None:
             owners = self._key_owners(a, bind, st)
             if not owners:
-                return self.shard if self.server is not None else self._any_shard()
+                return self._any_shard()
             if len(owners) == 1:
                 return owners[0]
             if a.kind == sp.SELECT and not a.locking:
@@ -204,7 +208,7 @@ class TargetingMixin:
                 hint="write the rows of each shard in its own statement")
         if a.kind == sp.UNPARSED:
             # Never guess: unparsable SQL goes to a primary, where it will most likely fail.
-            return self.shard if self.server is not None else self._any_shard()
+            return self._any_shard()
         if a.tables:
             if a.kind == sp.SELECT and not a.locking:
                 if a.refuse:
@@ -224,5 +228,5 @@ class TargetingMixin:
                 hint="declare the table with its shard key ([[tables]] in the config, or PUT "
                      "/api/v1/tables/<name>), or pin the statement: /* shard: <name> */ or "
                      "/* shard_key: <value> */")
-        return self.shard if self.server is not None else self._any_shard()
+        return self._any_shard()
 

@@ -118,16 +118,16 @@ def test_fake_with_nothing_owed_is_written_at_once():
 
 def test_held_begin_turns_idle_into_in_transaction_and_failed():
     r = ReplyMatcher()
-    r.held = b"T"
     r.push(X_PARSE)
-    r.push(X_SYNC)
+    r.push(X_SYNC, fake=b"T")            # sent while the client held its BEGIN back
     assert feed(r, PARSE_OK + Z(b"I")) == (PARSE_OK + Z(b"T"), AT_IDLE)
     assert r.txn_status == b"I"          # the server's own truth is kept
     r.push(X_PARSE)
-    r.push(X_SYNC)
+    r.push(X_SYNC, fake=b"T")
     assert feed(r, ERROR + Z(b"I")) == (ERROR + Z(b"E"), AT_IDLE)   # an error went by
-    r.held = None
-    r.push(X_QUERY)
+    r.push(X_QUERY, fake=b"E")           # the held transaction had failed before
+    assert feed(r, SELECT1 + Z(b"I")) == (SELECT1 + Z(b"E"), AT_IDLE)
+    r.push(X_QUERY)                      # not held: the server's status as it is
     assert feed(r, SELECT1 + Z(b"T")) == (SELECT1 + Z(b"T"), AT_IDLE)
 
 
@@ -181,3 +181,33 @@ def test_replies_split_across_reads_keep_their_place():
                 out += b"".join(bytes(w) for w in write) if isinstance(write, list) else bytes(write)
     assert out == BIND_OK + ROW + ROW + SELECT1 + Z() and states[-1] == AT_IDLE
     assert states.count(AT_IDLE) == 1
+
+
+def test_parses_skipped_after_an_error_are_reported_as_not_there():
+    r = ReplyMatcher()
+    a, b = Stmt(), Stmt()
+    r.push(X_BIND)
+    r.push(X_EXEC)
+    r.push(X_PARSE, True, (a, None))     # skipped by the server: never prepared
+    r.push(X_FAKE, fake=PARSE_OK)        # nor is this ParseComplete due
+    r.push(X_PARSE, False, (b, "s2"))
+    r.push(X_SYNC)
+    assert feed(r, ERROR + Z()) == (ERROR + Z(), AT_IDLE)
+    assert [e[0] for e in r.events] == ["error", "parse_failed", "parse_failed"]
+    assert [e[1] for e in r.events[1:]] == [a, b]
+
+
+def test_requests_sent_after_an_error_are_skipped_up_to_the_sync():
+    r = ReplyMatcher()
+    r.push(X_PARSE)
+    r.push(X_EXEC)                       # fails: the server skips to the next Sync
+    assert feed(r, PARSE_OK + ERROR) == (PARSE_OK + ERROR, DRAINED)
+    # Sent before the error was seen (pipelined): never answered, then the Sync's Z.
+    r.push(X_PARSE, True)
+    r.push(X_BIND, True)
+    r.push(X_EXEC)
+    r.push(X_QUERY)                      # a Query is skipped too
+    r.push(X_SYNC, fake=b"T")
+    r.push(X_QUERY)
+    assert feed(r, Z(b"I")) == (Z(b"E"), 0)
+    assert feed(r, SELECT1 + Z(b"I")) == (SELECT1 + Z(b"I"), AT_IDLE)
