@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { act, fireEvent, render, screen, waitFor } from "@testing-library/react";
+import { act, fireEvent, render, screen, waitFor, within } from "@testing-library/react";
 import { App } from "../App";
 import { Jobs } from "../pages/Jobs";
 import { Overview } from "../pages/Overview";
@@ -47,6 +47,27 @@ describe("login", () => {
     // No switchover/failover in this server's API document: said so, no buttons.
     expect(screen.getByTestId("failover-unavailable").textContent).toContain("not available");
     expect(screen.queryByRole("button", { name: /switchover|failover/i })).toBeNull();
+  });
+});
+
+describe("roles", () => {
+  it("offers an operator catalog changes but not the users page", async () => {
+    fakeServer({ "GET /api/v1/openapi.json": OPENAPI, "GET /api/v1/overview": { body: overviewDoc() } });
+    sessionStorage.setItem("pgshard.console.session", JSON.stringify(
+      session("operator", ["audit:read", "catalog:read", "catalog:write"])));
+    render(<App />);
+    await screen.findByTestId("shard-shard0");
+    expect(screen.getByRole("button", { name: "Add shard" })).toBeTruthy();
+    expect(screen.queryByRole("link", { name: "Users" })).toBeNull();
+    expect(screen.getByRole("link", { name: "Audit log" })).toBeTruthy();
+  });
+
+  it("tells an app user the console has nothing for that role", async () => {
+    fakeServer({ "GET /api/v1/openapi.json": OPENAPI });
+    sessionStorage.setItem("pgshard.console.session", JSON.stringify(session("app", ["execute"])));
+    render(<App />);
+    expect((await screen.findByRole("status")).textContent).toContain("has no console pages");
+    expect(within(screen.getByRole("navigation")).queryAllByRole("link")).toHaveLength(0);
   });
 });
 
