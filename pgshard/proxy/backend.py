@@ -142,8 +142,11 @@ class ServerConnection(asyncio.Protocol):
 
     @property
     def unsynced(self) -> int:
-        """0, or 1 (look-only) / 2 (Bind/Execute) extended-protocol work not yet Synced."""
-        return self.replies.unsynced
+        """0, or 1 (look-only) / 2 (Bind/Execute) extended-protocol work not yet Synced.
+        A server skipping to a Sync after an error counts as 1: only a Sync brings it back
+        (it ignores every other message, a Query too), and its failed work is undone."""
+        r = self.replies
+        return r.unsynced or (1 if r.skipping else 0)
 
     @property
     def usable(self) -> bool:

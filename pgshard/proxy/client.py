@@ -57,6 +57,8 @@ from pgshard.proxy.units import (
 
 log = logging.getLogger("pgshard.client")
 
+ORPHAN_TIMEOUT = 10.0   # seconds a server left by its client may take to reach an idle point
+
 
 def _raise_sql(exc: PgError) -> str:
     """A statement that makes a server raise exc, so its transaction state follows."""
@@ -918,7 +920,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         extended-protocol unit with a Sync (only look-only units reach here, or a client
         that is gone, whose Bind/Execute must not be committed: see _cleanup), then run
         sql (ROLLBACK / DISCARD ALL) if given; replies go nowhere."""
-        s.client = _Orphan(s.pool)
+        orphan = s.client = _Orphan(s.pool)
         if s.unsynced:
             s.send(m.SYNC)
             s.push(X_SYNC, swallow=True)
@@ -926,6 +928,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             s.send(m.query(sql))
             s.push(X_QUERY, swallow=True)
         s.flush()
+
+        def check() -> None:   # never let a server that does not come back hold a pool slot
+            if s.client is orphan and s.usable:
+                s.abort("did not come back to an idle point after its client left")
+        asyncio.get_running_loop().call_later(ORPHAN_TIMEOUT, check)
 
     def server_idle(self, s) -> None:
         """Called by the server connection when every request has been answered."""

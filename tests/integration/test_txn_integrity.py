@@ -366,3 +366,14 @@ async def test_pgshard_settings_over_the_extended_protocol(env):
         await conn.execute("DELETE FROM accounts WHERE id = $1", k)
     finally:
         await conn.close()
+
+
+def test_server_skipping_to_sync_is_never_pooled(env):
+    """After an extended-protocol error the server ignores everything up to a Sync, even a
+    Query: a client that leaves then must not hand that server to the next client."""
+    proxy, cluster, keys = env
+    for _ in range(2):
+        _leave_mid_unit(proxy, [_parse("SELECT no_such_column FROM accounts"), FLUSH,
+                                _query("SELECT 1")], reads=1)
+        for shard in ("shard0", "shard1"):
+            assert _next_client_works(proxy, keys[shard][2]) == 0
