@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pgshard.proxy import relations, routing, sqlplan
+from pgshard.proxy import relations, sqlplan
+from pgshard.sql import classify
 
 
 def cache_usage(proxy) -> dict[str, tuple[int, int, int]]:
@@ -11,7 +12,7 @@ def cache_usage(proxy) -> dict[str, tuple[int, int, int]]:
     st = getattr(proxy, "statements", None)
     if st is not None:
         out["statements"] = (len(st), st.bytes, st.max_bytes)
-    plans = getattr(routing, "_cache", None)   # the routing plan cache (a ByteLRU)
+    plans = getattr(classify, "_cache", None)   # the classifier's plan cache (a ByteLRU)
     if plans is not None and hasattr(plans, "max_bytes"):
         out["plans"] = (len(plans), plans.bytes, plans.max_bytes)
     for name, memo in (("analyses", sqlplan._analyze), ("relations", relations.user_relations)):

@@ -23,7 +23,6 @@ from pgshard.protocol.framing import (
     FRONTEND_TYPES,
     FrameBuffer,
 )
-from pgshard.proxy import routing as r
 from pgshard.proxy import scatter
 from pgshard.proxy.backend import (
     X_BIND,
@@ -54,6 +53,7 @@ from pgshard.proxy.units import (
     NeedColumns,
     quote_literal,
 )
+from pgshard.sql import classify as r
 
 log = logging.getLogger("pgshard.client")
 

@@ -9,7 +9,6 @@ import time
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import FeatureNotSupported, PgError
 from pgshard.proxy import fanread, scatter
-from pgshard.proxy import routing as r
 from pgshard.proxy.backend import (
     X_BIND,
     X_DESC_PORTAL,
@@ -32,6 +31,7 @@ from pgshard.proxy.units import (
     NeedColumns,
     quote_literal,
 )
+from pgshard.sql import classify as r
 
 
 class FanoutMixin:

@@ -15,12 +15,12 @@ import socket
 from pgshard.config import Config, UserConfig, parse_dsn
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import PgError
-from pgshard.proxy import routing
 from pgshard.proxy.client import ClientSession
 from pgshard.proxy.limits import ADMIT, REFUSE, ClientLimits
 from pgshard.proxy.pool import BackendPool, PoolKey, PoolSettings
 from pgshard.proxy.statements import StatementCache
 from pgshard.ring.catalog import Catalog
+from pgshard.sql import classify
 from pgshard.tls import server_context
 
 log = logging.getLogger("pgshard.proxy")
@@ -38,7 +38,7 @@ class Proxy:
         self.catalog: Catalog | None = catalog or config.catalog
         pc = config.proxy
         self.settings = PoolSettings.of(pc)
-        routing.configure_cache(pc.plan_cache_bytes)
+        classify.configure_cache(pc.plan_cache_bytes)
         self.pools: dict[PoolKey, BackendPool] = {}
         self.statements = StatementCache(pc.statement_cache_bytes)
         self.clients: dict[int, ClientSession] = {}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import InvalidSqlStatementName, PgError
-from pgshard.proxy import routing as r
 from pgshard.proxy.backend import X_QUERY
 from pgshard.proxy.units import quote_literal
+from pgshard.sql import classify as r
 
 
 class SessionStateMixin:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
+from pgshard.cache import ByteLRU
 from pgshard.protocol import messages as m
-from pgshard.proxy import routing
-from pgshard.proxy.bytecache import ByteLRU
+from pgshard.sql import classify
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 # What a Statement costs beyond its texts: the object, its plan, the cache's bookkeeping.
@@ -21,7 +21,7 @@ class Statement:
     def __init__(self, sql: str, oids: tuple[int, ...], named: bool, epoch: int = 0):
         self.sql = sql
         self.oids = oids
-        self.plan = routing.plan(sql)
+        self.plan = classify.plan(sql)
         if named:
             digest = hashlib.blake2b(f"{sql}\0{oids}\0{epoch}".encode(),
                                      digest_size=10).hexdigest()

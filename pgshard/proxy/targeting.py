@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pgshard.protocol.errors import FeatureNotSupported, PgError
 from pgshard.proxy import fastkey
-from pgshard.proxy import routing as r
 from pgshard.proxy import sqlplan as sp
 from pgshard.proxy.relations import user_relations
 from pgshard.proxy.units import READ_ONLY, Fanout, NeedColumns
 from pgshard.ring import hashing
+from pgshard.sql import classify as r
 
 
 class TargetingMixin:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from pgshard.proxy.bytecache import ByteLRU
+from pgshard.cache import ByteLRU
 
 # What an entry costs beyond its text: key tuple, result object, the LRU's bookkeeping.
 ENTRY_OVERHEAD = 512

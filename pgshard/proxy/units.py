@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from pgshard.proxy import routing as r
+from pgshard.sql import classify as r
 
 # Pending extended-protocol operations (built until Flush/Sync, then sent to one server).
 OP_PARSE, OP_BIND, OP_DESC_STMT, OP_RAW, OP_FAKE, OP_FLUSH, OP_SYNC = range(7)

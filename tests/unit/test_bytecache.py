@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pgshard.proxy.bytecache import ByteLRU
+from pgshard.cache import ByteLRU
 
 
 def test_get_put_and_accounting():

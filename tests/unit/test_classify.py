@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pgshard.protocol.errors import InvalidParameterValue
-from pgshard.proxy import routing as r
+from pgshard.sql import classify as r
 
 
 @pytest.mark.parametrize("sql, kind", [

@@ -1,7 +1,7 @@
-"""Routing decisions, pure: what a statement is, and which shard its key names.
+"""The statement classifier, pure: what a statement is (its kind) and the hints it carries.
 
 `plan(sql)` classifies a statement once (cached by text, the cache bounded by bytes) and
-reads the comment hints, both from the SQL's own tokens (sqllex: linear time, so no text a
+reads the comment hints, both from the SQL's own tokens (lex: linear time, so no text a
 client sends can stall the event loop); the session's targeting turns a plan plus its
 state into a shard name.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import islice
 
+from pgshard.cache import ByteLRU
 from pgshard.protocol.errors import FeatureNotSupported, InvalidParameterValue, PgError
-from pgshard.proxy import sqllex as lx
-from pgshard.proxy import sqlsettings as ss
-from pgshard.proxy.bytecache import ByteLRU
+from pgshard.sql import lex as lx
+from pgshard.sql import settings as ss
 
 # Statement kinds.
 BEGIN, COMMIT, ROLLBACK, TXN_INNER = "begin", "commit", "rollback", "txn_inner"

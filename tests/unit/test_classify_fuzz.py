@@ -1,4 +1,4 @@
-"""No statement text costs routing.plan more than linear time: adversarial patterns (long
+"""No statement text costs classify.plan more than linear time: adversarial patterns (long
 runs of spaces, quotes, comment openers, nested comments, dollars, SET/RESET/SHOW
 prefixes) and random mutations, each timed (no servers)."""
 
@@ -8,7 +8,7 @@ import random
 import time
 
 from pgshard.protocol.errors import PgError
-from pgshard.proxy import routing as r
+from pgshard.sql import classify as r
 
 # Generous for a loaded 2-core CI machine; the cubic regex this replaces took 9.5 s for a
 # 2 KB SET, and 2 KB of any pattern here takes well under a millisecond.

@@ -1,5 +1,5 @@
-"""The SQL lexer under routing: hints only from real comments, pgshard.* settings found by
-token wherever they are, SET values validated like PostgreSQL's (no servers)."""
+"""The SQL lexer under the classifier: hints only from real comments, pgshard.* settings
+found by token wherever they are, SET values validated like PostgreSQL's (no servers)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pglast import parser as pg
 
 from pgshard.config import ConfigError, config_from_dict
 from pgshard.protocol.errors import FeatureNotSupported, InvalidParameterValue, PgError
-from pgshard.proxy import routing as r
-from pgshard.proxy import sqllex as lx
+from pgshard.sql import classify as r
+from pgshard.sql import lex as lx
 
 
 @pytest.fixture(autouse=True)
@@ -314,7 +314,7 @@ def test_random_texts_lex_like_postgresql():
                 if t.name not in ("C_COMMENT", "SQL_COMMENT")]
         assert list(lx.scan(sql).comments) == comments, sql
         if any(("\n" in t or "\r" in t) and t.endswith("'") for t in toks):
-            continue   # 'a'<newline>'b' is one token there, two here (sqlsettings joins them)
+            continue   # 'a'<newline>'b' is one token there, two here (sql.settings joins them)
         assert [t.text for t in lx.tokens(sql)] == toks, sql
     assert compared > 1000
 

@@ -8,7 +8,7 @@ import re
 from pglast.keywords import RESERVED_KEYWORDS
 
 from pgshard.protocol.errors import FeatureNotSupported, InvalidParameterValue, PgError
-from pgshard.proxy import sqllex as lx
+from pgshard.sql import lex as lx
 
 _INT4_MAX = 2**31 - 1
 _WORDS_AS_VALUES = frozenset({"true", "false", "on"})   # reserved, yet allowed by var_value
