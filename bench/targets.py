@@ -202,6 +202,23 @@ def start_pgshard(name: str, cluster: LocalCluster, work_dir: Path, pool_size: i
 # -- PgBouncer ---------------------------------------------------------------------------
 
 
+PGBOUNCER_ENV = "PGSHARD_BENCH_PGBOUNCER"   # path of the pgbouncer binary to compare with
+
+
+def pgbouncer_binary() -> str:
+    """The PgBouncer to compare with: $PGSHARD_BENCH_PGBOUNCER, else the one on PATH."""
+    return os.environ.get(PGBOUNCER_ENV) or shutil.which(PGBOUNCER) or "/usr/sbin/pgbouncer"
+
+
+def _supports_prepared(version: str) -> bool:
+    """PgBouncer 1.21 and newer keep prepared statements across transaction pooling."""
+    try:
+        major, minor = (int(x) for x in version.split()[1].split(".")[:2])
+    except (IndexError, ValueError):
+        return False
+    return (major, minor) >= (1, 21)
+
+
 def pgbouncer_config(node, port: int, pool_size: int, userlist: Path) -> str:
     """A transaction-pooling pgbouncer.ini for one primary, logging in to it as the harness user."""
     return "\n".join([
@@ -223,12 +240,13 @@ def pgbouncer_config(node, port: int, pool_size: int, userlist: Path) -> str:
         "log_connections = 0",
         "log_disconnections = 0",
         "ignore_startup_parameters = extra_float_digits",
-    ]) + "\n"
+    ] + (["max_prepared_statements = 200"] if _supports_prepared(pgbouncer_version()) else [])
+    ) + "\n"
 
 
 def start_pgbouncer(node, work_dir: Path, pool_size: int) -> tuple[ServerProcess, Endpoint]:
     """PgBouncer in front of one primary; under root it drops to the postgres OS user."""
-    binary = shutil.which(PGBOUNCER) or "/usr/sbin/pgbouncer"
+    binary = pgbouncer_binary()
     if not Path(binary).is_file():
         raise BenchSetupError("pgbouncer not found (apt-get install pgbouncer)")
     port = free_port()
@@ -251,7 +269,7 @@ def start_pgbouncer(node, work_dir: Path, pool_size: int) -> tuple[ServerProcess
 
 
 def pgbouncer_version() -> str:
-    binary = shutil.which(PGBOUNCER) or "/usr/sbin/pgbouncer"
+    binary = pgbouncer_binary()
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
     except OSError:
