@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pgshard.proxy import relations, sqlplan
-from pgshard.sql import classify
+from pgshard.sql import analysis, classify, relations
 
 
 def cache_usage(proxy) -> dict[str, tuple[int, int, int]]:
@@ -15,7 +14,7 @@ def cache_usage(proxy) -> dict[str, tuple[int, int, int]]:
     plans = getattr(classify, "_cache", None)   # the classifier's plan cache (a ByteLRU)
     if plans is not None and hasattr(plans, "max_bytes"):
         out["plans"] = (len(plans), plans.bytes, plans.max_bytes)
-    for name, memo in (("analyses", sqlplan._analyze), ("relations", relations.user_relations)):
+    for name, memo in (("analyses", analysis._analyze), ("relations", relations.user_relations)):
         c = memo.cache
         out[name] = (len(c), c.bytes, c.max_bytes)
     return out

@@ -31,7 +31,7 @@ from pgshard.proxy.shardstream import (
     ShardStream,
     Wakeup,
 )
-from pgshard.proxy.sqlfanout import MergeSpec
+from pgshard.sql.fanout_plan import MergeSpec
 
 FLUSH_BYTES = 64 * 1024          # output is written to the client in pieces of about this
 MIN_SHARD_BUDGET = 64 * 1024     # a shard's stream holds at least this much before pausing

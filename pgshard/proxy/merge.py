@@ -21,7 +21,7 @@ from decimal import Decimal
 
 from pgshard.protocol.errors import FeatureNotSupported, ProtocolViolation
 from pgshard.proxy import pgvalues as pv
-from pgshard.proxy.sqlfanout import MergeSpec
+from pgshard.sql.fanout_plan import MergeSpec
 
 _I16, _I32 = struct.Struct("!h"), struct.Struct("!i")
 _HDR = struct.Struct("!ci")

@@ -4,12 +4,12 @@ key read from the SQL), the role (primary or a healthy replica), or a fan-out.""
 from __future__ import annotations
 
 from pgshard.protocol.errors import FeatureNotSupported, PgError
-from pgshard.proxy import fastkey
-from pgshard.proxy import sqlplan as sp
-from pgshard.proxy.relations import user_relations
 from pgshard.proxy.units import READ_ONLY, Fanout, NeedColumns
 from pgshard.ring import hashing
+from pgshard.sql import analysis as sp
 from pgshard.sql import classify as r
+from pgshard.sql import fastkey
+from pgshard.sql.relations import user_relations
 
 
 class TargetingMixin:

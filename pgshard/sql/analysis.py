@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
-from pgshard.proxy.sqlconfine import Confinement
-from pgshard.proxy.sqlfanout import MergeSpec, plan_fanout
-from pgshard.proxy.sqlkeys import KeyRef, normalize_table
-from pgshard.proxy.textmemo import text_memo
+from pgshard.sql.confine import Confinement
+from pgshard.sql.fanout_plan import MergeSpec, plan_fanout
+from pgshard.sql.keys import KeyRef, normalize_table
+from pgshard.sql.textmemo import text_memo
 
 __all__ = ["Analysis", "KeyRef", "MergeSpec", "analyze"]
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pglast import ast
 from pglast.enums import A_Expr_Kind, BoolExprType, JoinType, SetOperation
 
-from pgshard.proxy.sqlast import has_aggregate, has_window, walk_expr
-from pgshard.proxy.sqlkeys import KeyRef, key_value, normalize_table
+from pgshard.sql.keys import KeyRef, key_value, normalize_table
+from pgshard.sql.nodes import has_aggregate, has_window, walk_expr
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ from pglast import ast
 from pglast.enums import LimitOption, SetOperation, SortByDir, SortByNulls
 from pglast.stream import RawStream
 
-from pgshard.proxy.sqlast import func_name, has_aggregate, has_window, is_aggregate
+from pgshard.sql.nodes import func_name, has_aggregate, has_window, is_aggregate
 
 COMBINABLE = frozenset({"count", "sum", "min", "max", "avg"})
 

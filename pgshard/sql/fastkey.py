@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pglast import parser
 
-from pgshard.proxy import sqlplan as sp
 from pgshard.ring import hashing
+from pgshard.sql import analysis as sp
 
 _CONSTS = frozenset({"ICONST", "FCONST", "SCONST", "BCONST", "XCONST"})
 

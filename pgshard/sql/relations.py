@@ -5,7 +5,7 @@ from __future__ import annotations
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 
-from pgshard.proxy.textmemo import text_memo
+from pgshard.sql.textmemo import text_memo
 
 _SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 

@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 from pglast import parse_sql
 
 from pgshard.protocol.errors import FeatureNotSupported, InvalidTextRepresentation
-from pgshard.proxy.sqlplan import Analysis, KeyRef, MergeSpec, analyze
 from pgshard.ring.hashing import INT4, INT8, TEXT, UUID
+from pgshard.sql.analysis import Analysis, KeyRef, MergeSpec, analyze
 
 TABLES = {"users": "id", "orders": "user_id", "accounts": "id", "app.items": "sku",
           "public.events": "tenant"}

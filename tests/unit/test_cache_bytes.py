@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pgshard.proxy import relations, sqlplan
 from pgshard.proxy.statements import StatementCache
-from pgshard.proxy.textmemo import ENTRY_OVERHEAD, text_memo
+from pgshard.sql import analysis, relations
+from pgshard.sql.textmemo import ENTRY_OVERHEAD, text_memo
 
 
 def _sql(i: int, size: int) -> str:
@@ -80,7 +80,7 @@ def test_text_memo_bounds_bytes_and_skips_large_texts():
     assert upper.cache.bytes == 0
 
 
-@pytest.mark.parametrize("memo", [sqlplan._analyze, relations.user_relations])
+@pytest.mark.parametrize("memo", [analysis._analyze, relations.user_relations])
 def test_module_caches_are_byte_bounded(memo):
     memo.cache_clear()
     budget = memo.cache.max_bytes
@@ -94,13 +94,13 @@ def test_module_caches_are_byte_bounded(memo):
 def _fill(memo):
     for i in range(200):
         text = f"SELECT * FROM t{i} WHERE a = '" + "z" * 60_000 + "'"
-        if memo is sqlplan._analyze:
-            sqlplan.analyze(text, {"t0": "id"})
+        if memo is analysis._analyze:
+            analysis.analyze(text, {"t0": "id"})
         else:
             relations.user_relations(text)
         assert memo.cache.bytes <= 1 << 20
     assert 10 < len(memo.cache) < 200     # 200 texts of 60 KB do not fit in 1 MB
     huge = "SELECT 1 AS a, '" + "q" * 200_000 + "'"
     before = len(memo.cache)
-    sqlplan.analyze(huge, {}) if memo is sqlplan._analyze else relations.user_relations(huge)
+    analysis.analyze(huge, {}) if memo is analysis._analyze else relations.user_relations(huge)
     assert len(memo.cache) == before    # large texts are not cached

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pgshard.proxy import fastkey
-from pgshard.proxy import sqlplan as sp
 from pgshard.ring import hashing
 from pgshard.ring.catalog import Catalog, Shard
+from pgshard.sql import analysis as sp
+from pgshard.sql import fastkey
 
 CAT = Catalog.initial([Shard(f"s{i}", f"postgresql://u@127.0.0.1:{5432 + i}/d") for i in range(3)],
                       {"orders": "id", "users": "uid"})

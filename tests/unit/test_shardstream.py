@@ -11,7 +11,7 @@ from pgshard.protocol import messages as m
 from pgshard.proxy import pgvalues as pv
 from pgshard.proxy.merge import Merger, RowWindow, decode_row, encode_row
 from pgshard.proxy.shardstream import ShardStream, Wakeup, _without_rows
-from pgshard.proxy.sqlfanout import MergeSpec
+from pgshard.sql.fanout_plan import MergeSpec
 
 
 class _Transport:
