@@ -21,7 +21,6 @@ import heapq
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import FeatureNotSupported, ProtocolViolation
-from pgshard.proxy.merge import Merger, row_description
 from pgshard.proxy.shardstream import (
     ASYNC_TYPES,
     D_ROW,
@@ -32,6 +31,7 @@ from pgshard.proxy.shardstream import (
     Wakeup,
 )
 from pgshard.sql.fanout_plan import MergeSpec
+from pgshard.sql.merge import Merger, row_description
 
 FLUSH_BYTES = 64 * 1024          # output is written to the client in pieces of about this
 MIN_SHARD_BUDGET = 64 * 1024     # a shard's stream holds at least this much before pausing

@@ -18,7 +18,7 @@ from pgshard.protocol import messages as m
 from pgshard.protocol.errors import PgError
 from pgshard.protocol.framing import BACKEND_TYPES, FrameBuffer
 from pgshard.proxy.fanread import shard_error
-from pgshard.proxy.merge import decode_row
+from pgshard.sql.merge import decode_row
 
 __all__ = ["Collector", "agree", "decode_row", "first_error", "run_on_shards", "servers_for"]
 

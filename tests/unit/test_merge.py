@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pgshard.protocol import values as pv
 from pgshard.protocol.errors import FeatureNotSupported, ProtocolViolation
-from pgshard.proxy import pgvalues as pv
-from pgshard.proxy.merge import Merger, decode_row, encode_row, row_description
 from pgshard.sql.analysis import MergeSpec, analyze
+from pgshard.sql.merge import Merger, decode_row, encode_row, row_description
 
 INT4, INT8, TEXT, NUMERIC, FLOAT4, FLOAT8 = 23, 20, 25, 1700, 700, 701
 BOOL, DATE, TIMESTAMPTZ, UUID, BPCHAR, JSONB, INTERVAL = 16, 1082, 1184, 2950, 1042, 3802, 1186

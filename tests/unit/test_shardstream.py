@@ -8,10 +8,10 @@ import struct
 import pytest
 
 from pgshard.protocol import messages as m
-from pgshard.proxy import pgvalues as pv
-from pgshard.proxy.merge import Merger, RowWindow, decode_row, encode_row
+from pgshard.protocol import values as pv
 from pgshard.proxy.shardstream import ShardStream, Wakeup, _without_rows
 from pgshard.sql.fanout_plan import MergeSpec
+from pgshard.sql.merge import Merger, RowWindow, decode_row, encode_row
 
 
 class _Transport:

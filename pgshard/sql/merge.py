@@ -1,7 +1,7 @@
 """Combine the rows of a SELECT that ran on several shards into the client's result, no I/O.
 
 Rows stay wire-format DataRow bodies; only the columns the merge looks at (ORDER BY, GROUP
-BY, DISTINCT, aggregates) are decoded, per type OID and format code (pgvalues). Order of
+BY, DISTINCT, aggregates) are decoded, per type OID and format code (protocol.values). Order of
 operations, as in PostgreSQL: group and combine aggregates, DISTINCT, ORDER BY, OFFSET and
 LIMIT; then the hidden trailing columns the shard SQL added are dropped.
 
@@ -19,8 +19,8 @@ import struct
 from collections.abc import Iterator
 from decimal import Decimal
 
+from pgshard.protocol import values as pv
 from pgshard.protocol.errors import FeatureNotSupported, ProtocolViolation
-from pgshard.proxy import pgvalues as pv
 from pgshard.sql.fanout_plan import MergeSpec
 
 _I16, _I32 = struct.Struct("!h"), struct.Struct("!i")
