@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.auth import ScramClient, md5_response
@@ -41,6 +42,29 @@ __all__ = ["ACTIVE", "CLOSED", "CONNECTING", "IDLE", "ServerConnection", "X_BIND
 
 # Backend connection states (changed only through ServerConnection._set_state).
 CONNECTING, IDLE, ACTIVE, CLOSED = "connecting", "idle", "active", "closed"
+
+
+class ServerClient(Protocol):
+    """What a server connection calls back on whoever it serves: the client session, a
+    fan-out's stream or collector, or the stand-in for a client that left. Implementers
+    inherit no-op defaults for the events they do not care about."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def server_idle(self, server: ServerConnection) -> None:
+        """Every request answered, at a ReadyForQuery."""
+
+    def server_drained(self, server: ServerConnection) -> None:
+        """Every request answered, but the unit not over (it ended with a Flush)."""
+
+    def server_lost(self, server: ServerConnection, reason: str) -> None:
+        """The connection died."""
+
+    def server_error(self, body: bytes) -> None:
+        """An ErrorResponse (its body) went by, in reply to a request."""
+
+    def parse_failed(self, client_name: str | None) -> None:
+        """A Parse of the client's was refused or skipped: its name is gone."""
 
 
 class ServerConnection(asyncio.Protocol):
@@ -242,6 +266,87 @@ class ServerConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.write(wb[0] if len(wb) == 1 else b"".join(wb))
 
+    # ------------------------------------------------------------ requests with state
+    # What this server holds (prepared statements, the unnamed statement, settings) changes
+    # only through these methods.
+
+    def query(self, sql: str, swallow: bool = False, held: bytes | None = None) -> None:
+        """Send a simple Query (a Query also destroys the unnamed statement)."""
+        self.send(m.query(sql))
+        self.push(X_QUERY, swallow=swallow, fake=held)
+        self.unnamed_owner = None
+
+    def parse(self, st, raw: bytes, client_name: str | None) -> None:
+        """The client's own Parse of st: sent (or, for a statement this server already has
+        under its global name, answered here), its reply passed on."""
+        if not st.global_name:
+            self.send(raw)
+            self.push(X_PARSE, fake=(st, client_name))
+            self.unnamed_owner = st
+        elif st.global_name in self.prepared:
+            self.push(X_FAKE, fake=m.PARSE_COMPLETE)
+        else:
+            self.send(st.parse_msg)
+            self.prepared.add(st.global_name)
+            self.push(X_PARSE, fake=(st, client_name))
+
+    def ensure_prepared(self, st) -> None:
+        """Parse st here first if this server lacks it; the reply is swallowed."""
+        if st.global_name:
+            if st.global_name not in self.prepared:
+                self.send(st.parse_msg)
+                self.prepared.add(st.global_name)
+                self.push(X_PARSE, swallow=True, fake=(st, None))
+        elif self.unnamed_owner is not st:
+            self.send(st.parse_msg)
+            self.push(X_PARSE, swallow=True, fake=(st, None))
+            self.unnamed_owner = st
+
+    def apply_settings(self, want: dict[str, str], owner) -> None:
+        """Make this server's session settings `want` (SET/RESET what differs, one
+        swallowed Query); owner is (client, generation), remembered to skip a repeat."""
+        have = self.vars
+        stmts = [f"SET {k} TO {v}" for k, v in want.items() if have.get(k) != v]
+        stmts += [f"RESET {k}" for k in have if k not in want]
+        if stmts:
+            self.query("; ".join(stmts), swallow=True)
+            self.vars = dict(want)
+        self.synced = owner
+
+    def note_setting(self, name: str, value: str | None) -> None:
+        """A SET (value) or RESET (None) the client ran here; "all" resets every one."""
+        if value is not None:
+            self.vars[name] = value
+        elif name == "all":
+            self.vars = {}
+        else:
+            self.vars.pop(name, None)
+
+    def restore_settings(self, vars_: dict[str, str]) -> None:
+        """The settings this server had before a transaction that is now rolled back."""
+        self.vars = vars_
+
+    def forget_session(self) -> None:
+        """After DISCARD ALL: no statement, no setting is left here."""
+        self.prepared.clear()
+        self.vars = {}
+        self.unnamed_owner = None
+
+    def forget_unnamed(self) -> None:
+        """The unnamed statement was replaced (by a Query or another client's Parse)."""
+        self.unnamed_owner = None
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    def mark_idle(self) -> None:
+        self._set_state(IDLE)
+
+    def mark_closed(self) -> None:
+        if self.state != CLOSED:
+            self._set_state(CLOSED)
+
     def push(self, kind: int, swallow: bool = False, fake=None) -> None:
         """Record that a reply to one request is due, in order (see ReplyMatcher.push)."""
         now = self.replies.push(kind, swallow, fake)
@@ -265,9 +370,7 @@ class ServerConnection(asyncio.Protocol):
         if state == AT_IDLE:
             client.server_idle(self)
         elif state == DRAINED:   # every reply is in, but the unit is not over (a Flush)
-            drained = getattr(client, "server_drained", None)
-            if drained is not None:
-                drained(self)
+            client.server_drained(self)
 
     def _handle(self, events: list, client) -> None:
         """What the matcher saw besides bytes to forward: settings, errors, failed Parses."""

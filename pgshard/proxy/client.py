@@ -34,6 +34,7 @@ from pgshard.proxy.backend import (
     X_PARSE,
     X_QUERY,
     X_SYNC,
+    ServerClient,
 )
 from pgshard.proxy.fanout import FanoutMixin
 from pgshard.proxy.session_state import SessionStateMixin
@@ -74,7 +75,7 @@ class _Terminate(Exception):
     """The client sent Terminate."""
 
 
-class _Orphan:
+class _Orphan(ServerClient):
     """Stands in for a client that left while its server finishes a rollback."""
 
     def __init__(self, pool):
@@ -85,15 +86,6 @@ class _Orphan:
 
     def server_idle(self, server):
         self.pool.release(server)
-
-    def server_lost(self, server, reason):
-        pass
-
-    def server_error(self, body):
-        pass
-
-    def parse_failed(self, name):
-        pass
 
 
 class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin,
@@ -319,7 +311,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 if s is not None:
                     s.send(raw)
                     s.flush()
-                    if s._write_paused:
+                    if s.write_paused:
                         return s.drain()
             elif t == 0x58:    # Terminate
                 raise _Terminate()
@@ -480,7 +472,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self._track(s, plan)
         self._t0 = time.monotonic()
         self._qkind = _query_kind(plan)
-        s.unnamed_owner = None
+        s.forget_unnamed()
         s.send(raw)
         s.push(X_QUERY, fake=self._held())
         s.flush()
@@ -685,21 +677,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         for op in ops:
             k = op[0]
             if k == OP_PARSE:
-                st = op[1]
-                if not st.global_name:
-                    send(op[2])
-                    push(X_PARSE, fake=(st, op[3]))
-                    s.unnamed_owner = st
-                elif st.global_name in s.prepared:
-                    push(X_FAKE, fake=m.PARSE_COMPLETE)
-                else:
-                    send(st.parse_msg)
-                    s.prepared.add(st.global_name)
-                    push(X_PARSE, fake=(st, op[3]))
+                s.parse(op[1], op[2], op[3])
             elif k == OP_BIND:
                 st = op[1]
                 last = st.plan
-                self._ensure(s, st)
+                s.ensure_prepared(st)
                 send(op[2])
                 push(X_BIND)
                 if st.plan.kind != r.STATEMENT or st.plan.is_ddl:
@@ -709,7 +691,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 push(op[2])
             elif k == OP_DESC_STMT:
                 st = op[1]
-                self._ensure(s, st)
+                s.ensure_prepared(st)
                 send(m.describe(b"S", st.global_name))
                 push(X_DESC_STMT, fake=st)
             elif k == OP_FAKE:
@@ -722,18 +704,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 send(m.FLUSH)
         self._qkind = _query_kind(last) if last is not None else "other"
         s.flush()
-
-    def _ensure(self, s, st) -> None:
-        """Parse the statement on this server first if it lacks it; swallow the reply."""
-        if st.global_name:
-            if st.global_name not in s.prepared:
-                s.send(st.parse_msg)
-                s.prepared.add(st.global_name)
-                s.push(X_PARSE, swallow=True, fake=(st, None))
-        elif s.unnamed_owner is not st:
-            s.send(st.parse_msg)
-            s.push(X_PARSE, swallow=True, fake=(st, None))
-            s.unnamed_owner = st
 
     def _local_unit(self, ops) -> bool:
         """Answer locally a pipeline of only BEGIN/COMMIT/ROLLBACK (see _local_txn), or of
@@ -841,11 +811,9 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             # End the look-only unit first: a Query inside it would be part of it.
             s.send(m.SYNC)
             s.push(X_SYNC, swallow=True)
-        s.send(m.query(self.pending_begin))
-        s.push(X_QUERY, swallow=True)
+        s.query(self.pending_begin, swallow=True)
         self.pending_begin = None
         self.pending_failed = False
-        s.unnamed_owner = None
 
     async def _attach(self, shard: str, begin: bool = True, role: str = "primary"):
         """The server this client's next request goes to, acquiring one if needed."""
@@ -925,8 +893,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             s.send(m.SYNC)
             s.push(X_SYNC, swallow=True)
         if sql is not None:
-            s.send(m.query(sql))
-            s.push(X_QUERY, swallow=True)
+            s.query(sql, swallow=True)
         s.flush()
 
         def check() -> None:   # never let a server that does not come back hold a pool slot
@@ -953,7 +920,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 self.vars = snap[0]
                 self.vars_gen += 1
                 if snap[2] is s:
-                    s.vars = snap[1]
+                    s.restore_settings(snap[1])
             self._ending_commit = False
         if s.txn_status == b"I":
             self.local_key = None
@@ -1019,7 +986,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                     s.push(X_SYNC, fake=self._held())
                 else:
                     self.skip_until_sync = True
-            s.unnamed_owner = None
+            s.forget_unnamed()
             s.flush()
             return
         self.proxy.metrics_error(exc.sqlstate)
@@ -1083,8 +1050,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                     sql = "ROLLBACK" if s.txn_status != b"I" else None
                     if self.pool_mode == "session":
                         sql = (sql + "; " if sql else "") + "DISCARD ALL"
-                        s.prepared.clear()
-                        s.vars = {}
+                        s.forget_session()
                     self._end_unit_then_release(s, sql)
             else:
                 # A request in flight, or a Bind/Execute not yet ended by a Sync: a Sync

@@ -53,7 +53,7 @@ class FanoutMixin:
             def emit(s, i, msg=msg):
                 s.send(msg)
                 s.push(X_QUERY)
-                s.unnamed_owner = None
+                s.forget_unnamed()
 
             if self.multi is not None:   # the table may exist only in this transaction
                 replies = await self.multi.run(self.multi.shards[:1], emit)
@@ -124,7 +124,7 @@ class FanoutMixin:
             for msg, kind, swallow in (parts[fan.shards[i]] if isinstance(parts, dict) else parts):
                 s.send(msg)
                 s.push(kind, swallow)
-            s.unnamed_owner = None
+            s.forget_unnamed()
 
         if self.multi is None and self.pending_begin is not None and fan.kind == "ddl":
             await self._open_multi()

@@ -151,10 +151,9 @@ class BackendPool:
         if (not server.usable or server.txn_status != b"I" or server.expect or server.unsynced
                 or self.closed or now - server.created > self.settings.server_lifetime):
             server.terminate() if server.usable else server.abort("released while unusable")
-            if server.state != CLOSED:
-                server._set_state(CLOSED)
+            server.mark_closed()
             return
-        server._set_state(IDLE)
+        server.mark_idle()
         while self.waiters:
             fut = self.waiters.popleft()
             if not fut.done():
@@ -219,7 +218,7 @@ class BackendPool:
             if expired or (stale and len(self.servers) > st.min_pool_size) or not s.usable:
                 self.idle.remove(s)
                 s.terminate()
-                s._set_state(CLOSED)
+                s.mark_closed()
             else:
                 keep.append(s)
         while self.size < st.min_pool_size and not self.closed:

@@ -17,13 +17,14 @@ import contextlib
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import PgError
 from pgshard.protocol.framing import BACKEND_TYPES, FrameBuffer
+from pgshard.proxy.backend import ServerClient
 from pgshard.proxy.fanread import shard_error
 from pgshard.sql.merge import decode_row
 
 __all__ = ["Collector", "agree", "decode_row", "first_error", "run_on_shards", "servers_for"]
 
 
-class Collector:
+class Collector(ServerClient):
     """Stands in for a client while a server answers a fan-out unit."""
 
     def __init__(self, pool):
@@ -43,11 +44,6 @@ class Collector:
             self.done.set_exception(PgError(f"lost the server connection: {reason}",
                                             sqlstate="08006"))
 
-    def parse_failed(self, name) -> None:
-        pass
-
-    def server_error(self, body: bytes) -> None:
-        pass
 
     def frames(self) -> list[tuple[int, bytes]]:
         fb = FrameBuffer(allowed=BACKEND_TYPES)

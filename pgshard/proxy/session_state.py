@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import InvalidSqlStatementName, PgError
-from pgshard.proxy.backend import X_QUERY
 from pgshard.proxy.units import quote_literal
 from pgshard.sql import classify as r
 
@@ -20,13 +19,11 @@ class SessionStateMixin:
                 self._txn_snapshot = (dict(self.vars), dict(s.vars), s)
             if kind == r.SET:
                 self._set_var(plan.name, plan.value)
-                s.vars[plan.name] = plan.value
+                s.note_setting(plan.name, plan.value)
             else:
                 self._reset_var(plan.name, s)
         elif kind == r.DISCARD_ALL:
-            s.prepared.clear()
-            s.vars = {}
-            s.unnamed_owner = None
+            s.forget_session()
             self._discard_all()
         elif kind == r.COMMIT or kind == r.ROLLBACK:
             self._ending_commit = kind == r.COMMIT and s.txn_status == b"T"
@@ -90,14 +87,14 @@ class SessionStateMixin:
         if name == "all":
             self.vars = {k: quote_literal(v) for k, v in self.startup_vars.items()}
             if s is not None:
-                s.vars = {}
+                s.note_setting("all", None)
         else:
             if name in self.startup_vars:
                 self.vars[name] = quote_literal(self.startup_vars[name])
             else:
                 self.vars.pop(name, None)
             if s is not None:
-                s.vars.pop(name, None)
+                s.note_setting(name, None)
         self.vars_gen += 1
 
     def _deallocate(self, name: str | None) -> None:
@@ -116,19 +113,5 @@ class SessionStateMixin:
         self._sync_vars(s)
 
     def _sync_vars(self, s) -> None:
-        want = self.vars
-        have = s.vars
-        stmts = []
-        for k, v in want.items():
-            if have.get(k) != v:
-                stmts.append(f"SET {k} TO {v}")
-        for k in have:
-            if k not in want:
-                stmts.append(f"RESET {k}")
-        if stmts:
-            s.send(m.query("; ".join(stmts)))
-            s.push(X_QUERY, swallow=True)
-            s.vars = dict(want)
-            s.unnamed_owner = None
-        s.synced = (self, self.vars_gen)
+        s.apply_settings(self.vars, (self, self.vars_gen))
 

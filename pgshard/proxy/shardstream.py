@@ -8,6 +8,7 @@ from collections import deque
 from struct import Struct
 
 from pgshard.protocol.errors import PgError
+from pgshard.proxy.backend import ServerClient
 
 _I32 = Struct("!i")
 D_ROW, ROW_DESC, ERROR, READY = 0x44, 0x54, 0x45, 0x5A
@@ -35,7 +36,7 @@ class Wakeup:
             self._fut = None
 
 
-class ShardStream:
+class ShardStream(ServerClient):
     """Stands in for a client while a server answers a fan-out read (the server calls
     write/server_idle/server_lost as it would on a ClientSession).
 
@@ -89,11 +90,6 @@ class ShardStream:
         self.idle = True
         self.wakeup.set()
 
-    def parse_failed(self, name) -> None:
-        pass
-
-    def server_error(self, body: bytes) -> None:
-        pass
 
     # -- the reader's side ---------------------------------------------------------------
 
