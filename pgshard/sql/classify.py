@@ -9,6 +9,7 @@ state into a shard name.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from itertools import islice
 
 from pgshard.cache import ByteLRU
@@ -16,11 +17,35 @@ from pgshard.protocol.errors import FeatureNotSupported, InvalidParameterValue, 
 from pgshard.sql import lex as lx
 from pgshard.sql import settings as ss
 
-# Statement kinds.
-BEGIN, COMMIT, ROLLBACK, TXN_INNER = "begin", "commit", "rollback", "txn_inner"
-SET, SET_LOCAL, RESET, SHOW = "set", "set_local", "reset", "show"
-SET_PGSHARD, RESET_PGSHARD, SHOW_PGSHARD = "set_pgshard", "reset_pgshard", "show_pgshard"
-DISCARD_ALL, DEALLOCATE, EMPTY, STATEMENT = "discard_all", "deallocate", "empty", "statement"
+
+class Kind(StrEnum):
+    """What a statement is, as far as the session treats it specially. A StrEnum, not a
+    (str, Enum): a kind equals, hashes and prints as its value, so sets of plain strings
+    and the labels built from it read as before."""
+
+    BEGIN = "begin"
+    COMMIT = "commit"
+    ROLLBACK = "rollback"
+    TXN_INNER = "txn_inner"             # SAVEPOINT, RELEASE, ROLLBACK TO|PREPARED, SET TRANSACTION
+    SET = "set"
+    SET_LOCAL = "set_local"
+    RESET = "reset"
+    SHOW = "show"
+    SET_PGSHARD = "set_pgshard"
+    RESET_PGSHARD = "reset_pgshard"
+    SHOW_PGSHARD = "show_pgshard"
+    DISCARD_ALL = "discard_all"
+    DEALLOCATE = "deallocate"
+    EMPTY = "empty"
+    STATEMENT = "statement"             # anything else: the server's business
+
+
+# The kinds under their module-level names, as the call sites read them (r.BEGIN, …).
+BEGIN, COMMIT, ROLLBACK, TXN_INNER = Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK, Kind.TXN_INNER
+SET, SET_LOCAL, RESET, SHOW = Kind.SET, Kind.SET_LOCAL, Kind.RESET, Kind.SHOW
+SET_PGSHARD, RESET_PGSHARD, SHOW_PGSHARD = Kind.SET_PGSHARD, Kind.RESET_PGSHARD, Kind.SHOW_PGSHARD
+DISCARD_ALL, DEALLOCATE, EMPTY, STATEMENT = (Kind.DISCARD_ALL, Kind.DEALLOCATE, Kind.EMPTY,
+                                             Kind.STATEMENT)
 
 _READ_WORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "EXPLAIN", "SHOW", "FETCH"})
 _DDL_WORDS = frozenset({"CREATE", "ALTER", "DROP", "TRUNCATE", "COMMENT", "GRANT", "REVOKE"})
@@ -31,7 +56,9 @@ _HINT_NAMES = frozenset({"shard_key_param", "shard_key", "shard", "consistency"}
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    kind: str
+    """One statement text classified: its kind, first word and the hints it carries."""
+
+    kind: Kind
     first_word: str = ""
     shard_key: bytes | None = None      # from a /* shard_key: … */ hint
     shard: str | None = None            # from a /* shard: … */ hint

@@ -1,4 +1,4 @@
-"""Routing plans: statement kinds and comment hints (no servers)."""
+"""Statement classification: kinds and comment hints (no servers)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ from pgshard.sql import classify as r
 ])
 def test_kinds(sql, kind):
     assert r.plan(sql).kind == kind
+    assert type(r.plan(sql).kind) is r.Kind
+
+
+def test_a_kind_reads_as_its_string():
+    """Kinds are an enum, yet compare, hash and format as the strings they replaced (sets of
+    plain strings such as the session's LOCAL_KINDS, log lines, metrics labels)."""
+    k = r.plan("SET pgshard.shard = 'a'").kind
+    assert k is r.Kind.SET_PGSHARD and k == "set_pgshard" and k in {"set_pgshard"}
+    assert str(k) == f"{k}" == "set_pgshard"
+    for member in r.Kind:
+        assert getattr(r, member.name) is member   # the module-level aliases are the members
 
 
 def test_multi_statement_detection_ignores_literals():
