@@ -23,7 +23,6 @@ from pgshard.protocol.framing import (
     FRONTEND_TYPES,
     FrameBuffer,
 )
-from pgshard.proxy import scatter
 from pgshard.proxy.backend import (
     X_BIND,
     X_CLOSE,
@@ -40,6 +39,7 @@ from pgshard.proxy.fanout import FanoutMixin
 from pgshard.proxy.session_state import SessionStateMixin
 from pgshard.proxy.startup import StartupMixin
 from pgshard.proxy.targeting import TargetingMixin
+from pgshard.proxy.txn import TxnState
 from pgshard.proxy.units import (
     LOCAL_KINDS,
     OP_BIND,
@@ -118,19 +118,15 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         # routing state
         self.server = None
         self.shard: str | None = None
-        self.pending_begin: str | None = None
-        self.pending_failed = False
+        self.txn = TxnState()
         self.stmts: dict[str, object] = {}
         self.local_portals: dict[str, object] = {}   # portals of pgshard.* statements
         self.ops: list[tuple] = []
         self.unit_shard: str | None = None
         self.unit_fanout: Fanout | None = None
         self._fan_hide_desc = False
-        self.multi: scatter.MultiTxn | None = None   # DDL transaction across shards
         self._t0 = 0.0                 # when the unit now on the server was sent (metrics)
         self._qkind = "read"
-        self._txn_snapshot = None      # (client vars, server vars, server) before a SET in a txn
-        self._ending_commit = False
         self._owe_z = False
         self.skip_until_sync = False
         self.session_key: bytes | None = None
@@ -357,19 +353,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
     # ------------------------------------------------------------ simple query
 
     def _status(self) -> bytes:
-        if self.multi is not None:
-            return b"E" if self.multi.failed else b"T"
-        if self.pending_begin is not None:   # even with a server that only looked
-            return b"E" if self.pending_failed else b"T"
-        if self.server is not None:
-            return self.server.txn_status
-        return b"I"
-
-    def _held(self) -> bytes | None:
-        """While a BEGIN is held back, the status a server's ReadyForQuery must report."""
-        if self.pending_begin is None:
-            return None
-        return b"E" if self.pending_failed else b"T"
+        return self.txn.status(self.server)
 
     def _reply(self, data: bytes) -> None:
         """A locally made reply, kept in order behind anything the server still owes."""
@@ -398,9 +382,9 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if kind in TXN_KINDS:
             self._release_if_idle()   # a server held by a flushed Describe does not pin it
         attached = self.server is not None
-        if self.multi is not None and kind not in LOCAL_KINDS:
+        if self.txn.multi is not None and kind not in LOCAL_KINDS:
             return self._guard(self._multi_query(raw, sql, plan), True)
-        if self.pending_failed and kind not in (r.COMMIT, r.ROLLBACK):
+        if self.txn.failed and kind not in (r.COMMIT, r.ROLLBACK):
             raise _aborted()
         if kind in TXN_KINDS and not attached and self.pool_mode == "transaction":
             self._local_txn(kind, sql)
@@ -428,11 +412,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if kind == r.EMPTY:
             self._reply(m.EMPTY_QUERY + m.ready_for_query(self._status()))
             return
-        if not attached and self.pending_begin is not None and kind in (r.SET, r.SET_LOCAL, r.RESET):
+        if not attached and self.txn.pending is not None and kind in (r.SET, r.SET_LOCAL, r.RESET):
             # Part of the held-back transaction: it runs where the transaction will.
-            self.pending_begin += "; " + sql.strip().rstrip(";")
-            if self._txn_snapshot is None:
-                self._txn_snapshot = (dict(self.vars), None, None)
+            self.txn.pending += "; " + sql.strip().rstrip(";")
+            if self.txn.snapshot is None:
+                self.txn.snapshot = (dict(self.vars), None, None)
             if kind == r.SET:
                 self._set_var(plan.name, plan.value)
             elif kind == r.RESET:
@@ -474,31 +458,29 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self._qkind = _query_kind(plan)
         s.forget_unnamed()
         s.send(raw)
-        s.push(X_QUERY, fake=self._held())
+        s.push(X_QUERY, fake=self.txn.held())
         s.flush()
 
     def _local_txn(self, kind: str, sql: str) -> None:
         """BEGIN/COMMIT/ROLLBACK with no server attached: the transaction starts on the
         shard of its first routed statement, so BEGIN is held back until then."""
         if kind == r.BEGIN:
-            if self.pending_begin is not None:
+            if self.txn.pending is not None:
                 self.write(m.error_response("25001", "there is already a transaction in progress",
                                             severity="WARNING", notice=True))
             else:
-                self.pending_begin = sql
-                self.pending_failed = False
+                self.txn.hold(sql)
             self.write(m.command_complete("BEGIN"))
             return
-        if self.pending_begin is None:
+        if self.txn.pending is None:
             self.write(m.error_response("25P01", "there is no transaction in progress",
                                         severity="WARNING", notice=True))
-        failed = self.pending_failed
-        self.pending_begin = None
-        self.pending_failed = False
+        failed = self.txn.failed
+        self.txn.opened()
         self.local_key = None
         tag = "ROLLBACK" if kind == r.ROLLBACK or failed else "COMMIT"
-        snap = self._txn_snapshot
-        self._txn_snapshot = None
+        snap = self.txn.snapshot
+        self.txn.snapshot = None
         if snap is not None and tag == "ROLLBACK":
             self.vars = snap[0]
             self.vars_gen += 1
@@ -549,7 +531,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         bind = m.decode_bind(raw[5:]) if plan.key_param or multi else None
         if plan.kind in TXN_KINDS and self.server is None and self.pool_mode == "transaction":
             shard = None
-        elif self.multi is not None:
+        elif self.txn.multi is not None:
             shard = self._multi_target(plan, st.sql, bind, st)
         else:
             shard = self._target(plan, bind, st)
@@ -635,7 +617,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 return None
             if sync:
                 self._owe_z = False
-        if self.multi is not None and self.unit_fanout is None:
+        if self.txn.multi is not None and self.unit_fanout is None:
             return self._guard(self._multi_unit(ops, sync), False, sync)
         fan = self.unit_fanout
         if fan is not None:
@@ -651,7 +633,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if target is None:
             target = self._any_shard()
         executes = any(op[0] == OP_BIND or (op[0] == OP_RAW and op[2] == X_EXEC) for op in ops)
-        if executes and self.pending_failed:
+        if executes and self.txn.failed:
             raise _aborted()   # the held-back transaction failed: nothing runs until its end
         if unit is not None:
             role = self.unit_role
@@ -698,7 +680,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 push(X_FAKE, fake=op[1])
             elif k == OP_SYNC:
                 send(m.SYNC)
-                push(X_SYNC, fake=self._held())
+                push(X_SYNC, fake=self.txn.held())
                 self._t0 = time.monotonic()
             elif k == OP_FLUSH:
                 send(m.FLUSH)
@@ -784,7 +766,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 return None
             if s.synced != (self, self.vars_gen):
                 self._sync_vars(s)
-            if begin and self.pending_begin is not None:
+            if begin and self.txn.pending is not None:
                 self._send_begin(s)
             return s
         if self.closed:
@@ -801,7 +783,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.server = s
         self.shard = shard
         self._sync_vars(s)
-        if self.pending_begin is not None and begin:
+        if self.txn.pending is not None and begin:
             self._send_begin(s)
 
     def _send_begin(self, s) -> None:
@@ -811,9 +793,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             # End the look-only unit first: a Query inside it would be part of it.
             s.send(m.SYNC)
             s.push(X_SYNC, swallow=True)
-        s.query(self.pending_begin, swallow=True)
-        self.pending_begin = None
-        self.pending_failed = False
+        s.query(self.txn.pending, swallow=True)
+        self.txn.opened()
 
     async def _attach(self, shard: str, begin: bool = True, role: str = "primary"):
         """The server this client's next request goes to, acquiring one if needed."""
@@ -860,7 +841,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         else:
             if s.synced != (self, self.vars_gen):
                 self._sync_vars(s)
-            if begin and self.pending_begin is not None:
+            if begin and self.txn.pending is not None:
                 self._send_begin(s)
         return s
 
@@ -912,16 +893,16 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if self.unit_wrote and s.txn_status == b"I":
             self.last_write[self.shard] = time.monotonic()
             self.unit_wrote = False
-        snap = self._txn_snapshot
+        snap = self.txn.snapshot
         if snap is not None and s.txn_status == b"I":
-            self._txn_snapshot = None
-            if not self._ending_commit:
+            self.txn.snapshot = None
+            if not self.txn.ending_commit:
                 # Rolled back: PostgreSQL undid the SETs, and so does the replay state.
                 self.vars = snap[0]
                 self.vars_gen += 1
                 if snap[2] is s:
                     s.restore_settings(snap[1])
-            self._ending_commit = False
+            self.txn.ending_commit = False
         if s.txn_status == b"I":
             self.local_key = None
             if self.pool_mode == "transaction":
@@ -975,7 +956,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             sql = _raise_sql(exc)
             if simple:
                 s.send(m.query(sql))
-                s.push(X_QUERY, fake=self._held())
+                s.push(X_QUERY, fake=self.txn.held())
             else:
                 s.send(m.parse("", sql) + m.bind("", "") + m.execute())
                 s.push(X_PARSE, swallow=True)
@@ -983,7 +964,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 s.push(X_EXEC)
                 if synced:
                     s.send(m.SYNC)
-                    s.push(X_SYNC, fake=self._held())
+                    s.push(X_SYNC, fake=self.txn.held())
                 else:
                     self.skip_until_sync = True
             s.forget_unnamed()
@@ -992,8 +973,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.proxy.metrics_error(exc.sqlstate)
         out = [m.PARSE_COMPLETE for op in ops if op[0] == OP_PARSE]
         out.append(m.error_from(exc))
-        if self.pending_begin is not None:
-            self.pending_failed = True
+        self.txn.fail()
         if simple or synced:
             out.append(m.ready_for_query(self._status()))
         else:
@@ -1004,14 +984,13 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self._release_if_idle()
 
     def _check_failed_txn(self, plan: r.Plan) -> None:
-        if self.pending_failed \
+        if self.txn.failed \
                 and plan.kind not in (r.COMMIT, r.ROLLBACK):
             raise _aborted()
 
     def server_error(self, body: bytes) -> None:
         """An ErrorResponse reached the client: a held-back transaction is now failed."""
-        if self.pending_begin is not None:
-            self.pending_failed = True
+        self.txn.fail()
         if self.proxy.metrics is not None:
             self.proxy.metrics_error(m.decode_fields(body).get("C", "XX000"))
 

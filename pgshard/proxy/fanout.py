@@ -55,8 +55,8 @@ class FanoutMixin:
                 s.push(X_QUERY)
                 s.forget_unnamed()
 
-            if self.multi is not None:   # the table may exist only in this transaction
-                replies = await self.multi.run(self.multi.shards[:1], emit)
+            if self.txn.multi is not None:   # the table may exist only in this transaction
+                replies = await self.txn.multi.run(self.txn.multi.shards[:1], emit)
             else:
                 replies = await scatter.run_on_shards(self, [self._any_shard()], emit)
             names = [scatter.decode_row(raw[5:])[0] for t, raw in replies[0] if t == 0x44]
@@ -75,14 +75,14 @@ class FanoutMixin:
                        + m.command_complete("BEGIN") + m.ready_for_query(self._status()))
             return
         if kind in (r.SET, r.RESET, r.SET_LOCAL, r.TXN_INNER, r.DISCARD_ALL):
-            if self.multi.failed and kind != r.TXN_INNER:
+            if self.txn.multi.failed and kind != r.TXN_INNER:
                 raise PgError("current transaction is aborted, commands ignored until end of "
                               "transaction block", sqlstate="25P02")
             if kind == r.SET:
                 self._set_var(plan.name, plan.value)
             elif kind == r.RESET:
                 self._reset_var(plan.name, None)
-            fan = Fanout("all", list(self.multi.shards), None)
+            fan = Fanout("all", list(self.txn.multi.shards), None)
         else:
             try:
                 fan = self._multi_target(plan, sql)
@@ -96,7 +96,7 @@ class FanoutMixin:
         """Let go of a server held only because a Describe was flushed without a Sync."""
         s = self.server
         if s is not None and s.txn_status == b"I" and not s.expect and s.unsynced != 2 \
-                and self.pool_mode == "transaction" and self.multi is None:
+                and self.pool_mode == "transaction" and self.txn.multi is None:
             self._detach()
 
     async def _check_fanout(self, fan: Fanout) -> None:
@@ -110,7 +110,7 @@ class FanoutMixin:
                 f"this transaction runs on shard {self.shard}; a statement that needs "
                 f"{'every shard' if fan.kind == 'ddl' else 'several shards'} cannot join it",
                 hint="run it outside the transaction (cross-shard transactions are not supported yet)")
-        if fan.kind == "insert" and (self.pending_begin is not None or self.multi is not None):
+        if fan.kind == "insert" and (self.txn.pending is not None or self.txn.multi is not None):
             raise FeatureNotSupported(
                 "a multi-row INSERT spanning shards cannot be split inside a transaction",
                 hint="insert the rows of each shard in its own statement")
@@ -126,25 +126,25 @@ class FanoutMixin:
                 s.push(kind, swallow)
             s.forget_unnamed()
 
-        if self.multi is None and self.pending_begin is not None and fan.kind == "ddl":
+        if self.txn.multi is None and self.txn.pending is not None and fan.kind == "ddl":
             await self._open_multi()
         t0 = time.monotonic()
-        if fan.kind == "read" or (fan.kind == "one" and self.multi is not None):
+        if fan.kind == "read" or (fan.kind == "one" and self.txn.multi is not None):
             try:
                 ok = await self._stream_read(fan, emit, hide_desc)
             finally:
                 self._fan_metrics(fan, t0)
-            if not ok and self.multi is not None:
-                self.multi.failed = True
+            if not ok and self.txn.multi is not None:
+                self.txn.multi.failed = True
             return b"" if ok else None
-        if self.multi is not None:
-            replies = await self.multi.run(fan.shards, emit)
+        if self.txn.multi is not None:
+            replies = await self.txn.multi.run(fan.shards, emit)
         else:
             replies = await scatter.run_on_shards(self, fan.shards, emit)
         self._fan_metrics(fan, t0)
         err = scatter.first_error(fan.shards, replies)
-        if err is not None and self.multi is not None:
-            self.multi.failed = True
+        if err is not None and self.txn.multi is not None:
+            self.txn.multi.failed = True
         if err is not None:
             if fan.kind != "read":
                 ok = [n for n, fr in zip(fan.shards, replies, strict=True) if not any(t == 0x45 for t, _ in fr)]
@@ -167,10 +167,10 @@ class FanoutMixin:
     async def _stream_read(self, fan: Fanout, emit, hide_desc: int | None) -> bool:
         budget = self.proxy.config.proxy.fanout_buffer_bytes
         spec = fan.analysis.merge if fan.kind == "read" and fan.analysis is not None else None
-        if self.multi is not None:
+        if self.txn.multi is not None:
             # In a multi-shard transaction: its held servers; a statement for one of them
             # ("one") is relayed as that server answers it.
-            servers = [self.multi.servers[sh] for sh in fan.shards]
+            servers = [self.txn.multi.servers[sh] for sh in fan.shards]
             return await fanread.stream_read(self, fan.shards, servers, emit, spec, hide_desc,
                                              budget, relay=fan.kind == "one")
         async with scatter.servers_for(self, fan.shards) as servers:
@@ -231,24 +231,24 @@ class FanoutMixin:
                 elif k == OP_SYNC:
                     self.write(m.ready_for_query(self._status()))
             return
-        await self._fanout_ext(Fanout("one", [self.multi.shards[0]], None), ops, sync)
+        await self._fanout_ext(Fanout("one", [self.txn.multi.shards[0]], None), ops, sync)
 
     async def _open_multi(self) -> None:
         """DDL inside BEGIN: hold the transaction open on every shard from here on."""
         shards = [sh.name for sh in self.proxy.catalog.shards]
         multi = scatter.MultiTxn(self, shards)
-        replies = await multi.open(self.pending_begin)
+        replies = await multi.open(self.txn.pending)
         err = scatter.first_error(shards, replies)
         if err is not None:
             multi.release(abort=True)
             f = m.decode_fields(err[5:])
             raise PgError(f.get("M", "BEGIN failed"), sqlstate=f.get("C", "XX000"))
-        self.pending_begin = None
-        self.multi = multi
+        self.txn.pending = None
+        self.txn.multi = multi
 
     def _multi_target(self, plan: r.Plan, sql: str, bind=None, st=None) -> Fanout:
         """Inside a multi-shard transaction every unit runs on the held servers."""
-        if self.multi.failed and plan.kind not in (r.COMMIT, r.ROLLBACK):
+        if self.txn.multi.failed and plan.kind not in (r.COMMIT, r.ROLLBACK):
             raise PgError("current transaction is aborted, commands ignored until end of "
                           "transaction block", sqlstate="25P02")
         target = self._target(plan, bind, st, sql=sql)
@@ -258,8 +258,8 @@ class FanoutMixin:
 
     async def _multi_end(self, kind: str) -> bytes:
         """COMMIT or ROLLBACK on every shard of the multi-shard transaction."""
-        multi = self.multi
-        self.multi = None
+        multi = self.txn.multi
+        self.txn.multi = None
         word = "ROLLBACK" if kind == r.ROLLBACK or multi.failed else "COMMIT"
         done, failed = [], []
         try:

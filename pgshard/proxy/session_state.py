@@ -14,9 +14,9 @@ class SessionStateMixin:
         """Session state a statement changes, kept to replay it on other servers."""
         kind = plan.kind
         if kind == r.SET or kind == r.RESET:
-            if s.txn_status != b"I" and self._txn_snapshot is None:
+            if s.txn_status != b"I" and self.txn.snapshot is None:
                 # A SET inside a transaction is undone by ROLLBACK: remember the before.
-                self._txn_snapshot = (dict(self.vars), dict(s.vars), s)
+                self.txn.snapshot = (dict(self.vars), dict(s.vars), s)
             if kind == r.SET:
                 self._set_var(plan.name, plan.value)
                 s.note_setting(plan.name, plan.value)
@@ -26,7 +26,7 @@ class SessionStateMixin:
             s.forget_session()
             self._discard_all()
         elif kind == r.COMMIT or kind == r.ROLLBACK:
-            self._ending_commit = kind == r.COMMIT and s.txn_status == b"T"
+            self.txn.ending_commit = kind == r.COMMIT and s.txn_status == b"T"
         elif plan.is_ddl:
             # Plans prepared before a schema change must not be reused under the same name.
             self.proxy.statements.invalidate()

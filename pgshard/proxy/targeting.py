@@ -139,9 +139,9 @@ class TargetingMixin:
         mon = self.proxy.replicas
         if cons == "strong" or mon is None or self.pool_mode == "session":
             return "primary"
-        read_only_txn = self.pending_begin is not None and \
-            READ_ONLY.search(self.pending_begin) is not None
-        if self.pending_begin is not None and not read_only_txn:
+        read_only_txn = self.txn.pending is not None and \
+            READ_ONLY.search(self.txn.pending) is not None
+        if self.txn.pending is not None and not read_only_txn:
             return "primary"
         if s is not None and self.role != "primary" and s.expect:
             return "primary"
@@ -191,7 +191,7 @@ class TargetingMixin:
                     raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
                 return Fanout("read", owners, a)
             if a.insert_rows and bind is None and self.server is None \
-                    and self.pending_begin is None:
+                    and self.txn.pending is None:
                 groups: dict[str, list[int]] = {}
                 for k, row in a.insert_rows:
                     owner = cat.ring.owner(hashing.token(k.resolve()))

@@ -1,0 +1,49 @@
+"""One client's transaction as the client sees it: the BEGIN held back until a statement
+says where it runs, whether that held transaction already failed, the multi-shard DDL
+transaction, and what a ROLLBACK must restore of the session's settings."""
+
+from __future__ import annotations
+
+
+class TxnState:
+    """The one place a session's transaction status comes from (see status())."""
+
+    __slots__ = ("pending", "failed", "multi", "snapshot", "ending_commit")
+
+    def __init__(self):
+        self.pending: str | None = None   # the held-back BEGIN (and SETs after it), as SQL
+        self.failed = False               # the held-back transaction saw an error
+        self.multi = None                 # scatter.MultiTxn: DDL inside BEGIN on every shard
+        self.snapshot = None              # (client vars, server vars, server) before a SET
+        self.ending_commit = False        # the statement on its way is a COMMIT
+
+    def status(self, server) -> bytes:
+        """I, T or E: what a ReadyForQuery made here tells the client."""
+        multi = self.multi
+        if multi is not None:
+            return b"E" if multi.failed else b"T"
+        if self.pending is not None:     # even with a server that only looked
+            return b"E" if self.failed else b"T"
+        if server is not None:
+            return server.txn_status
+        return b"I"
+
+    def held(self) -> bytes | None:
+        """While a BEGIN is held back, the status a server's ReadyForQuery must report."""
+        if self.pending is None:
+            return None
+        return b"E" if self.failed else b"T"
+
+    def hold(self, begin_sql: str) -> None:
+        self.pending = begin_sql
+        self.failed = False
+
+    def opened(self) -> None:
+        """The held BEGIN was sent to the server that runs the transaction."""
+        self.pending = None
+        self.failed = False
+
+    def fail(self) -> None:
+        """An error inside the held transaction: only COMMIT/ROLLBACK may follow."""
+        if self.pending is not None:
+            self.failed = True
