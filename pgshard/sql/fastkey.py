@@ -1,5 +1,7 @@
-"""Routing simple-protocol statements whose literals change every time, without a full
-parse per text: the analysis is cached per *normalized* text (constants → $n).
+"""The literal fast path: the shard of a simple-protocol statement without a parse per text.
+
+Its literals change every time, so the analysis is cached per *normalized* text
+(constants → $n).
 
 Strategy: libpg_query's normalize turns `WHERE id = 42` into `WHERE id = $1` (~20 µs),
 and the scanner lists the constants in the same order (~30 µs); the cached analysis of the

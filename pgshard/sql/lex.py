@@ -1,5 +1,7 @@
-"""A linear-time SQL lexer, pure: comment spans, statement spans and tokens, as PostgreSQL's
-scanner sees them (strings, E'' escapes, dollar quotes, quoted identifiers, nested /* */).
+"""A linear-time SQL lexer, pure: comment spans, statement spans and tokens of a text.
+
+They are found as PostgreSQL's scanner sees them (strings, E'' escapes, dollar quotes,
+quoted identifiers, nested /* */).
 
 Everything here runs on client text on the event loop, so every step moves forward: the
 only regular expressions are single character-class runs (no alternation or nesting that

@@ -1,9 +1,9 @@
 """Combine the rows of a SELECT that ran on several shards into the client's result, no I/O.
 
 Rows stay wire-format DataRow bodies; only the columns the merge looks at (ORDER BY, GROUP
-BY, DISTINCT, aggregates) are decoded, per type OID and format code (protocol.values). Order of
-operations, as in PostgreSQL: group and combine aggregates, DISTINCT, ORDER BY, OFFSET and
-LIMIT; then the hidden trailing columns the shard SQL added are dropped.
+BY, DISTINCT, aggregates) are decoded, per type OID and format code (protocol.values).
+Order of operations, as in PostgreSQL: group and combine aggregates, DISTINCT, ORDER BY,
+OFFSET and LIMIT; then the hidden trailing columns the shard SQL added are dropped.
 
 Two ways in: `add` every row then `finish`, or, as rows stream in (pgshard.proxy.fanread),
 `row` + `sort_key` for a k-way merge or `accumulate` + `grouped_rows`, through a

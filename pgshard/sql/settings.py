@@ -1,5 +1,7 @@
-"""SET / RESET / SHOW read from tokens as PostgreSQL's grammar reads them, pure: the
-setting's name, its value as written, and a pgshard.* setting's single value decoded."""
+"""SET / RESET / SHOW read from tokens as PostgreSQL's grammar reads them, pure.
+
+What is read: the setting's name, its value as written, and a pgshard.* setting's single
+value decoded."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Memoising a pure function of one SQL text, bounded by bytes (ByteLRU), large texts not
-kept: a cache of analyses must not be the reason a proxy holds gigabytes of SQL."""
+"""Memoising a pure function of one SQL text (the analyses' caches), bounded by bytes.
+
+Large texts are not kept: a cache of analyses must not be the reason a proxy holds
+gigabytes of SQL (ByteLRU, pgshard.cache)."""
 
 from __future__ import annotations
 
