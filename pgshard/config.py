@@ -232,6 +232,15 @@ def parse_dsn(dsn: str) -> Dsn:
                password=unquote(u.password or ""), database=unquote(u.path.lstrip("/")) or "postgres")
 
 
+def dsn_address(dsn: str) -> str:
+    """host:port of a postgresql:// URL, for logs and status pages (never its password)."""
+    try:
+        d = parse_dsn(dsn)
+    except ValueError:
+        return "<unparseable DSN>"
+    return f"{d.host}:{d.port}"
+
+
 def to_toml(data: dict) -> str:
     """Render a config document (the shape config_from_dict reads) as TOML."""
 

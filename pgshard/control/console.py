@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from pgshard.config import parse_dsn
+from pgshard.config import dsn_address
 from pgshard.control.auth import PERMISSIONS, bearer_token
 from pgshard.control.errors import BadRequest, ServiceUnavailable, Unauthorized
 from pgshard.control.membership import list_routers
@@ -170,7 +170,7 @@ class PrimaryProbe:
         return out
 
     async def _probe(self, dsn: str) -> dict:
-        result = {"dsn": _address(dsn), "reachable": False, "in_recovery": None,
+        result = {"dsn": dsn_address(dsn), "reachable": False, "in_recovery": None,
                   "last_error": None}
         try:
             conn = await asyncio.wait_for(asyncpg.connect(dsn, timeout=self.timeout),
@@ -185,14 +185,6 @@ class PrimaryProbe:
             result["last_error"] = str(exc) or type(exc).__name__
         self._cache[dsn] = (time.monotonic(), result)
         return result
-
-
-def _address(dsn: str) -> str:
-    try:
-        d = parse_dsn(dsn)
-        return f"{d.host}:{d.port}"
-    except ValueError:
-        return "<unparseable DSN>"
 
 
 PROBE = web.AppKey("console_probe", PrimaryProbe)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from pgshard.background import Background
-from pgshard.config import parse_dsn
+from pgshard.config import dsn_address
 from pgshard.ring.catalog import Catalog
 
 log = logging.getLogger("pgshard.replicas")
@@ -107,7 +107,7 @@ class _Node:
 
     def __init__(self, dsn: str):
         self.dsn = dsn
-        self.address = _address(dsn)
+        self.address = dsn_address(dsn)
         self.conn: asyncpg.Connection | None = None
         self.probe: Probe | None = None  # the last successful check
         self.ok = False  # whether the last check succeeded
@@ -388,7 +388,7 @@ class ReplicaMonitor:
         for shard in shards:
             p = self._nodes.get(shard.primary)
             pp = p.probe if p is not None else None
-            primary = {"dsn": _address(shard.primary),
+            primary = {"dsn": dsn_address(shard.primary),
                        "reachable": bool(p and p.ok),
                        "in_recovery": None if pp is None else pp.in_recovery,
                        "current_lsn": _fmt(self.primary_lsn(shard.name)),
@@ -402,7 +402,7 @@ class ReplicaMonitor:
                 banned = n is not None and n.banned_until > now
                 lag = self._lag_now(n, now) if n is not None else math.inf
                 replicas.append({
-                    "index": i, "dsn": _address(dsn), "healthy": reason is None,
+                    "index": i, "dsn": dsn_address(dsn), "healthy": reason is None,
                     "reason": reason,
                     "banned_until": wall + n.banned_until - now if banned else None,
                     "ban_reason": n.ban_reason if banned else None,
@@ -420,12 +420,4 @@ class ReplicaMonitor:
 
 def _fmt(lsn: int | None) -> str | None:
     return None if lsn is None else format_lsn(lsn)
-
-
-def _address(dsn: str) -> str:
-    try:
-        d = parse_dsn(dsn)
-        return f"{d.host}:{d.port}"
-    except ValueError:
-        return "<unparseable DSN>"
 
