@@ -306,6 +306,9 @@ class ServerConnection(asyncio.Protocol):
         """Make this server's session settings `want` (SET/RESET what differs, one
         swallowed Query); owner is (client, generation), remembered to skip a repeat."""
         have = self.vars
+        if have == want:   # the common case (both empty): nothing to send
+            self.synced = owner
+            return
         stmts = [f"SET {k} TO {v}" for k, v in want.items() if have.get(k) != v]
         stmts += [f"RESET {k}" for k in have if k not in want]
         if stmts:

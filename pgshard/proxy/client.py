@@ -372,8 +372,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             if aw is not None:
                 return self._guard(self._then_query(aw, raw), True)
         # A simple Query destroys the unnamed statement and portal, as in PostgreSQL.
-        self.stmts.pop("", None)
-        self.local_portals.pop("", None)
+        if self.stmts:
+            self.stmts.pop("", None)
+        if self.local_portals:
+            self.local_portals.pop("", None)
         sql = m.decode_query(raw[5:])
         plan = r.plan(sql)
         kind = plan.kind

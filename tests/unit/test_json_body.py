@@ -57,13 +57,14 @@ def test_wide_bodies_are_checked_in_linear_time():
     # Many shallow containers: the depth walk visits each once.
     small = b'{"p": [' + b",".join([b"[[1]]"] * 10_000) + b"]}"
     big = b'{"p": [' + b",".join([b"[[1]]"] * 100_000) + b"]}"
-    start = time.perf_counter()
+    # CPU time of this thread, not the wall clock: the machine may be busy with others.
+    start = time.thread_time()
     assert json_depth(parse_json_body(small)) == 4
-    t_small = time.perf_counter() - start
-    start = time.perf_counter()
+    t_small = time.thread_time() - start
+    start = time.thread_time()
     assert json_depth(parse_json_body(big)) == 4
-    t_big = time.perf_counter() - start
-    assert t_big < max(30 * t_small, 0.5)
+    t_big = time.thread_time() - start
+    assert t_big < max(30 * t_small, 1.0)
 
 
 def test_array_top_level_when_asked():

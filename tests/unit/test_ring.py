@@ -436,8 +436,8 @@ def test_plans_keep_the_invariant(shards, vnodes, data):
 def test_owner_is_fast():
     # A bisect over a tuple: 100k lookups on a 1024-vnode ring take well under a second.
     tokens = sample_tokens(100_000)
-    start = time.perf_counter()
+    start = time.thread_time()   # CPU time: a busy machine does not make it fail
     owner = RING4.owner
     for t in tokens:
         owner(t)
-    assert time.perf_counter() - start < 1.0
+    assert time.thread_time() - start < 1.0
