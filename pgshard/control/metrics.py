@@ -93,7 +93,7 @@ class _StateCollector:
         stats = {name: CounterMetricFamily(f"pgshard_pool_{name}", f"Pool {name} events",
                                            labels=labels) for name in POOL_STATS}
         for key, pool in list(proxy.pools.items()):
-            lv = [key.shard, key.role, key.user, key.database]
+            lv = [key.shard, key.role, key.client or key.user, key.database]
             size.add_metric(lv, pool.size)
             idle.add_metric(lv, len(pool.idle))
             active.add_metric(lv, pool.active)

@@ -203,10 +203,12 @@ class ClientLimits:
         if self._budget[0] is catalog and catalog is not None:
             return self._budget[1]
         cfg = self.proxy.config
-        per_cred: dict[str | None, int] = {}
+        per_cred: dict[object, int] = {}   # one entry per pool set, as Proxy._pool_for keys them
         for u in cfg.users or ():
-            size = u.pool_size or cfg.proxy.pool_size
-            per_cred[u.server_user] = max(per_cred.get(u.server_user, 0), size)
+            if u.pool_size:
+                per_cred[("user", u.name)] = u.pool_size
+            else:
+                per_cred[u.server_user] = max(per_cred.get(u.server_user, 0), cfg.proxy.pool_size)
         if not per_cred:
             per_cred[None] = cfg.proxy.pool_size
         servers = sum(1 + len(sh.replicas) for sh in (catalog.shards if catalog else ()))

@@ -206,7 +206,8 @@ class Proxy:
         dsn = parse_dsn(sh.primary if role == "primary" else sh.replicas[int(role.split(":")[1])])
         server_user = (user.server_user if user and user.server_user else dsn.user)
         password = (user.server_password if user and user.server_password else dsn.password)
-        key = PoolKey(shard, role, server_user, dsn.database)
+        key = PoolKey(shard, role, server_user, dsn.database,
+                      user.name if user and user.pool_size else None)
         pool = self.pools.get(key)
         if pool is None or (pool.host, pool.port) != (dsn.host, dsn.port):
             if pool is not None:

@@ -24,6 +24,9 @@ class PoolKey:
     role: str        # "primary" | "replica:<n>"
     user: str        # server user
     database: str
+    # The client user a pool of its own serves (one with its own pool_size, as PgBouncer
+    # pools per user); None: shared by every client user that logs in to the shards as `user`.
+    client: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
