@@ -612,11 +612,14 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if self._owe_z:
             # A unit already ran to a Sync of its own on the servers: the client's Sync is
             # answered here, or by the unit it ends.
-            if all(op[0] in (OP_SYNC, OP_FLUSH) for op in ops):
+            srv = self.server
+            if all(op[0] in (OP_SYNC, OP_FLUSH) for op in ops) and (
+                    srv is None or not (srv.expect or srv.unsynced)):
                 if sync:
                     self._owe_z = False
-                    self.write(m.ready_for_query(self._status()))
+                    self._reply(m.ready_for_query(self._status()))
                 return None
+            # Otherwise a server has work of this unit since: its Sync answers the client.
             if sync:
                 self._owe_z = False
         if self.txn.multi is not None and self.unit_fanout is None:
