@@ -491,6 +491,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
     # ------------------------------------------------------------ extended protocol
 
     def _parse(self, raw: bytes) -> None:
+        if self.unit_fanout is not None:
+            raise FeatureNotSupported(
+                "a statement that needs several shards cannot share a pipeline with other "
+                "statements", hint="send a Sync before and after it")
         pm = m.decode_parse(raw[5:])
         named = pm.name != ""
         if named and pm.name in self.stmts:

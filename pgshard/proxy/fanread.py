@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import FeatureNotSupported, ProtocolViolation
+from pgshard.protocol.errors import FeatureNotSupported, PgError, ProtocolViolation
 from pgshard.proxy.shardstream import (
     ASYNC_TYPES,
     D_ROW,
@@ -140,11 +140,17 @@ class _Walk:
         except ClientGone:
             await self._drain()
             return False
-        except (FeatureNotSupported, ProtocolViolation):
+        except FeatureNotSupported:
             # The merge refused what the shards sent: the servers still finish cleanly.
             self.out.write_now()
             await self._drain()
             raise
+        except ProtocolViolation as exc:
+            # Replies the merge cannot read: an error for this statement, not the session.
+            self.out.write_now()
+            await self._drain()
+            raise PgError(f"the shards' replies could not be merged: {exc.message}",
+                          sqlstate="XX000") from None
         self.out.write_now()
         return True
 
