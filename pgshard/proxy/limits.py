@@ -12,6 +12,7 @@ import resource
 import time
 from dataclasses import dataclass
 
+from pgshard.background import Background
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import PgError, TooManyConnections
 
@@ -173,7 +174,7 @@ class ClientLimits:
         # SQLSTATE): a flood must not become a flood of log lines.
         self._logs: dict[str, RateLimitedLog] = {}
         self._budget: tuple[object, int] = (None, 0)   # (catalog it was computed for, budget)
-        self._task: asyncio.Task | None = None
+        self._reaper = Background(self._reap_forever, "pgshard-client-limits")
 
     # ---- budget
 
@@ -190,12 +191,10 @@ class ClientLimits:
                         "sockets (RLIMIT_NOFILE %d less server pools and a margin); clients "
                         "beyond it are refused with 53300", pc.max_client_conn, budget,
                         self.nofile[0])
-        self._task = asyncio.get_running_loop().create_task(self._reap_forever())
+        self._reaper.start()
 
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+    async def stop(self) -> None:
+        await self._reaper.stop()
 
     def budget(self) -> int:
         """Client sockets allowed by the open-files limit; recomputed when shards change."""

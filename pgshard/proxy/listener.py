@@ -83,7 +83,7 @@ class Proxy:
     async def stop(self) -> None:
         self.closing = True
         self._stop_listening()
-        self.limits.stop()
+        await self.limits.stop()
         if self._janitor is not None:
             self._janitor.cancel()
         if self.replicas is not None:
