@@ -127,6 +127,10 @@ class ActiveSqlTransaction(PgError, code="25001"):
     pass
 
 
+class NoActiveSqlTransaction(PgError, code="25P01"):
+    pass
+
+
 class InFailedSqlTransaction(PgError, code="25P02"):
     pass
 

@@ -234,6 +234,12 @@ def error_from(exc: PgError) -> bytes:
                           hint=exc.hint, detail=exc.detail)
 
 
+def warning_from(exc: PgError) -> bytes:
+    """exc as a NoticeResponse of severity WARNING (the statement still succeeds)."""
+    return error_response(exc.sqlstate, exc.message, severity="WARNING", hint=exc.hint,
+                          detail=exc.detail, notice=True)
+
+
 def decode_fields(body: bytes) -> dict[str, str]:
     """Fields of an ErrorResponse/NoticeResponse keyed by their one-letter code."""
     fields: dict[str, str] = {}

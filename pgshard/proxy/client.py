@@ -11,11 +11,13 @@ import time
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import (
+    ActiveSqlTransaction,
     ConnectionFailure,
     FeatureNotSupported,
     InFailedSqlTransaction,
     InvalidSqlStatementName,
     MalformedMessage,
+    NoActiveSqlTransaction,
     PgError,
     ProtocolViolation,
 )
@@ -124,7 +126,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.ops: list[tuple] = []
         self.unit_shard: str | None = None
         self.unit_fanout: Fanout | None = None
-        self._fan_hide_desc = False
         self._t0 = 0.0                 # when the unit now on the server was sent (metrics)
         self._qkind = "read"
         self._owe_z = False
@@ -468,15 +469,13 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         shard of its first routed statement, so BEGIN is held back until then."""
         if kind == r.BEGIN:
             if self.txn.pending is not None:
-                self.write(m.error_response("25001", "there is already a transaction in progress",
-                                            severity="WARNING", notice=True))
+                self.write(m.warning_from(_already_in_txn()))
             else:
                 self.txn.hold(sql)
             self.write(m.command_complete("BEGIN"))
             return
         if self.txn.pending is None:
-            self.write(m.error_response("25P01", "there is no transaction in progress",
-                                        severity="WARNING", notice=True))
+            self.write(m.warning_from(NoActiveSqlTransaction("there is no transaction in progress")))
         failed = self.txn.failed
         self.txn.opened()
         self.local_key = None
@@ -1064,6 +1063,10 @@ def _query_kind(plan: r.Plan) -> str:
     if plan.kind != r.STATEMENT:
         return "other"
     return "read" if plan.is_read else "ddl" if plan.is_ddl else "write"
+
+
+def _already_in_txn() -> PgError:
+    return ActiveSqlTransaction("there is already a transaction in progress")
 
 
 def _aborted() -> PgError:

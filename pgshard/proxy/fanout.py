@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.protocol.errors import ActiveSqlTransaction, FeatureNotSupported, PgError
 from pgshard.proxy import fanread, scatter
 from pgshard.proxy.backend import (
     X_BIND,
@@ -70,8 +70,8 @@ class FanoutMixin:
             self.write(out + m.ready_for_query(b"I"))
             return
         if kind == r.BEGIN:
-            self.write(m.error_response("25001", "there is already a transaction in progress",
-                                        severity="WARNING", notice=True)
+            self.write(m.warning_from(ActiveSqlTransaction(
+                "there is already a transaction in progress"))
                        + m.command_complete("BEGIN") + m.ready_for_query(self._status()))
             return
         if kind in (r.SET, r.RESET, r.SET_LOCAL, r.TXN_INNER, r.DISCARD_ALL):

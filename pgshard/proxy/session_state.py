@@ -4,7 +4,7 @@ serves the client, and the proxy's own pgshard.* settings."""
 from __future__ import annotations
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import InvalidSqlStatementName, PgError
+from pgshard.protocol.errors import InvalidSqlStatementName, NoActiveSqlTransaction, PgError
 from pgshard.proxy.units import quote_literal
 from pgshard.sql import classify as r
 
@@ -53,9 +53,8 @@ class SessionStateMixin:
         if name == "shard_key":
             if local:
                 if self._status() == b"I":
-                    self.write(m.error_response(
-                        "25P01", "SET LOCAL can only be used in transaction blocks",
-                        severity="WARNING", notice=True))
+                    self.write(m.warning_from(NoActiveSqlTransaction(
+                        "SET LOCAL can only be used in transaction blocks")))
                 else:
                     self.local_key = value.encode()
             else:
