@@ -209,7 +209,10 @@ class Sidecar:
         ctx = None
         if sc.tls_cert:
             ctx = server_context(sc.tls_cert, sc.tls_key)
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # Request lines up to 16 KB: a query parameter of 1,024 characters (the longest any
+        # route accepts) can take 12 KB percent-encoded; beyond that aiohttp answers itself.
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     max_line_size=16384)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, sc.host, sc.port, ssl_context=ctx,
                                  reuse_address=True)
