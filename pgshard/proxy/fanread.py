@@ -38,6 +38,9 @@ MIN_SHARD_BUDGET = 64 * 1024     # a shard's stream holds at least this much bef
 _COMPLETE, _SUSPENDED, _NO_DATA = 0x43, 0x73, 0x6E
 
 
+ENDED = object()   # _peek: the shard's reply is over
+
+
 class ShardFailed(Exception):
     """A shard answered with an ErrorResponse (frame) where the walk stood."""
 
@@ -229,10 +232,10 @@ class _Walk:
             if t != READY:
                 self.out.add(frame)
 
-    async def _head(self, i: int) -> int | None:
-        """The type of shard i's next frame (waiting for it), None once its reply ended.
-        Notices and the like are sent on for the first shard only (the others say the
-        same); an ErrorResponse raises ShardFailed."""
+    def _peek(self, i: int):
+        """The type of shard i's next frame if one is buffered now, None if not yet, ENDED
+        once its reply ended. Notices and the like are sent on for the first shard only
+        (the others say the same); an ErrorResponse raises ShardFailed."""
         st = self.streams[i]
         while True:
             t = st.peek()
@@ -240,9 +243,8 @@ class _Walk:
                 if st.idle:
                     if st.lost is not None:
                         raise st.lost
-                    return None
-                await self._wait()
-                continue
+                    return ENDED
+                return None
             if t in ASYNC_TYPES:
                 frame = st.pop()
                 if i == 0:
@@ -251,6 +253,16 @@ class _Walk:
             if t == ERROR:
                 raise ShardFailed(i, st.pop())
             return t
+
+    async def _head(self, i: int) -> int | None:
+        """The type of shard i's next frame (waiting for it), None once its reply ended."""
+        while True:
+            t = self._peek(i)
+            if t is ENDED:
+                return None
+            if t is not None:
+                return t
+            await self._wait()
 
     async def _wait(self) -> None:
         """Nothing to read now: send what is ready (waiting while the client is slow),
@@ -285,26 +297,13 @@ class _Walk:
     def _ready(self, i: int, active: set[int]) -> bool:
         """Whether shard i has a DataRow ready now (no waiting); drops it from active
         once its rows ended."""
-        st = self.streams[i]
-        while True:
-            t = st.peek()
-            if t is None:
-                if st.idle:
-                    if st.lost is not None:
-                        raise st.lost
-                    active.discard(i)
-                return False
-            if t in ASYNC_TYPES:
-                frame = st.pop()
-                if i == 0:
-                    self.out.add(frame)
-                continue
-            if t == ERROR:
-                raise ShardFailed(i, st.pop())
-            if t != D_ROW:
-                active.discard(i)
-                return False
-            return True
+        t = self._peek(i)
+        if t is None:
+            return False
+        if t is ENDED or t != D_ROW:
+            active.discard(i)
+            return False
+        return True
 
     async def _concat(self, merger: Merger, window) -> None:
         """Rows of every shard as they arrive, in no particular order between shards."""
