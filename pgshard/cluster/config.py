@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pgshard.cluster.process import running_as_root, service_account
@@ -15,6 +15,8 @@ INCLUDE_LINE = f"include '{CONF_FILE}'"
 BASE_SETTINGS: dict[str, object] = {
     "listen_addresses": "127.0.0.1",
     "max_connections": 200,
+    # Two-phase commit (pgshard.proxy.twophase): a prepared transaction per connection.
+    "max_prepared_transactions": 200,
     "shared_buffers": "32MB",
     "password_encryption": "scram-sha-256",
     "wal_level": "logical",
@@ -26,6 +28,8 @@ BASE_SETTINGS: dict[str, object] = {
     "wal_receiver_status_interval": "1s",
     # Reconnect to a restarted primary quickly (default 5s).
     "wal_retrieve_retry_interval": "200ms",
+    # pg_rewind (rejoining a failed-over old primary as a replica) needs hint bits in WAL.
+    "wal_log_hints": "on",
     "logging_collector": "off",
     "log_line_prefix": "%m [%p] %q%u@%d ",
     "log_min_messages": "warning",
@@ -50,6 +54,14 @@ DURABLE_SETTINGS: dict[str, object] = {
 
 SYNC_STANDBYS = "ANY 1 (*)"
 
+
+def sync_standby_names(names) -> str:
+    """`ANY 1 ("a", "b")` over the standbys' application names (ANY 1 (*) without names)."""
+    names = list(names)
+    if not names:
+        return SYNC_STANDBYS
+    return "ANY 1 (" + ", ".join('"' + n.replace('"', '""') + '"' for n in names) + ")"
+
 HBA = """\
 # pgshard local cluster: local sockets trusted, TCP on loopback with SCRAM.
 local   all          all                     trust
@@ -61,13 +73,15 @@ host    replication  all        127.0.0.1/32 scram-sha-256
 
 def render_settings(*, name: str, port: int, socket_dir: Path, synchronous: bool,
                     sync_standbys: bool, extra: Mapping[str, object] | None,
-                    durable: bool = False) -> str:
+                    durable: bool = False, standby_names: Sequence[str] = ()) -> str:
     """The node's pgshard.conf: common settings, durability, then node identity, then
-    extra_conf. Synchronous replication implies durable settings."""
+    extra_conf. Synchronous replication implies durable settings; a primary with
+    sync_standbys waits for ANY 1 of standby_names (its replicas' application names)."""
     settings = dict(BASE_SETTINGS)
     settings.update(DURABLE_SETTINGS if durable or synchronous else FAST_SETTINGS)
     if synchronous:
-        settings["synchronous_standby_names"] = SYNC_STANDBYS if sync_standbys else ""
+        settings["synchronous_standby_names"] = (sync_standby_names(standby_names)
+                                                 if sync_standbys else "")
     settings.update(port=port, unix_socket_directories=str(socket_dir), cluster_name=name)
     settings.update(extra or {})
     lines = [f"# written by pgshard.cluster for {name}; changes are overwritten"]

@@ -62,22 +62,29 @@ class LocalCluster:
 
     By default the servers run with fsync, synchronous_commit and full_page_writes off:
     fast, and a killed server loses acknowledged commits. durable=True runs them with all
-    three on (failover and resharding tests need that); synchronous=True adds synchronous
-    replication (ANY 1 standby) and implies durable.
+    three on (failover and resharding tests need that); sync_replication=True (or its older
+    name synchronous=True) adds synchronous replication and implies durable: each primary
+    runs with synchronous_commit = on and synchronous_standby_names = 'ANY 1 (...)' over its
+    replicas, each replica streaming under its node name as application_name. extra_conf adds server settings to
+    every node; shard_conf={"shard1": {...}} to one shard's nodes only.
     """
 
     def __init__(self, base_dir: str | os.PathLike, shards: int = 2, replicas: int = 1, *,
                  database: str = "app", user: str = "pgshard", password: str = "pgshard",
                  base_port: int | None = None, shard_prefix: str = "shard",
                  synchronous: bool = False, durable: bool = False,
-                 extra_conf: dict | None = None):
+                 extra_conf: dict | None = None, shard_conf: dict[str, dict] | None = None,
+                 sync_replication: bool = False):
         if shards < 1 or replicas < 0:
             raise ValueError("need shards >= 1 and replicas >= 0")
         self.base_dir = Path(base_dir).absolute()
         self.database, self.user, self.password = database, user, password
-        self.synchronous = synchronous
-        self.durable = durable or synchronous
+        self.synchronous = synchronous or sync_replication
+        self.durable = durable or self.synchronous
         self.extra_conf = dict(extra_conf or {})
+        # Per shard name, settings over extra_conf for all of that shard's nodes (a replica
+        # needs max_prepared_transactions etc. at least as high as its primary's).
+        self.shard_conf = {name: dict(conf) for name, conf in (shard_conf or {}).items()}
         self.bindir = find_pg_bindir()
         layout = self._load_layout()
         if layout is None:
@@ -95,6 +102,17 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         return f"LocalCluster({str(self.base_dir)!r}, shards={len(self.shards)})"
+
+    @classmethod
+    def open(cls, base_dir: str | os.PathLike, **options) -> LocalCluster:
+        """The cluster whose layout base_dir holds, whatever its shape (a manager acting
+        on the servers of `pgshard demo` or of a test)."""
+        path = Path(base_dir) / LAYOUT_FILE
+        try:
+            layout = json.loads(path.read_text())["shards"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ClusterError(f"no cluster layout at {path}: {exc}") from None
+        return cls(base_dir, shards=len(layout), replicas=len(layout[0]["replicas"]), **options)
 
     def __enter__(self) -> LocalCluster:
         if self.exists():
@@ -116,6 +134,43 @@ class LocalCluster:
         """{"shards": [{"name", "primary": dsn, "replicas": [dsn, ...]}, ...]}"""
         return {"shards": [{"name": s.name, "primary": s.primary.dsn,
                             "replicas": [r.dsn for r in s.replicas]} for s in self.shards]}
+
+    def node_at(self, host: str, port: int) -> Node | None:
+        """The node listening on host:port, if it is one of this cluster's."""
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            return None
+        return next((n for n in self.nodes if n.port == port), None)
+
+    def shard_of(self, node: Node) -> ShardNodes:
+        return next(s for s in self.shards if node in s.nodes)
+
+    def set_primary(self, node: Node) -> None:
+        """Record that node is now its shard's primary (after a failover or switchover) and
+        the old primary one of its replicas; saved in the layout."""
+        shard = self.shard_of(node)
+        if node is shard.primary:
+            return
+        shard.replicas = [shard.primary, *(r for r in shard.replicas if r is not node)]
+        shard.primary = node
+        self._save_layout(complete=self.exists())
+
+    def rejoin(self, node: Node, primary: Node, timeout: float = 120) -> None:
+        """Turn a former primary into a streaming replica of `primary`: stop it, pg_rewind
+        it onto primary's timeline (crash recovery first if it was killed), then start it
+        in standby mode with primary_conninfo pointing at primary."""
+        if node.is_running():
+            node.stop("fast")
+        self.set_primary(primary)
+        source = (f"host={primary.host} port={primary.port} user={self.user} "
+                  f"dbname=postgres application_name={node.name}")
+        run([self.bindir / "pg_rewind", "--target-pgdata", node.data_dir, "--source-server",
+             source, "--write-recovery-conf"],
+            as_service=True, cwd=self.base_dir, env={"PGPASSWORD": self.password},
+            timeout=timeout, what=f"pg_rewind {node.name}", log_path=node.log_path)
+        # pg_rewind copied the source's configuration files: this node's own again.
+        self._configure(node, sync_standbys=False)
+        node.start()
+        wait_caught_up(primary, node, timeout=timeout)
 
     def exists(self) -> bool:
         """Whether base_dir holds a cluster whose create() completed."""
@@ -151,8 +206,7 @@ class LocalCluster:
         for shard in self.shards:
             for node in shard.nodes:
                 if not node.is_running():
-                    self._configure(node, sync_standbys=(
-                        self.synchronous and node is shard.primary and bool(shard.replicas)))
+                    self._configure(node, sync_standbys=node is shard.primary)
         _parallel(lambda node: node.start(), self.nodes)
 
     def stop(self, mode: str = "fast") -> None:
@@ -192,6 +246,8 @@ class LocalCluster:
     def _create_replica(self, primary: Node, replica: Node) -> None:
         run([self.bindir / "pg_basebackup", "-D", replica.data_dir, "-R", "-X", "stream",
              "-c", "fast", *self._no_sync, "--no-manifest", "-h", primary.host,
+             # The replica streams under its own name: synchronous_standby_names lists it.
+             "-d", f"application_name={replica.name}",
              "-p", str(primary.port), "-U", self.user, "-w"],
             as_service=True, cwd=self.base_dir, env={"PGPASSWORD": self.password},
             timeout=300, what=f"pg_basebackup {replica.name}", log_path=primary.log_path)
@@ -220,10 +276,19 @@ class LocalCluster:
         return () if self.durable else ("--no-sync",)
 
     def _configure(self, node: Node, *, sync_standbys: bool) -> None:
+        shard = self.shard_of(node)
+        standbys = [r.name for r in shard.replicas] if node is shard.primary else []
         write_node_config(node.data_dir, render_settings(
             name=node.name, port=node.port, socket_dir=node.data_dir,
-            synchronous=self.synchronous, sync_standbys=sync_standbys, durable=self.durable,
-            extra=self.extra_conf))
+            synchronous=self.synchronous, sync_standbys=sync_standbys and bool(standbys),
+            durable=self.durable, extra={**self.extra_conf, **self._shard_conf_of(node)},
+            standby_names=standbys))
+
+    def _shard_conf_of(self, node: Node) -> dict:
+        for shard in self.shards:
+            if node in shard.nodes:
+                return self.shard_conf.get(shard.name, {})
+        return {}
 
     def _prepare_base_dir(self) -> None:
         missing = [p for p in (self.base_dir, *self.base_dir.parents) if not p.exists()]

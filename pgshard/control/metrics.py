@@ -35,6 +35,10 @@ class Metrics:
                                     "Client sessions that completed startup", registry=r)
         self._http = Counter("pgshard_http_requests", "REST requests by route and status",
                              ["method", "route", "status"], registry=r)
+        self._twophase = Counter("pgshard_2pc", "Two-phase commits by outcome (committed, "
+                                 "rolled_back, commit_incomplete, unknown, recovered_commit, "
+                                 "recovered_rollback)", ["outcome"], registry=r)
+        self._in_doubt = 0
         self._children: dict[tuple[str, str, str], tuple] = {}
         self._error_children: dict[str, object] = {}
         self._clients: set[int] = set()
@@ -63,6 +67,14 @@ class Metrics:
         if child is None:
             child = self._error_children[sqlstate] = self._errors.labels(sqlstate)
         child.inc()
+
+    def twophase(self, outcome: str) -> None:
+        """One two-phase transaction (or recovered participant) ended with `outcome`."""
+        self._twophase.labels(outcome).inc()
+
+    def twophase_in_doubt(self, count: int) -> None:
+        """Prepared transactions the last recovery round left unresolved."""
+        self._in_doubt = count
 
     # ---------------------------------------------------------------- sidecar
 
@@ -115,6 +127,9 @@ class _StateCollector:
             cache_max.add_metric([name], budget)
             cache_entries.add_metric([name], entries)
         yield from (cache_bytes, cache_max, cache_entries)
+        yield GaugeMetricFamily("pgshard_2pc_in_doubt", "Prepared two-phase transactions the "
+                                "last recovery round left unresolved (manager only)",
+                                value=self.metrics._in_doubt)
         st = self.status()
         yield GaugeMetricFamily("pgshard_catalog_version", "Catalog version this router serves",
                                 value=st.get("catalog_version") or 0)

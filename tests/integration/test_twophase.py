@@ -1,0 +1,257 @@
+"""Two-phase commit against real PostgreSQL: the coordinator (pgshard.proxy.twophase) over
+asyncpg connections holding each shard's transaction, its decision log in a real SQLite
+store, its fault points, and recovery (pgshard.control.twophase_recovery) finishing what a
+crash left behind. Every outcome is checked on the primaries directly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+
+import asyncpg
+import pytest
+
+from pgshard.control.twophase_recovery import TwoPhaseRecovery
+from pgshard.protocol.errors import PgError
+from pgshard.proxy.decisions import DecisionLog, decision_key
+from pgshard.proxy.twophase import Coordinator, Faults, SimulatedCrash
+from pgshard.ring.catalog import Catalog, Shard
+from pgshard.store import open_store
+from tests.fixtures.clusters import temp_cluster
+from tests.fixtures.twophase import asyncpg_run, fetch_ids, prepared_gids
+
+TABLE = "tp_items"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """shard0, shard1 with prepared transactions; shard2 with max_prepared_transactions = 0."""
+    with temp_cluster(shards=3, replicas=0,
+                      shard_conf={"shard2": {"max_prepared_transactions": 0}}) as c:
+        for s in c.shards:
+            s.primary.psql(f"CREATE TABLE {TABLE} (id int PRIMARY KEY, "
+                           "code text UNIQUE DEFERRABLE INITIALLY DEFERRED)")
+        yield c
+
+
+@pytest.fixture()
+def dsns(cluster):
+    for s in cluster.shards:
+        s.primary.psql(f"TRUNCATE {TABLE}")
+    return {s.name: s.primary.dsn for s in cluster.shards}
+
+
+class Env:
+    """A store, a decision log and open connections for one test."""
+
+    def __init__(self, dsns):
+        self.dsns = dsns
+        self.conns: dict[str, asyncpg.Connection] = {}
+
+    async def __aenter__(self):
+        path = os.path.join(tempfile.mkdtemp(prefix="pgshard-2pc-"), "meta.db")
+        self.store = await open_store(f"sqlite://{path}")
+        self.log = DecisionLog(self.store)
+        return self
+
+    async def __aexit__(self, *exc):
+        for c in self.conns.values():
+            await c.close()
+        await self.store.close()
+
+    async def begin(self, writes: dict[str, list[tuple[int, str]]]):
+        """A transaction on each shard holding these (id, code) rows."""
+        for sh, rows in writes.items():
+            conn = self.conns[sh] = await asyncpg.connect(self.dsns[sh])
+            await conn.execute("BEGIN")
+            for i, code in rows:
+                await conn.execute(f"INSERT INTO {TABLE} VALUES ($1, $2)", i, code)
+        return asyncpg_run(self.conns)
+
+    def recovery(self, shards=("shard0", "shard1"), timeout=60.0):
+        catalog = Catalog.initial([Shard(sh, primary=self.dsns[sh]) for sh in shards], {})
+        return TwoPhaseRecovery(self.store, lambda: catalog, leader=lambda: True,
+                                timeout=timeout)
+
+
+def router() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+async def state(dsns, shards=("shard0", "shard1")):
+    ids = {sh: await fetch_ids(dsns[sh], TABLE) for sh in shards}
+    gids = {sh: await prepared_gids(dsns[sh]) for sh in shards}
+    return ids, gids
+
+
+def test_commit_across_two_shards(dsns):
+    async def go():
+        async with Env(dsns) as env:
+            run = await env.begin({"shard0": [(1, "a")], "shard1": [(2, "b"), (3, "c")]})
+            coord = Coordinator(env.log, router())
+            txn = coord.new_txn_id()
+            await coord.commit(txn, ["shard0", "shard1"], run)
+            assert await env.log.get(coord.router, txn) is None
+            return await state(dsns)
+    ids, gids = asyncio.run(go())
+    assert ids == {"shard0": [1], "shard1": [2, 3]}
+    assert gids == {"shard0": set(), "shard1": set()}
+
+
+def test_decision_is_durable_before_any_commit_prepared(dsns):
+    seen = []
+
+    async def go():
+        async with Env(dsns) as env:
+            run = await env.begin({"shard0": [(10, "x")], "shard1": [(11, "y")]})
+            coord = Coordinator(env.log, router())
+            txn = coord.new_txn_id()
+
+            async def watched(stmts):
+                if any(sql.startswith("COMMIT PREPARED") for sql in stmts.values()):
+                    d = await env.log.get(coord.router, txn)
+                    seen.append(d)
+                    # The gids the decision names are still prepared on both primaries.
+                    for sh in stmts:
+                        assert d.gids[sh] in await prepared_gids(dsns[sh])
+                return await run(stmts)
+            await coord.commit(txn, ["shard0", "shard1"], watched)
+            return coord.gids(txn, ["shard0", "shard1"])
+    gids = asyncio.run(go())
+    assert len(seen) == 1 and seen[0] is not None and seen[0].outcome == "commit"
+    assert seen[0].gids == gids
+
+
+def test_second_shard_unique_violation_leaves_nothing_on_the_first(dsns, cluster):
+    cluster.shards[1].primary.psql(f"INSERT INTO {TABLE} VALUES (99, 'dup')")
+
+    async def go():
+        async with Env(dsns) as env:
+            run = await env.begin({"shard0": [(20, "fresh")], "shard1": [(21, "dup")]})
+            coord = Coordinator(env.log, router())
+            txn = coord.new_txn_id()
+            with pytest.raises(PgError) as err:
+                await coord.commit(txn, ["shard0", "shard1"], run)
+            assert await env.log.all() == {}
+            return err.value, await state(dsns)
+    exc, (ids, gids) = asyncio.run(go())
+    assert exc.sqlstate == "23505"
+    assert exc.message.startswith("shard1: ")
+    assert "nothing was committed on shard0" in exc.detail
+    assert ids == {"shard0": [], "shard1": [99]}
+    assert gids == {"shard0": set(), "shard1": set()}
+
+
+def test_aborted_shard_transaction_rolls_back_everywhere(dsns):
+    async def go():
+        async with Env(dsns) as env:
+            run = await env.begin({"shard0": [(30, "p")], "shard1": [(31, "q")]})
+            with pytest.raises(asyncpg.DivisionByZeroError):
+                await env.conns["shard1"].execute("SELECT 1/0")
+            coord = Coordinator(env.log, router())
+            with pytest.raises(PgError) as err:
+                await coord.commit(coord.new_txn_id(), ["shard0", "shard1"], run)
+            return err.value, await state(dsns)
+    exc, (ids, gids) = asyncio.run(go())
+    assert exc.sqlstate == "40000" and exc.message.startswith("shard1: ")
+    assert ids == {"shard0": [], "shard1": []}
+    assert gids == {"shard0": set(), "shard1": set()}
+
+
+def test_shard_without_prepared_transactions_is_a_clear_error(dsns):
+    async def go():
+        async with Env(dsns) as env:
+            run = await env.begin({"shard0": [(40, "m")], "shard2": [(41, "n")]})
+            coord = Coordinator(env.log, router())
+            with pytest.raises(PgError) as err:
+                await coord.commit(coord.new_txn_id(), ["shard0", "shard2"], run)
+            return err.value, await state(dsns, ("shard0", "shard2"))
+    exc, (ids, gids) = asyncio.run(go())
+    assert exc.sqlstate == "55000"
+    assert "shard2" in exc.message and "max_prepared_transactions = 0" in exc.message
+    assert "max_prepared_transactions" in exc.hint and "shard2" in exc.hint
+    assert ids == {"shard0": [], "shard2": []}
+    assert gids == {"shard0": set(), "shard2": set()}
+
+
+@pytest.mark.parametrize("point", ["after_prepare", "after_decision", "during_commit"])
+def test_crash_points_then_recovery(dsns, point):
+    """A coordinator stopped at each fault point (its router gone): recovery makes the
+    transaction whole (decision recorded) or absent (not), and leaves nothing prepared."""
+    async def go():
+        async with Env(dsns) as env:
+            run = await env.begin({"shard0": [(50, "r")], "shard1": [(51, "s")]})
+            coord = Coordinator(env.log, router(), faults=Faults(point))
+            txn = coord.new_txn_id()
+            with pytest.raises(SimulatedCrash):
+                await coord.commit(txn, ["shard0", "shard1"], run)
+            for c in env.conns.values():     # the crashed router's connections go away
+                await c.close()
+            env.conns.clear()
+            between = await state(dsns)
+            report = await env.recovery().run_once()
+            after = await state(dsns)
+            again = await env.recovery().run_once()
+            return between, report, after, again, await env.log.all()
+    between, report, after, again, left = asyncio.run(go())
+    prepared_between = sum(len(g) for g in between[1].values())
+    assert prepared_between == {"after_prepare": 2, "after_decision": 2, "during_commit": 1}[point]
+    ids, gids = after
+    assert gids == {"shard0": set(), "shard1": set()}
+    if point == "after_prepare":
+        assert ids == {"shard0": [], "shard1": []}
+        assert len(report.rolled_back) == 2 and not report.committed
+    else:
+        assert ids == {"shard0": [50], "shard1": [51]}
+        assert len(report.committed) == prepared_between and not report.rolled_back
+    assert not again.committed and not again.rolled_back and not again.in_doubt
+    # A commit decision is deleted once resolved; an abort record is kept (keep_aborts).
+    assert [d.outcome for d in left.values()] == (["abort"] if point == "after_prepare" else [])
+
+
+def test_recovery_waits_for_a_live_young_coordinator(dsns):
+    async def go():
+        async with Env(dsns) as env:
+            rid = router()
+            lease = await env.store.grant_lease(30)
+            await env.store.put(f"routers/{rid}", f'{{"id": "{rid}"}}'.encode(), lease=lease)
+            run = await env.begin({"shard0": [(60, "t")], "shard1": [(61, "u")]})
+            coord = Coordinator(env.log, rid, faults=Faults("after_prepare"))
+            txn = coord.new_txn_id()
+            with pytest.raises(SimulatedCrash):
+                await coord.commit(txn, ["shard0", "shard1"], run)
+            waiting = await env.recovery(timeout=60).run_once()
+            expired = await env.recovery(timeout=0).run_once()
+            # The coordinator, late, cannot record "commit" over recovery's "abort".
+            with pytest.raises(Exception) as late:
+                await env.log.record(coord.router, txn, coord.gids(txn, ["shard0", "shard1"]))
+            return waiting, expired, late.value, await state(dsns)
+    waiting, expired, late, (ids, gids) = asyncio.run(go())
+    assert len(waiting.in_doubt) == 2 and not waiting.rolled_back
+    assert len(expired.rolled_back) == 2
+    assert type(late).__name__ == "CasFailed"
+    assert ids == {"shard0": [], "shard1": []} and gids == {"shard0": set(), "shard1": set()}
+
+
+def test_recovery_leaves_foreign_prepared_transactions_and_drops_stale_decisions(dsns):
+    async def go():
+        async with Env(dsns) as env:
+            conn = await asyncpg.connect(dsns["shard0"])
+            await conn.execute("BEGIN")
+            await conn.execute(f"INSERT INTO {TABLE} VALUES (70, 'v')")
+            await conn.execute("PREPARE TRANSACTION 'someone-else'")
+            await conn.close()
+            # A commit decision whose participants all committed already (record left over).
+            stale = await env.log.record("gone-router", 7, {"shard0": "pgshard:gone-router:7:shard0",
+                                                            "shard1": "pgshard:gone-router:7:shard1"})
+            report = await env.recovery().run_once()
+            gids = await prepared_gids(dsns["shard0"])
+            await (await asyncpg.connect(dsns["shard0"])).execute(
+                "ROLLBACK PREPARED 'someone-else'")
+            return report, gids, stale, await env.log.all()
+    report, gids, stale, left = asyncio.run(go())
+    assert "someone-else" in gids
+    assert report.deleted == [decision_key("gone-router", 7)] and left == {}
+    assert not report.committed and not report.rolled_back
