@@ -53,6 +53,10 @@ class ProxyConfig:
     statement_cache_bytes: int = 64 * 1024 * 1024   # prepared statements kept, by SQL bytes
     plan_cache_bytes: int = 16 * 1024 * 1024        # routing plans kept, by SQL bytes
     fanout_buffer_bytes: int = 8 * 1024 * 1024      # per client: shard replies buffered in a fan-out
+    # Transactions that wrote on several shards commit with two-phase commit (off: refused).
+    two_phase_commit: bool = True
+    twophase_recovery_interval: float = 10.0   # seconds between the manager's recovery rounds
+    twophase_timeout: float = 60.0   # a prepared txn older than this, without decision: rolled back
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,12 @@ def config_from_dict(data: dict) -> Config:
         value = getattr(proxy, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"[proxy] {name} must be an integer of at least {least}")
+    if not isinstance(proxy.two_phase_commit, bool):
+        raise ConfigError("[proxy] two_phase_commit must be true or false")
+    for name in ("twophase_recovery_interval", "twophase_timeout"):
+        value = getattr(proxy, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"[proxy] {name} must be a positive number of seconds")
     sidecar_data = dict(data.pop("sidecar", {}))
     if isinstance(sidecar_data.get("cors_origins"), list):
         sidecar_data["cors_origins"] = tuple(sidecar_data["cors_origins"])

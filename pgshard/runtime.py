@@ -45,6 +45,7 @@ class Runtime:
         self.proxy: Proxy | None = None
         self.plane = None
         self.sidecar = None
+        self.recovery = None    # two-phase commit recovery (manager only)
 
     @property
     def api_url(self) -> str | None:
@@ -72,6 +73,7 @@ class Runtime:
         from pgshard.control.membership import Membership, StoreStatus
         from pgshard.control.metrics import Metrics
         from pgshard.control.plane import ControlPlane
+        from pgshard.control.twophase_recovery import start_twophase
         from pgshard.store import StoreError
 
         config, store = self.config, self.store
@@ -119,6 +121,8 @@ class Runtime:
             status.failed(exc)
         membership.start()
         follower.start()
+        self.recovery = start_twophase(config, store, proxy, membership, plane.metrics,
+                                       self.node_id, manager)
         log.info("pgshard %s node %s serving catalog version %d on %s:%d%s", self.role,
                  self.node_id, catalog.version, config.proxy.host, proxy.port,
                  f", API {self.api_url}" if self.api_url else "")
@@ -147,6 +151,9 @@ class Runtime:
     async def stop(self) -> None:
         """Stop everything that started (idempotent): the registration lease is revoked."""
         plane, self.plane = self.plane, None
+        recovery, self.recovery = self.recovery, None
+        if recovery is not None:
+            await recovery.stop()
         if self.sidecar is not None:
             await self.sidecar.stop()
             self.sidecar = None

@@ -88,15 +88,21 @@ class TwoPhaseRecovery:
         await self._runner.stop()
 
     async def _loop(self) -> None:
+        # A round as soon as this process leads (at start or when elected), then every
+        # interval while it does; leadership is looked at every second.
+        last = None
         while True:
-            if self.leader():
+            if not self.leader():
+                last = None
+            elif last is None or time.monotonic() - last >= self.interval:
+                last = time.monotonic()
                 try:
                     await self.run_once()
                 except StoreError as exc:
                     log.warning("2PC recovery round skipped: metadata store: %s", exc)
                 except Exception:
                     log.exception("2PC recovery round failed")
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(min(self.interval, 1.0))
 
     async def run_once(self) -> RecoveryReport:
         """One reconciliation round over every primary in the catalog."""
@@ -202,3 +208,24 @@ class TwoPhaseRecovery:
             database=database or d.database, timeout=self.connect_timeout,
             statement_cache_size=0, server_settings={"application_name": APPLICATION_NAME}),
             self.connect_timeout + 1)
+
+
+def start_twophase(config, store: MetadataStore, proxy, membership, metrics, node_id: str,
+                   manager: bool) -> TwoPhaseRecovery | None:
+    """Wire two-phase commit into a starting process: `proxy.twophase` is this router's
+    Coordinator (None when two_phase_commit is off) and, on a manager, recovery runs while
+    it is the elected leader. Returns the recovery service to stop, if any."""
+    from pgshard.proxy.twophase import Coordinator, Faults
+
+    pc = config.proxy
+    proxy.twophase = (Coordinator(DecisionLog(store), node_id, faults=Faults.from_env(),
+                                  metrics=metrics, decision_deadline=pc.twophase_timeout / 2)
+                      if pc.two_phase_commit else None)
+    if not manager:
+        return None
+    recovery = TwoPhaseRecovery(store, lambda: proxy.catalog,
+                                leader=lambda: membership.is_leader,
+                                interval=pc.twophase_recovery_interval,
+                                timeout=pc.twophase_timeout, metrics=metrics)
+    recovery.start()
+    return recovery

@@ -255,3 +255,45 @@ def test_recovery_leaves_foreign_prepared_transactions_and_drops_stale_decisions
     assert "someone-else" in gids
     assert report.deleted == [decision_key("gone-router", 7)] and left == {}
     assert not report.committed and not report.rolled_back
+
+
+async def test_runtime_runs_recovery_and_exports_metrics(cluster, dsns):
+    """`pgshard serve`'s runtime: the manager resolves what a vanished router left prepared
+    (a recorded decision → committed, none → rolled back) and /metrics says so."""
+    import aiohttp
+
+    from tests.fixtures.runtime import running_runtime, runtime_config, shards_of
+    from tests.integration.test_metrics import samples, scrape
+
+    store_url = f"sqlite://{os.path.join(tempfile.mkdtemp(prefix='pgshard-2pc-'), 'meta.db')}"
+    shards = ["shard0", "shard1"]
+    gids = {}
+    for txn, base in ((1, 80), (2, 90)):   # txn 1 gets a decision, txn 2 does not
+        gids[txn] = {sh: f"pgshard:vanished:{txn}:{sh}" for sh in shards}
+        for k, sh in enumerate(shards):
+            conn = await asyncpg.connect(dsns[sh])
+            await conn.execute("BEGIN")
+            await conn.execute(f"INSERT INTO {TABLE} VALUES ($1, NULL)", base + k)
+            await conn.execute(f"PREPARE TRANSACTION '{gids[txn][sh]}'")
+            await conn.close()
+    store = await open_store(store_url)
+    await DecisionLog(store).record("vanished", 1, gids[1])
+    await store.close()
+
+    cfg = runtime_config(cluster, store=store_url, shards=shards_of(cluster, set(shards)),
+                         proxy={"twophase_recovery_interval": 0.2})
+    async with running_runtime(cfg) as rt, aiohttp.ClientSession() as http:
+        assert isinstance(rt.proxy.twophase, Coordinator)
+        deadline = asyncio.get_running_loop().time() + 30
+        while [g for sh in shards for g in await prepared_gids(dsns[sh])]:
+            assert asyncio.get_running_loop().time() < deadline, "recovery did not run"
+            await asyncio.sleep(0.2)
+        fams = await scrape(http, rt.api_url)
+        left = await DecisionLog(rt.store).all()
+    assert await fetch_ids(dsns["shard0"], TABLE) == [80]
+    assert await fetch_ids(dsns["shard1"], TABLE) == [81]
+    total = "pgshard_2pc_total"
+    assert samples(fams, "pgshard_2pc", total, outcome="recovered_commit")[0].value == 2
+    assert samples(fams, "pgshard_2pc", total, outcome="recovered_rollback")[0].value == 2
+    assert samples(fams, "pgshard_2pc_in_doubt")[0].value == 0
+    assert [d.outcome for d in left.values()] == ["abort"]
