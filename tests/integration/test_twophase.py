@@ -297,3 +297,63 @@ async def test_runtime_runs_recovery_and_exports_metrics(cluster, dsns):
     assert samples(fams, "pgshard_2pc", total, outcome="recovered_rollback")[0].value == 2
     assert samples(fams, "pgshard_2pc_in_doubt")[0].value == 0
     assert [d.outcome for d in left.values()] == ["abort"]
+
+
+class _Holder:
+    """What scatter.MultiTxn asks of its client session: the proxy, the user (None: the
+    shard DSN's credentials) and a settings sync (this holder has no SETs to replay)."""
+
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.user = None
+
+    def sync_vars_on(self, server) -> None:
+        pass
+
+
+async def test_make_run_commits_over_a_multitxn_on_real_pools(cluster, dsns):
+    """The adapter the session uses: statements on a MultiTxn's held servers (real pools,
+    real server connections), then a two-phase commit through them."""
+    from pgshard.config import config_from_dict
+    from pgshard.proxy.listener import Proxy
+    from pgshard.proxy.scatter import MultiTxn
+    from pgshard.proxy.twophase import make_run
+    from tests.fixtures.runtime import shards_of
+
+    shards = ["shard0", "shard1"]
+    proxy = Proxy(config_from_dict({"proxy": {"database": "app"},
+                                    "shards": shards_of(cluster, set(shards))}))
+    async with Env(dsns) as env:
+        try:
+            coord = Coordinator(env.log, router())
+            multi = MultiTxn(_Holder(proxy), shards)
+            await multi.open("BEGIN")
+            run = make_run(multi)
+            wrote = await run({"shard0": f"INSERT INTO {TABLE} VALUES (100, 'a')",
+                               "shard1": f"INSERT INTO {TABLE} VALUES (101, 'b'), (102, 'c')"})
+            assert wrote == {"shard0": "INSERT 0 1", "shard1": "INSERT 0 2"}
+            await coord.commit(coord.new_txn_id(), shards, run)
+            multi.release()
+
+            multi = MultiTxn(_Holder(proxy), shards)
+            await multi.open("BEGIN")
+            run = make_run(multi)
+            wrote = await run({"shard0": f"INSERT INTO {TABLE} VALUES (103, 'd')",
+                               "shard1": f"INSERT INTO {TABLE} VALUES (104, 'c')"})
+            assert wrote == {"shard0": "INSERT 0 1", "shard1": "INSERT 0 1"}  # deferred
+            with pytest.raises(PgError) as err:
+                await coord.commit(coord.new_txn_id(), shards, run)
+            multi.release()
+            assert err.value.sqlstate == "23505" and err.value.message.startswith("shard1: ")
+
+            multi = MultiTxn(_Holder(proxy), shards)
+            await multi.open("BEGIN")
+            failed = await make_run(multi)({"shard1": "SELECT 1/0"})
+            assert isinstance(failed["shard1"], PgError)
+            assert failed["shard1"].sqlstate == "22012"
+            multi.release()
+        finally:
+            await proxy.stop()
+        ids, gids = await state(dsns)
+    assert ids == {"shard0": [100], "shard1": [101, 102]}
+    assert gids == {"shard0": set(), "shard1": set()}
