@@ -92,6 +92,7 @@ class ServerConnection(asyncio.Protocol):
         self.created = time.monotonic()
         self.last_used = self.created
         self.dirty = False                # in an unknown state: never reuse
+        self.sticky: str | None = None    # holds client state the proxy cannot replay
         self.fatal_sent = False           # a FATAL from the server reached the client
         self._waiter: asyncio.Future | None = None
         self._write_paused = False
@@ -325,12 +326,19 @@ class ServerConnection(asyncio.Protocol):
         else:
             self.vars.pop(name, None)
 
+    def settings_unsure(self, names) -> None:
+        """What this server holds of these settings is not known: the next client's
+        replay sets or resets each of them."""
+        for name in names:
+            self.vars[name] = "\x00unknown"   # no client's value: never taken as equal
+
     def restore_settings(self, vars_: dict[str, str]) -> None:
         """The settings this server had before a transaction that is now rolled back."""
         self.vars = vars_
 
     def forget_session(self) -> None:
         """After DISCARD ALL: no statement, no setting is left here."""
+        self.sticky = None
         self.prepared.clear()
         self.vars = {}
         self.unnamed_owner = None

@@ -122,6 +122,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.shard: str | None = None
         self.txn = TxnState()
         self.stmts: dict[str, object] = {}
+        self.sql_prepared: set[str] = set()          # names of SQL PREPAREs (on the server)
+        # servers holding state of this client the proxy cannot replay (sql.sticky), put
+        # aside while the client runs elsewhere: (shard, role) -> server
+        self.parked: dict[tuple[str, str], object] = {}
         self.local_portals: dict[str, object] = {}   # portals of pgshard.* statements
         self.ops: list[tuple] = []
         self.unit_shard: str | None = None
@@ -386,6 +390,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self._release_if_idle()   # a server held by a flushed Describe does not pin it
         attached = self.server is not None
         if self.txn.multi is not None and kind not in LOCAL_KINDS:
+            if plan.sticky:
+                raise _sticky_fanout(plan)
             return self._guard(self._multi_query(raw, sql, plan), True)
         if self.txn.failed and kind not in (r.COMMIT, r.ROLLBACK):
             raise _aborted()
@@ -403,15 +409,17 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                         + m.data_row([None if value is None else value.encode()])
                         + m.command_complete("SHOW") + m.ready_for_query(self._status()))
             return
-        if kind == r.DEALLOCATE:
+        if kind == r.DEALLOCATE and not self._deallocate_on_server(plan.name):
             self._deallocate(plan.name)
             tag = "DEALLOCATE ALL" if plan.name is None else "DEALLOCATE"
             self._reply(m.command_complete(tag) + m.ready_for_query(self._status()))
             return
         if kind == r.DISCARD_ALL and self._status() == b"I":
-            self._discard_all()
-            self._reply(m.command_complete("DISCARD ALL") + m.ready_for_query(b"I"))
-            return
+            if self.server is None and not self.parked:
+                self._discard_all()   # no server holds anything of this client
+                self._reply(m.command_complete("DISCARD ALL") + m.ready_for_query(b"I"))
+                return
+            self._discard_parked()   # and the attached server runs it (see _track)
         if kind == r.EMPTY:
             self._reply(m.EMPTY_QUERY + m.ready_for_query(self._status()))
             return
@@ -420,15 +428,17 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.txn.pending += "; " + sql.strip().rstrip(";")
             if self.txn.snapshot is None:
                 self.txn.snapshot = (dict(self.vars), None, None)
-            if kind == r.SET:
+            if kind == r.SET and plan.value is not None:
                 self._set_var(plan.name, plan.value)
-            elif kind == r.RESET:
+            elif kind != r.SET_LOCAL:
                 self._reset_var(plan.name, None)
             self.write(m.command_complete("RESET" if kind == r.RESET else "SET")
                        + m.ready_for_query(self._status()))
             return None
         shard = self._target(plan, sql=sql)
         if isinstance(shard, Fanout):
+            if plan.sticky:
+                raise _sticky_fanout(plan)
             return self._guard(self._fanout(shard, [(raw, X_QUERY)], sql, simple=True), True)
         begin = kind not in (r.SHOW, r.SHOW_PGSHARD)
         role = self._role_for(shard, plan, sql) if self.proxy.replicas is not None else "primary"
@@ -457,6 +467,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def _send_query(self, s, raw: bytes, plan: r.Plan) -> None:
         self._track(s, plan)
+        if plan.sticky:
+            self._pin(s, plan)
         self._t0 = time.monotonic()
         self._qkind = _query_kind(plan)
         s.forget_unnamed()
@@ -541,6 +553,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         else:
             shard = self._target(plan, bind, st)
         if isinstance(shard, Fanout):
+            if plan.sticky:
+                raise _sticky_fanout(plan)
             if self.unit_shard is not None or self.unit_fanout is not None \
                     or any(op[0] == OP_BIND for op in self.ops):
                 raise FeatureNotSupported(
@@ -676,6 +690,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 push(X_BIND)
                 if st.plan.kind != r.STATEMENT or st.plan.is_ddl:
                     self._track(s, st.plan)   # after the Bind: it applies to what follows
+                if st.plan.sticky:
+                    self._pin(s, st.plan)
             elif k == OP_RAW:
                 send(op[1])
                 push(op[2])
@@ -779,7 +795,9 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             return s
         if self.closed:
             return None
-        s = self.proxy.pool_for(shard, self.user, role).try_acquire()
+        s = self._take_parked(shard, role) if self.parked else None
+        if s is None:
+            s = self.proxy.pool_for(shard, self.user, role).try_acquire()
         if s is None:
             return None
         self._link(s, shard, begin)
@@ -825,6 +843,12 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if self.closed:
             raise ConnectionError("client gone")
         s = self.server
+        if s is None and self.parked:
+            s = self._take_parked(shard, role)
+            if s is not None:
+                self._link(s, shard, begin)
+                self.role = role
+                return s
         if s is None:
             pool = self.proxy.pool_for(shard, self.user, role)
             s = pool.try_acquire()
@@ -862,11 +886,14 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def _detach(self) -> None:
         s = self.server
+        shard = self.shard
         self.server = None
         self.shard = None
         self.local_key = None
         if s is not None:
-            if s.unsynced and s.usable and not s.expect:
+            if s.sticky and s.usable and not self.closed:
+                self.parked[(shard, self.role)] = s   # keeps this client's state: kept
+            elif s.unsynced and s.usable and not s.expect:
                 self._end_unit_then_release(s)
             else:
                 s.pool.release(s)
@@ -901,6 +928,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if self.unit_wrote and s.txn_status == b"I":
             self.last_write[self.shard] = time.monotonic()
             self.unit_wrote = False
+        if self.txn.undo is not None:
+            self._settle_undo(s)
         snap = self.txn.snapshot
         if snap is not None and s.txn_status == b"I":
             self.txn.snapshot = None
@@ -913,7 +942,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.txn.ending_commit = False
         if s.txn_status == b"I":
             self.local_key = None
-            if self.pool_mode == "transaction":
+            if self.pool_mode == "transaction" and not s.sticky:
                 self._detach()
         w = self._idle_waiter
         if w is not None and not w.done():
@@ -932,6 +961,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if s is not self.server:
             return
         outstanding = any(e[0] in (X_SYNC, X_QUERY) for e in s.expect)
+        self.txn.undo = None
         self.server = None
         self.shard = None
         self.local_key = None
@@ -996,9 +1026,67 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 and plan.kind not in (r.COMMIT, r.ROLLBACK):
             raise _aborted()
 
+    def _give_back(self, s) -> None:
+        """The client left: return a server of its to the pool, clean."""
+        if s.usable and not s.expect and s.unsynced != 2:
+            if s.txn_status == b"I" and self.pool_mode == "transaction" and not s.unsynced \
+                    and not s.sticky:
+                s.pool.release(s)
+            else:
+                # Never hand a dirty server to another client: end its unit, roll back
+                # (and, in session mode or holding state of this client, reset) first.
+                sql = "ROLLBACK" if s.txn_status != b"I" else None
+                if self.pool_mode == "session" or s.sticky:
+                    sql = (sql + "; " if sql else "") + "DISCARD ALL"
+                    s.forget_session()
+                self._end_unit_then_release(s, sql)
+        else:
+            # A request in flight, or a Bind/Execute not yet ended by a Sync: a Sync would
+            # commit what the client never finished. Close the server instead.
+            s.abort("client disconnected in the middle of a request")
+
+    # ------------------------------------------------------------ state pinned to a server
+
+    def _pin(self, s, plan: r.Plan) -> None:
+        """plan leaves state on s the proxy cannot replay: s stays this client's."""
+        s.sticky = plan.sticky
+        if plan.first_word == "PREPARE" and plan.name:
+            self.sql_prepared.add(plan.name)
+
+    def _take_parked(self, shard: str, role: str):
+        s = self.parked.pop((shard, role), None)
+        if s is not None and not s.usable:
+            s.pool.release(s)   # closes it
+            raise ConnectionFailure(
+                f"lost the server connection of shard {shard} that held this session's "
+                "state (temporary tables, advisory locks, SQL prepared statements, …)",
+                sqlstate="08006")
+        return s
+
+    def _discard_parked(self) -> None:
+        """DISCARD ALL: the servers put aside are reset and go back to the pool."""
+        for s in self.parked.values():
+            s.forget_session()
+            self._end_unit_then_release(s, "DISCARD ALL")
+        self.parked = {}
+
+    def _deallocate_on_server(self, name: str | None) -> bool:
+        """DEALLOCATE of an SQL PREPARE (or ALL, with some): the server answers it."""
+        if name is None:
+            if not self.sql_prepared:
+                return False
+            self.stmts.clear()
+            self.sql_prepared.clear()
+            return True
+        if name in self.stmts:
+            return False
+        self.sql_prepared.discard(name)
+        return self.server is not None and self.server.sticky is not None or bool(self.parked)
+
     def server_error(self, body: bytes) -> None:
         """An ErrorResponse reached the client: a held-back transaction is now failed."""
         self.txn.fail()
+        self.txn.undo_failed = True
         if self.proxy.metrics is not None:
             self.proxy.metrics_error(m.decode_fields(body).get("C", "XX000"))
 
@@ -1028,21 +1116,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         s = self.server
         self.server = None
         if s is not None:
-            if s.usable and not s.expect and s.unsynced != 2:
-                if s.txn_status == b"I" and self.pool_mode == "transaction" and not s.unsynced:
-                    s.pool.release(s)
-                else:
-                    # Never hand a dirty server to another client: end its unit, roll
-                    # back (and in session mode reset) first, then release.
-                    sql = "ROLLBACK" if s.txn_status != b"I" else None
-                    if self.pool_mode == "session":
-                        sql = (sql + "; " if sql else "") + "DISCARD ALL"
-                        s.forget_session()
-                    self._end_unit_then_release(s, sql)
-            else:
-                # A request in flight, or a Bind/Execute not yet ended by a Sync: a Sync
-                # would commit what the client never finished. Close the server instead.
-                s.abort("client disconnected in the middle of a request")
+            self._give_back(s)
+        for s in self.parked.values():
+            self._give_back(s)
+        self.parked = {}
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         proxy.metrics_client_disconnected(self)
@@ -1072,6 +1149,13 @@ def _already_in_txn() -> PgError:
 def _aborted() -> PgError:
     return InFailedSqlTransaction("current transaction is aborted, commands ignored until end "
                                   "of transaction block")
+
+
+def _sticky_fanout(plan: r.Plan) -> PgError:
+    return FeatureNotSupported(
+        f"{plan.sticky} leaves session state on its server, and this statement runs on "
+        "several shards",
+        hint="pin it to one shard with /* shard: <name> */ or a /* shard_key: … */ hint")
 
 
 def _listen_error() -> PgError:

@@ -78,9 +78,9 @@ class FanoutMixin:
             if self.txn.multi.failed and kind != r.TXN_INNER:
                 raise PgError("current transaction is aborted, commands ignored until end of "
                               "transaction block", sqlstate="25P02")
-            if kind == r.SET:
+            if kind == r.SET and plan.value is not None:
                 self._set_var(plan.name, plan.value)
-            elif kind == r.RESET:
+            elif kind in (r.RESET, r.SET):
                 self._reset_var(plan.name, None)
             fan = Fanout("all", list(self.txn.multi.shards), None)
         else:

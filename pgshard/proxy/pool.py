@@ -152,7 +152,7 @@ class BackendPool:
         server.unlink()
         now = time.monotonic()
         if (not server.usable or server.txn_status != b"I" or server.expect or server.unsynced
-                or self.closed or now - server.created > self.settings.server_lifetime):
+                or server.sticky or self.closed or now - server.created > self.settings.server_lifetime):
             server.terminate() if server.usable else server.abort("released while unusable")
             server.mark_closed()
             return

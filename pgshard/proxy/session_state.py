@@ -14,13 +14,20 @@ class SessionStateMixin:
         """Session state a statement changes, kept to replay it on other servers."""
         kind = plan.kind
         if kind == r.SET or kind == r.RESET:
-            if s.txn_status != b"I" and self.txn.snapshot is None:
-                # A SET inside a transaction is undone by ROLLBACK: remember the before.
-                self.txn.snapshot = (dict(self.vars), dict(s.vars), s)
-            if kind == r.SET:
+            txn = self.txn
+            if s.txn_status != b"I":
+                if txn.snapshot is None:
+                    # A SET inside a transaction is undone by ROLLBACK: remember the before.
+                    txn.snapshot = (dict(self.vars), dict(s.vars), s)
+            elif txn.undo is None:
+                # Outside one, the SET's own unit is its transaction: an error in it (the
+                # SET's own, say a bad value) undoes it.
+                txn.undo = (dict(self.vars), dict(s.vars), s)
+                txn.undo_failed = False
+            if kind == r.SET and plan.value is not None:
                 self._set_var(plan.name, plan.value)
                 s.note_setting(plan.name, plan.value)
-            else:
+            else:   # RESET, SET … TO DEFAULT: back to what the client connected with
                 self._reset_var(plan.name, s)
         elif kind == r.DISCARD_ALL:
             s.forget_session()
@@ -104,9 +111,27 @@ class SessionStateMixin:
 
     def _discard_all(self) -> None:
         self.stmts.clear()
+        self.sql_prepared.clear()
         self.vars = {k: quote_literal(v) for k, v in self.startup_vars.items()}
         self.vars_gen += 1
         self.session_key = self.local_key = self.session_shard = None
+
+    def _settle_undo(self, s) -> None:
+        """The unit that ran a SET outside a transaction is over (s is idle): keep the SET,
+        or, when the unit failed, forget it. The server may have run part of the unit
+        (pipelines), so what it holds of those settings is set again on next use."""
+        txn = self.txn
+        undo = txn.undo
+        txn.undo = None
+        if s.txn_status != b"I":   # the unit opened a transaction: ROLLBACK decides
+            if txn.snapshot is None:
+                txn.snapshot = undo
+            return
+        if txn.undo_failed:
+            self.vars = undo[0]
+            self.vars_gen += 1
+            if undo[2] is s:
+                s.settings_unsure(set(undo[1]) | set(s.vars))
 
     def sync_vars_on(self, s) -> None:
         self._sync_vars(s)

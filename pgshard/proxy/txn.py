@@ -8,7 +8,7 @@ from __future__ import annotations
 class TxnState:
     """The one place a session's transaction status comes from (see status())."""
 
-    __slots__ = ("pending", "failed", "multi", "snapshot", "ending_commit")
+    __slots__ = ("pending", "failed", "multi", "snapshot", "ending_commit", "undo", "undo_failed")
 
     def __init__(self):
         self.pending: str | None = None   # the held-back BEGIN (and SETs after it), as SQL
@@ -16,6 +16,9 @@ class TxnState:
         self.multi = None                 # scatter.MultiTxn: DDL inside BEGIN on every shard
         self.snapshot = None              # (client vars, server vars, server) before a SET
         self.ending_commit = False        # the statement on its way is a COMMIT
+        # the same before a SET outside a transaction: an error in its unit undoes it
+        self.undo = None
+        self.undo_failed = False
 
     def status(self, server) -> bytes:
         """I, T or E: what a ReadyForQuery made here tells the client."""

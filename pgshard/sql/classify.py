@@ -8,7 +8,7 @@ state into a shard name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import islice
 
@@ -16,6 +16,7 @@ from pgshard.cache import ByteLRU
 from pgshard.protocol.errors import FeatureNotSupported, InvalidParameterValue, PgError
 from pgshard.sql import lex as lx
 from pgshard.sql import settings as ss
+from pgshard.sql import sticky
 
 
 class Kind(StrEnum):
@@ -68,6 +69,8 @@ class Plan:
     value: str | None = None            # SET: the value as written (SQL); SET_PGSHARD: the
     #                                     value decoded, None for DEFAULT
     multi: bool = False                 # more than one statement in the string
+    sticky: str | None = None           # why it leaves session state the proxy cannot
+    #                                     replay (the session then pins its server)
 
     @property
     def is_read(self) -> bool:
@@ -114,7 +117,7 @@ def plan(sql: str) -> Plan:
     head = sql[:7].upper()
     if head[6:7] in (" ", "\n") and head[:6] in _PLAIN and "/*" not in sql and "--" not in sql:
         body = sql.rstrip().rstrip(";")
-        if ";" not in body:
+        if ";" not in body and not sticky.maybe_dml(sql):
             return _PLAIN[head[:6]]
     p = _cache.get(sql)
     if p is None:
@@ -131,6 +134,16 @@ def _plan(sql: str) -> Plan:
     # A backslash inside a '…' literal: the text reads differently when the session has
     # standard_conforming_strings off. Trust only what both readings agree on.
     alt = lx.scan(sql, backslash_escapes=True) if sc.ambiguous else None
+    p = _classify(sql, sc, alt)
+    why = sticky.reason(sql, sc.statements)
+    if why is None and alt is not None:
+        why = sticky.reason(sql, alt.statements, backslash_escapes=True)
+    if why is None and p.kind == STATEMENT and p.first_word in ("SET", "RESET") and not p.multi:
+        why = sticky.untracked_set(sql, sc.statements)
+    return p if why is None else replace(p, sticky=why)
+
+
+def _classify(sql: str, sc: lx.Scan, alt: lx.Scan | None) -> Plan:
     kw = _hint_fields(_hints(sql, sc, alt))
     _refuse_pgshard_in_multi(sql, sc, alt)
     if not sc.statements:
@@ -168,7 +181,20 @@ def _plan(sql: str) -> Plan:
         return Plan(STATEMENT, word, **kw)
     if word == "DEALLOCATE":
         return _deallocate([first, *islice(it, 3)], kw)
+    if word == "PREPARE":
+        return Plan(STATEMENT, word, name=_prepared_name(next(it, None)), **kw)
     return Plan(STATEMENT, word, **kw)
+
+
+def _prepared_name(t: lx.Token | None) -> str | None:
+    """The name an SQL PREPARE gives its statement (None: PREPARE TRANSACTION, or none)."""
+    if t is None or ss.word(t) == "TRANSACTION":
+        return None
+    if t.kind == lx.IDENT:
+        return ss.var_name([t], 0)[0]
+    if t.kind == lx.QIDENT and t.flavor == "" and len(t.text) > 2:
+        return t.text[1:-1].replace('""', '"')
+    return None
 
 
 def _set(sql: str, toks: list[lx.Token], kw: dict) -> Plan:
@@ -209,6 +235,8 @@ def _set(sql: str, toks: list[lx.Token], kw: dict) -> Plan:
                     **{k: v for k, v in kw.items() if k != "consistency"})
     if quoted or not ss.check_list(sql, toks, j):
         return Plan(STATEMENT, "SET", **kw)   # PostgreSQL reports what is wrong with it
+    if j + 1 == n and ss.word(toks[j]) == "DEFAULT":
+        return Plan(kind, "SET", name=name, value=None, **kw)   # as RESET
     return Plan(kind, "SET", name=name, value=_text(sql, toks, j), **kw)
 
 

@@ -230,7 +230,7 @@ def test_postgresql_agrees_on_what_is_a_syntax_error():
     ("SET work_mem TO '4MB' -- trailing comment", r.SET, "work_mem", "'4MB'"),
     ("SET LOCAL statement_timeout = 0", r.SET_LOCAL, "statement_timeout", "0"),
     ("SET x.y = -1", r.SET, "x.y", "-1"),
-    ("SET datestyle TO DEFAULT", r.SET, "datestyle", "DEFAULT"),
+    ("SET datestyle TO DEFAULT", r.SET, "datestyle", None),   # tracked as a RESET
     ("SET TIME ZONE 'UTC'", r.SET, "timezone", "'UTC'"),
     ("SET LOCAL TIME ZONE 'UTC'", r.SET_LOCAL, "timezone", "'UTC'"),
     ("SET ROLE app", r.SET, "role", "app"),

@@ -1,0 +1,67 @@
+"""Which statements leave session state the proxy cannot replay (sql.sticky), as a table."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgshard.sql import classify as r
+
+PINS = [
+    ("SELECT set_config('search_path', '', false)", "set_config()"),
+    ("SELECT pg_catalog.set_config('a', 'b', false)", "set_config()"),
+    ('SELECT "set_config"(\'a\', \'b\', false)', "set_config()"),
+    ("select pg_advisory_lock(1)", "pg_advisory_lock()"),
+    ("SELECT pg_try_advisory_lock_shared(1, 2)", "pg_try_advisory_lock_shared()"),
+    ("CREATE TEMP TABLE t (x int)", "a temporary table"),
+    ("create temporary table t (x int)", "a temporary table"),
+    ("CREATE GLOBAL TEMPORARY TABLE t (x int)", "a temporary table"),
+    ("CREATE OR REPLACE TEMP VIEW v AS SELECT 1", "a temporary table"),
+    ("SELECT * INTO TEMP t FROM x", "a temporary table"),
+    ("INSERT INTO pg_temp.t VALUES (1)", "a temporary table"),
+    ("PREPARE p AS SELECT 1", "SQL PREPARE"),
+    ("LISTEN ch", "LISTEN"),
+    ("LOAD 'auto_explain'", "LOAD"),
+    ("DO $$ BEGIN END $$", "a DO block"),
+    ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "a WITH HOLD cursor"),
+    ("SET ROLE r; SELECT 1", "SET in a string of several statements"),
+    ("SELECT 1; RESET ALL", "RESET in a string of several statements"),
+    ("SET SESSION AUTHORIZATION r", "SET SESSION AUTHORIZATION (pgshard cannot replay it on "
+                                    "another server)"),
+    ("SET XML OPTION DOCUMENT", "SET XML OPTION (pgshard cannot replay it on another server)"),
+    ("SELECT dblink_connect('x')", "dblink_connect()"),
+]
+
+FREE = [
+    "SELECT 1",
+    "SELECT temperature FROM weather",
+    "SELECT 'set_config(' AS s",
+    "SELECT 1 /* pg_advisory_lock(1) */",
+    "SELECT pg_advisory_xact_lock(1)",
+    "PREPARE TRANSACTION 'gid'",
+    "DECLARE c CURSOR FOR SELECT 1",
+    "SET CONSTRAINTS ALL DEFERRED",
+    "SET search_path TO public",
+    "SET ROLE r",
+    "RESET ALL",
+    "UPDATE t SET a = 1 WHERE id = 2",
+    "INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING",
+    "CREATE TABLE template_x (temp int)",
+]
+
+
+@pytest.mark.parametrize("sql,why", PINS)
+def test_pins(sql, why):
+    assert r.plan(sql).sticky == why
+
+
+@pytest.mark.parametrize("sql", FREE)
+def test_does_not_pin(sql):
+    assert r.plan(sql).sticky is None
+
+
+@pytest.mark.parametrize("sql,name", [("PREPARE p AS SELECT 1", "p"),
+                                      ('PREPARE "Mixed" AS SELECT 1', "Mixed"),
+                                      ("PREPARE Up (int) AS SELECT $1", "up"),
+                                      ("PREPARE TRANSACTION 'g'", None)])
+def test_prepare_name(sql, name):
+    assert r.plan(sql).name == name
