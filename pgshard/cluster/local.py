@@ -154,23 +154,36 @@ class LocalCluster:
         shard.primary = node
         self._save_layout(complete=self.exists())
 
-    def rejoin(self, node: Node, primary: Node, timeout: float = 120) -> None:
-        """Turn a former primary into a streaming replica of `primary`: stop it, pg_rewind
-        it onto primary's timeline (crash recovery first if it was killed), then start it
-        in standby mode with primary_conninfo pointing at primary."""
+    def rejoin(self, node: Node, primary: Node, timeout: float = 120) -> str:
+        """Turn a former primary into a streaming replica of `primary`; returns how.
+
+        pg_rewind first (crash recovery first if the node was killed), then standby mode
+        with primary_conninfo pointing at primary. pg_rewind over libpq cannot copy a
+        source whose unix socket lives in its data directory (as here), so when it fails
+        the node is cloned afresh with pg_basebackup instead ("clone")."""
         if node.is_running():
             node.stop("fast")
         self.set_primary(primary)
+        # A just-promoted primary's control file names its new timeline only after a
+        # checkpoint; before it pg_rewind would find "the same timeline, no rewind needed".
+        primary.psql("CHECKPOINT")
         source = (f"host={primary.host} port={primary.port} user={self.user} "
                   f"dbname=postgres application_name={node.name}")
-        run([self.bindir / "pg_rewind", "--target-pgdata", node.data_dir, "--source-server",
-             source, "--write-recovery-conf"],
-            as_service=True, cwd=self.base_dir, env={"PGPASSWORD": self.password},
-            timeout=timeout, what=f"pg_rewind {node.name}", log_path=node.log_path)
+        try:
+            run([self.bindir / "pg_rewind", "--target-pgdata", node.data_dir,
+                 "--source-server", source, "--write-recovery-conf"],
+                as_service=True, cwd=self.base_dir, env={"PGPASSWORD": self.password},
+                timeout=timeout, what=f"pg_rewind {node.name}", log_path=node.log_path)
+            how = "rewind"
+        except ClusterError:
+            shutil.rmtree(node.data_dir, ignore_errors=True)
+            self._create_replica(primary, node)
+            return "clone"
         # pg_rewind copied the source's configuration files: this node's own again.
         self._configure(node, sync_standbys=False)
         node.start()
         wait_caught_up(primary, node, timeout=timeout)
+        return how
 
     def exists(self) -> bool:
         """Whether base_dir holds a cluster whose create() completed."""
