@@ -15,14 +15,53 @@ class UnknownShard(UndefinedObject):
 
 
 @dataclass(frozen=True)
+class Failover:
+    """The last change of a shard's primary: when, why, from and to which server, how long."""
+
+    at: str          # ISO 8601 UTC
+    kind: str        # failover | switchover
+    reason: str
+    from_: str       # DSN of the old primary
+    to: str          # DSN of the new primary
+    seconds: float   # detection (or request) to publication
+
+    def to_json(self) -> dict:
+        return {"at": self.at, "kind": self.kind, "reason": self.reason, "from": self.from_,
+                "to": self.to, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data) -> Failover:
+        obj = _object(data, "failover", required=("at", "kind", "reason", "from", "to",
+                                                  "seconds"))
+        obj["from_"] = obj.pop("from")
+        if not all(isinstance(obj[k], str) for k in ("at", "kind", "reason", "from_", "to")) \
+                or isinstance(obj["seconds"], bool) or not isinstance(obj["seconds"], int | float):
+            raise ValueError("failover record fields have the wrong types")
+        return cls(**obj)
+
+
+# Shard fields written to JSON only when they differ from these defaults, so catalogs
+# without failover history stay byte-identical to what older routers read and write.
+_HA_DEFAULTS = {"fenced": (), "sync": (), "sync_quorum": 0, "hold": "", "last_failover": None}
+
+
+@dataclass(frozen=True)
 class Shard:
-    """One shard: its primary DSN, replica DSNs, status and weight."""
+    """One shard: its primary DSN, replica DSNs, status and weight; for high availability
+    also the old primaries fenced off (never routed to until rejoined), the replicas last
+    seen synchronous and the quorum the primary waits for (ANY sync_quorum; 0: async), a
+    hold on its statements while the manager changes its primary, and the last failover."""
 
     name: str
     primary: str
     replicas: tuple[str, ...] = ()
     status: str = "active"  # active | fenced | draining | ...
     weight: int = 1
+    fenced: tuple[str, ...] = ()
+    sync: tuple[str, ...] = ()
+    sync_quorum: int = 0
+    hold: str = ""          # why statements are held ("" when they are not)
+    last_failover: Failover | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -33,6 +72,20 @@ class Shard:
             raise ValueError(f"shard {self.name!r}: replicas must be a list of DSN strings")
         # JSON and callers hand in lists; a tuple keeps the snapshot hashable and immutable.
         object.__setattr__(self, "replicas", tuple(self.replicas))
+        for name in ("fenced", "sync"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(d, str) for d in value):
+                raise ValueError(f"shard {self.name!r}: {name} must be a list of DSN strings")
+            object.__setattr__(self, name, tuple(value))
+        if isinstance(self.sync_quorum, bool) or not isinstance(self.sync_quorum, int) \
+                or self.sync_quorum < 0:
+            raise ValueError(f"shard {self.name!r}: sync_quorum must be a non-negative integer")
+        if not isinstance(self.hold, str):
+            raise ValueError(f"shard {self.name!r}: hold must be a string")
+        if isinstance(self.last_failover, dict):
+            object.__setattr__(self, "last_failover", Failover.from_json(self.last_failover))
+        elif self.last_failover is not None and not isinstance(self.last_failover, Failover):
+            raise ValueError(f"shard {self.name!r}: last_failover must be a failover record")
         if not isinstance(self.status, str) or not self.status:
             raise ValueError(f"shard {self.name!r}: status must be a non-empty string")
         if isinstance(self.weight, bool) or not isinstance(self.weight, int) or self.weight < 0:
@@ -46,13 +99,16 @@ class Shard:
             "replicas": list(self.replicas),
             "status": self.status,
             "weight": self.weight,
+            **{k: (list(v) if isinstance(v, tuple) else
+                   v.to_json() if isinstance(v, Failover) else v)
+               for k in _HA_DEFAULTS if (v := getattr(self, k)) != _HA_DEFAULTS[k]},
         }
 
     @classmethod
     def from_json(cls, data) -> Shard:
         """A shard from to_json() output; ValueError on anything malformed."""
         obj = _object(data, "shard", required=("name", "primary"),
-                      optional=("replicas", "status", "weight"))
+                      optional=("replicas", "status", "weight", *_HA_DEFAULTS))
         return cls(**obj)
 
 
