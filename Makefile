@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= .demo
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test unit bench lint clean ui
+.PHONY: bootstrap run demo test unit bench lint clean ui regress
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -20,6 +20,13 @@ unit: bootstrap
 
 bench: bootstrap
 	$(BIN)/python -m bench.pgbench_compare
+
+# PostgreSQL's own regression suite against a shard directly and through the proxy (session,
+# transaction x4, transaction x1); gated by tests/regress/baseline.json. REGRESS_ARGS e.g.
+# "--modes session" or "--no-gate"; scripts/regress.sh --help lists them.
+REGRESS_ARGS ?=
+regress: bootstrap
+	scripts/regress.sh $(REGRESS_ARGS)
 
 # The web console's bundle (npm ci + npm run build in ui/, into pgshard/control/static/ui).
 ui:
