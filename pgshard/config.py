@@ -85,9 +85,24 @@ class SidecarConfig:
 
 
 @dataclass(frozen=True)
+class HaConfig:
+    """High availability (pgshard.control.failover, pgshard.proxy.failover_hold)."""
+
+    auto_failover: bool = True          # the elected manager promotes a replica of a dead primary
+    check_interval: float = 1.0         # seconds between health checks of every server
+    failure_threshold: int = 3          # failed checks of a primary before it may be failed over
+    failover_hold: float = 10.0         # routers hold a failing shard's statements this long
+    switchover_timeout: float = 10.0    # seconds a switchover waits for drain and catch-up
+    # A LocalCluster base directory (`pgshard demo`, the tests): the manager may then stop,
+    # start and rejoin those servers itself (switchover stops the old primary; rejoin).
+    local_cluster: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     sidecar: SidecarConfig = field(default_factory=SidecarConfig)
+    ha: HaConfig = field(default_factory=HaConfig)
     users: tuple[UserConfig, ...] = ()
     catalog: Catalog | None = None
     store: str = "sqlite:///pgshard-meta.db"
@@ -142,6 +157,12 @@ def config_from_dict(data: dict) -> Config:
         sidecar_data["cors_origins"] = tuple(sidecar_data["cors_origins"])
     sidecar = _build(SidecarConfig, sidecar_data, "[sidecar]")
     _check_sidecar(sidecar)
+    ha = _build(HaConfig, data.pop("ha", {}), "[ha]")
+    if (not isinstance(ha.auto_failover, bool) or ha.check_interval <= 0
+            or isinstance(ha.failure_threshold, bool) or not isinstance(ha.failure_threshold, int)
+            or ha.failure_threshold < 1 or ha.failover_hold < 0 or ha.switchover_timeout <= 0):
+        raise ConfigError("[ha] need auto_failover true/false, check_interval > 0, "
+                          "failure_threshold >= 1, failover_hold >= 0, switchover_timeout > 0")
     users = []
     for i, u in enumerate(data.pop("users", [])):
         uc = _build(UserConfig, u, f"[[users]] #{i + 1}")
@@ -178,7 +199,8 @@ def config_from_dict(data: dict) -> Config:
         raise ConfigError(f"unknown top-level setting(s): {', '.join(sorted(data))}")
     if not isinstance(rest.get("lease_ttl", 5.0), int | float) or rest.get("lease_ttl", 5.0) < 1:
         raise ConfigError("lease_ttl must be a number of seconds >= 1")
-    return Config(proxy=proxy, sidecar=sidecar, users=tuple(users), catalog=catalog, **rest)
+    return Config(proxy=proxy, sidecar=sidecar, ha=ha, users=tuple(users), catalog=catalog,
+                  **rest)
 
 
 def _check_sidecar(sc: SidecarConfig) -> None:

@@ -16,6 +16,7 @@ import asyncpg
 
 from pgshard.background import Background
 from pgshard.config import dsn_address
+from pgshard.control.failover_rule import NodeFacts
 from pgshard.ring.catalog import Catalog
 
 log = logging.getLogger("pgshard.replicas")
@@ -34,7 +35,10 @@ SELECT pg_is_in_recovery() AS in_recovery,
        pg_last_wal_replay_lsn()::text AS replay_lsn,
        pg_last_wal_receive_lsn()::text AS receive_lsn,
        CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END AS paused,
-       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age
+       extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 AS replay_age,
+       current_setting('cluster_name') AS cluster_name,
+       (SELECT status FROM pg_stat_wal_receiver) AS receiver_status,
+       current_setting('synchronous_standby_names') AS sync_names
 """
 
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
@@ -69,6 +73,11 @@ class Probe:
     receive_lsn: int | None
     paused: bool
     replay_age: float | None  # now() - pg_last_xact_replay_timestamp(), seconds
+    # For failover (pgshard.control.failover): the name a replica streams under, its WAL
+    # receiver's state ('streaming', …; None: none runs), a primary's sync standby names.
+    cluster_name: str | None = None
+    receiver: str | None = None
+    sync_names: str | None = None
 
 
 def measure_lag(probe: Probe, primary_lsn: int | None,
@@ -221,7 +230,9 @@ class ReplicaMonitor:
                           current_lsn=_lsn_or_none(row["current_lsn"]),
                           replay_lsn=_lsn_or_none(row["replay_lsn"]),
                           receive_lsn=_lsn_or_none(row["receive_lsn"]),
-                          paused=bool(row["paused"]), replay_age=row["replay_age"])
+                          paused=bool(row["paused"]), replay_age=row["replay_age"],
+                          cluster_name=row["cluster_name"] or None,
+                          receiver=row["receiver_status"], sync_names=row["sync_names"])
         except asyncio.CancelledError:
             self._drop(node)
             raise
@@ -376,6 +387,26 @@ class ReplicaMonitor:
             if sent >= t:
                 return lsn
         return None
+
+    def node_facts(self, dsn: str) -> NodeFacts:
+        """The failover decision's view of one server (pgshard.control.failover_rule)."""
+        node = self._nodes.get(dsn)
+        if node is None:
+            return NodeFacts(dsn, reachable=False)
+        probe = node.probe
+        fresh = probe is not None and time.monotonic() - probe.done <= self.stale_after
+        return NodeFacts(
+            dsn, reachable=node.ok and fresh, failures=node.failures,
+            in_recovery=probe.in_recovery if probe else None,
+            replay_lsn=probe.replay_lsn if probe else None,
+            receive_lsn=probe.receive_lsn if probe else None,
+            streaming=(probe.receiver == "streaming") if fresh and node.ok else None,
+            app_name=probe.cluster_name if probe else None)
+
+    def last_probe(self, dsn: str) -> Probe | None:
+        """The last successful check of a server, however old."""
+        node = self._nodes.get(dsn)
+        return node.probe if node is not None else None
 
     def status(self) -> dict:
         """Per shard: its primary and replicas as last checked (JSON-ready, no passwords)."""
