@@ -1,0 +1,76 @@
+"""Moving the rows themselves: the bulk copy of a table's moving ranges from the source to
+the destination (COPY binary, streamed), and the deletes that undo a copy or clean the
+source after the flip, in batches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import asyncpg
+
+from pgshard.reshard import sqltext as q
+from pgshard.reshard.tables import TableInfo
+from pgshard.ring.ring import TokenSpan
+
+QUEUE_CHUNKS = 64
+PAGES_PER_BATCH = 2000
+
+
+async def copy_rows(src: asyncpg.Connection, dst: asyncpg.Connection, info: TableInfo,
+                    spans: Sequence[TokenSpan]) -> int:
+    """Copy the rows of the spans from src to dst in one destination transaction; rows of
+    the spans already on dst (an interrupted earlier copy) are deleted first, so the copy
+    can be redone. Returns the rows copied."""
+    chunks: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_CHUNKS)
+
+    async def produce() -> None:
+        try:
+            await src.copy_from_query(q.select_ranges(info.name, info.columns, info.key, spans),
+                                      output=chunks.put, format="binary")
+        finally:
+            await chunks.put(None)
+
+    async def source():
+        while (chunk := await chunks.get()) is not None:
+            yield chunk
+
+    schema, name = q.split_name(info.name)
+    async with dst.transaction():
+        await dst.execute(q.delete_ranges(info.name, info.key, spans))
+        producer = asyncio.create_task(produce())
+        try:
+            status = await dst.copy_to_table(name, schema_name=schema, columns=list(info.columns),
+                                             source=source(), format="binary")
+        except BaseException:
+            producer.cancel()
+            raise
+        await producer
+    return int(status.split()[-1])
+
+
+async def delete_rows(conn: asyncpg.Connection, info: TableInfo, spans: Sequence[TokenSpan],
+                      *, bypass_guard: bool = False) -> int:
+    """Delete the spans' rows from a table in batches of pages, each its own transaction."""
+    pages = await conn.fetchval(
+        "SELECT (pg_relation_size($1::regclass) / current_setting('block_size')::int)::bigint",
+        q.qualified(info.name))
+    total = 0
+    first = 0
+    while True:
+        end = first + PAGES_PER_BATCH
+        async with conn.transaction():
+            if bypass_guard:
+                await conn.execute("SET LOCAL pgshard.reshard_bypass = on")
+            status = await conn.execute(
+                q.delete_ranges_in_pages(info.name, info.key, spans, first, end))
+        total += int(status.split()[-1])
+        if end > pages:
+            # Rows added beyond the last page meanwhile: one last pass over the rest.
+            async with conn.transaction():
+                if bypass_guard:
+                    await conn.execute("SET LOCAL pgshard.reshard_bypass = on")
+                status = await conn.execute(
+                    q.delete_ranges_in_pages(info.name, info.key, spans, end, 2**32 - 1))
+            return total + int(status.split()[-1])
+        first = end

@@ -1,0 +1,445 @@
+"""The manager's resharding service: accepts job requests, and, while this process is the
+elected manager, drives each active job step by step (schema, capture, copy, catch-up,
+fence, final catch-up, verify, flip, cleanup), persisting the job after every step.
+
+Strategy (fencing): the fence is a catalog version that lists the moving ranges; every live
+router holds new statements on them and acknowledges once its open transactions on the
+source shards are done (pgshard.control.fence_ack). Then a guard trigger goes on each
+source table that refuses writes to the moving ranges (40001), so even a router that never
+saw the fence (partitioned, its lease lapsing) cannot write a row the final catch-up would
+miss. Creating the trigger takes a lock that waits for writers on the table, which also
+makes any transaction still open on the source finish first. Only then is the source's
+current LSN the final target: nothing in the moving ranges can commit on the source after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from pgshard.background import Background
+from pgshard.reshard import capture, tables, verify
+from pgshard.reshard import copy as rows
+from pgshard.reshard import job as jobs
+from pgshard.reshard import sqltext as q
+from pgshard.reshard.apply import Applier
+from pgshard.reshard.apply import run as apply_statements
+from pgshard.reshard.job import Job, JobError
+from pgshard.reshard.records import JobStore
+from pgshard.ring.catalog import Catalog, Fence
+from pgshard.store import MetadataStore, StoreError
+
+log = logging.getLogger("pgshard.reshard")
+
+FENCE_ACKS_PREFIX = "fence_acks"
+CONNECT_TIMEOUT = 5.0
+POLL_INTERVAL = 0.5
+CATCHUP_LAG_BYTES = 512 * 1024   # the lag below which the fence goes up
+CATCHUP_MAX_ROUNDS = 2000
+ACK_TIMEOUT = 15.0
+GUARD_LOCK_TIMEOUT = "2s"
+RETRY_DELAY = 1.0
+
+PERMANENT = (JobError, asyncpg.PostgresError, ValueError, LookupError)
+# Retried as they are: a shard restarting or unreachable, a lock not granted in time.
+TRANSIENT = (OSError, TimeoutError, asyncpg.InterfaceError, StoreError,
+             asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+             asyncpg.LockNotAvailableError, asyncpg.AdminShutdownError)
+
+
+class ReshardService:
+    """Job requests (REST) and the runner (leader only)."""
+
+    def __init__(self, store: MetadataStore, catalog_ops, is_leader: Callable[[], bool], *,
+                 poll: float = POLL_INTERVAL, ack_timeout: float = ACK_TIMEOUT):
+        self.store = store
+        self.jobs = JobStore(store)
+        self.catalog_ops = catalog_ops
+        self.is_leader = is_leader
+        self.poll = poll
+        self.ack_timeout = ack_timeout
+        self._runner = Background(self._run, "pgshard-reshard")
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        self._runner.start()
+
+    async def stop(self) -> None:
+        await self._runner.stop()
+
+    # -- requests --------------------------------------------------------------------
+
+    async def create(self, kind: str, source: str | None, target: str) -> Job:
+        """A new job, checked (JobError 404/409/422) and persisted as pending."""
+        catalog, _ = await self.catalog_ops.current()
+        job = jobs.plan(catalog, kind, source, target)
+        for other in await self.jobs.active():
+            if other.shards & job.shards:
+                raise JobError(f"job {other.id} ({other.kind}) is still {other.state} on "
+                               f"shards {', '.join(sorted(other.shards & job.shards))}",
+                               job=other.id)
+        async with Connections(catalog) as conns:
+            await self._describe(conns, job, catalog)
+            await conns.get(job.target)
+        await self.jobs.create(job)
+        log.info("resharding job created", extra={"job": job.id, "kind": kind,
+                                                  "source": source, "target": target})
+        self._wake.set()
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        job = await self.jobs.update(job_id, lambda j: j.request_cancel())
+        self._wake.set()
+        return job
+
+    # -- the runner --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self.is_leader():
+                    for job in await self.jobs.active():
+                        await self.drive(job.id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("resharding round failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll)
+            except TimeoutError:
+                pass
+
+    async def drive(self, job_id: str) -> Job:
+        """Run one job as far as it goes: to a final state, or until leadership is lost or a
+        transient error (retried on a later round)."""
+        got = await self.jobs.get(job_id)
+        if got is None:
+            raise JobError(f"job {job_id} does not exist", status=404)
+        job = got[0]
+        catalog, _ = await self.catalog_ops.current()
+        async with Connections(catalog) as conns:
+            while job.state not in jobs.FINAL_STATES and self.is_leader():
+                job = (await self.jobs.get(job_id))[0]   # a cancel may have come in
+                try:
+                    if job.rollback_step is not None:
+                        job = await self._rollback(conns, job)
+                        continue
+                    if job.cancel_requested and not job.flipped:
+                        job = await self._save(job.start_rollback(None))
+                        continue
+                    job = await self._step(conns, job)
+                except TRANSIENT as exc:
+                    log.warning("job %s: %s failed (%s); retrying", job.id, job.step, exc)
+                    conns.reset()
+                    if not job.flipped:
+                        job = await self._save(job.note_error(f"{job.step}: {exc}"))
+                    await asyncio.sleep(RETRY_DELAY)
+                    return job
+                except PERMANENT as exc:
+                    msg = f"{job.step}: {exc}"
+                    if job.flipped or job.rollback_step is not None:
+                        log.error("job %s: %s; retrying", job.id, msg)
+                        job = await self._save(job.note_error(msg))
+                        await asyncio.sleep(RETRY_DELAY)
+                        return job
+                    log.error("job %s failed: %s; rolling back", job.id, msg)
+                    job = await self._save(job.start_rollback(msg))
+        return job
+
+    async def _save(self, new: Job) -> Job:
+        def change(stored: Job) -> Job:
+            # Keep a cancel request that arrived while the step ran.
+            if stored.cancel_requested and not new.cancel_requested:
+                return dataclasses.replace(new, cancel_requested=True)
+            return new
+
+        return await self.jobs.update(new.id, change)
+
+    async def _advance(self, job: Job, step: str, **changes) -> Job:
+        before = job.phase
+        job = await self._save(job.advance(step, **changes))
+        if job.phase != before:
+            log.info("resharding job %s: phase %s", job.id, job.phase,
+                     extra={"job": job.id, "phase": job.phase, "step": job.step})
+        return job
+
+    async def _step(self, conns: Connections, job: Job) -> Job:
+        step: Callable[[Connections, Job], Awaitable[Job]] = getattr(self, f"_{job.step}")
+        return await step(conns, job)
+
+    # -- steps ---------------------------------------------------------------------------
+
+    async def _describe(self, conns, job: Job, catalog: Catalog | None = None
+                        ) -> dict[str, dict[str, tables.TableInfo]]:
+        """{source: {table: info}}, checking the preconditions on every source."""
+        catalog = catalog or (await self.catalog_ops.current())[0]
+        out = {}
+        for src in job.sources:
+            conn = await conns.get(src)
+            out[src] = {t: await tables.describe(conn, t, key, src) for t, key in catalog.tables}
+        return out
+
+    async def _preconditions(self, conns, job: Job) -> Job:
+        catalog, _ = await self.catalog_ops.current()
+        if catalog.ring != job.old_ring:
+            raise JobError("the ring changed since the job was planned")
+        await self._describe(conns, job, catalog)
+        await conns.get(job.target)
+        return await self._advance(job, "schema")
+
+    async def _schema(self, conns, job: Job) -> Job:
+        dst = await conns.get(job.target)
+        await tables.install_hash(dst)
+        catalog, _ = await self.catalog_ops.current()
+        for table, _key in catalog.tables:
+            await tables.copy_definition(await conns.get(job.sources[0]), dst, table)
+        return await self._advance(job, "capture")
+
+    async def _capture(self, conns, job: Job) -> Job:
+        catalog, _ = await self.catalog_ops.current()
+        total = 0
+        for src in job.sources:
+            conn = await conns.get(src)
+            await capture.start(conn, job.slot, [t for t, _ in catalog.tables])
+            share = sum(m.size for m in job.moves_from(src)) / max(
+                sum(r.size for r in job.old_ring.ranges(src)), 1)
+            for t, _ in catalog.tables:
+                est = await conn.fetchval("SELECT greatest(reltuples, 0)::bigint FROM pg_class "
+                                          "WHERE oid = $1::regclass", q.qualified(t))
+                total += int((est or 0) * share)
+        return await self._advance(job, "copy", rows_total=total)
+
+    async def _copy(self, conns, job: Job) -> Job:
+        infos = await self._describe(conns, job)
+        dst = await conns.get(job.target)
+        for src in job.sources:
+            for table, info in infos[src].items():
+                done_key = f"{src}/{table}"
+                if done_key in job.copied:
+                    continue
+                if (await self.jobs.get(job.id))[0].cancel_requested:
+                    return job
+                n = await rows.copy_rows(await conns.get(src), dst, info, job.moves_from(src))
+                job = await self._advance(job, "copy", copied=(*job.copied, done_key),
+                                          rows_copied=job.rows_copied + n)
+        return await self._advance(job, "catchup",
+                                   rows_total=max(job.rows_total, job.rows_copied))
+
+    async def _apply_round(self, conns, job: Job, infos, upto: dict[str, int] | None) -> bool:
+        """One batch from every source's slot applied; True when each source is caught up
+        (below the lag threshold, or at its upto LSN)."""
+        dst = await conns.get(job.target)
+        caught_up = True
+        lag_total = 0
+        for src in job.sources:
+            conn = await conns.get(src)
+            batch = await capture.read(conn, job.slot, upto.get(src) if upto else None)
+            applier = Applier(infos[src].values(), job.moves_from(src))
+            await apply_statements(dst, applier.statements(batch.events))
+            if batch.end_lsn is not None:
+                await capture.advance(conn, job.slot, batch.end_lsn)
+            if upto is not None:
+                if batch.end_lsn is not None and batch.end_lsn < upto[src]:
+                    caught_up = False
+            else:
+                lag = await capture.lag_bytes(conn, job.slot)
+                lag_total += lag
+                if batch.end_lsn is not None and len(batch.events) >= capture.BATCH_CHANGES:
+                    caught_up = False
+                if lag > CATCHUP_LAG_BYTES:
+                    caught_up = False
+        if upto is None:
+            await self._save(job.advance(job.step, lag_bytes=lag_total))
+        return caught_up
+
+    async def _catchup(self, conns, job: Job) -> Job:
+        infos = await self._describe(conns, job)
+        for _ in range(CATCHUP_MAX_ROUNDS):
+            if (await self.jobs.get(job.id))[0].cancel_requested or not self.is_leader():
+                return job
+            if await self._apply_round(conns, job, infos, None):
+                return await self._advance(job, "fence")
+            job = (await self.jobs.get(job.id))[0]
+        raise JobError("change capture could not catch up with the source's writes")
+
+    async def _fence(self, conns, job: Job) -> Job:
+        fences = tuple(Fence(m.lo, m.hi, job.id) for m in job.moves)
+        started = job.fence_started or time.time()
+
+        def put_up(cat: Catalog) -> Catalog | None:
+            if any(f.job == job.id for f in cat.fences):
+                return None
+            if cat.ring != job.old_ring:
+                raise JobError("the ring changed since the job was planned")
+            return cat.evolve(fences=(*cat.fences, *fences))
+
+        catalog = await self.catalog_ops.update(put_up)
+        job = await self._advance(job, "fence", fence_version=catalog.version,
+                                  fence_started=started)
+        await self._wait_acks(catalog.version)
+        infos = await self._describe(conns, job)
+        for src in job.sources:
+            conn = await conns.get(src)
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{GUARD_LOCK_TIMEOUT}'")
+                await conn.execute(q.GUARD_FUNCTION)
+                for info in infos[src].values():
+                    await conn.execute(q.drop_guard(info.name, job.id))
+                    await conn.execute(q.create_guard(info.name, info.key, job.moves_from(src),
+                                                      job.id))
+        return await self._advance(job, "final_catchup")
+
+    async def _wait_acks(self, version: int) -> None:
+        """Until every live router acknowledged fence version `version` (or newer)."""
+        from pgshard.control.membership import list_routers
+
+        deadline = time.monotonic() + self.ack_timeout
+        while True:
+            routers, _ = await list_routers(self.store)
+            missing = []
+            for r in routers:
+                kv = await self.store.get(f"{FENCE_ACKS_PREFIX}/{r['id']}")
+                acked = json.loads(kv.value).get("version", 0) if kv is not None else 0
+                if acked < version:
+                    missing.append(r["id"])
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise JobError(f"router(s) {', '.join(missing)} did not acknowledge the fence "
+                               f"(catalog version {version}) within {self.ack_timeout:g}s")
+            await asyncio.sleep(0.02)
+
+    async def _final_catchup(self, conns, job: Job) -> Job:
+        infos = await self._describe(conns, job)
+        upto = {src: await capture.flush_wal(await conns.get(src)) for src in job.sources}
+        for _ in range(CATCHUP_MAX_ROUNDS):
+            if await self._apply_round(conns, job, infos, upto):
+                break
+        else:
+            raise JobError("the final catch-up did not reach the source's LSN")
+        return await self._advance(job, "verify", lag_bytes=0)
+
+    async def _verify(self, conns, job: Job) -> Job:
+        infos = await self._describe(conns, job)
+        dst = await conns.get(job.target)
+        problems = []
+        for src in job.sources:
+            spans = job.moves_from(src)
+            for info in infos[src].values():
+                a = await verify.summary(await conns.get(src), info, spans)
+                b = await verify.summary(dst, info, spans)
+                problems += verify.mismatches(info, spans, a, b)
+        if problems:
+            raise JobError("verification failed: " + "; ".join(problems[:5]))
+        return await self._advance(job, "flip")
+
+    async def _flip(self, conns, job: Job) -> Job:
+        def flip(cat: Catalog) -> Catalog | None:
+            if cat.ring == job.new_ring and not any(f.job == job.id for f in cat.fences):
+                return None   # done already (a crash after the CAS)
+            if cat.ring != job.old_ring:
+                raise JobError("the ring changed since the job was planned")
+            return cat.evolve(ring=job.new_ring,
+                              fences=tuple(f for f in cat.fences if f.job != job.id))
+
+        if (await self.jobs.get(job.id))[0].cancel_requested:
+            return job
+        await self.catalog_ops.update(flip)
+        pause = None
+        if job.fence_started is not None:
+            pause = round((time.time() - job.fence_started) * 1000, 1)
+        log.info("resharding job %s flipped ownership", job.id,
+                 extra={"job": job.id, "write_pause_ms": pause})
+        return await self._advance(job, "cleanup", write_pause_ms=pause)
+
+    async def _cleanup(self, conns, job: Job) -> Job:
+        infos = await self._describe(conns, job)
+        for src in job.sources:
+            conn = await conns.get(src)
+            for info in infos[src].values():
+                await rows.delete_rows(conn, info, job.moves_from(src), bypass_guard=True)
+                await conn.execute(q.drop_guard(info.name, job.id))
+            await capture.stop(conn, job.slot)
+        if job.kind == "merge":
+            def remove(cat: Catalog) -> Catalog | None:
+                if job.source not in cat.shard_names() or job.source in cat.ring.shards():
+                    return None
+                return cat.evolve(shards=tuple(s for s in cat.shards if s.name != job.source),
+                                  ring=cat.ring.without_shard(job.source))
+
+            await self.catalog_ops.update(remove)
+        return await self._advance(job, "finish")
+
+    async def _finish(self, conns, job: Job) -> Job:
+        job = await self._save(job.done())
+        log.info("resharding job %s done", job.id, extra={"job": job.id, "state": job.state})
+        return job
+
+    async def _rollback(self, conns, job: Job) -> Job:
+        """Undo a job that did not flip: fence lifted, guards, slots and publications
+        dropped, copied rows deleted from the destination. Idempotent."""
+        def lift(cat: Catalog) -> Catalog | None:
+            if not any(f.job == job.id for f in cat.fences):
+                return None
+            return cat.evolve(fences=tuple(f for f in cat.fences if f.job != job.id))
+
+        await self.catalog_ops.update(lift)
+        catalog, _ = await self.catalog_ops.current()
+        dst = await conns.get(job.target)
+        for src in job.sources:
+            conn = await conns.get(src)
+            for table, key in catalog.tables:
+                if await tables.exists(conn, table):
+                    await conn.execute(q.drop_guard(table, job.id))
+                if await tables.exists(dst, table):
+                    info = tables.TableInfo(table, key, (), (), ())
+                    await rows.delete_rows(dst, info, job.moves_from(src))
+            await capture.stop(conn, job.slot)
+        job = await self._save(job.finish_rollback())
+        log.warning("resharding job %s %s", job.id, job.state,
+                    extra={"job": job.id, "state": job.state, "error": job.error})
+        return job
+
+
+class Connections:
+    """One connection per shard primary for the length of a drive, opened on first use."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._conns: dict[str, asyncpg.Connection] = {}
+
+    async def get(self, shard: str) -> asyncpg.Connection:
+        conn = self._conns.get(shard)
+        if conn is not None and not conn.is_closed():
+            return conn
+        dsn = self.catalog.shard(shard).primary
+        try:
+            conn = await asyncio.wait_for(asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT),
+                                          CONNECT_TIMEOUT + 1)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            raise ConnectionError(f"shard {shard} does not answer: {exc}") from None
+        self._conns[shard] = conn
+        return conn
+
+    def reset(self) -> None:
+        for conn in self._conns.values():
+            conn.terminate()
+        self._conns.clear()
+
+    async def __aenter__(self) -> Connections:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for conn in self._conns.values():
+            try:
+                await asyncio.wait_for(conn.close(), 2)
+            except Exception:
+                conn.terminate()
+        self._conns.clear()

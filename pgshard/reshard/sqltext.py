@@ -1,0 +1,139 @@
+"""SQL text the resharding steps send, pure: identifiers, token-range predicates, and the
+statements that copy, apply, verify and delete rows of a set of token ranges."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from pgshard.ring.ring import TokenSpan
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def qualified(table: str) -> str:
+    """A catalog table name (optionally schema-qualified, case as PostgreSQL folds it)."""
+    schema, _, name = table.rpartition(".")
+    return (ident(schema.lower()) + "." if schema else "") + ident(name.lower())
+
+
+def split_name(table: str) -> tuple[str, str]:
+    schema, _, name = table.rpartition(".")
+    return (schema or "public").lower(), name.lower()
+
+
+def multirange(spans: Iterable[TokenSpan]) -> str:
+    """The spans as an int8multirange literal: tokens t with lo < t <= hi."""
+    return literal("{" + ",".join(f"({s.lo},{s.hi}]" for s in spans) + "}") + "::int8multirange"
+
+
+def token_of(key_column: str) -> str:
+    """The token of a row, as routers compute it (the key's text form hashed)."""
+    return f"pgshard.hash(({ident(key_column)})::text)"
+
+
+def in_ranges(key_column: str, spans: Iterable[TokenSpan]) -> str:
+    return f"{token_of(key_column)} <@ {multirange(spans)}"
+
+
+def column_list(columns: Sequence[str]) -> str:
+    return ", ".join(ident(c) for c in columns)
+
+
+def select_ranges(table: str, columns: Sequence[str], key: str, spans) -> str:
+    """The rows of the spans (what the copy sends, COPY (…) TO STDOUT)."""
+    return (f"SELECT {column_list(columns)} FROM {qualified(table)} "
+            f"WHERE {in_ranges(key, spans)}")
+
+
+def delete_ranges(table: str, key: str, spans) -> str:
+    return f"DELETE FROM {qualified(table)} WHERE {in_ranges(key, spans)}"
+
+
+def delete_ranges_in_pages(table: str, key: str, spans, first_page: int, end_page: int) -> str:
+    """One cleanup batch: the range's rows among pages [first_page, end_page) (a TID range
+    scan, so each batch reads only its own pages)."""
+    return (f"DELETE FROM {qualified(table)} WHERE ctid >= '({first_page},0)'::tid "
+            f"AND ctid < '({end_page},0)'::tid AND {in_ranges(key, spans)}")
+
+
+def checksum(table: str, columns: Sequence[str], key: str, spans: Sequence[TokenSpan]) -> str:
+    """Per range (numbered from 1 by ascending lo): row count and an order-independent sum
+    of each row's hash. OFFSET 0 keeps the token computed once per row."""
+    lows = "ARRAY[" + ",".join(str(s.lo + 1) for s in spans) + "]::bigint[]"
+    row = f"ROW({column_list(columns)})::text"
+    return (f"SELECT width_bucket(t, {lows}) AS r, count(*), "
+            f"coalesce(sum(hashtextextended(x, 0)::numeric), 0)::text "
+            f"FROM (SELECT {token_of(key)} AS t, {row} AS x FROM {qualified(table)} "
+            f"OFFSET 0) s WHERE t <@ {multirange(spans)} GROUP BY 1 ORDER BY 1")
+
+
+def upsert(table: str, columns: Sequence[str], types: Sequence[str], pk: Sequence[str]) -> str:
+    """INSERT a whole row, or overwrite the row with its primary key: parameters are the
+    columns' text forms, cast to each column's type."""
+    values = ", ".join(f"${i + 1}::text::{t}" for i, t in enumerate(types))
+    others = [c for c in columns if c not in pk]
+    action = ("DO UPDATE SET " + ", ".join(f"{ident(c)} = EXCLUDED.{ident(c)}" for c in others)
+              if others else "DO NOTHING")
+    return (f"INSERT INTO {qualified(table)} ({column_list(columns)}) VALUES ({values}) "
+            f"ON CONFLICT ({column_list(pk)}) {action}")
+
+
+def update_columns(table: str, columns: Sequence[str], types: Sequence[str],
+                   pk: Sequence[str], pk_types: Sequence[str]) -> str:
+    """UPDATE some columns of the row with a primary key (pk parameters come first)."""
+    n = len(pk)
+    where = " AND ".join(f"{ident(c)} = ${i + 1}::text::{t}"
+                         for i, (c, t) in enumerate(zip(pk, pk_types, strict=True)))
+    sets = ", ".join(f"{ident(c)} = ${n + i + 1}::text::{t}"
+                     for i, (c, t) in enumerate(zip(columns, types, strict=True)))
+    return f"UPDATE {qualified(table)} SET {sets} WHERE {where}"
+
+
+def delete_key(table: str, pk: Sequence[str], pk_types: Sequence[str]) -> str:
+    where = " AND ".join(f"{ident(c)} = ${i + 1}::text::{t}"
+                         for i, (c, t) in enumerate(zip(pk, pk_types, strict=True)))
+    return f"DELETE FROM {qualified(table)} WHERE {where}"
+
+
+GUARD_FUNCTION = """\
+CREATE OR REPLACE FUNCTION pgshard.reshard_guard() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    ranges int8multirange := TG_ARGV[1]::int8multirange;
+BEGIN
+    IF current_setting('pgshard.reshard_bypass', true) = 'on' THEN
+        RETURN COALESCE(NEW, OLD);
+    END IF;
+    IF (TG_OP <> 'INSERT' AND pgshard.hash(to_jsonb(OLD) ->> TG_ARGV[0]) <@ ranges)
+       OR (TG_OP <> 'DELETE' AND pgshard.hash(to_jsonb(NEW) ->> TG_ARGV[0]) <@ ranges) THEN
+        RAISE EXCEPTION 'this row''s shard key range is being moved to another shard by '
+                        'resharding job %', TG_ARGV[2]
+            USING ERRCODE = '40001',
+                  HINT = 'retry the transaction: it will be routed to the range''s new owner';
+    END IF;
+    RETURN COALESCE(NEW, OLD);
+END
+$fn$"""
+
+
+def guard_name(job_id: str) -> str:
+    return f"pgshard_guard_{job_id}"
+
+
+def create_guard(table: str, key: str, spans, job_id: str) -> str:
+    """A trigger on the source refusing writes to the moving ranges (40001), so that no
+    router serving an old catalog can write a row there once the final catch-up began."""
+    args = ", ".join(literal(a) for a in (key, "{" + ",".join(
+        f"({s.lo},{s.hi}]" for s in spans) + "}", job_id))
+    return (f"CREATE TRIGGER {ident(guard_name(job_id))} BEFORE INSERT OR UPDATE OR DELETE "
+            f"ON {qualified(table)} FOR EACH ROW EXECUTE FUNCTION pgshard.reshard_guard({args})")
+
+
+def drop_guard(table: str, job_id: str) -> str:
+    return f"DROP TRIGGER IF EXISTS {ident(guard_name(job_id))} ON {qualified(table)}"

@@ -1,0 +1,140 @@
+"""The resharding job model: planning against a catalog, transitions, JSON round trip; and
+the changes the applier turns into statements (pure parts, no servers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgshard.protocol import pgoutput as po
+from pgshard.reshard import job as jobs
+from pgshard.reshard import sqltext as q
+from pgshard.reshard.apply import Applier
+from pgshard.reshard.job import Job, JobError
+from pgshard.reshard.tables import TableInfo
+from pgshard.ring.catalog import Catalog, Shard
+from pgshard.ring.hashing import token
+from pgshard.ring.ranges import RangeMove
+
+
+def catalog() -> Catalog:
+    cat = Catalog.initial([Shard("s0", "postgresql://a/x"), Shard("s1", "postgresql://b/x")],
+                          {"t": "id"}, vnodes_per_shard=8)
+    return cat.evolve(shards=(*cat.shards, Shard("s2", "postgresql://c/x")))
+
+
+PLAN_REFUSALS = [
+    ("explode", "s0", "s2", 422),
+    ("split", "nope", "s2", 404),
+    ("split", "s0", "nope", 404),
+    ("split", "s0", "s1", 409),        # target owns vnodes
+    ("split", "s2", "s0", 409),        # source owns nothing
+    ("split", "s0", "s0", 422),
+    ("split", None, "s2", 422),
+    ("merge", "s0", "s2", 409),        # merge target owns nothing
+    ("rebalance", "s0", "s2", 422),    # a rebalance names no source
+    ("rebalance", None, "s1", 409),
+]
+
+
+@pytest.mark.parametrize("kind, source, target, status", PLAN_REFUSALS)
+def test_plan_refusals(kind, source, target, status):
+    with pytest.raises(JobError) as e:
+        jobs.plan(catalog(), kind, source, target)
+    assert e.value.status == status
+
+
+@pytest.mark.parametrize("kind, source, target", [
+    ("split", "s0", "s2"), ("merge", "s1", "s0"), ("rebalance", None, "s2")])
+def test_plans_move_ranges_to_the_target(kind, source, target):
+    j = jobs.plan(catalog(), kind, source, target, job_id="j1")
+    assert j.moves and all(m.dst == target for m in j.moves)
+    if source:
+        assert j.sources == (source,)
+    assert j.state == "pending" and j.step == "preconditions" and j.phase == "schema"
+    assert j.slot == "pgshard_j1"
+    assert Job.from_json(j.to_json()) == j
+
+
+def test_transitions():
+    j = jobs.plan(catalog(), "split", "s0", "s2", job_id="j1")
+    j = j.advance("schema").advance("capture").advance("copy", rows_copied=5)
+    assert j.state == "running" and j.phase == "copy" and j.view()["progress"]["rows_copied"] == 5
+    with pytest.raises(JobError):
+        j.advance("schema")                    # never backwards
+    j = j.request_cancel()
+    assert j.cancel_requested and not j.flipped
+    j = j.start_rollback(None)
+    with pytest.raises(JobError):
+        j.advance("catchup")                   # rolling back: no forward step
+    assert j.finish_rollback().state == "cancelled"
+    failed = jobs.plan(catalog(), "split", "s0", "s2").start_rollback("boom").finish_rollback()
+    assert failed.state == "failed" and failed.error == "boom" and failed.phase is None
+
+
+def test_no_cancel_or_rollback_past_the_flip():
+    j = jobs.plan(catalog(), "split", "s0", "s2").advance("flip")
+    with pytest.raises(JobError):
+        j.request_cancel()
+    j = j.advance("cleanup")
+    assert j.flipped
+    with pytest.raises(JobError):
+        j.start_rollback("x")
+    done = j.done()
+    assert done.state == "done" and done.phase is None
+    with pytest.raises(JobError):
+        done.request_cancel()
+
+
+def test_advance_clears_a_retried_error():
+    j = jobs.plan(catalog(), "split", "s0", "s2").note_error("copy: shard down")
+    assert j.error and j.advance("schema").error is None
+
+
+def test_multirange_and_checksum_text():
+    spans = [RangeMove(-1, 10, "a", "b"), RangeMove(20, 30, "a", "b")]
+    assert q.multirange(spans) == "'{(-1,10],(20,30]}'::int8multirange"
+    sql = q.checksum("public.T", ["id", "v"], "id", spans)
+    assert "ARRAY[0,21]::bigint[]" in sql and '"public"."t"' in sql
+
+
+def _applier(spans):
+    info = TableInfo("t", "id", ("id", "v", "big"), ("bigint", "text", "text"), ("id",))
+    app = Applier([info], spans)
+    rel = po.Relation(7, "public", "t", "d", (po.Column("id", 20, -1, True),
+                                              po.Column("v", 25, -1, False),
+                                              po.Column("big", 25, -1, False)))
+    return app, rel
+
+
+def _span_of(key: str) -> RangeMove:
+    t = token(key.encode())
+    return RangeMove(t - 1, t, "a", "b")
+
+
+def test_applier_keeps_only_moving_rows():
+    app, rel = _applier([_span_of("1")])
+    stmts = app.statements([rel, po.Insert(7, ("1", "a", "b")), po.Insert(7, ("2", "a", "b")),
+                            po.Delete(7, ("2", None, None)), po.Delete(7, ("1", None, None))])
+    assert [s[1] for s in stmts] == [("1", "a", "b"), ("1",)]
+    assert stmts[0][0].startswith('INSERT INTO "t"') and "ON CONFLICT" in stmts[0][0]
+    assert stmts[1][0].startswith('DELETE FROM "t"')
+
+
+def test_applier_unchanged_toast_updates_what_it_has():
+    app, rel = _applier([_span_of("1")])
+    (sql, args), = app.statements([rel, po.Update(7, ("1", "new", po.UNCHANGED_TOAST))])
+    assert sql.startswith('UPDATE "t" SET "id" = $2::text::bigint, "v" = $3::text::text')
+    assert args == ("1", "1", "new")
+
+
+def test_applier_key_change_out_of_the_range_deletes_the_old_row():
+    app, rel = _applier([_span_of("1")])
+    stmts = app.statements([rel, po.Update(7, ("2", "v", "b"), ("1", None, None), True)])
+    assert len(stmts) == 1 and stmts[0][0].startswith("DELETE") and stmts[0][1] == ("1",)
+
+
+def test_applier_truncate_deletes_the_ranges_and_ignores_unknown_relations():
+    app, rel = _applier([_span_of("1")])
+    other = po.Relation(8, "public", "other", "d", (po.Column("id", 20, -1, True),))
+    stmts = app.statements([rel, other, po.Insert(8, ("1",)), po.Truncate((7, 8))])
+    assert len(stmts) == 1 and stmts[0][0].startswith('DELETE FROM "t" WHERE pgshard.hash')
