@@ -55,6 +55,8 @@ class Proxy:
         self.key_positions: dict[str, int] = {}
         self.key_positions_key: tuple[tuple[str, int], ...] = ()
         self.replicas = None  # ReplicaMonitor, when any shard has replicas
+        from pgshard.proxy.failover_hold import FailoverHold
+        self.failover_hold = FailoverHold(self, config.ha.failover_hold)
         self.metrics = None  # set by the sidecar when it runs (pgshard.control.metrics)
 
     # ------------------------------------------------------------ lifecycle
@@ -70,7 +72,8 @@ class Proxy:
         if any(sh.replicas for sh in (self.catalog.shards if self.catalog else ())):
             from pgshard.proxy.replicas import ReplicaMonitor
             self.replicas = ReplicaMonitor(lambda: self.catalog,
-                                           max_lag=self.config.proxy.max_replica_lag)
+                                           max_lag=self.config.proxy.max_replica_lag,
+                                           interval=self.config.ha.check_interval)
             await self.replicas.start()
         log.info("pgshard listening on %s:%s", pc.host, self.port)
 
@@ -168,8 +171,10 @@ class Proxy:
     def set_catalog(self, catalog: Catalog) -> None:
         """Swap the snapshot by reference; sessions read it per statement. Pools of a shard
         the new catalog no longer has are closed (their busy servers close when released)."""
-        self.catalog = catalog
+        old, self.catalog = self.catalog, catalog
         self.forget_key_positions()
+        # Pools to a moved primary or replica are closed; waiting statements follow it.
+        self.failover_hold.catalog_changed(old, catalog)
         names = set(catalog.shard_names())
         for key, pool in list(self.pools.items()):
             if key.shard not in names:
@@ -216,6 +221,7 @@ class Proxy:
             if user and user.pool_size:
                 settings = dataclasses.replace(settings, pool_size=user.pool_size)
             pool = BackendPool(key, dsn.host, dsn.port, password, settings)
+            self.failover_hold.adopt(pool, sh)
             self.pools[key] = pool
         return pool
 

@@ -64,6 +64,10 @@ class BackendPool:
         self.server_params: dict[str, str] | None = None
         self.closed = False
         self.failed_at = 0.0   # when a connect last failed (0: the last one worked)
+        # pgshard.proxy.failover_hold: who holds acquisitions while the shard's primary is
+        # down or changing, and whether the catalog holds this shard now (no server then).
+        self.hold = None
+        self.paused = False
         self.stats = {"acquired": 0, "waited": 0, "timeouts": 0, "connects": 0,
                       "connect_errors": 0}
 
@@ -96,6 +100,8 @@ class BackendPool:
 
     def try_acquire(self) -> ServerConnection | None:
         """An idle usable server at once, or None (the caller then awaits acquire())."""
+        if self.paused:
+            return None
         idle = self.idle
         while idle:
             s = idle.pop()  # LIFO keeps a hot set of connections
@@ -106,6 +112,17 @@ class BackendPool:
         return None
 
     async def acquire(self) -> ServerConnection:
+        """A server, waiting for one if needed; a primary's pool waits out a failover (up
+        to failover_hold) instead of failing while its primary is down."""
+        s = self.try_acquire()
+        if s is not None:
+            return s
+        if self.hold is not None and self.key.role == "primary":
+            return await self.hold.acquire(self)
+        return await self.acquire_direct()
+
+    async def acquire_direct(self) -> ServerConnection:
+        """A server from this pool (idle, newly connected or freed), without any hold."""
         s = self.try_acquire()
         if s is not None:
             return s
