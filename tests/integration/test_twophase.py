@@ -23,6 +23,7 @@ from tests.fixtures.clusters import temp_cluster
 from tests.fixtures.twophase import asyncpg_run, fetch_ids, prepared_gids
 
 TABLE = "tp_items"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -357,3 +358,116 @@ async def test_make_run_commits_over_a_multitxn_on_real_pools(cluster, dsns):
         ids, gids = await state(dsns)
     assert ids == {"shard0": [100], "shard1": [101, 102]}
     assert gids == {"shard0": set(), "shard1": set()}
+
+
+def test_recovery_abort_recorded_first_wins_over_the_coordinator(dsns):
+    """Recovery wrote "abort" for this transaction before the coordinator's decision: the
+    coordinator rolls back and says so, nothing is committed anywhere."""
+    async def go():
+        async with Env(dsns) as env:
+            run = await env.begin({"shard0": [(110, "a1")], "shard1": [(111, "b1")]})
+            coord = Coordinator(env.log, router())
+            txn = coord.new_txn_id()
+            await env.log.abort(coord.router, txn, coord.gids(txn, ["shard0", "shard1"]))
+            with pytest.raises(PgError) as err:
+                await coord.commit(txn, ["shard0", "shard1"], run)
+            return err.value, await state(dsns), await env.log.get(coord.router, txn)
+    exc, (ids, gids), record = asyncio.run(go())
+    assert exc.sqlstate == "40000" and "recovery" in exc.message
+    assert ids == {"shard0": [], "shard1": []} and gids == {"shard0": set(), "shard1": set()}
+    assert record.outcome == "abort"
+
+
+def test_coordinator_past_its_decision_deadline_rolls_back(dsns):
+    async def go():
+        async with Env(dsns) as env:
+            run = await env.begin({"shard0": [(120, "a2")], "shard1": [(121, "b2")]})
+            coord = Coordinator(env.log, router(), decision_deadline=0)
+            with pytest.raises(PgError) as err:
+                await coord.commit(coord.new_txn_id(), ["shard0", "shard1"], run)
+            return err.value, await state(dsns), await env.log.all()
+    exc, (ids, gids), left = asyncio.run(go())
+    assert exc.sqlstate == "40000" and "too long" in exc.message
+    assert ids == {"shard0": [], "shard1": []} and gids == {"shard0": set(), "shard1": set()}
+    assert left == {}
+
+
+def test_store_down_at_the_decision_is_unknown_until_recovery(dsns):
+    """The store fails when the decision is written: the client hears 08007 (resolution
+    unknown), the participants stay prepared, and recovery rolls both back."""
+    async def go():
+        async with Env(dsns) as env:
+            run = await env.begin({"shard0": [(130, "a3")], "shard1": [(131, "b3")]})
+            path = env.store.path
+            await env.store.close()
+            coord = Coordinator(env.log, router())
+            with pytest.raises(PgError) as err:
+                await coord.commit(coord.new_txn_id(), ["shard0", "shard1"], run)
+            between = await state(dsns)
+            env.store = await open_store(f"sqlite://{path}")
+            report = await env.recovery().run_once()
+            return err.value, between, report, await state(dsns)
+    exc, between, report, (ids, gids) = asyncio.run(go())
+    assert exc.sqlstate == "08007"
+    assert all(len(g) == 1 for g in between[1].values())
+    assert len(report.rolled_back) == 2
+    assert ids == {"shard0": [], "shard1": []} and gids == {"shard0": set(), "shard1": set()}
+
+
+def test_recovery_resolves_prepared_transactions_in_another_database(cluster, dsns):
+    primary = cluster.shards[0].primary
+    primary.psql("DROP DATABASE IF EXISTS other2pc")
+    primary.psql("CREATE DATABASE other2pc")
+    other = dsns["shard0"].rsplit("/", 1)[0] + "/other2pc"
+
+    async def go():
+        async with Env(dsns) as env:
+            conn = await asyncpg.connect(other)
+            await conn.execute("CREATE TABLE o (id int)")
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO o VALUES (1)")
+            await conn.execute("PREPARE TRANSACTION 'pgshard:gone:5:shard0'")
+            await conn.close()
+            report = await env.recovery().run_once()
+            conn = await asyncpg.connect(other)
+            try:
+                count = await conn.fetchval("SELECT count(*) FROM o")
+            finally:
+                await conn.close()
+            return report, count, await prepared_gids(dsns["shard0"])
+    report, count, gids = asyncio.run(go())
+    primary.psql("DROP DATABASE other2pc")
+    assert report.rolled_back == ["pgshard:gone:5:shard0"] and count == 0 and not gids
+
+
+@pytest.mark.parametrize("point", ["after_prepare", "after_decision", "during_commit"])
+def test_process_exit_at_fault_point_then_recovery(dsns, point):
+    """PGSHARD_2PC_FAULT makes a coordinating process die at the step (os._exit, as a
+    SIGKILL would: no cleanup, its connections dropped by the OS); recovery then leaves the
+    transaction whole or absent and nothing prepared."""
+    import json
+    import subprocess
+    import sys
+
+    store_url = f"sqlite://{os.path.join(tempfile.mkdtemp(prefix='pgshard-2pc-'), 'meta.db')}"
+    args = {"store_url": store_url, "router": router(), "dsns": dsns, "table": TABLE,
+            "rows": {"shard0": 140, "shard1": 141}}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from tests.fixtures.twophase import main; main()",
+         json.dumps(args)], env={**os.environ, "PGSHARD_2PC_FAULT": point},
+        capture_output=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 137, proc.stderr.decode()[-2000:]
+
+    async def go():
+        async with Env(dsns) as env:
+            await env.store.close()
+            env.store = await open_store(store_url)
+            env.log = DecisionLog(env.store)
+            report = await env.recovery().run_once()
+            return report, await state(dsns)
+    report, (ids, gids) = asyncio.run(go())
+    assert gids == {"shard0": set(), "shard1": set()}
+    if point == "after_prepare":
+        assert ids == {"shard0": [], "shard1": []} and len(report.rolled_back) == 2
+    else:
+        assert ids == {"shard0": [140], "shard1": [141]} and report.committed
