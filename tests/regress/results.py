@@ -85,8 +85,33 @@ def split_diffs(text: str) -> dict[str, list[str]]:
 
 
 def excerpt(diff_lines: list[str], limit: int = EXCERPT_LINES) -> list[str]:
-    """The first changed lines of one test's hunks (no context lines)."""
-    return [line for line in diff_lines if line[:1] in ("+", "-")][:limit]
+    """The first changed lines of one test's hunks, block by block (a run of -/+ lines):
+    up to 3 removed and 5 added lines of each, so what the proxy's run printed instead
+    shows even after hundreds of expected lines it never reached."""
+    out: list[str] = []
+    for removed, added in _change_blocks(diff_lines):
+        for lines, keep, sign in ((removed, 3, "-"), (added, 5, "+")):
+            out += lines[:keep]
+            if len(lines) > keep:
+                out.append(f"{sign}… {len(lines) - keep} more line(s)")
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
+def _change_blocks(diff_lines: list[str]) -> list[tuple[list[str], list[str]]]:
+    blocks: list[tuple[list[str], list[str]]] = []
+    in_block = False
+    for line in diff_lines:
+        sign = line[:1]
+        if sign not in ("+", "-"):
+            in_block = False
+            continue
+        if not in_block:
+            blocks.append(([], []))
+            in_block = True
+        blocks[-1][0 if sign == "-" else 1].append(line)
+    return blocks
 
 
 def passed(status: dict[str, str], tests: list[str]) -> int:

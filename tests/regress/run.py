@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(demo_dir / "cluster", shards=1, replicas=0, database=DATABASE)
     runs: dict[str, dict] = {}
     started = time.monotonic()
+    if args.from_runs:
+        _reread(work, modes, tests, runs)
+        modes = []
     try:
         for mode in modes:
             print(f"regress: {mode.name}: {mode.label}", flush=True)
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     failures, notes = R.evaluate_gate(runs, baseline)
     summary = {"server": args.server_version or _server_version(args.bindir),
                "schedule": str(suite / "parallel_schedule"), "total": len(tests),
-               "seconds": round(time.monotonic() - started, 1), "proxy_code": _proxy_code(),
+               "seconds": round(time.monotonic() - started, 1), "proxy_code": _proxy_code(work if args.from_runs else None),
                "runs": runs,
                "gate": {"ok": not failures, "failures": failures, "notes": notes,
                         "baseline": str(baseline_path)}}
@@ -100,6 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     if failures and not args.no_gate:
         return 1
     return 0
+
+
+def _reread(work: Path, modes: list[R.Mode], tests: list[str], runs: dict[str, dict]) -> None:
+    """--from-runs: the runs as the last `make regress` left them in work/runs/MODE/."""
+    try:
+        previous = json.loads((work / "summary.json").read_text()).get("runs", {})
+    except (OSError, ValueError):
+        previous = {}
+    for mode in modes:
+        out = work / "runs" / mode.name
+        if not (out / "pg_regress.out").is_file():
+            raise SystemExit(f"regress: --from-runs: no run of {mode.name} in {out}")
+        old = previous.get(mode.name, {})
+        runs[mode.name] = _collect(mode, out, tests,
+                                   old.get("max_connections", mode.max_connections),
+                                   old.get("seconds", 0.0))
 
 
 # -- database state --------------------------------------------------------------------
@@ -221,17 +240,27 @@ def _run_suite(args, mode: R.Mode, state: dict, suite: Path, out: Path,
         except subprocess.TimeoutExpired:
             complete, reason = False, f"stopped after {args.timeout:g} s"
             _stop(proc, signal.SIGTERM, 10)
-    seconds = time.monotonic() - t0
+    run = _collect(mode, out, tests, args.max_connections or mode.max_connections,
+                   time.monotonic() - t0)
+    if complete and not run["complete"]:
+        reason = f"pg_regress exited {proc.returncode} after {len(run['tests'])} tests"
+    if reason:
+        run.update(complete=False, incomplete_reason=reason)
+    return run
+
+
+def _collect(mode: R.Mode, out: Path, tests: list[str], max_connections: int,
+             seconds: float) -> dict:
+    """One mode's run as summary.json records it, read from pg_regress's output dir."""
     output = (out / "pg_regress.out").read_text(errors="replace")
     status = R.parse_output(output)
-    if complete and len(status) < len(tests):
-        complete, reason = False, f"pg_regress exited {proc.returncode} after {len(status)} tests"
+    complete = len(status) >= len(tests)
+    reason = "" if complete else f"{len(status)} of {len(tests)} tests reported"
     diffs_path = out / "regression.diffs"
     diffs = R.split_diffs(diffs_path.read_text(errors="replace")) if diffs_path.is_file() else {}
     failed = [t for t in tests if status.get(t) != "ok"]
     return {"mode": mode.name, "label": mode.label, "pool_mode": mode.pool_mode,
-            "through_proxy": mode.through_proxy,
-            "max_connections": args.max_connections or mode.max_connections,
+            "through_proxy": mode.through_proxy, "max_connections": max_connections,
             "passed": R.passed(status, tests), "failed": failed, "tests": status,
             "excerpts": {t: R.excerpt(diffs.get(t, []), R.JSON_EXCERPT_LINES) for t in failed},
             "seconds": round(seconds, 1), "complete": complete, "incomplete_reason": reason,
@@ -245,9 +274,12 @@ def _server_version(bindir: str) -> str:
     return m.group(1) if m else "?"
 
 
-def _proxy_code() -> dict:
+def _proxy_code(reread: Path | None) -> dict:
     """Which pgshard the demo ran: this checkout (its commit, uncommitted edits) or the
     tree $PYTHONPATH puts first (a snapshot of a commit, for a baseline)."""
+    if reread is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return json.loads((reread / "summary.json").read_text())["proxy_code"]
     def git(*a: str) -> str:
         return subprocess.run(["git", *a], capture_output=True, text=True, check=False,
                               cwd=HERE).stdout.strip()
@@ -295,6 +327,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds one mode's pg_regress may take before it is stopped")
     p.add_argument("--baseline", default=str(HERE / "baseline.json"))
     p.add_argument("--no-gate", action="store_true", help="report, exit 0 whatever the gate")
+    p.add_argument("--from-runs", action="store_true",
+                   help="run nothing: report and gate the last runs left in WORK_DIR/runs/")
     p.add_argument("--write-baseline", action="store_true",
                    help="record this run's proxy-caused failures and floors as the baseline")
     p.add_argument("--parallel-margin", type=int, default=8,

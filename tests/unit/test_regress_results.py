@@ -80,6 +80,21 @@ def test_diffs_split_per_test_and_excerpt_keeps_changed_lines_only():
     assert R.excerpt(diffs["horology_1"], limit=1) == ["-Sat Jan 01 00:00:00 2000 PST"]
 
 
+def test_excerpt_shows_what_was_printed_instead_of_a_long_removed_tail():
+    hunk = ["@@ -1,9 +1,3 @@", " \\lo_unlink 42", *[f"-expected {i}" for i in range(400)],
+            "+FATAL:  invalid message type 'F'", "+server closed the connection unexpectedly"]
+    assert R.excerpt(hunk) == ["-expected 0", "-expected 1", "-expected 2",
+                               "-… 397 more line(s)", "+FATAL:  invalid message type 'F'",
+                               "+server closed the connection unexpectedly"]
+
+
+def test_excerpt_walks_blocks_until_the_limit():
+    hunk = ["@@ -1 +1 @@"]
+    for i in range(6):
+        hunk += [f"-old {i}", f"+new {i}", " context"]
+    assert R.excerpt(hunk, limit=5) == ["-old 0", "+new 0", "-old 1", "+new 1", "-old 2"]
+
+
 def test_a_changed_line_that_looks_like_a_file_header_is_kept():
     # A removed SQL comment "-- x" reads "--- x" in a hunk: a change, not a file header.
     diffs = R.split_diffs("diff -U3 e/x.out r/x.out\n--- e/x.out\n+++ r/x.out\n@@ -1 +1 @@\n"
