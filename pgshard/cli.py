@@ -605,5 +605,10 @@ def _flatten(obj: dict, prefix: str = "") -> dict:
     return out
 
 
+# `pgshard reshard …` and `pgshard jobs …` (pgshard/cli_reshard.py).
+from pgshard.cli_reshard import register as _register_reshard  # noqa: E402
+
+_register_reshard(main, pass_session, json_option)
+
 if __name__ == "__main__":
     main()

@@ -121,6 +121,11 @@ class Runtime:
             status.failed(exc)
         membership.start()
         follower.start()
+        from pgshard.control.fence_ack import FenceAcker
+        plane.fence_acker = FenceAcker(store, proxy, self.node_id)
+        plane.fence_acker.start()
+        if plane.reshard is not None:
+            plane.reshard.start()
         self.recovery = start_twophase(config, store, proxy, membership, plane.metrics,
                                        self.node_id, manager)
         log.info("pgshard %s node %s serving catalog version %d on %s:%d%s", self.role,
@@ -138,6 +143,9 @@ class Runtime:
         plane.users = UserDirectory(self.store)
         plane.audit = AuditLog(self.store, self.node_id)
         plane.catalog_ops = CatalogService(self.store)
+        from pgshard.reshard.runner import ReshardService
+        plane.reshard = ReshardService(self.store, plane.catalog_ops,
+                                       lambda: plane.membership.is_leader)
         plane.executor = executor_cls(self.proxy, exec_password, pool_size=sc.execute_pool_size,
                                       timeout=sc.execute_timeout, max_rows=sc.execute_max_rows)
         password = os.environ.get(ADMIN_PASSWORD_ENV) or sc.admin_password
@@ -158,6 +166,9 @@ class Runtime:
             await self.sidecar.stop()
             self.sidecar = None
         if plane is not None:
+            for part in (plane.reshard, plane.fence_acker):
+                if part is not None:
+                    await part.stop()
             await plane.follower.stop()
             await plane.membership.stop()
             if plane.executor is not None:

@@ -62,7 +62,7 @@ PROBLEM = {
                    "status": {"type": "integer"}, "detail": {"type": "string"}},
 }
 
-_STATUS_TEXT = {200: "OK", 201: "Created", 400: "Bad request: malformed JSON, unknown fields "
+_STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted: the job runs in the background", 400: "Bad request: malformed JSON, unknown fields "
                 "or wrong types", 401: "Missing, invalid or expired token", 403: "The role "
                 "lacks the permission", 404: "Not found", 409: "Conflict", 413: "Body too large",
                 415: "Content-Type is not application/json", 429: "Too many failed logins "

@@ -35,6 +35,8 @@ class ControlPlane:
     catalog_ops: CatalogService | None = None
     executor: QueryExecutor | None = None
     login_limiter: LoginLimiter | None = None   # default: from the [sidecar] login_* settings
+    reshard: object | None = None               # pgshard.reshard.runner.ReshardService (manager)
+    fence_acker: object | None = None           # pgshard.control.fence_ack.FenceAcker
     started_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:

@@ -377,3 +377,8 @@ ROUTES: tuple[Route, ...] = (
           "catalog version each serves", "routers", "catalog:read", statuses=(503,)),
 )
 
+# Resharding jobs live in their own module (its handlers build on the helpers above).
+from pgshard.control.jobs_api import JOB_ROUTES  # noqa: E402
+
+ROUTES += JOB_ROUTES
+

@@ -43,6 +43,10 @@ class FanoutMixin:
 
     async def _learn_columns(self, tables) -> None:
         """Learn where each table's key column sits in its column order, from a shard."""
+        hold = getattr(tables, "wait", None)   # a resharding fence's hold (proxy/fence.py)
+        if hold is not None:
+            await hold()
+            return
         cat = self.proxy.catalog
         for table in tables:
             key = cat.key_column(table)

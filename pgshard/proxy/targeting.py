@@ -4,6 +4,7 @@ key read from the SQL), the role (primary or a healthy replica), or a fan-out.""
 from __future__ import annotations
 
 from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.proxy import fence
 from pgshard.proxy.units import READ_ONLY, Fanout, NeedColumns
 from pgshard.ring import hashing
 from pgshard.sql import analysis as sp
@@ -55,6 +56,8 @@ class TargetingMixin:
         SET pgshard.*, then a named parameter, then the key read from the SQL itself."""
         self.any_pick = None
         cat = self.proxy.catalog
+        if cat.fences:   # resharding: keys in a moving range wait for the new owner
+            fence.hold_if_fenced(self, plan, bind, st, sql)
         if plan.shard is not None:
             cat.shard(plan.shard)  # raises for an unknown shard
             return self._explicit(plan.shard, "the /* shard */ hint", plan, bind, st, sql)

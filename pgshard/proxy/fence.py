@@ -1,0 +1,139 @@
+"""Resharding fences on the router: a statement whose shard key falls in a range the catalog
+fences waits (up to fence_timeout) until the fence lifts, then is routed by the new catalog;
+held longer, it fails with SQLSTATE 40001. What the acknowledgement waits for (transactions
+open on the fenced ranges' shards) is also decided here.
+
+The routing path calls `hold_if_fenced` (pgshard.proxy.targeting) while the catalog has
+fences. It raises `FenceHeld`, which the session treats like NeedColumns: it awaits the hold
+(pgshard.proxy.fanout._learn_columns) and dispatches the message again, so a held statement
+neither fails nor blocks other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pgshard.protocol.errors import PgError
+from pgshard.proxy.units import NeedColumns
+from pgshard.ring import hashing
+from pgshard.ring.catalog import Catalog
+from pgshard.sql import classify as r
+
+DEFAULT_FENCE_TIMEOUT = 5.0
+POLL = 0.005
+
+
+class SerializationFailure(PgError, code="40001"):
+    """A statement held by a resharding fence for longer than fence_timeout (retryable)."""
+
+
+class Hold(tuple):
+    """The wait of one held statement; an empty tuple so that the session's NeedColumns
+    path, which learns the columns of each table in it, has no table to learn."""
+
+    def __new__(cls, proxy, tokens: list[int], job: str, timeout: float):
+        self = super().__new__(cls)
+        self.proxy, self.tokens, self.job = proxy, tokens, job
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        return self
+
+    async def wait(self) -> None:
+        """Until no token is fenced; SerializationFailure past the deadline."""
+        started = time.monotonic()
+        while fenced(self.proxy.catalog, self.tokens) is not None:
+            if time.monotonic() >= self.deadline:
+                raise SerializationFailure(
+                    f"the shard key range of this statement is being moved by resharding job "
+                    f"{self.job}; it waited {self.timeout:g}s (fence_timeout) for the move to "
+                    "finish", hint="retry the statement: it will be routed to the range's new "
+                                   "owner")
+            await asyncio.sleep(POLL)
+        metrics = getattr(self.proxy, "metrics", None)
+        observe = getattr(metrics, "fence_hold", None)
+        if observe is not None:
+            observe(time.monotonic() - started)
+
+
+class FenceHeld(NeedColumns):
+    """Routing must wait for a fence to lift (carried as a NeedColumns with a Hold)."""
+
+    def __init__(self, hold: Hold):
+        super().__init__(hold)
+        self.hold = hold
+
+
+def fenced(catalog: Catalog, tokens) -> str | None:
+    """The job fencing any of the tokens, or None."""
+    if not catalog.fences:
+        return None
+    for t in tokens:
+        f = catalog.is_fenced(t)
+        if f is not None:
+            return f.job
+    return None
+
+
+def statement_tokens(session, plan: r.Plan, bind, st, sql: str | None) -> list[int]:
+    """The tokens of every shard key a statement names: its hint, bound key parameter,
+    SET pgshard.shard_key, and the keys read from the SQL."""
+    keys = []
+    if plan.shard_key is not None:
+        keys.append(plan.shard_key)
+    elif plan.key_param is not None and bind is not None and plan.key_param <= len(bind.params):
+        i = plan.key_param - 1
+        v = bind.params[i]
+        if v is not None:
+            keys.append(hashing.key_from_param(v, bind.param_format(i), st.param_oid(i)))
+    else:
+        key = session.local_key if session.local_key is not None else session.session_key
+        if key is not None:
+            keys.append(key)
+    tokens = [hashing.token(k) for k in keys]
+    if plan.kind != r.STATEMENT:
+        return tokens
+    text = sql if sql is not None else st.sql
+    a = session._analyze(text)
+    if a.keys:
+        params = bind.params if bind is not None else ()
+        formats = bind.param_formats if bind is not None else ()
+        oids = tuple(st.param_oid(i) for i in range(len(params))) if st is not None else ()
+        for k in a.keys:
+            if k.param is not None and k.param <= len(params) and params[k.param - 1] is None:
+                continue
+            tokens.append(hashing.token(k.resolve(params, formats, oids)))
+    return tokens
+
+
+def hold_if_fenced(session, plan: r.Plan, bind, st, sql: str | None) -> None:
+    """Raise FenceHeld if the statement names a key in a fenced range. A statement of a
+    transaction already open on a server is let through: the fence's acknowledgement waits
+    for that transaction, and the final catch-up reads what it wrote."""
+    cat = session.proxy.catalog
+    if not cat.fences:
+        return
+    s = session.server
+    if s is not None and s.txn_status != b"I":
+        return
+    tokens = statement_tokens(session, plan, bind, st, sql)
+    job = fenced(cat, tokens)
+    if job is not None:
+        timeout = getattr(session.proxy.config.proxy, "fence_timeout", DEFAULT_FENCE_TIMEOUT)
+        raise FenceHeld(Hold(session.proxy, tokens, job, timeout))
+
+
+def in_transaction_on(session, shards) -> object | None:
+    """The server a session holds in a transaction (or with a statement in flight) on one
+    of the shards, or None."""
+    s = session.server
+    if s is None or session.shard not in shards:
+        return None
+    if s.txn_status != b"I" or s.expect:
+        return s
+    return None
+
+
+def fenced_sources(catalog: Catalog) -> frozenset[str]:
+    """The shards that own the fenced ranges (before the flip: the sources)."""
+    return frozenset(catalog.ring.owner(f.hi) for f in catalog.fences)
