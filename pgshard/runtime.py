@@ -106,6 +106,8 @@ class Runtime:
                              follower=follower, metrics=None)
         plane.metrics = Metrics(proxy, plane.metrics_status)
         proxy.metrics = plane.metrics
+        from pgshard.control.ha_status import HaMetrics
+        plane.ha_metrics = HaMetrics(plane.metrics.registry, proxy)
         self.plane = plane
 
         if manager:
@@ -121,6 +123,8 @@ class Runtime:
             status.failed(exc)
         membership.start()
         follower.start()
+        if plane.failover is not None:
+            plane.failover.start()   # acts only while this process holds the leader lease
         from pgshard.control.fence_ack import FenceAcker
         plane.fence_acker = FenceAcker(store, proxy, self.node_id)
         plane.fence_acker.start()
@@ -143,6 +147,10 @@ class Runtime:
         plane.users = UserDirectory(self.store)
         plane.audit = AuditLog(self.store, self.node_id)
         plane.catalog_ops = CatalogService(self.store)
+        from pgshard.control.failover import FailoverManager
+        plane.failover = FailoverManager(self.config.ha, self.proxy, plane.membership,
+                                         plane.catalog_ops, plane.ha_metrics)
+        plane.ha_metrics.failover = plane.failover
         from pgshard.reshard.runner import ReshardService
         plane.reshard = ReshardService(self.store, plane.catalog_ops,
                                        lambda: plane.membership.is_leader)
@@ -169,6 +177,8 @@ class Runtime:
             for part in (plane.reshard, plane.fence_acker):
                 if part is not None:
                     await part.stop()
+            if plane.failover is not None:
+                await plane.failover.stop()
             await plane.follower.stop()
             await plane.membership.stop()
             if plane.executor is not None:

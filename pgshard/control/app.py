@@ -11,6 +11,7 @@ from aiohttp import web
 
 from pgshard.control.auth import Principal, allowed, bearer_token
 from pgshard.control.console import CONSOLE_ROUTES, add_console
+from pgshard.control.ha_routes import HA_ROUTES
 from pgshard.control.errors import (
     ApiError,
     Forbidden,
@@ -35,7 +36,8 @@ ALLOWED_HEADERS = "Authorization, Content-Type"
 
 def make_app(plane: ControlPlane) -> web.Application:
     """The sidecar app for `plane`; a router-role plane serves health and metrics only."""
-    routes = [r for r in (*ROUTES, *CONSOLE_ROUTES) if plane.role == "all" or r.router_role]
+    routes = [r for r in (*ROUTES, *CONSOLE_ROUTES, *HA_ROUTES)
+              if plane.role == "all" or r.router_role]
     app = web.Application(
         middlewares=[cors_middleware, error_middleware, audit_middleware, limits_middleware,
                      auth_middleware],

@@ -37,6 +37,8 @@ class ControlPlane:
     login_limiter: LoginLimiter | None = None   # default: from the [sidecar] login_* settings
     reshard: object | None = None               # pgshard.reshard.runner.ReshardService (manager)
     fence_acker: object | None = None           # pgshard.control.fence_ack.FenceAcker
+    failover: object | None = None              # pgshard.control.failover.FailoverManager
+    ha_metrics: object | None = None            # pgshard.control.ha_status.HaMetrics
     started_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -47,8 +49,15 @@ class ControlPlane:
         """Liveness facts: the served catalog version and whether the store answers."""
         catalog = self.proxy.catalog
         reachable = self.status.reachable
+        from pgshard.control.ha_status import degraded_summary, shard_states
+        shards = shard_states(self.proxy, self.failover)
+        degraded = degraded_summary(shards)
+        if not reachable:
+            degraded.insert(0, f"metadata store unreachable: {self.status.last_error}")
         return {
-            "status": "ok" if reachable else "degraded",
+            "status": "degraded" if degraded else "ok",
+            "degraded": degraded,
+            "shards": shards,
             "node_id": self.node_id,
             "role": self.role,
             "catalog_version": catalog.version if catalog is not None else None,
