@@ -40,6 +40,7 @@ log = logging.getLogger("pgshard.twophase")
 
 LIST_SQL = ("SELECT gid, database, extract(epoch FROM now() - prepared)::float8 AS age "
             "FROM pg_prepared_xacts WHERE gid LIKE 'pgshard:%'")
+CAPACITY_SQL = "SELECT current_setting('max_prepared_transactions')"
 APPLICATION_NAME = "pgshard-2pc-recovery"
 
 
@@ -79,6 +80,8 @@ class TwoPhaseRecovery:
         self.metrics = metrics
         self.connect_timeout = connect_timeout
         self.last: RecoveryReport | None = None
+        # Primaries last seen with max_prepared_transactions = 0 (for status pages).
+        self.disabled: set[str] = set()
         self._runner = Background(self._loop, "pgshard-2pc-recovery")
 
     def start(self) -> None:
@@ -151,9 +154,20 @@ class TwoPhaseRecovery:
         conn = await self._connect(dsn)
         try:
             rows = await conn.fetch(LIST_SQL, timeout=self.connect_timeout)
+            capacity = int(await conn.fetchval(CAPACITY_SQL, timeout=self.connect_timeout))
         finally:
             await conn.close()
+        self._capacity(shard, capacity)
         return [Prepared(shard, r["gid"], r["database"], r["age"]) for r in rows]
+
+    def _capacity(self, shard: str, capacity: int) -> None:
+        if capacity == 0 and shard not in self.disabled:
+            log.warning("shard %s runs with max_prepared_transactions = 0: a transaction that "
+                        "writes on it and another shard cannot commit (two-phase commit); "
+                        "set it to at least max_connections and restart the shard", shard)
+            self.disabled.add(shard)
+        elif capacity > 0:
+            self.disabled.discard(shard)
 
     async def _finish(self, dsn: str, p: Prepared, outcome: str,
                       report: RecoveryReport) -> bool:

@@ -236,6 +236,15 @@ def test_recovery_waits_for_a_live_young_coordinator(dsns):
     assert ids == {"shard0": [], "shard1": []} and gids == {"shard0": set(), "shard1": set()}
 
 
+def test_recovery_names_shards_without_prepared_transactions(dsns):
+    async def go():
+        async with Env(dsns) as env:
+            rec = env.recovery(shards=("shard0", "shard2"))
+            await rec.run_once()
+            return rec.disabled
+    assert asyncio.run(go()) == {"shard2"}
+
+
 def test_recovery_leaves_foreign_prepared_transactions_and_drops_stale_decisions(dsns):
     async def go():
         async with Env(dsns) as env:
