@@ -8,7 +8,7 @@ import time
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import ActiveSqlTransaction, FeatureNotSupported, PgError
-from pgshard.proxy import fanread, scatter
+from pgshard.proxy import fanread, read_filter, scatter
 from pgshard.proxy.backend import (
     X_BIND,
     X_DESC_PORTAL,
@@ -299,6 +299,7 @@ class FanoutMixin:
             parts = {sh: [(m.query(t), X_QUERY, False)] for sh, t in texts.items()}
         else:
             parts = [(raw, kind, False) for raw, kind in parts]
+        parts = read_filter.per_shard(self, fan, parts)   # exact reads while resharding
         out = await self._run_fanout(fan, parts)
         self.write((out or b"") + m.ready_for_query(self._status()))
 
@@ -346,7 +347,8 @@ class FanoutMixin:
             # comes later and is answered here.
             parts.append((m.SYNC, X_SYNC, False))
             self._owe_z = True
-        out = await self._run_fanout(fan, [p for p in parts if p[1] != X_FAKE], hide)
+        out = await self._run_fanout(
+            fan, read_filter.per_shard(self, fan, [p for p in parts if p[1] != X_FAKE]), hide)
         if out is None:
             if sync:
                 self.write(m.ready_for_query(self._status()))

@@ -203,7 +203,12 @@ class ReshardService:
         return await self._advance(job, "capture")
 
     async def _capture(self, conns, job: Job) -> Job:
-        catalog, _ = await self.catalog_ops.current()
+        # From the copy on, a row of a moving range is on two shards: fan-out reads must ask
+        # each of them only for the ranges it owns, on every router, before any row is copied.
+        catalog = await self.catalog_ops.update(
+            lambda cat: None if job.shards <= set(cat.filter_reads)
+            else cat.evolve(filter_reads=(*cat.filter_reads, *job.shards)))
+        await self._wait_routers(catalog.version)
         total = 0
         for src in job.sources:
             conn = await conns.get(src)
@@ -316,6 +321,21 @@ class ReshardService:
                                f"(catalog version {version}) within {self.ack_timeout:g}s")
             await asyncio.sleep(0.02)
 
+    async def _wait_routers(self, version: int) -> None:
+        """Until every live router serves catalog version `version` or a newer one."""
+        from pgshard.control.membership import list_routers
+
+        deadline = time.monotonic() + self.ack_timeout
+        while True:
+            routers, _ = await list_routers(self.store)
+            behind = [r["id"] for r in routers if (r.get("catalog_version") or 0) < version]
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                raise JobError(f"router(s) {', '.join(behind)} did not apply catalog version "
+                               f"{version} within {self.ack_timeout:g}s")
+            await asyncio.sleep(0.05)
+
     async def _final_catchup(self, conns, job: Job) -> Job:
         infos = await self._describe(conns, job)
         upto = {src: await capture.flush_wal(await conns.get(src)) for src in job.sources}
@@ -367,14 +387,18 @@ class ReshardService:
                 await rows.delete_rows(conn, info, job.moves_from(src), bypass_guard=True)
                 await conn.execute(q.drop_guard(info.name, job.id))
             await capture.stop(conn, job.slot)
-        if job.kind == "merge":
-            def remove(cat: Catalog) -> Catalog | None:
-                if job.source not in cat.shard_names() or job.source in cat.ring.shards():
-                    return None
-                return cat.evolve(shards=tuple(s for s in cat.shards if s.name != job.source),
-                                  ring=cat.ring.without_shard(job.source))
 
-            await self.catalog_ops.update(remove)
+        def finish(cat: Catalog) -> Catalog | None:
+            changes = {}
+            if set(cat.filter_reads) & job.shards:
+                changes["filter_reads"] = tuple(set(cat.filter_reads) - job.shards)
+            if job.kind == "merge" and job.source in cat.shard_names() \
+                    and job.source not in cat.ring.shards():
+                changes["shards"] = tuple(s for s in cat.shards if s.name != job.source)
+                changes["ring"] = cat.ring.without_shard(job.source)
+            return cat.evolve(**changes) if changes else None
+
+        await self.catalog_ops.update(finish)
         return await self._advance(job, "finish")
 
     async def _finish(self, conns, job: Job) -> Job:
@@ -402,6 +426,9 @@ class ReshardService:
                     info = tables.TableInfo(table, key, (), (), ())
                     await rows.delete_rows(dst, info, job.moves_from(src))
             await capture.stop(conn, job.slot)
+        await self.catalog_ops.update(
+            lambda cat: cat.evolve(filter_reads=tuple(set(cat.filter_reads) - job.shards))
+            if set(cat.filter_reads) & job.shards else None)
         job = await self._save(job.finish_rollback())
         log.warning("resharding job %s %s", job.id, job.state,
                     extra={"job": job.id, "state": job.state, "error": job.error})

@@ -153,6 +153,9 @@ class Catalog:
     tables: tuple[tuple[str, str], ...]
     fences: tuple[Fence, ...] = ()
     vnodes_per_shard: int = 256
+    # Shards that hold rows of ranges they do not own (a resharding job between its copy and
+    # its cleanup): fan-out reads ask them only for the ranges they own.
+    filter_reads: tuple[str, ...] = ()
 
     def __post_init__(self):
         if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
@@ -186,6 +189,10 @@ class Catalog:
         object.__setattr__(self, "shards", shards)
         object.__setattr__(self, "tables", tables)
         object.__setattr__(self, "fences", fences)
+        if isinstance(self.filter_reads, str) or not all(
+                isinstance(n, str) and n for n in self.filter_reads):
+            raise ValueError("catalog filter_reads must be a list of shard names")
+        object.__setattr__(self, "filter_reads", tuple(sorted(set(self.filter_reads))))
         # Lookup tables are plain attributes, not fields: equality and hashing ignore them.
         object.__setattr__(self, "_by_name", by_name)
         object.__setattr__(self, "_columns", columns)
@@ -253,13 +260,14 @@ class Catalog:
             "ring": self.ring.to_json(),
             "tables": dict(self.tables),
             "fences": [f.to_json() for f in self.fences],
+            **({"filter_reads": list(self.filter_reads)} if self.filter_reads else {}),
         }
 
     @classmethod
     def from_json(cls, data) -> Catalog:
         """A catalog from to_json() output; ValueError on anything malformed."""
         obj = _object(data, "catalog", required=("version", "shards", "ring", "tables"),
-                      optional=("fences", "vnodes_per_shard"))
+                      optional=("fences", "vnodes_per_shard", "filter_reads"))
         if not isinstance(obj["shards"], list):
             raise ValueError("catalog shards must be a list")
         if not isinstance(obj["tables"], dict):
@@ -277,7 +285,14 @@ class Catalog:
             tables=tuple(obj["tables"].items()),
             fences=tuple(Fence.from_json(f) for f in fences),
             vnodes_per_shard=vnodes,
+            filter_reads=_names(obj.get("filter_reads", [])),
         )
+
+
+def _names(value) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError("catalog filter_reads must be a list of shard names")
+    return tuple(value)
 
 
 def _table_key(table: str) -> str:
