@@ -247,15 +247,20 @@ class FailoverManager:
                 sync_quorum=sh.sync_quorum))
 
         catalog = await self.catalog_ops.update(change)
-        # Our own router need not wait for the store's watch.
-        if catalog.version > self.proxy.catalog.version:
-            self.proxy.set_catalog(catalog)
+        self.apply(catalog)
         node = self.local_node(to)
         if node is not None:
             await asyncio.to_thread(self.local_cluster().set_primary, node)
         log.warning("shard %s: %s is the primary now (catalog version %d, %.2fs)", shard.name,
                     dsn_address(to), catalog.version, record.seconds)
         return catalog
+
+    def apply(self, catalog: Catalog) -> None:
+        """Serve a catalog this manager just wrote at once (the store's watch brings it to
+        the other routers), and register the version like the watch would."""
+        if catalog.version > self.proxy.catalog.version:
+            self.proxy.set_catalog(catalog)
+            self.membership.serving(catalog.version)
 
     def _app_name(self, dsn: str) -> str | None:
         probe = self.monitor.last_probe(dsn) if self.monitor is not None else None
@@ -327,8 +332,7 @@ class FailoverManager:
                     replicas=tuple(dict.fromkeys((*sh.replicas, match)))))
 
             new = await self.catalog_ops.update(change)
-            if new.version > self.proxy.catalog.version:
-                self.proxy.set_catalog(new)
+            self.apply(new)
             return new
         finally:
             self.busy.pop(name, None)

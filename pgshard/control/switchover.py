@@ -101,8 +101,7 @@ async def _set_hold(mgr, name: str, why: str) -> Catalog:
         return _replace_shard(cat, dataclasses.replace(sh, hold=why))
 
     catalog = await mgr.catalog_ops.update(change)
-    if catalog.version > mgr.proxy.catalog.version:
-        mgr.proxy.set_catalog(catalog)
+    mgr.apply(catalog)
     return catalog
 
 
@@ -187,7 +186,6 @@ async def _undo(mgr, name: str, demoted) -> None:
 
     try:
         catalog = await mgr.catalog_ops.update(change)
-        if catalog.version > mgr.proxy.catalog.version:
-            mgr.proxy.set_catalog(catalog)
+        mgr.apply(catalog)
     except Exception as exc:
         log.error("switchover of %s: could not release the hold: %s", name, exc)
