@@ -7,6 +7,8 @@ Interface for the session:
     coord = Coordinator(DecisionLog(store), router_id=node_id, metrics=proxy.metrics)
     txn_id = coord.new_txn_id()
     await coord.commit(txn_id, shards, make_run(multi))   # raises PgError on failure
+    ...
+    await coord.drain()     # at shutdown, before the store closes: pending record deletes
 
 `run(shard_to_sql)` sends one simple-protocol statement to each named shard's server of the
 transaction, in parallel, and returns per shard the CommandComplete tag (str) or the error
@@ -101,6 +103,7 @@ class Coordinator:
         self.metrics = metrics
         # Unique across restarts of a router with a fixed id: microseconds at start, counting.
         self._ids = itertools.count(time.time_ns() // 1000)
+        self._forgetting: set[asyncio.Task] = set()
 
     def new_txn_id(self) -> int:
         return next(self._ids)
@@ -187,11 +190,23 @@ class Coordinator:
                           gids[sh], sh, r.message if isinstance(r, PgError) else r)
             return
         self._count("committed")
+        # The client need not wait for the record's deletion: it is committed already, and
+        # a record left behind (a crash meanwhile) is deleted by recovery.
+        task = asyncio.get_running_loop().create_task(self._forget(txn_id))
+        self._forgetting.add(task)
+        task.add_done_callback(self._forgetting.discard)
+
+    async def _forget(self, txn_id: int) -> None:
         try:
             await self.decisions.forget(self.router, txn_id)
         except StoreError as exc:
             log.warning("2PC %s:%d committed; its decision record stays until recovery "
                         "deletes it (%s)", self.router, txn_id, exc)
+
+    async def drain(self) -> None:
+        """Wait until the decision records of finished commits are deleted (at shutdown)."""
+        while self._forgetting:
+            await asyncio.gather(*list(self._forgetting), return_exceptions=True)
 
     def _fault(self, point: str) -> None:
         if self.faults is not None:

@@ -94,6 +94,7 @@ def test_commit_across_two_shards(dsns):
             coord = Coordinator(env.log, router())
             txn = coord.new_txn_id()
             await coord.commit(txn, ["shard0", "shard1"], run)
+            await coord.drain()
             assert await env.log.get(coord.router, txn) is None
             return await state(dsns)
     ids, gids = asyncio.run(go())
@@ -119,6 +120,7 @@ def test_decision_is_durable_before_any_commit_prepared(dsns):
                         assert d.gids[sh] in await prepared_gids(dsns[sh])
                 return await run(stmts)
             await coord.commit(txn, ["shard0", "shard1"], watched)
+            await coord.drain()
             return coord.gids(txn, ["shard0", "shard1"])
     gids = asyncio.run(go())
     assert len(seen) == 1 and seen[0] is not None and seen[0].outcome == "commit"
@@ -343,6 +345,7 @@ async def test_make_run_commits_over_a_multitxn_on_real_pools(cluster, dsns):
                                "shard1": f"INSERT INTO {TABLE} VALUES (101, 'b'), (102, 'c')"})
             assert wrote == {"shard0": "INSERT 0 1", "shard1": "INSERT 0 2"}
             await coord.commit(coord.new_txn_id(), shards, run)
+            await coord.drain()
             multi.release()
 
             multi = MultiTxn(_Holder(proxy), shards)
@@ -353,6 +356,7 @@ async def test_make_run_commits_over_a_multitxn_on_real_pools(cluster, dsns):
             assert wrote == {"shard0": "INSERT 0 1", "shard1": "INSERT 0 1"}  # deferred
             with pytest.raises(PgError) as err:
                 await coord.commit(coord.new_txn_id(), shards, run)
+            await coord.drain()
             multi.release()
             assert err.value.sqlstate == "23505" and err.value.message.startswith("shard1: ")
 
