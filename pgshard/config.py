@@ -57,6 +57,7 @@ class ProxyConfig:
     two_phase_commit: bool = True
     twophase_recovery_interval: float = 10.0   # seconds between the manager's recovery rounds
     twophase_timeout: float = 60.0   # a prepared txn older than this, without decision: rolled back
+    fence_timeout: float = 5.0   # seconds a statement on a range being resharded waits (then 40001)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def config_from_dict(data: dict) -> Config:
             raise ConfigError(f"[proxy] {name} must be an integer of at least {least}")
     if not isinstance(proxy.two_phase_commit, bool):
         raise ConfigError("[proxy] two_phase_commit must be true or false")
-    for name in ("twophase_recovery_interval", "twophase_timeout"):
+    for name in ("twophase_recovery_interval", "twophase_timeout", "fence_timeout"):
         value = getattr(proxy, name)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"[proxy] {name} must be a positive number of seconds")
