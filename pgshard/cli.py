@@ -195,8 +195,11 @@ def serve(config_path: str, log_level: str | None, role: str) -> None:
 @click.option("--log-level", default="WARNING", show_default=True)
 @click.option("--durable", is_flag=True, help="run PostgreSQL with fsync, synchronous_commit "
               "and full_page_writes on (default: off, fast, a crash can lose committed data)")
+@click.option("--sync-replication", is_flag=True, help="synchronous replication: each primary "
+              "waits for ANY 1 of its replicas at commit (implies --durable); a failover then "
+              "loses no acknowledged write")
 def demo(data_dir: str, shards: int, replicas: int, port: int, api_port: int, pool_mode: str,
-         log_level: str, durable: bool) -> None:
+         log_level: str, durable: bool, sync_replication: bool) -> None:
     """Start local PostgreSQL shards with replicas and the proxy in front of them.
 
     Runs in the foreground; writes DATA_DIR/demo.json once ready; Ctrl-C stops everything.
@@ -206,7 +209,7 @@ def demo(data_dir: str, shards: int, replicas: int, port: int, api_port: int, po
 
     _setup_logging(log_level)
     _run(run_demo(Path(data_dir).absolute(), shards, replicas, port, api_port, pool_mode,
-                  durable))
+                  durable, sync_replication=sync_replication))
 
 
 @main.command()
@@ -609,6 +612,11 @@ def _flatten(obj: dict, prefix: str = "") -> dict:
 from pgshard.cli_reshard import register as _register_reshard  # noqa: E402
 
 _register_reshard(main, pass_session, json_option)
+
+# `pgshard shards failover|switchover|rejoin` (pgshard/cli_ha.py).
+from pgshard.cli_ha import register as _register_ha  # noqa: E402
+
+_register_ha(shards, pass_session, json_option)
 
 if __name__ == "__main__":
     main()

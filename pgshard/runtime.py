@@ -224,7 +224,8 @@ def _create_demo_table(cluster) -> None:
 
 
 def demo_config(cluster, port: int, pool_mode: str, password: str, *, api_port: int = 8081,
-                store: str | None = None, admin_password: str | None = None) -> Config:
+                store: str | None = None, admin_password: str | None = None,
+                local_cluster: Path | None = None) -> Config:
     """The config `pgshard demo` runs with: one app user, the cluster's shards."""
     data = {
         "proxy": {"port": port, "database": cluster.database, "pool_mode": pool_mode,
@@ -237,6 +238,9 @@ def demo_config(cluster, port: int, pool_mode: str, password: str, *, api_port: 
     }
     if store:
         data["store"] = store
+    if local_cluster is not None:
+        # The manager may stop, start and rejoin the demo's own servers (switchover, rejoin).
+        data["ha"] = {"local_cluster": str(local_cluster)}
     return config_from_dict(data)
 
 
@@ -250,14 +254,15 @@ def _secret_file(path: Path) -> str:
 
 
 async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_port: int,
-                   pool_mode: str, durable: bool = False) -> None:
+                   pool_mode: str, durable: bool = False, sync_replication: bool = False) -> None:
     from pgshard.cluster import LocalCluster
 
     data_dir.mkdir(parents=True, exist_ok=True)
     state_file = data_dir / "demo.json"
     state_file.unlink(missing_ok=True)
     cluster = LocalCluster(data_dir / "cluster", shards=shards, replicas=replicas,
-                           durable=durable)
+                           durable=durable, sync_replication=sync_replication)
+    durable = cluster.durable
     print(f"pgshard demo: starting {shards} shard(s) x (1 primary + {replicas} replica(s)) "
           f"in {cluster.base_dir} ...", flush=True)
     if not durable:
@@ -273,7 +278,7 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
     admin_password = _secret_file(data_dir / "admin-password")
     config = demo_config(cluster, port, pool_mode, password, api_port=api_port,
                          store=f"sqlite:///{data_dir / 'meta.db'}",
-                         admin_password=admin_password)
+                         admin_password=admin_password, local_cluster=cluster.base_dir)
     runtime = Runtime(config)
     try:
         try:

@@ -262,3 +262,56 @@ async def test_no_promotion_when_only_the_manager_lost_the_primary():
             assert health["status"] == "ok", health
             status, text, _ = await api.request("GET", "/metrics")
             assert "pgshard_failovers_total{" not in text
+
+
+async def test_hold_then_clear_error_then_cli_failover_and_rejoin():
+    """With automatic failover off nothing promotes: a statement for the dead shard is held
+    for failover_hold, then fails with 08006 naming the shard; `pgshard shards failover`
+    promotes the replica, the statement works, `pgshard shards rejoin` brings the old
+    primary back as a replica."""
+    from click.testing import CliRunner
+
+    from pgshard.cli import main
+
+    with temp_cluster(shards=1, replicas=1, durable=True) as cluster:
+        cluster.shards[0].primary.psql(DDL)
+        old, replica = cluster.shards[0].primary, cluster.shards[0].replicas[0]
+        cfg = config(cluster, auto_failover=False, failover_hold=2.0)
+        async with running_runtime(cfg) as rt, aiohttp.ClientSession() as http:
+            api = await api_for(rt, http)
+            await until(lambda: rt.plane.membership.is_leader, 10, "leadership")
+            conn = await asyncpg.connect(client_dsn(rt))
+            await conn.execute("INSERT INTO ledger VALUES (1, 0)")
+            await asyncio.to_thread(old.kill)
+            t0 = time.monotonic()
+            with pytest.raises(asyncpg.PostgresError) as ei:
+                await conn.execute("INSERT INTO ledger VALUES (2, 0)")
+            waited = time.monotonic() - t0
+            print(f"\nheld {waited:.2f}s, then: {ei.value.sqlstate} {ei.value}")
+            assert ei.value.sqlstate == "08006" and 'shard "shard0"' in str(ei.value)
+            assert "failover_hold" in str(ei.value)
+            assert rt.proxy.catalog.shard("shard0").primary == old.dsn
+
+            def cli(*args):
+                env = {"PGSHARD_API": rt.api_url, "PGSHARD_TOKEN": api.tokens["admin"]}
+                return CliRunner(env=env).invoke(main, list(args))
+
+            result = await asyncio.to_thread(cli, "shards", "failover", "shard0", "--to",
+                                             f"127.0.0.1:{replica.port}")
+            assert result.exit_code == 0, result.output
+            assert f":{replica.port}" in result.output
+            assert rt.proxy.catalog.shard("shard0").primary == replica.dsn
+            await conn.execute("INSERT INTO ledger VALUES (3, 0)")
+            assert rows_on(replica, [1, 3]) == {1, 3}
+            await conn.close()
+
+            result = await asyncio.to_thread(cli, "shards", "rejoin", "shard0",
+                                             f"127.0.0.1:{old.port}", "--json")
+            assert result.exit_code == 0, result.output
+            assert old.psql("SELECT pg_is_in_recovery()") == "t"
+            result = await asyncio.to_thread(cli, "shards", "rejoin", "shard0",
+                                             f"127.0.0.1:{old.port}")
+            assert result.exit_code != 0 and "not among" in result.output
+            status, audit, _ = await api.request("GET", "/api/v1/audit?action=shard.failover",
+                                                 role="admin")
+            assert audit["records"][0]["result"] == "ok"
