@@ -77,6 +77,9 @@ class TwoPhaseRecovery:
         self.interval = interval
         self.timeout = timeout
         self.keep_aborts = max(2 * timeout, 300.0) if keep_aborts is None else keep_aborts
+        # A decided transaction of a live router is left to it this long (its COMMIT PREPARED
+        # may be on the way): ages are the shard's clock, since PREPARE.
+        self.grace = min(timeout, 5.0)
         self.metrics = metrics
         self.connect_timeout = connect_timeout
         self.last: RecoveryReport | None = None
@@ -133,10 +136,14 @@ class TwoPhaseRecovery:
         resolved: set[str] = set()
         for key, xacts in by_txn.items():
             d = decisions.get(key)
+            parts = parse_gid(xacts[0].gid)
+            alive, age = parts.router in live, max(p.age for p in xacts)
+            if d is not None and alive and age < self.grace:
+                # Its coordinator is committing it right now: let it finish.
+                report.in_doubt.extend(p.gid for p in xacts)
+                continue
             if d is None:
-                parts = parse_gid(xacts[0].gid)
-                abandoned = parts.router not in live
-                if not abandoned and max(p.age for p in xacts) <= self.timeout:
+                if alive and age <= self.timeout:
                     report.in_doubt.extend(p.gid for p in xacts)
                     continue
                 d = await self.decisions.abort(parts.router, parts.txn_id,

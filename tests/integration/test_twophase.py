@@ -238,6 +238,25 @@ def test_recovery_waits_for_a_live_young_coordinator(dsns):
     assert ids == {"shard0": [], "shard1": []} and gids == {"shard0": set(), "shard1": set()}
 
 
+def test_recovery_lets_a_live_coordinator_finish_its_fresh_commit(dsns):
+    async def go():
+        async with Env(dsns) as env:
+            rid = router()
+            lease = await env.store.grant_lease(30)
+            await env.store.put(f"routers/{rid}", f'{{"id": "{rid}"}}'.encode(), lease=lease)
+            run = await env.begin({"shard0": [(150, "g1")], "shard1": [(151, "g2")]})
+            coord = Coordinator(env.log, rid, faults=Faults("after_decision"))
+            with pytest.raises(SimulatedCrash):
+                await coord.commit(coord.new_txn_id(), ["shard0", "shard1"], run)
+            fresh = await env.recovery(timeout=60).run_once()    # within the grace
+            late = await env.recovery(timeout=0).run_once()      # no grace left
+            return fresh, late, await state(dsns)
+    fresh, late, (ids, gids) = asyncio.run(go())
+    assert len(fresh.in_doubt) == 2 and not fresh.committed
+    assert len(late.committed) == 2
+    assert ids == {"shard0": [150], "shard1": [151]} and gids == {"shard0": set(), "shard1": set()}
+
+
 def test_recovery_names_shards_without_prepared_transactions(dsns):
     async def go():
         async with Env(dsns) as env:
