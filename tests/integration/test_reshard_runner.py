@@ -131,6 +131,29 @@ def test_split_then_merge_moves_every_row_once(cluster):
     run(body())
 
 
+def test_rebalance_takes_ranges_from_every_shard(cluster):
+    async def body():
+        store, conns = await setup(cluster, n=400)
+        ops = CatalogService(store)
+        svc = ReshardService(store, ops, lambda: True)
+        before = await placement(conns, (await ops.current())[0])
+        job = await svc.create("rebalance", None, "shard2")
+        assert set(job.sources) == {"shard0", "shard1"}
+        job = await svc.drive(job.id)
+        assert job.state == "done", job.error
+        cat = (await ops.current())[0]
+        after = await placement(conns, cat)
+        assert after.keys() == before.keys()
+        came_from = {before[k][0] for k in after if after[k][0] == "shard2"}
+        assert came_from == {"shard0", "shard1"}
+        assert await slots_and_pubs(conns) == []
+        await store.close()
+        for c in conns.values():
+            await c.close()
+
+    run(body())
+
+
 def test_cancel_after_the_copy_rolls_back(cluster):
     async def body():
         store, conns = await setup(cluster, n=200)
