@@ -20,7 +20,7 @@ from pgshard.proxy.twophase import Coordinator, Faults, SimulatedCrash
 from pgshard.ring.catalog import Catalog, Shard
 from pgshard.store import open_store
 from tests.fixtures.clusters import temp_cluster
-from tests.fixtures.twophase import asyncpg_run, fetch_ids, prepared_gids
+from tests.fixtures.twophase import TxnOwner, asyncpg_run, fetch_ids, prepared_gids
 
 TABLE = "tp_items"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -330,18 +330,6 @@ async def test_runtime_runs_recovery_and_exports_metrics(cluster, dsns):
     assert [d.outcome for d in left.values()] == ["abort"]
 
 
-class _Holder:
-    """What scatter.MultiTxn asks of its client session: the proxy, the user (None: the
-    shard DSN's credentials) and a settings sync (this holder has no SETs to replay)."""
-
-    def __init__(self, proxy):
-        self.proxy = proxy
-        self.user = None
-
-    def sync_vars_on(self, server) -> None:
-        pass
-
-
 async def test_make_run_commits_over_a_multitxn_on_real_pools(cluster, dsns):
     """The adapter the session uses: statements on a MultiTxn's held servers (real pools,
     real server connections), then a two-phase commit through them."""
@@ -357,7 +345,7 @@ async def test_make_run_commits_over_a_multitxn_on_real_pools(cluster, dsns):
     async with Env(dsns) as env:
         try:
             coord = Coordinator(env.log, router())
-            multi = MultiTxn(_Holder(proxy), shards)
+            multi = MultiTxn(TxnOwner(proxy), shards)
             await multi.open("BEGIN")
             run = make_run(multi)
             wrote = await run({"shard0": f"INSERT INTO {TABLE} VALUES (100, 'a')",
@@ -367,7 +355,7 @@ async def test_make_run_commits_over_a_multitxn_on_real_pools(cluster, dsns):
             await coord.drain()
             multi.release()
 
-            multi = MultiTxn(_Holder(proxy), shards)
+            multi = MultiTxn(TxnOwner(proxy), shards)
             await multi.open("BEGIN")
             run = make_run(multi)
             wrote = await run({"shard0": f"INSERT INTO {TABLE} VALUES (103, 'd')",
@@ -379,7 +367,7 @@ async def test_make_run_commits_over_a_multitxn_on_real_pools(cluster, dsns):
             multi.release()
             assert err.value.sqlstate == "23505" and err.value.message.startswith("shard1: ")
 
-            multi = MultiTxn(_Holder(proxy), shards)
+            multi = MultiTxn(TxnOwner(proxy), shards)
             await multi.open("BEGIN")
             failed = await make_run(multi)({"shard1": "SELECT 1/0"})
             assert isinstance(failed["shard1"], PgError)
