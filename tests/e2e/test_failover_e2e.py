@@ -14,8 +14,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from pgshard.cluster import LocalCluster
+from pgshard.cluster import LocalCluster, free_port
+from pgshard.control.membership import list_routers
 from tests.fixtures.clusters import temp_cluster
+from tests.fixtures.proxy import ProxyProcess
 from tests.fixtures.runtime import ADMIN_PASSWORD, Api, running_runtime, runtime_config
 
 pytestmark = pytest.mark.integration
@@ -315,3 +317,40 @@ async def test_hold_then_clear_error_then_cli_failover_and_rejoin():
             status, audit, _ = await api.request("GET", "/api/v1/audit?action=shard.failover",
                                                  role="admin")
             assert audit["records"][0]["result"] == "ok"
+
+
+async def test_second_manager_takes_over_and_fails_over():
+    """`pgshard serve` A leads; an in-process manager B shares its store. A is SIGKILLed
+    (its lease is not revoked: B waits for it to lapse), B takes the lease, and a primary
+    killed after the takeover is failed over by B."""
+    with temp_cluster(shards=1, replicas=1, sync_replication=True) as cluster:
+        cluster.shards[0].primary.psql(DDL)
+        old, replica = cluster.shards[0].primary, cluster.shards[0].replicas[0]
+        cfg = config(cluster)
+        first = dict(cfg, proxy={**cfg["proxy"], "port": free_port()},
+                     sidecar={**cfg["sidecar"], "port": free_port()}, node_id="manager-a")
+        with ProxyProcess(first) as a:
+            async with running_runtime(dict(cfg, node_id="manager-b")) as b:
+                async def leader():
+                    return (await list_routers(b.store))[1]
+                deadline = time.monotonic() + 15
+                while await leader() != "manager-a":
+                    assert time.monotonic() < deadline, a.log()
+                    await asyncio.sleep(0.1)
+                await sync_recorded(b, ["shard0"])
+                assert not b.plane.membership.is_leader
+                a.proc.kill()
+                a.proc.wait(10)
+                killed = time.monotonic()
+                await until(lambda: b.plane.membership.is_leader, 30, "B's leadership")
+                took = time.monotonic() - killed
+                print(f"\ntakeover: the second manager leads {took:.2f}s after the first was "
+                      f"killed (lease_ttl {b.config.lease_ttl:g}s)")
+                assert await leader() == "manager-b"
+                await asyncio.to_thread(old.kill)
+                await until(lambda: b.proxy.catalog.shard("shard0").primary == replica.dsn, 30,
+                            "B's failover")
+                conn = await asyncpg.connect(client_dsn(b))
+                await conn.execute("INSERT INTO ledger VALUES (1, 0)")
+                await conn.close()
+                assert rows_on(replica, [1]) == {1}
