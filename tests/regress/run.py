@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"regress: summary in {summary_path}; pg_regress output in {work / 'runs'}/MODE/")
     if args.write_baseline:
-        margins = {"transaction-4": args.parallel_margin}
+        margins = {"transaction-4": args.parallel_margin, "transaction-1": args.serial_margin}
         new = R.baseline_from(runs, baseline, margins)
         baseline_path.write_text(json.dumps(new, indent=2) + "\n")
         print(f"regress: wrote {baseline_path}")
@@ -331,9 +331,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run nothing: report and gate the last runs left in WORK_DIR/runs/")
     p.add_argument("--write-baseline", action="store_true",
                    help="record this run's proxy-caused failures and floors as the baseline")
-    p.add_argument("--parallel-margin", type=int, default=8,
+    p.add_argument("--parallel-margin", type=int, default=5,
                    help="--write-baseline: transaction-4 floor = passed minus this "
                    "(its count varies from run to run)")
+    p.add_argument("--serial-margin", type=int, default=2,
+                   help="--write-baseline: transaction-1 floor = passed minus this")
     args = p.parse_args(argv)
     unknown = set(args.modes) - set(R.MODE_NAMES)
     if unknown:
