@@ -127,6 +127,8 @@ class Runtime:
             plane.failover.start()   # acts only while this process holds the leader lease
         from pgshard.control.fence_ack import FenceAcker
         plane.fence_acker = FenceAcker(store, proxy, self.node_id)
+        from pgshard.reshard.metrics import ReshardMetrics
+        proxy.fence_metrics = ReshardMetrics(plane.metrics.registry, lambda: plane.reshard)
         plane.fence_acker.start()
         if plane.reshard is not None:
             plane.reshard.start()

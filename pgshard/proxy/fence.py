@@ -42,18 +42,19 @@ class Hold(tuple):
     async def wait(self) -> None:
         """Until no token is fenced; SerializationFailure past the deadline."""
         started = time.monotonic()
+        metrics = getattr(self.proxy, "fence_metrics", None)
         while fenced(self.proxy.catalog, self.tokens) is not None:
             if time.monotonic() >= self.deadline:
+                if metrics is not None:
+                    metrics.fence_hold(time.monotonic() - started)
                 raise SerializationFailure(
                     f"the shard key range of this statement is being moved by resharding job "
                     f"{self.job}; it waited {self.timeout:g}s (fence_timeout) for the move to "
                     "finish", hint="retry the statement: it will be routed to the range's new "
                                    "owner")
             await asyncio.sleep(POLL)
-        metrics = getattr(self.proxy, "metrics", None)
-        observe = getattr(metrics, "fence_hold", None)
-        if observe is not None:
-            observe(time.monotonic() - started)
+        if metrics is not None:
+            metrics.fence_hold(time.monotonic() - started)
 
 
 class FenceHeld(NeedColumns):

@@ -66,6 +66,7 @@ class ReshardService:
         self.ack_timeout = ack_timeout
         self._runner = Background(self._run, "pgshard-reshard")
         self._wake = asyncio.Event()
+        self.running: dict[str, Job] = {}   # the jobs this runner drives, for /metrics
 
     def start(self) -> None:
         self._runner.start()
@@ -160,7 +161,12 @@ class ReshardService:
                 return dataclasses.replace(new, cancel_requested=True)
             return new
 
-        return await self.jobs.update(new.id, change)
+        saved = await self.jobs.update(new.id, change)
+        if saved.state in jobs.FINAL_STATES:
+            self.running.pop(saved.id, None)
+        else:
+            self.running[saved.id] = saved
+        return saved
 
     async def _advance(self, job: Job, step: str, **changes) -> Job:
         before = job.phase

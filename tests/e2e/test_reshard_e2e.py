@@ -151,14 +151,20 @@ async def check_placement(cluster, catalog: Catalog, load: Load) -> None:
     assert len(frozen) == FROZEN
 
 
-async def run_job(api: Api, token_: str, body: dict) -> dict:
+async def run_job(api: Api, token_: str, body: dict, rt) -> dict:
     status, job, _ = await api.request("POST", "/api/v1/jobs", token=token_, json=body)
     assert status == 202, job
+    phases = set()
     for _ in range(1200):
         status, job, _ = await api.request("GET", f"/api/v1/jobs/{job['id']}", token=token_)
         assert status == 200
         if job["state"] in ("done", "failed", "cancelled"):
+            assert phases, "the job's phase never showed in /metrics"
             return job
+        text = rt.plane.metrics.render()[0].decode()
+        phases |= {line.split('phase="')[1].split('"')[0] for line in text.splitlines()
+                   if line.startswith(f'pgshard_job_phase{{job="{job["id"]}"')
+                   and line.endswith(" 1.0")}
         await asyncio.sleep(0.1)
     raise AssertionError(f"job did not finish: {job}")
 
@@ -197,7 +203,7 @@ async def test_split_and_merge_under_load():
                 try:
                     await asyncio.sleep(0.5)
                     writes_before = load.writes
-                    job = await run_job(api, tok, body)
+                    job = await run_job(api, tok, body, rt)
                     await asyncio.sleep(0.3)
                 finally:
                     load.stop.set()

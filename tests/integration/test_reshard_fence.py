@@ -97,5 +97,9 @@ async def test_hold_release_timeout_and_ack(cluster):
         assert await side.fetchval("SELECT count(*) FROM kv") == 20   # keyless reads run
         await lift(rt)
         assert await conn.fetchval("SELECT v FROM kv WHERE id = 7") == "held"
+        text = rt.plane.metrics.render()[0].decode()
+        holds = [line for line in text.splitlines()
+                 if line.startswith("pgshard_fence_hold_seconds_count ")]
+        assert holds and float(holds[0].split()[1]) >= 3
         for c in (conn, other, side):
             await c.close()
