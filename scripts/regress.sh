@@ -20,6 +20,15 @@ PY=.venv/bin/python
 [ -x "$PY" ] || { echo "regress: no .venv; run make bootstrap first" >&2; exit 1; }
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# As root the servers run as the postgres OS user, which reads the suite's data files and
+# writes COPY output under the cache: it must reach it.
+if [ -z "${PGSHARD_REGRESS_DIR:-}" ] && [ "$(id -u)" -eq 0 ] && id postgres >/dev/null 2>&1 \
+    && ! runuser -u postgres -- test -x "$ROOT/." 2>/dev/null; then
+  CACHE=/var/tmp/pgshard-regress
+  echo "regress: the postgres OS user cannot enter $ROOT; working in $CACHE"
+fi
+mkdir -p "$CACHE"
+chmod 755 "$CACHE"
 
 # The server the project's harness runs (pgshard.cluster.process.find_pg_bindir).
 BINDIR=$("$PY" -c 'from pgshard.cluster.process import find_pg_bindir; print(find_pg_bindir())')
