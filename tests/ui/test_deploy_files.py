@@ -46,6 +46,7 @@ def test_compose_has_the_cluster_the_readme_describes():
         primary, replica = services[f"pg-{shard}-primary"], services[f"pg-{shard}-replica"]
         assert primary["image"].startswith("postgres:") and replica["image"] == primary["image"]
         assert "wal_level=replica" in primary["command"]
+        assert "max_prepared_transactions=200" in primary["command"]   # two-phase commit
         assert replica["environment"]["PRIMARY_HOST"] == f"pg-{shard}-primary"
         assert replica["depends_on"][f"pg-{shard}-primary"]["condition"] == "service_healthy"
         assert any("docker-entrypoint-initdb.d" in v for v in primary["volumes"])

@@ -13,4 +13,5 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     -C -S "$SLOT_NAME" --checkpoint=fast
   chmod 0700 "$PGDATA"
 fi
-exec postgres -c hot_standby=on
+# Two-phase commit: a standby needs max_prepared_transactions at least the primary's.
+exec postgres -c hot_standby=on -c max_prepared_transactions=200
