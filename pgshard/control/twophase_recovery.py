@@ -112,6 +112,14 @@ class TwoPhaseRecovery:
 
     async def run_once(self) -> RecoveryReport:
         """One reconciliation round over every primary in the catalog."""
+        self._round_conns: dict[tuple[str, str], asyncpg.Connection] = {}
+        try:
+            return await self._round()
+        finally:
+            conns, self._round_conns = self._round_conns, {}
+            await asyncio.gather(*(c.close() for c in conns.values()), return_exceptions=True)
+
+    async def _round(self) -> RecoveryReport:
         report = RecoveryReport()
         decisions = await self.decisions.all()          # first: see the module's Strategy
         routers, _ = await list_routers(self.store)
@@ -179,16 +187,19 @@ class TwoPhaseRecovery:
     async def _finish(self, dsn: str, p: Prepared, outcome: str,
                       report: RecoveryReport) -> bool:
         word = "COMMIT" if outcome == "commit" else "ROLLBACK"
+        where = (dsn, p.database)
         try:
-            conn = await self._connect(dsn, p.database)
-            try:
-                await conn.execute(f"{word} PREPARED {quote_gid(p.gid)}",
-                                   timeout=self.connect_timeout)
-            finally:
-                await conn.close()
+            conn = self._round_conns.get(where)
+            if conn is None:
+                conn = self._round_conns[where] = await self._connect(dsn, p.database)
+            await conn.execute(f"{word} PREPARED {quote_gid(p.gid)}",
+                               timeout=self.connect_timeout)
         except asyncpg.UndefinedObjectError:
-            pass   # resolved meanwhile (its coordinator finished it)
+            return True   # resolved meanwhile (its coordinator finished it)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            bad = self._round_conns.pop(where, None)
+            if bad is not None:
+                bad.terminate()
             report.failed.append(p.gid)
             log.error("2PC recovery: %s PREPARED %s on %s failed: %s", word, p.gid, p.shard, exc)
             return False
