@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import tempfile
 import uuid
 
@@ -491,3 +492,61 @@ def test_process_exit_at_fault_point_then_recovery(dsns, point):
         assert ids == {"shard0": [], "shard1": []} and len(report.rolled_back) == 2
     else:
         assert ids == {"shard0": [140], "shard1": [141]} and report.committed
+
+
+def test_commits_racing_an_eager_recovery_stay_atomic(dsns):
+    """Recovery running flat out with twophase_timeout 0 against a coordinator it sees as
+    gone: it aborts whatever it finds prepared without a decision, commits whatever has one,
+    while commits are in flight. Every transaction ends whole on both shards or absent from
+    both, and the client's answer says which."""
+    def slow_after_prepare(run):
+        # A coordinator that is slow between PREPARE and its decision: recovery's window.
+        async def slow(stmts):
+            out = await run(stmts)
+            if any(sql.startswith("PREPARE") for sql in stmts.values()):
+                await asyncio.sleep(random.uniform(0, 0.05))
+            return out
+        return slow
+
+    async def worker(env, coord, ids, outcomes):
+        conns = {sh: await asyncpg.connect(dsns[sh]) for sh in ("shard0", "shard1")}
+        try:
+            for i in ids:
+                for c in conns.values():
+                    await c.execute("BEGIN")
+                    await c.execute(f"INSERT INTO {TABLE} VALUES ($1, NULL)", i)
+                try:
+                    await coord.commit(coord.new_txn_id(), ["shard0", "shard1"],
+                                       slow_after_prepare(asyncpg_run(conns)))
+                    outcomes[i] = True
+                except PgError as exc:
+                    assert exc.sqlstate == "40000", exc.message
+                    outcomes[i] = False
+        finally:
+            for c in conns.values():
+                await c.close()
+
+    async def go():
+        async with Env(dsns) as env:
+            coord = Coordinator(env.log, router())
+            rec = env.recovery(timeout=0)
+            outcomes: dict[int, bool] = {}
+            stop = asyncio.Event()
+
+            async def recover():
+                while not stop.is_set():
+                    await rec.run_once()
+                    await asyncio.sleep(0)
+            racer = asyncio.create_task(recover())
+            await asyncio.gather(*(worker(env, coord, range(1000 + 100 * w, 1000 + 100 * w + 25),
+                                          outcomes) for w in range(4)))
+            stop.set()
+            await racer
+            await coord.drain()
+            await rec.run_once()
+            return outcomes, await state(dsns)
+    outcomes, (ids, gids) = asyncio.run(go())
+    assert gids == {"shard0": set(), "shard1": set()}
+    assert ids["shard0"] == ids["shard1"]
+    assert sorted(i for i, ok in outcomes.items() if ok) == ids["shard0"]
+    assert len(outcomes) == 100
