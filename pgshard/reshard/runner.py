@@ -178,7 +178,10 @@ class ReshardService:
 
     async def _step(self, conns: Connections, job: Job) -> Job:
         step: Callable[[Connections, Job], Awaitable[Job]] = getattr(self, f"_{job.step}")
-        return await step(conns, job)
+        t0 = time.monotonic()
+        out = await step(conns, job)
+        log.debug("job %s: step %s took %.3fs", job.id, job.step, time.monotonic() - t0)
+        return out
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -300,11 +303,10 @@ class ReshardService:
             conn = await conns.get(src)
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = '{GUARD_LOCK_TIMEOUT}'")
-                await conn.execute(q.GUARD_FUNCTION)
+                await conn.execute(q.guard_function(job.id, job.moves_from(src)))
                 for info in infos[src].values():
                     await conn.execute(q.drop_guard(info.name, job.id))
-                    await conn.execute(q.create_guard(info.name, info.key, job.moves_from(src),
-                                                      job.id))
+                    await conn.execute(q.create_guard(info.name, info.key, job.id))
         return await self._advance(job, "final_catchup")
 
     async def _wait_acks(self, version: int) -> None:
@@ -392,6 +394,7 @@ class ReshardService:
             for info in infos[src].values():
                 await rows.delete_rows(conn, info, job.moves_from(src), bypass_guard=True)
                 await conn.execute(q.drop_guard(info.name, job.id))
+            await conn.execute(q.drop_guard_function(job.id))
             await capture.stop(conn, job.slot)
 
         def finish(cat: Catalog) -> Catalog | None:
@@ -431,6 +434,7 @@ class ReshardService:
                 if await tables.exists(dst, table):
                     info = tables.TableInfo(table, key, (), (), ())
                     await rows.delete_rows(dst, info, job.moves_from(src))
+            await conn.execute(q.drop_guard_function(job.id))
             await capture.stop(conn, job.slot)
         await self.catalog_ops.update(
             lambda cat: cat.evolve(filter_reads=tuple(set(cat.filter_reads) - job.shards))

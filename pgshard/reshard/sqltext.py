@@ -101,19 +101,25 @@ def delete_key(table: str, pk: Sequence[str], pk_types: Sequence[str]) -> str:
     return f"DELETE FROM {qualified(table)} WHERE {where}"
 
 
-GUARD_FUNCTION = """\
-CREATE OR REPLACE FUNCTION pgshard.reshard_guard() RETURNS trigger
+def guard_name(job_id: str) -> str:
+    return f"pgshard_guard_{job_id}"
+
+
+def guard_function(job_id: str, spans) -> str:
+    """The guard's trigger function on one source, its ranges a constant of the function (so
+    they are parsed once per session, not per row), bypassed by the job's own deletes."""
+    ranges = multirange(spans)
+    return f"""\
+CREATE OR REPLACE FUNCTION pgshard.{ident(guard_name(job_id))}() RETURNS trigger
 LANGUAGE plpgsql AS $fn$
-DECLARE
-    ranges int8multirange := TG_ARGV[1]::int8multirange;
 BEGIN
     IF current_setting('pgshard.reshard_bypass', true) = 'on' THEN
         RETURN COALESCE(NEW, OLD);
     END IF;
-    IF (TG_OP <> 'INSERT' AND pgshard.hash(to_jsonb(OLD) ->> TG_ARGV[0]) <@ ranges)
-       OR (TG_OP <> 'DELETE' AND pgshard.hash(to_jsonb(NEW) ->> TG_ARGV[0]) <@ ranges) THEN
+    IF (TG_OP <> 'INSERT' AND pgshard.hash(to_jsonb(OLD) ->> TG_ARGV[0]) <@ {ranges})
+       OR (TG_OP <> 'DELETE' AND pgshard.hash(to_jsonb(NEW) ->> TG_ARGV[0]) <@ {ranges}) THEN
         RAISE EXCEPTION 'this row''s shard key range is being moved to another shard by '
-                        'resharding job %', TG_ARGV[2]
+                        'resharding job {job_id}'
             USING ERRCODE = '40001',
                   HINT = 'retry the transaction: it will be routed to the range''s new owner';
     END IF;
@@ -122,17 +128,16 @@ END
 $fn$"""
 
 
-def guard_name(job_id: str) -> str:
-    return f"pgshard_guard_{job_id}"
-
-
-def create_guard(table: str, key: str, spans, job_id: str) -> str:
+def create_guard(table: str, key: str, job_id: str) -> str:
     """A trigger on the source refusing writes to the moving ranges (40001), so that no
     router serving an old catalog can write a row there once the final catch-up began."""
-    args = ", ".join(literal(a) for a in (key, "{" + ",".join(
-        f"({s.lo},{s.hi}]" for s in spans) + "}", job_id))
     return (f"CREATE TRIGGER {ident(guard_name(job_id))} BEFORE INSERT OR UPDATE OR DELETE "
-            f"ON {qualified(table)} FOR EACH ROW EXECUTE FUNCTION pgshard.reshard_guard({args})")
+            f"ON {qualified(table)} FOR EACH ROW EXECUTE FUNCTION "
+            f"pgshard.{ident(guard_name(job_id))}({literal(key)})")
+
+
+def drop_guard_function(job_id: str) -> str:
+    return f"DROP FUNCTION IF EXISTS pgshard.{ident(guard_name(job_id))}()"
 
 
 def drop_guard(table: str, job_id: str) -> str:

@@ -186,6 +186,43 @@ def test_cancel_after_the_copy_rolls_back(cluster):
     run(body())
 
 
+def test_guard_refuses_source_writes_to_moving_ranges_until_rollback(cluster):
+    async def body():
+        store, conns = await setup(cluster, n=200)
+        ops = CatalogService(store)
+        svc = ReshardService(store, ops, lambda: True)
+        cat0 = (await ops.current())[0]
+        job = await svc.create("split", "shard0", "shard2")
+        async with Connections(cat0) as cs:
+            while job.step != "final_catchup":
+                job = await svc._step(cs, job)
+        assert (await ops.current())[0].fences           # the fence is up
+        src = conns["shard0"]
+        moving = next(i for i in range(200) if any(m.contains(token(i)) for m in job.moves))
+        staying = next(i for i in range(200) if cat0.ring.owner(token(i)) == "shard0"
+                       and not any(m.contains(token(i)) for m in job.moves))
+        with pytest.raises(asyncpg.SerializationError):
+            await src.execute("UPDATE acct SET note = 'late' WHERE id = $1", moving)
+        with pytest.raises(asyncpg.SerializationError):
+            await src.execute("INSERT INTO acct VALUES ($1, 'x', 0, NULL)", moving + 1_000_000
+                              if any(m.contains(token(moving + 1_000_000)) for m in job.moves)
+                              else moving)
+        assert await src.execute("UPDATE acct SET note = 'ok' WHERE id = $1", staying) == \
+            "UPDATE 1"
+        await svc.cancel(job.id)
+        assert (await svc.drive(job.id)).state == "cancelled"
+        assert not (await ops.current())[0].fences
+        assert await src.execute("UPDATE acct SET note = 'after' WHERE id = $1", moving) == \
+            "UPDATE 1"
+        assert await src.fetchval("SELECT count(*) FROM pg_proc WHERE proname LIKE "
+                                  "'pgshard_guard_%'") == 0
+        await store.close()
+        for c in conns.values():
+            await c.close()
+
+    run(body())
+
+
 def test_refusals(cluster):
     async def body():
         store, conns = await setup(cluster, n=10)
