@@ -25,6 +25,7 @@ import struct
 from dataclasses import dataclass
 
 from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.ring.hashing import key_from_param
 
 BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 BINARY_TRAILER = b"\xff\xff"
@@ -102,7 +103,10 @@ class CopySplitter:
         self.epilogue = BINARY_TRAILER if fmt.kind == "binary" else b""
         self.ended = False
         self.rows = 0
+        # Unread data is _buf[_start:]; rows are cut by offset and the read part dropped
+        # once per payload (deleting each row from the front would cost quadratic time).
         self._buf = bytearray()
+        self._start = 0
         self._scan = 0                 # where the line scan resumes in _buf
         self._in_quote = False
         if fmt.kind == "csv":
@@ -154,6 +158,10 @@ class CopySplitter:
                 break
             if item is not True:
                 out.append(item)
+        if self._start:
+            del self._buf[:self._start]
+            self._scan -= self._start
+            self._start = 0
         if len(self._buf) > self.max_row and not self.ended:
             raise ProgramLimitExceeded(f"a COPY row exceeds {self.max_row} bytes")
         return out
@@ -165,10 +173,9 @@ class CopySplitter:
         if end is None:
             return None
         body_end, line_end = end
-        line = bytes(self._buf[:line_end])
-        body = line[:body_end]
-        del self._buf[:line_end]
-        self._scan = 0
+        line = bytes(self._buf[self._start:line_end])
+        body = line[:body_end - self._start]
+        self._start = self._scan = line_end
         self._in_quote = False
         if body == b"\\.":
             self.ended = True
@@ -182,7 +189,7 @@ class CopySplitter:
 
     def _find_eol(self, final: bool) -> tuple[int, int] | None:
         """(end of the line's body, end of its line ending) of the first whole line."""
-        buf, i = self._buf, self._scan
+        buf, i, start = self._buf, self._scan, self._start
         csv = self.fmt.kind == "csv"
         while True:
             if csv:
@@ -192,7 +199,7 @@ class CopySplitter:
                 m = self._eol.search(buf, i)
             if m is None:
                 self._scan = len(buf)
-                if final and buf and not self._in_quote:
+                if final and len(buf) > start and not self._in_quote:
                     return len(buf), len(buf)       # a last line without its newline
                 return None
             j = m.start()
@@ -210,7 +217,7 @@ class CopySplitter:
                     continue
             else:
                 k = j
-                while k > 0 and buf[k - 1] == 0x5C:
+                while k > start and buf[k - 1] == 0x5C:
                     k -= 1
                 if (j - k) % 2:                     # an escaped newline belongs to the data
                     i = j + 1
@@ -225,6 +232,13 @@ class CopySplitter:
     # ------------------------------------------------------------------ key fields
 
     def _text_key(self, body: bytes) -> bytes | None:
+        if 0x5C not in body:            # no escapes: the fields are what split() says
+            fields = body.split(self.fmt.delimiter, self.key_index + 1)
+            if len(fields) <= self.key_index:
+                raise BadCopyFileFormat(f"missing data for the shard key column (field "
+                                        f"{self.key_index + 1}) in COPY row {self.rows}")
+            raw = fields[self.key_index]
+            return None if raw == self.fmt.null else raw
         d = self.fmt.delimiter[0]
         start, n, i, size = 0, 0, 0, len(body)
         while True:
@@ -244,6 +258,13 @@ class CopySplitter:
 
     def _csv_key(self, body: bytes) -> bytes | None:
         fmt = self.fmt
+        if fmt.quote not in body:       # nothing quoted: the fields are what split() says
+            fields = body.split(fmt.delimiter, self.key_index + 1)
+            if len(fields) <= self.key_index:
+                raise BadCopyFileFormat(f"missing data for the shard key column (field "
+                                        f"{self.key_index + 1}) in COPY row {self.rows}")
+            raw = fields[self.key_index]
+            return None if raw == fmt.null and not fmt.force_not_null else raw
         d, q, e = fmt.delimiter[0], fmt.quote[0], fmt.escape[0]
         i, n, size = 0, 0, len(body)
         while True:
@@ -284,65 +305,63 @@ class CopySplitter:
     # ------------------------------------------------------------------ binary
 
     def _binary_item(self, final: bool):
-        buf = self._buf
+        buf, p0 = self._buf, self._start
+        have = len(buf) - p0
         if self.prologue is None:
-            if len(buf) < 19:
-                if len(buf) >= 11 and buf[:11] != BINARY_SIGNATURE:
+            if have < 19:
+                if have >= 11 and buf[p0:p0 + 11] != BINARY_SIGNATURE:
                     raise BadCopyFileFormat("COPY file signature not recognized")
                 return None
-            if buf[:11] != BINARY_SIGNATURE:
+            if buf[p0:p0 + 11] != BINARY_SIGNATURE:
                 raise BadCopyFileFormat("COPY file signature not recognized")
-            flags = _I32.unpack_from(buf, 11)[0]
+            flags = _I32.unpack_from(buf, p0 + 11)[0]
             if flags & (1 << 16):
                 raise BadCopyFileFormat("invalid COPY file header (WITH OIDS)")
             if flags & 0xFFFF0000 & ~(1 << 16):
                 raise BadCopyFileFormat("unrecognized critical flags in COPY file header")
-            ext = _I32.unpack_from(buf, 15)[0]
+            ext = _I32.unpack_from(buf, p0 + 15)[0]
             if ext < 0:
                 raise BadCopyFileFormat("invalid COPY file header (missing length)")
-            if len(buf) < 19 + ext:
+            if have < 19 + ext:
                 return None
-            self.prologue = bytes(buf[:19 + ext])
-            del buf[:19 + ext]
+            self.prologue = bytes(buf[p0:p0 + 19 + ext])
+            self._start = p0 + 19 + ext
             return True
-        if len(buf) < 2:
+        if have < 2:
             return None
-        count = _I16.unpack_from(buf, 0)[0]
+        count = _I16.unpack_from(buf, p0)[0]
         if count == -1:
             self.ended = True
-            del buf[:]
+            self._start = len(buf)
             return True
         if count < 0:
             raise BadCopyFileFormat(f"row field count is {count}, expected a positive number")
         if self.key_index >= count:
             raise BadCopyFileFormat(f"row field count is {count}: no shard key column (field "
                                     f"{self.key_index + 1}) in COPY row {self.rows + 1}")
-        pos, key = 2, None
+        end, pos, key = len(buf), p0 + 2, None
         for n in range(count):
-            if len(buf) < pos + 4:
+            if end < pos + 4:
                 return None
             size = _I32.unpack_from(buf, pos)[0]
             pos += 4
             if size < -1:
                 raise BadCopyFileFormat("invalid field size")
-            if size > 0:
-                if len(buf) < pos + size:
-                    if pos + size > self.max_row:
-                        raise ProgramLimitExceeded(f"a COPY row exceeds {self.max_row} bytes")
-                    return None
+            if size > 0 and end < pos + size:
+                if pos + size - p0 > self.max_row:
+                    raise ProgramLimitExceeded(f"a COPY row exceeds {self.max_row} bytes")
+                return None
             if n == self.key_index and size >= 0:
                 key = bytes(buf[pos:pos + size])
             pos += max(size, 0)
-        data = bytes(buf[:pos])
-        del buf[:pos]
+        data = bytes(buf[p0:pos])
+        self._start = pos
         self.rows += 1
         return CopyRow(data, self._canonical(key, 1), self.rows)
 
     def _canonical(self, field: bytes | None, fmt: int) -> bytes | None:
         if field is None or self.key_oid is None:
             return field
-        from pgshard.ring.hashing import key_from_param
-
         return key_from_param(field, fmt, self.key_oid)
 
 
