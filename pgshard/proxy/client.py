@@ -37,6 +37,7 @@ from pgshard.proxy.backend import (
     X_SYNC,
     ServerClient,
 )
+from pgshard.proxy import scatter
 from pgshard.proxy.fanout import FanoutMixin
 from pgshard.proxy.session_state import SessionStateMixin
 from pgshard.proxy.startup import StartupMixin
@@ -436,6 +437,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                        + m.ready_for_query(self._status()))
             return None
         shard = self._target(plan, sql=sql)
+        if self.server is not None and self._txn_elsewhere(shard):
+            return self._guard(self._query_elsewhere(raw, sql, plan), True)
         if isinstance(shard, Fanout):
             if plan.sticky:
                 raise _sticky_fanout(plan)
@@ -459,6 +462,57 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             aw2 = self._query(raw)
         if aw2 is not None:
             await aw2
+
+    def _txn_elsewhere(self, target) -> bool:
+        """The client's server runs its transaction (or may: a reply is still due) and
+        target, a shard or a Fanout, is not (only) that server's shard."""
+        if self.txn.multi is not None or target is None:
+            return False
+        if not isinstance(target, Fanout) and target == self.shard:
+            return False
+        s = self.server
+        return s.txn_status != b"I" or bool(s.expect)
+
+    async def _join_multi(self) -> bool:
+        """Once the server has answered: if the client's transaction is still open on it,
+        make it a multi-shard transaction holding this server (True), else False."""
+        while self.server is not None and self.server.expect:
+            await self._wait_idle_point()
+        s = self.server
+        if s is None or s.txn_status == b"I":
+            return False
+        if self.proxy.twophase is None:
+            raise r.CrossShardTransaction(
+                f"this transaction runs on shard {self.shard}; a statement for another shard "
+                "cannot join it while two-phase commit is off (two_phase_commit = false)",
+                hint="commit first, or keep a transaction's statements on one shard key")
+        if s.unsynced == 2:
+            raise r.CrossShardTransaction(
+                f"this pipeline already runs on shard {self.shard}",
+                hint="send a Sync between statements for different shards")
+        multi = scatter.MultiTxn(self, [], self.txn.begun or "BEGIN")
+        multi.adopt(self.shard, s)
+        multi.failed = s.txn_status == b"E"
+        self.server = None
+        self.shard = None
+        self.txn.multi = multi
+        return True
+
+    async def _query_elsewhere(self, raw: bytes, sql: str, plan: r.Plan) -> None:
+        if await self._join_multi():
+            await self._multi_query(raw, sql, plan)
+            return
+        try:   # the transaction ended meanwhile: route it afresh
+            aw = self._query(raw)
+        except NeedColumns as nc:
+            await self._learn_columns(nc.tables)
+            aw = self._query(raw)
+        if aw is not None:
+            await aw
+
+    def _keep_parked(self, shard: str, s) -> None:
+        s.link(self)
+        self.parked[(shard, "primary")] = s
 
     async def _query_slow(self, raw: bytes, plan: r.Plan, shard: str, begin: bool,
                           role: str = "primary") -> None:
@@ -667,6 +721,9 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.unit_role = "primary"
         s = self._attach_now(target, executes, role)
         if s is None:
+            if self.server is not None and self._txn_elsewhere(target):
+                return self._guard(self._flush_elsewhere(ops, target, executes, role, sync),
+                                   False, sync)
             return self._guard(self._flush_slow(ops, target, executes, role), False, sync)
         self._emit_ops(s, ops)
         return None
@@ -674,6 +731,16 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
     async def _flush_slow(self, ops, target: str, executes: bool, role: str = "primary") -> None:
         s = await self._attach(target, executes, role)
         self._emit_ops(s, ops)
+
+    async def _flush_elsewhere(self, ops, target: str, executes: bool, role: str,
+                               sync: bool) -> None:
+        """A unit for another shard than the transaction's: the transaction spans both."""
+        if not await self._join_multi():
+            await self._flush_slow(ops, target, executes, role)
+            return
+        ops = [(OP_BIND, op[1], op[2], m.decode_bind(op[2][5:]))
+               if op[0] == OP_BIND and len(op) == 3 else op for op in ops]
+        await self._fanout_ext(Fanout("one", [target], None), ops, sync)
 
     def _emit_ops(self, s, ops) -> None:
         push, send = s.push, s.send
@@ -820,6 +887,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             s.send(m.SYNC)
             s.push(X_SYNC, swallow=True)
         s.query(self.txn.pending, swallow=True)
+        self.txn.begun = self.txn.pending
         self.txn.opened()
 
     async def _attach(self, shard: str, begin: bool = True, role: str = "primary"):
@@ -1120,6 +1188,12 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         for s in self.parked.values():
             self._give_back(s)
         self.parked = {}
+        multi = self.txn.multi
+        if multi is not None:   # rolled back; a prepared one is left to recovery
+            self.txn.multi = None
+            for _, s in multi.servers.values():
+                self._give_back(s)
+            multi.servers = {}
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         proxy.metrics_client_disconnected(self)

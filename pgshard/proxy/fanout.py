@@ -109,15 +109,23 @@ class FanoutMixin:
         while self.server is not None and self.server.expect:
             await self._wait_idle_point()
         self._release_if_idle()
-        if self.server is not None:
-            raise FeatureNotSupported(
-                f"this transaction runs on shard {self.shard}; a statement that needs "
-                f"{'every shard' if fan.kind == 'ddl' else 'several shards'} cannot join it",
-                hint="run it outside the transaction (cross-shard transactions are not supported yet)")
-        if fan.kind == "insert" and (self.txn.pending is not None or self.txn.multi is not None):
-            raise FeatureNotSupported(
-                "a multi-row INSERT spanning shards cannot be split inside a transaction",
-                hint="insert the rows of each shard in its own statement")
+        if self.server is not None and not await self._join_multi() \
+                and self.server is not None:
+            self._detach()   # idle (session pooling): the statement runs elsewhere
+        if fan.kind in ("insert", "write") and self.txn.multi is None:
+            if self.proxy.twophase is None:
+                if fan.kind == "write" or self.txn.pending is not None:
+                    raise r.CrossShardTransaction(
+                        f"this statement writes on {len(fan.shards)} shards and two-phase "
+                        "commit is off (two_phase_commit = false)",
+                        hint="write the rows of each shard in its own statement")
+            else:
+                # The write is one transaction on every shard it reaches: an explicit one
+                # (its BEGIN was held back until now) or its own, committed when it ends.
+                implicit = self.txn.pending is None
+                self.txn.multi = scatter.MultiTxn(self, [], self.txn.pending or "BEGIN")
+                self.txn.multi.implicit = implicit
+                self.txn.opened()
 
     async def _run_fanout(self, fan: Fanout, parts: list[tuple[bytes, int, bool]],
                           hide_desc: int | None = None) -> bytes | None:
@@ -150,7 +158,7 @@ class FanoutMixin:
         if err is not None and self.txn.multi is not None:
             self.txn.multi.failed = True
         if err is not None:
-            if fan.kind != "read":
+            if fan.kind != "read" and self.txn.multi is None:
                 ok = [n for n, fr in zip(fan.shards, replies, strict=True) if not any(t == 0x45 for t, _ in fr)]
                 if ok:
                     f = m.decode_fields(err[5:])
@@ -160,8 +168,8 @@ class FanoutMixin:
                                "shard and re-run it there, or undo it on the others")
             self.write(err)
             return None
-        if fan.kind == "insert":
-            return scatter.merge_insert(replies)
+        if fan.kind in ("insert", "write"):
+            return scatter.merge_counts(replies)
         if fan.kind in ("one", "all"):
             return scatter.agree(fan.shards, replies)
         self.proxy.forget_key_positions()
@@ -174,6 +182,7 @@ class FanoutMixin:
         if self.txn.multi is not None:
             # In a multi-shard transaction: its held servers; a statement for one of them
             # ("one") is relayed as that server answers it.
+            await self.txn.multi.ensure(fan.shards)
             servers = [self.txn.multi.servers[sh] for sh in fan.shards]
             return await fanread.stream_read(self, fan.shards, servers, emit, spec, hide_desc,
                                              budget, relay=fan.kind == "one")
@@ -261,13 +270,24 @@ class FanoutMixin:
         return Fanout("one", [target], None)
 
     async def _multi_end(self, kind: str) -> bytes:
-        """COMMIT or ROLLBACK on every shard of the multi-shard transaction."""
+        """COMMIT or ROLLBACK on every shard of the multi-shard transaction: with two-phase
+        commit when it holds several shards and wrote (proxy.twophase), else in turn."""
         multi = self.txn.multi
         self.txn.multi = None
         word = "ROLLBACK" if kind == r.ROLLBACK or multi.failed else "COMMIT"
+        coord = self.proxy.twophase
+        if word == "COMMIT" and coord is not None and len(multi.servers) > 1:
+            from pgshard.proxy.twophase import make_run
+            try:
+                await coord.commit(coord.new_txn_id(), list(multi.servers), make_run(multi))
+            except PgError as exc:
+                multi.release(abort=False, keep=self._keep_parked)
+                return m.error_from(exc)
+            multi.release(keep=self._keep_parked)
+            return m.command_complete("COMMIT")
         done, failed = [], []
         try:
-            for sh in multi.shards:   # one by one: stop committing at the first failure
+            for sh in list(multi.servers):   # one by one: stop committing at the first failure
                 msg = m.query(word)
 
                 def emit(s, i, msg=msg):
@@ -280,7 +300,7 @@ class FanoutMixin:
                 else:
                     done.append(sh)
         finally:
-            multi.release(abort=bool(failed))
+            multi.release(abort=bool(failed), keep=self._keep_parked)
         if failed:
             return m.error_response(
                 "XX000", f"COMMIT failed on {', '.join(failed)}",
@@ -301,6 +321,12 @@ class FanoutMixin:
             parts = [(raw, kind, False) for raw, kind in parts]
         parts = read_filter.per_shard(self, fan, parts)   # exact reads while resharding
         out = await self._run_fanout(fan, parts)
+        multi = self.txn.multi
+        if multi is not None and getattr(multi, "implicit", False):
+            # The statement's own transaction: committed (2PC) or rolled back now.
+            end = await self._multi_end(r.COMMIT if out is not None else r.ROLLBACK)
+            if out is not None and end[:1] == b"E":
+                out = end
         self.write((out or b"") + m.ready_for_query(self._status()))
 
     async def _fanout_ext(self, fan: Fanout, ops, sync: bool) -> None:

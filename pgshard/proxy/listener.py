@@ -58,6 +58,7 @@ class Proxy:
         from pgshard.proxy.failover_hold import FailoverHold
         self.failover_hold = FailoverHold(self, config.ha.failover_hold)
         self.metrics = None  # set by the sidecar when it runs (pgshard.control.metrics)
+        self.twophase = None  # proxy.twophase.Coordinator when two_phase_commit is on
 
     # ------------------------------------------------------------ lifecycle
 

@@ -21,7 +21,8 @@ from pgshard.proxy.backend import ServerClient
 from pgshard.proxy.fanread import shard_error
 from pgshard.sql.merge import decode_row
 
-__all__ = ["Collector", "agree", "decode_row", "first_error", "run_on_shards", "servers_for"]
+__all__ = ["Collector", "agree", "decode_row", "first_error", "merge_counts", "run_on_shards",
+           "servers_for"]
 
 
 class Collector(ServerClient):
@@ -88,18 +89,55 @@ async def run_on_shards(session, shards: list[str], emit) -> list[list[tuple[int
 
 
 class MultiTxn:
-    """One transaction held open on several shards (DDL inside BEGIN … COMMIT).
+    """One transaction held open on several shards: DDL inside BEGIN … COMMIT, a
+    transaction whose statements reach a second shard, a write that spans shards.
 
-    Strategy: best effort until two-phase commit lands. Every shard runs the same BEGIN;
-    statements go to the shards they concern; COMMIT is sent to every shard in turn and a
-    failure on one after another committed is reported naming both sides. An error on any
-    shard fails the whole transaction (as on one database): only ROLLBACK is accepted."""
+    Strategy: every shard it reaches runs the same BEGIN (opened on first use, see
+    ensure); statements go to the shards they concern; the session commits it with
+    two-phase commit when it holds more than one shard (proxy.twophase), else with a plain
+    COMMIT. An error on any shard fails the whole transaction (as on one database): only
+    ROLLBACK is accepted."""
 
-    def __init__(self, session, shards: list[str]):
+    def __init__(self, session, shards: list[str], begin_sql: str = "BEGIN"):
         self.session = session
-        self.shards = shards
+        self.shards = shards          # the shards it holds a server of, in the order reached
         self.servers: dict[str, tuple] = {}
         self.failed = False
+        self.begin_sql = begin_sql
+        self.implicit = False         # the transaction of one statement: it ends with it
+
+    def adopt(self, shard: str, server) -> None:
+        """A server already inside this transaction (it ran its first statements)."""
+        self.servers[shard] = (server.pool, server)
+        if shard not in self.shards:
+            self.shards.append(shard)
+
+    async def ensure(self, shards: list[str]) -> None:
+        """Open the transaction on each of shards it does not hold yet."""
+        new = [sh for sh in shards if sh not in self.servers]
+        if not new:
+            return
+        pools = [self.session.proxy.pool_for(sh, self.session.user) for sh in new]
+        got = await asyncio.gather(*(p.acquire() for p in pools), return_exceptions=True)
+        for sh, pool, s in zip(new, pools, got, strict=True):
+            if not isinstance(s, BaseException):
+                self.servers[sh] = (pool, s)
+                if sh not in self.shards:
+                    self.shards.append(sh)
+        bad = next((s for s in got if isinstance(s, BaseException)), None)
+        if bad is not None:
+            self.failed = True
+            raise bad
+        msg = m.query(self.begin_sql)
+        from pgshard.proxy.backend import X_QUERY
+
+        def emit(s, i):
+            s.send(msg)
+            s.push(X_QUERY)
+        err = first_error(new, await self.run(new, emit))
+        if err is not None:
+            self.failed = True
+            raise m.error_to_exception(err[5:])
 
     async def open(self, begin_sql: str) -> list:
         pools = [self.session.proxy.pool_for(sh, self.session.user) for sh in self.shards]
@@ -120,6 +158,8 @@ class MultiTxn:
         return await self.run(self.shards, emit)
 
     async def run(self, shards: list[str], emit) -> list[list[tuple[int, bytes]]]:
+        if any(sh not in self.servers for sh in shards):
+            await self.ensure(shards)
         collectors = []
         for i, sh in enumerate(shards):
             pool, s = self.servers[sh]
@@ -132,10 +172,15 @@ class MultiTxn:
         await asyncio.gather(*(c.done for c in collectors))
         return [c.frames() for c in collectors]
 
-    def release(self, abort: bool = False) -> None:
-        for pool, s in self.servers.values():
+    def release(self, abort: bool = False, keep=None) -> None:
+        """Give the servers back; keep(shard, server) takes one that holds session state of
+        the client (sql.sticky) instead."""
+        for sh, (pool, s) in self.servers.items():
             if abort:
                 s.abort("multi-shard transaction abandoned")
+            elif s.sticky and keep is not None and s.usable and s.txn_status == b"I":
+                keep(sh, s)
+                continue
             pool.release(s)
         self.servers = {}
 
@@ -149,17 +194,21 @@ def first_error(shards: list[str], replies) -> bytes | None:
     return None
 
 
-def merge_insert(replies) -> bytes:
-    """One INSERT split across shards: rows RETURNING concatenated, counts added up."""
+def merge_counts(replies) -> bytes:
+    """One write run on several shards (an INSERT split, an UPDATE/DELETE everywhere): rows
+    RETURNING concatenated, the counts of the command tags added up."""
     rows = [raw for frames in replies for t, raw in frames if t == 0x44]
     total = 0
+    head = "INSERT 0"
     for frames in replies:
         for t, raw in frames:
             if t == 0x43:
-                total += int(m.decode_query(raw[5:]).rsplit(" ", 1)[-1])
+                tag = m.decode_query(raw[5:])
+                head, _, n = tag.rpartition(" ")
+                total += int(n) if n.isdigit() else 0
     out = [raw for t, raw in replies[0] if t == 0x54]
     out.extend(rows)
-    out.append(m.command_complete(f"INSERT 0 {total}"))
+    out.append(m.command_complete(f"{head} {total}"))
     return b"".join(out)
 
 

@@ -195,8 +195,9 @@ class TargetingMixin:
                 if a.refuse:
                     raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
                 return Fanout("read", owners, a)
-            if a.insert_rows and bind is None and self.server is None \
-                    and self.txn.pending is None:
+            if a.insert_rows and bind is None and (
+                    self.server is None and self.txn.pending is None
+                    or self.proxy.twophase is not None):
                 groups: dict[str, list[int]] = {}
                 for k, row in a.insert_rows:
                     owner = cat.ring.owner(hashing.token(k.resolve()))
@@ -207,6 +208,8 @@ class TargetingMixin:
                     f"this multi-row INSERT spans {len(owners)} shards; it is split per shard "
                     "only as a simple-protocol statement outside a transaction",
                     hint="insert the rows of each shard in its own statement")
+            if a.kind in (sp.UPDATE, sp.DELETE) and self.proxy.twophase is not None:
+                return Fanout("write", owners, a)   # each owner matches only its own rows
             raise r.CrossShardTransaction(
                 f"this statement touches keys on {len(owners)} shards ({', '.join(owners)}); "
                 "writes across shards are not supported yet",
@@ -221,6 +224,15 @@ class TargetingMixin:
                 return Fanout("read", list(cat.serving_shards()), a)
             if a.kind == sp.DDL:
                 return Fanout("ddl", [sh.name for sh in cat.shards], a)
+            if a.kind in (sp.UPDATE, sp.DELETE):
+                if self.proxy.twophase is not None:
+                    # No key: every shard that may hold rows runs it, in one transaction.
+                    return Fanout("write", list(cat.serving_shards()), a)
+                raise r.CrossShardTransaction(
+                    f"this statement has no shard key on {', '.join(a.tables)}, and running "
+                    "it on every shard needs two-phase commit, which is off "
+                    "(two_phase_commit = false)",
+                    hint="add the key to the WHERE clause, or turn two_phase_commit on")
             raise r.no_key_error(r.plan(sql), len(cat.shards), a.tables)
         if a.kind == sp.DDL:
             return Fanout("ddl", [sh.name for sh in cat.shards], a)

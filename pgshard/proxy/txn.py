@@ -8,10 +8,12 @@ from __future__ import annotations
 class TxnState:
     """The one place a session's transaction status comes from (see status())."""
 
-    __slots__ = ("pending", "failed", "multi", "snapshot", "ending_commit", "undo", "undo_failed")
+    __slots__ = ("pending", "failed", "multi", "snapshot", "ending_commit", "undo", "undo_failed",
+                 "begun")
 
     def __init__(self):
         self.pending: str | None = None   # the held-back BEGIN (and SETs after it), as SQL
+        self.begun: str | None = None     # that SQL once sent: other shards open with it
         self.failed = False               # the held-back transaction saw an error
         self.multi = None                 # scatter.MultiTxn: DDL inside BEGIN on every shard
         self.snapshot = None              # (client vars, server vars, server) before a SET

@@ -78,7 +78,7 @@ def test_no_key_on_multi_shard_is_a_clear_error(proxy2, kv_table):
     assert "no shard key" in r.stderr and "HINT" in r.stderr
 
 
-def test_cross_shard_transaction_is_refused(proxy2, pg_cluster, kv_table):
+def test_cross_shard_transaction_with_psql(proxy2, pg_cluster, kv_table):
     ring = Ring.build([s.name for s in pg_cluster.shards])
     keys = {}
     for i in range(2000, 2100):
@@ -90,11 +90,21 @@ INSERT INTO kv VALUES ({a}, 'a') /* shard_key: {a} */;
 INSERT INTO kv VALUES ({b}, 'b') /* shard_key: {b} */;
 COMMIT;
 """
-    r = psql(proxy2.dsn(), input=script, check=False)
-    assert "cross-shard" in r.stderr
-    # The failed transaction rolled back: neither row exists.
-    out = psql(proxy2.dsn(), "-c", f"SELECT count(*) FROM kv WHERE id = {a} /* shard_key: {a} */")
-    assert out.stdout.strip() == "0"
+    r = psql(proxy2.dsn(), input=script)
+    assert r.stdout.split() == ["BEGIN", "INSERT", "0", "1", "INSERT", "0", "1", "COMMIT"]
+    # Committed with two-phase commit: each row on its own shard, nothing left prepared.
+    for key in (a, b):
+        owner = next(s for s in pg_cluster.shards
+                     if s.name == ring.owner(hashing.token(str(key).encode())))
+        assert owner.primary.psql(f"SELECT v FROM kv WHERE id = {key}").strip() in ("a", "b")
+    for s in pg_cluster.shards:
+        assert s.primary.psql("SELECT count(*) FROM pg_prepared_xacts").strip() == "0"
+    # The same script with ROLLBACK leaves neither row.
+    for s in pg_cluster.shards:
+        s.primary.psql("DELETE FROM kv")
+    psql(proxy2.dsn(), input=script.replace("COMMIT", "ROLLBACK"))
+    assert [s.primary.psql("SELECT count(*) FROM kv").strip() for s in pg_cluster.shards] \
+        == ["0", "0"]
 
 
 def test_psql_copy_both_ways(proxy2, kv_table, tmp_path):
