@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= .demo
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test unit bench lint clean ui regress
+.PHONY: bootstrap run demo test unit bench bench-failover lint clean ui regress
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -20,6 +20,10 @@ unit: bootstrap
 
 bench: bootstrap
 	$(BIN)/python -m bench.pgbench_compare
+
+# Failover time and acked writes lost (sync and async replication), switchover pause.
+bench-failover: bootstrap
+	$(BIN)/python -m bench.failover --reps 5
 
 # PostgreSQL's own regression suite against a shard directly and through the proxy (session,
 # transaction x4, transaction x1); gated by tests/regress/baseline.json. REGRESS_ARGS e.g.
