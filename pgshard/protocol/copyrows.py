@@ -130,9 +130,7 @@ class CopySplitter:
 
     def finish(self) -> list[CopyRow]:
         """At CopyDone: the rows still buffered; an incomplete one is an error."""
-        if self.ended:
-            return []
-        rows = self._drain(final=True)
+        rows = [] if self.ended else self._drain(final=True)
         if self._buf and not self.ended:
             if self.fmt.kind == "binary":
                 raise BadCopyFileFormat("unexpected EOF in COPY data")

@@ -90,3 +90,31 @@ def test_binary_streams_per_shard(dsn):
         got = conn.execute("SELECT k, v FROM copy_bin").fetchall()
     assert sorted(got, key=repr) == sorted(
         [(1, "v1"), (-2, "v-2"), (3, "v3"), (None, "n")], key=repr)
+
+
+@pytest.mark.parametrize("options", ["", "WITH (FORMAT csv)", "WITH (FORMAT csv, ESCAPE '\\')"])
+def test_random_payloads_postgresql_accepts_read_the_same(dsn, options):
+    """Random two-column payloads over the characters that matter: whenever PostgreSQL's
+    COPY accepts one, the splitter's keys are the values it stored."""
+    import random
+
+    rng = random.Random(11)
+    field = [b"a", b"b", b"\\", b'"', b"\\N", b"\\t", b"x,y", b'"q""r"', b'"m\nl"', b".", b""]
+    delim = b"," if "csv" in options else b"\t"
+    stmt = parse_copy_in(f"COPY copy_probe (k, v) FROM STDIN {options}")
+    accepted = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(80):
+            lines = [rng.choice(field) + rng.choice(field) + delim + rng.choice(field)
+                     for _ in range(rng.randrange(1, 5))]
+            data = b"\n".join(lines) + b"\n"
+            try:
+                stored = _load(conn, options, data)
+            except psycopg.Error:
+                continue
+            accepted += 1
+            sp = CopySplitter(stmt.splitter_format("k"), 0)
+            rows = sp.feed(data[:5]) + sp.feed(data[5:]) + sp.finish()
+            assert [None if r.key is None else r.key.decode() for r in rows] == \
+                [k for k, _ in stored], data
+    assert accepted >= 10
