@@ -111,3 +111,25 @@ async def copy_definition(src: asyncpg.Connection, dst: asyncpg.Connection, tabl
         for index in indexes:
             await dst.execute(index)
     return True
+
+
+async def ensure_token_index(conn: asyncpg.Connection, table: str, key: str, job_id: str) -> None:
+    """The job's token index on the table, built concurrently (an invalid one left by an
+    interrupted build is dropped and built again)."""
+    schema, _ = q.split_name(table)
+    valid = await conn.fetchval(
+        "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+        schema, q.token_index_name(job_id, table))
+    if valid is False:
+        await conn.execute(q.drop_token_index(table, job_id))
+    if not valid:
+        await conn.execute(q.create_token_index(table, key, job_id))
+
+
+async def has_token_index(conn: asyncpg.Connection, table: str, job_id: str) -> bool:
+    schema, _ = q.split_name(table)
+    return bool(await conn.fetchval(
+        "SELECT i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+        schema, q.token_index_name(job_id, table)))

@@ -12,10 +12,18 @@ from pgshard.reshard.tables import TableInfo
 from pgshard.ring.ring import TokenSpan
 
 
-async def summary(conn: asyncpg.Connection, info: TableInfo,
-                  spans: Sequence[TokenSpan]) -> dict[int, tuple[int, str]]:
-    """{range number: (rows, checksum)} for the ranges that hold rows."""
-    rows = await conn.fetch(q.checksum(info.name, info.columns, info.key, spans))
+async def summary(conn: asyncpg.Connection, info: TableInfo, spans: Sequence[TokenSpan],
+                  indexed: bool = False) -> dict[int, tuple[int, str]]:
+    """{range number: (rows, checksum)} for the ranges that hold rows; indexed: through the
+    job's token index (each range's rows read by an index scan, no hash per row)."""
+    if not indexed:
+        rows = await conn.fetch(q.checksum(info.name, info.columns, info.key, spans))
+        return {r[0]: (r[1], r[2]) for r in rows}
+    async with conn.transaction():
+        for setting in ("enable_seqscan", "enable_bitmapscan", "enable_hashjoin",
+                        "enable_mergejoin"):
+            await conn.execute(f"SET LOCAL {setting} = off")
+        rows = await conn.fetch(q.checksum_by_index(info.name, info.columns, info.key, spans))
     return {r[0]: (r[1], r[2]) for r in rows}
 
 

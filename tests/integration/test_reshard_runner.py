@@ -13,6 +13,7 @@ import pytest
 
 from pgshard.control.catalog_ops import CatalogService
 from pgshard.control.catalog_sync import load_or_seed
+from pgshard.reshard import tables, verify
 from pgshard.reshard.job import JobError
 from pgshard.reshard.runner import Connections, ReshardService
 from pgshard.ring.catalog import Catalog, Shard
@@ -84,8 +85,11 @@ async def placement(conns, catalog: Catalog):
 
 
 async def slots_and_pubs(conns):
+    """Every slot, publication and job index left on the shards."""
     out = []
     for name, c in conns.items():
+        out += [(name, r[0]) for r in await c.fetch(
+            "SELECT relname FROM pg_class WHERE relname LIKE 'pgshard_tok_%'")]
         out += [(name, r[0]) for r in await c.fetch("SELECT slot_name FROM pg_replication_slots")]
         out += [(name, r[0]) for r in await c.fetch("SELECT pubname FROM pg_publication")]
     return out
@@ -197,6 +201,15 @@ def test_guard_refuses_source_writes_to_moving_ranges_until_rollback(cluster):
             while job.step != "final_catchup":
                 job = await svc._step(cs, job)
         assert (await ops.current())[0].fences           # the fence is up
+        # The token-index checksum agrees with the scanning one, on both sides.
+        infos = await svc._describe(cs_conns := Connections(cat0), job)
+        async with cs_conns:
+            for info in infos["shard0"].values():
+                for side in ("shard0", "shard2"):
+                    c = await cs_conns.get(side)
+                    assert await tables.has_token_index(c, info.name, job.id)
+                    scanned = await verify.summary(c, info, job.moves)
+                    assert scanned and scanned == await verify.summary(c, info, job.moves, True)
         src = conns["shard0"]
         moving = next(i for i in range(200) if any(m.contains(token(i)) for m in job.moves))
         staying = next(i for i in range(200) if cat0.ring.owner(token(i)) == "shard0"
