@@ -76,6 +76,8 @@ if [ ! -f "$SRC/src/test/regress/parallel_schedule" ]; then
   echo "regress: fetching the source of $PKG $DEB_VERSION (apt-get source, deb-src from $APT)"
   apt-get "${APT_OPTS[@]}" update -qq
   cd "$CACHE/src/download"
+  # apt downloads as its sandbox user when that user may write here.
+  id _apt >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && chown _apt "$CACHE/src/download"
   if ! apt-get "${APT_OPTS[@]}" source -qq --download-only "$PKG=$DEB_VERSION"; then
     # The archive keeps only current versions: fall back to the newest source of the
     # same major (the comparison direct vs proxy runs on one server either way).

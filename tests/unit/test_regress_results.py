@@ -150,6 +150,12 @@ def test_gate_notes_what_the_baseline_can_drop():
     assert any(n.startswith("transaction-4: not in the baseline") for n in notes)
 
 
+def test_gate_notes_a_floor_that_can_rise_only_above_the_recorded_run():
+    baseline = {"direct_floor": 4, "modes": {"transaction-4": {"floor": 1, "recorded_passed": 3}}}
+    assert not any("can rise" in n for n in R.evaluate_gate(runs_with([], 3), baseline)[1])
+    assert any("can rise" in n for n in R.evaluate_gate(runs_with([], 4), baseline)[1])
+
+
 def test_gate_fails_a_broken_setup_and_a_missing_direct_run():
     runs = runs_with([], 4)
     runs["direct"] = run({"a": "ok"})
@@ -165,7 +171,8 @@ def test_baseline_from_a_run_passes_its_own_gate():
     assert new["comment"] == "kept"
     assert new["direct_floor"] == 1
     assert new["modes"]["session"] == {"known_failures": ["a", "d"]}
-    assert new["modes"]["transaction-4"] == {"known_failures": ["a", "b"], "floor": 2}
+    assert new["modes"]["transaction-4"] == {"known_failures": ["a", "b"], "floor": 2,
+                                             "recorded_passed": 3}
     assert R.evaluate_gate(runs, new)[0] == []
 
 
