@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(demo_dir / "cluster", shards=1, replicas=0, database=DATABASE)
     runs: dict[str, dict] = {}
     started = time.monotonic()
+    proxy_code = _proxy_code(work if args.from_runs else None)
     if args.from_runs:
         _reread(work, modes, tests, runs)
         modes = []
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     failures, notes = R.evaluate_gate(runs, baseline)
     summary = {"server": args.server_version or _server_version(args.bindir),
                "schedule": str(suite / "parallel_schedule"), "total": len(tests),
-               "seconds": round(time.monotonic() - started, 1), "proxy_code": _proxy_code(work if args.from_runs else None),
+               "seconds": round(time.monotonic() - started, 1), "proxy_code": proxy_code,
                "runs": runs,
                "gate": {"ok": not failures, "failures": failures, "notes": notes,
                         "baseline": str(baseline_path)}}
@@ -275,8 +276,9 @@ def _server_version(bindir: str) -> str:
 
 
 def _proxy_code(reread: Path | None) -> dict:
-    """Which pgshard the demo ran: this checkout (its commit, uncommitted edits) or the
-    tree $PYTHONPATH puts first (a snapshot of a commit, for a baseline)."""
+    """Which pgshard the demo ran: this checkout (its HEAD when the run started, whether
+    pgshard/ had uncommitted edits) or, when $PYTHONPATH is set, the tree it puts first
+    (e.g. a `git archive` snapshot of one commit, for a baseline)."""
     if reread is not None:
         with contextlib.suppress(OSError, ValueError, KeyError):
             return json.loads((reread / "summary.json").read_text())["proxy_code"]
