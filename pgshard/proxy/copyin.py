@@ -12,10 +12,10 @@ The transaction then commits like any other on several shards (two-phase commit)
 
 Strategy: rows go out in CopyData messages of up to `batch_bytes` per shard (a CopyData
 need not hold whole rows; each shard still gets whole rows, in order). A shard whose socket
-holds more than `high_water` unsent bytes is waited for before more is sent, so a fast
-client cannot make the proxy buffer a slow shard's share. A shard that fails mid-stream
-answers ErrorResponse and ReadyForQuery at once and drops what follows; data() reports it
-at the next call, named after the shard.
+is past its transport's write high-water mark is waited for (ServerConnection.drain)
+before more is read, so a fast client cannot make the proxy buffer a slow shard's share.
+A shard that fails mid-stream answers ErrorResponse and ReadyForQuery at once and drops
+what follows; data() reports it at the next call, named after the shard.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from pgshard.proxy.scatter import Collector
 
 COPY_DONE = m.frame(b"c")
 BATCH_BYTES = 64 * 1024
-HIGH_WATER = 1024 * 1024
 
 
 def copy_data(payload: bytes) -> bytes:
@@ -85,14 +84,13 @@ class CopyFanout:
 
     def __init__(self, multi, sql: str, splitter: CopySplitter,
                  owner: Callable[[bytes], str], *, shards: list[str] | None = None,
-                 batch_bytes: int = BATCH_BYTES, high_water: int = HIGH_WATER):
+                 batch_bytes: int = BATCH_BYTES):
         self.multi = multi
         self.sql = sql
         self.splitter = splitter
         self.owner = owner
         self.shards = list(shards if shards is not None else multi.shards)
         self.batch_bytes = batch_bytes
-        self.high_water = high_water
         self.collectors: dict[str, _CopyCollector] = {}
         self._pending: dict[str, list[bytes]] = {sh: [] for sh in self.shards}
         self._pending_size: dict[str, int] = dict.fromkeys(self.shards, 0)
@@ -102,6 +100,9 @@ class CopyFanout:
     async def start(self) -> None:
         """Send the COPY statement to every shard; PgError (the first shard's, named) if
         any did not enter COPY mode (those that did are sent CopyFail)."""
+        lost = [sh for sh in self.shards if not self._server(sh).usable]
+        if lost:
+            raise PgError(f"{lost[0]}: lost the server connection", sqlstate="08006")
         for sh in self.shards:
             pool, s = self.multi.servers[sh]
             c = self.collectors[sh] = _CopyCollector(pool)
@@ -205,14 +206,5 @@ class CopyFanout:
         self._pending_size[shard] = 0
 
     async def _wait_writable(self) -> None:
-        """Wait while any shard's socket holds more than high_water unsent bytes."""
-        delay = 0.001
-        while True:
-            full = [sh for sh in self.shards
-                    if (t := self._server(sh).transport) is not None
-                    and t.get_write_buffer_size() > self.high_water
-                    and not self.collectors[sh].done.done()]
-            if not full:
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        """Wait while any shard's socket is past its write high-water mark."""
+        await asyncio.gather(*(self._server(sh).drain() for sh in self.shards))

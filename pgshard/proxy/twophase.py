@@ -266,8 +266,13 @@ def make_run(multi) -> Run:
 
     async def run(stmts: dict[str, str]) -> dict[str, Result]:
         collectors = {}
+        out: dict[str, Result] = {}
         for sh, sql in stmts.items():
             pool, s = multi.servers[sh]
+            if not s.usable:    # lost already: nothing would ever answer
+                out[sh] = PgError(f"lost the server connection: {s.closed_reason or 'closed'}",
+                                  sqlstate="08006")
+                continue
             c = Collector(pool)
             collectors[sh] = c
             s.link(c)
@@ -276,7 +281,6 @@ def make_run(multi) -> Run:
             s.flush()
         done = await asyncio.gather(*(c.done for c in collectors.values()),
                                     return_exceptions=True)
-        out: dict[str, Result] = {}
         for (sh, c), outcome in zip(collectors.items(), done, strict=True):
             if isinstance(outcome, PgError):
                 out[sh] = outcome

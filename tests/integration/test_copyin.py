@@ -147,3 +147,26 @@ async def test_copy_refused_by_the_shards_is_an_error_named_after_one(env):
         await proxy.stop()
     assert err.value.sqlstate == "42P01" and err.value.message.startswith("shard")
 
+
+
+async def test_a_large_copy_streams_through(env):
+    """Megabytes of rows in 64 KiB payloads: the shards' sockets fill and are waited for."""
+    cluster, proxy = env
+    n = 100_000
+    payload = b"".join(f"{i}\t{'x' * 40}\n".encode() for i in range(n))
+    try:
+        multi, copy, _ = await copy_in(proxy, "COPY items FROM STDIN", payload)
+        await copy.start()
+        for i in range(0, len(payload), 65536):
+            await copy.data(payload[i:i + 65536])
+        assert await copy.done() == n
+        await make_run(multi)({sh: "COMMIT" for sh in multi.shards})
+        multi.release()
+    finally:
+        await proxy.stop()
+    counts = []
+    for s in cluster.shards:
+        conn = await asyncpg.connect(s.primary.dsn)
+        counts.append(await conn.fetchval("SELECT count(*) FROM items"))
+        await conn.close()
+    assert sum(counts) == n and all(counts)
