@@ -13,6 +13,14 @@ from pgshard.protocol.copyrows import CopyFormat, unsupported_option
 from pgshard.protocol.errors import FeatureNotSupported, PgError
 from pgshard.sql.keys import normalize_table
 
+# What a COPY without a column list reads, in order: the table's columns that are neither
+# dropped nor generated, each with its type OID (a domain's base type). Run on a shard.
+COPY_COLUMNS_SQL = (
+    "SELECT a.attname, COALESCE(NULLIF(t.typbasetype, 0), a.atttypid)::int4 AS oid "
+    "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+    "WHERE a.attrelid = to_regclass({table}) AND a.attnum > 0 AND NOT a.attisdropped "
+    "AND a.attgenerated = '' ORDER BY a.attnum")
+
 _TRUE = frozenset({"true", "on", "1", "yes"})
 _FALSE = frozenset({"false", "off", "0", "no"})
 # Options that change nothing about how rows are read or where they go.
@@ -139,3 +147,8 @@ def _names(arg) -> tuple[str, ...]:
     if not isinstance(arg, tuple | list):
         raise unsupported_option("FORCE_NULL / FORCE_NOT_NULL with *")
     return tuple(a.sval for a in arg)
+
+
+def copy_columns_sql(table: str) -> str:
+    """COPY_COLUMNS_SQL for one table (its name as the COPY statement wrote it)."""
+    return COPY_COLUMNS_SQL.format(table="'" + table.replace("'", "''") + "'")

@@ -118,3 +118,28 @@ def test_random_payloads_postgresql_accepts_read_the_same(dsn, options):
             assert [None if r.key is None else r.key.decode() for r in rows] == \
                 [k for k, _ in stored], data
     assert accepted >= 10
+
+
+def test_copy_without_columns_reads_the_key_where_postgresql_does(dsn):
+    """COPY with no column list skips generated and dropped columns: the column query gives
+    the key's position and type as COPY sees them, and its keys are what PostgreSQL stores."""
+    from pgshard.protocol.values import INT4
+    from pgshard.sql.copy_stmt import copy_columns_sql
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS copy_cols")
+        conn.execute("DROP DOMAIN IF EXISTS copy_id")
+        conn.execute("CREATE DOMAIN copy_id AS int4")
+        conn.execute("CREATE TABLE copy_cols (gone int, g int GENERATED ALWAYS AS (1) STORED, "
+                     "note text, id copy_id)")
+        conn.execute("ALTER TABLE copy_cols DROP COLUMN gone")
+        cols = conn.execute(copy_columns_sql("copy_cols")).fetchall()
+        assert cols == [("note", 25), ("id", INT4)]
+        stmt = parse_copy_in("COPY copy_cols FROM STDIN")
+        index = stmt.key_index("id", [name for name, _ in cols])
+        data = b"a\t007\nb\t-3\n"
+        sp = CopySplitter(stmt.format, index, dict(cols)["id"])
+        keys = [r.key for r in sp.feed(data) + sp.finish()]
+        _copy(conn, "COPY copy_cols FROM STDIN", data)
+        stored = [str(r[0]).encode() for r in conn.execute("SELECT id FROM copy_cols")]
+    assert keys == stored == [b"7", b"-3"]
