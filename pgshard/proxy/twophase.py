@@ -103,7 +103,7 @@ class Coordinator:
         self.metrics = metrics
         # Unique across restarts of a router with a fixed id: microseconds at start, counting.
         self._ids = itertools.count(time.time_ns() // 1000)
-        self._forgetting: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()     # commits and record deletes under way
 
     def new_txn_id(self) -> int:
         return next(self._ids)
@@ -113,7 +113,22 @@ class Coordinator:
 
     async def commit(self, txn_id: int, shards: list[str], run: Run) -> None:
         """Commit the transaction held on `shards`; raises PgError if it did not commit
-        (rolled back everywhere, or 08007 when that is unknown until recovery)."""
+        (rolled back everywhere, or 08007 when that is unknown until recovery).
+
+        A caller cancelled meanwhile (its client left) does not stop the protocol half way,
+        holding prepared transactions and their locks until recovery's timeout: it runs to
+        its end in a task of its own (keep the servers `run` uses until then)."""
+        task = asyncio.get_running_loop().create_task(self._commit(txn_id, shards, run))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()    # retrieved: an abandoned commit's error is not "lost"
+
+    async def _commit(self, txn_id: int, shards: list[str], run: Run) -> None:
         started = time.monotonic()
         gids = self.gids(txn_id, shards)
         prepared = await run_quietly(run, {sh: f"PREPARE TRANSACTION {quote_gid(g)}"
@@ -193,8 +208,8 @@ class Coordinator:
         # The client need not wait for the record's deletion: it is committed already, and
         # a record left behind (a crash meanwhile) is deleted by recovery.
         task = asyncio.get_running_loop().create_task(self._forget(txn_id))
-        self._forgetting.add(task)
-        task.add_done_callback(self._forgetting.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _forget(self, txn_id: int) -> None:
         try:
@@ -204,9 +219,10 @@ class Coordinator:
                         "deletes it (%s)", self.router, txn_id, exc)
 
     async def drain(self) -> None:
-        """Wait until the decision records of finished commits are deleted (at shutdown)."""
-        while self._forgetting:
-            await asyncio.gather(*list(self._forgetting), return_exceptions=True)
+        """Wait for commits under way and the deletion of finished ones' decision records
+        (at shutdown, before the store closes)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _fault(self, point: str) -> None:
         if self.faults is not None:

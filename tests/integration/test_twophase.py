@@ -550,3 +550,31 @@ def test_commits_racing_an_eager_recovery_stay_atomic(dsns):
     assert ids["shard0"] == ids["shard1"]
     assert sorted(i for i, ok in outcomes.items() if ok) == ids["shard0"]
     assert len(outcomes) == 100
+
+
+def test_a_cancelled_caller_does_not_stop_the_commit_half_way(dsns):
+    """The session awaiting COMMIT is cancelled (its client left) right after PREPARE: the
+    protocol still runs to its end, nothing stays prepared, the transaction is whole."""
+    async def go():
+        async with Env(dsns) as env:
+            run = await env.begin({"shard0": [(160, "c1")], "shard1": [(161, "c2")]})
+            prepared = asyncio.Event()
+
+            async def signalling(stmts):
+                out = await run(stmts)
+                if any(sql.startswith("PREPARE") for sql in stmts.values()):
+                    prepared.set()
+                    await asyncio.sleep(0.05)
+                return out
+            coord = Coordinator(env.log, router())
+            caller = asyncio.create_task(coord.commit(coord.new_txn_id(),
+                                                      ["shard0", "shard1"], signalling))
+            await prepared.wait()
+            caller.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+            await coord.drain()
+            return await state(dsns), await env.log.all()
+    (ids, gids), left = asyncio.run(go())
+    assert ids == {"shard0": [160], "shard1": [161]}
+    assert gids == {"shard0": set(), "shard1": set()} and left == {}
