@@ -133,7 +133,10 @@ class FailoverManager:
         """Check every shard once: record sync standbys, fail over a failed primary."""
         catalog = self.proxy.catalog
         for shard in catalog.shards:
-            if shard.name in self.busy or shard.hold:
+            if shard.name in self.busy:
+                continue
+            if shard.hold:
+                await self._release_stale_hold(shard)
                 continue
             await self._record_sync(shard)
             if not self.ha.auto_failover:
@@ -150,13 +153,29 @@ class FailoverManager:
                     self.refused[shard.name] = f"failover failed: {exc}"
             elif decision.action == REFUSE:
                 self.refused[shard.name] = decision.reason
-                if previous is None or previous.reason != decision.reason:
+                # Logged when the refusal starts or its cause changes (not every round).
+                if previous is None or _cause(previous.reason) != _cause(decision.reason):
                     log.error("shard %s: primary %s is down and NO replica is promoted: %s",
                               shard.name, dsn_address(shard.primary), decision.reason)
                 if self.metrics is not None:
                     self.metrics.refused(shard.name)
             else:
                 self.refused.pop(shard.name, None)
+
+    async def _release_stale_hold(self, shard: Shard) -> None:
+        """A hold no operation of ours is behind: a manager that set it (a switchover) died
+        or lost the lease. Release it; if that manager had stopped the old primary, the next
+        rounds fail it over like any dead primary (its WAL reached the replicas first)."""
+        log.warning("shard %s: releasing the hold %r left by another manager", shard.name,
+                    shard.hold)
+
+        def change(cat: Catalog) -> Catalog | None:
+            sh = cat.shard(shard.name)
+            if not sh.hold or shard.name in self.busy:
+                return None
+            return _replace_shard(cat, dataclasses.replace(sh, hold=""))
+
+        self.apply(await self.catalog_ops.update(change))
 
     async def _record_sync(self, shard: Shard) -> None:
         """Keep the catalog's record of the shard's synchronous standbys current (read from
@@ -327,15 +346,21 @@ class FailoverManager:
 
             def change(cat: Catalog) -> Catalog:
                 sh = cat.shard(name)
+                # Its primary now waits for it (set above): a synchronous standby at once.
+                sync = tuple(dict.fromkeys((*sh.sync, match))) if sh.sync_quorum else sh.sync
                 return _replace_shard(cat, dataclasses.replace(
                     sh, fenced=tuple(f for f in sh.fenced if f != match),
-                    replicas=tuple(dict.fromkeys((*sh.replicas, match)))))
+                    replicas=tuple(dict.fromkeys((*sh.replicas, match))), sync=sync))
 
             new = await self.catalog_ops.update(change)
             self.apply(new)
             return new
         finally:
             self.busy.pop(name, None)
+
+
+def _cause(reason: str) -> str:
+    return reason.rsplit("; ", 1)[-1]
 
 
 def _replace_shard(cat: Catalog, shard: Shard) -> Catalog:

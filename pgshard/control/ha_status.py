@@ -64,6 +64,29 @@ def shard_states(proxy, failover=None) -> dict[str, dict]:
     return out
 
 
+def server_views(proxy, shard) -> dict:
+    """A shard's servers for GET /api/v1/shards/{name}: role, health, lag, whether
+    synchronous; plus its last failover."""
+    monitor = proxy.replicas
+    status = monitor.status().get(shard.name) if monitor is not None else None
+    primary = status["primary"] if status else {}
+    servers = [{"dsn": dsn_address(shard.primary), "role": "primary",
+                "healthy": primary.get("reachable") if status else None,
+                "lag_bytes": 0 if primary.get("reachable") else None,
+                "lag_seconds": 0.0 if primary.get("reachable") else None, "sync": None}]
+    replicas = status["replicas"] if status else [{} for _ in shard.replicas]
+    for dsn, r in zip(shard.replicas, replicas, strict=False):
+        servers.append({"dsn": dsn_address(dsn), "role": "replica",
+                        "healthy": r.get("healthy"), "reason": r.get("reason"),
+                        "lag_bytes": r.get("lag_bytes"), "lag_seconds": r.get("lag_seconds"),
+                        "sync": dsn in shard.sync if shard.sync_quorum else False})
+    for dsn in shard.fenced:
+        servers.append({"dsn": dsn_address(dsn), "role": "fenced", "healthy": None,
+                        "lag_bytes": None, "lag_seconds": None, "sync": False})
+    return {"servers": servers, "sync_quorum": shard.sync_quorum,
+            "last_failover": _failover_view(shard.last_failover)}
+
+
 def _failover_view(record) -> dict | None:
     if record is None:
         return None

@@ -194,6 +194,8 @@ async def get_shard(request: web.Request) -> web.Response:
         raise NotFound(f'shard "{name}" does not exist')
     view = shard_view(catalog, catalog.shard(name))
     view["ranges"] = len(catalog.ring.ranges(name))
+    from pgshard.control.ha_status import server_views
+    view.update(server_views(plane(request).proxy, catalog.shard(name)))
     return ok({**view, "catalog_version": catalog.version})
 
 
