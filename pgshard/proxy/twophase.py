@@ -20,9 +20,10 @@ failure rolls back every participant (ROLLBACK PREPARED where PREPARE succeeded,
 where it did not) and the client gets the participant's error; once it is durable the
 transaction is committed whatever happens next: a COMMIT PREPARED that fails is left to
 recovery (pgshard.control.twophase_recovery), which finds the gid in `pg_prepared_xacts` and
-the decision in the store. A store write whose outcome is unknown (a timeout) leaves the
-participants prepared unless the record is then known absent: recovery resolves them either
-way consistently, and the client gets 08007 (transaction resolution unknown).
+the decision in the store. A store write whose outcome is unknown (StoreUnavailable: down
+or timed out, the write may have landed) leaves the participants prepared for recovery,
+which resolves them consistently either way, and the client gets 08007 (transaction
+resolution unknown); a write the store refused (another StoreError) rolls back (58000).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import PgError
 from pgshard.proxy.decisions import DecisionLog, make_gid, quote_gid, router_part
-from pgshard.store import CasFailed, StoreError
+from pgshard.store import CasFailed, StoreError, StoreUnavailable
 
 log = logging.getLogger("pgshard.twophase")
 
@@ -174,9 +175,8 @@ class Coordinator:
 
     async def _decision_failed(self, txn_id: int, gids: dict[str, str], exc: StoreError,
                                run: Run) -> None:
-        try:
-            await self.decisions.forget(self.router, txn_id)
-        except StoreError:
+        if isinstance(exc, StoreUnavailable):
+            # The write may have landed (a timeout) and recovery may act on it: touch nothing.
             self._count("unknown")
             log.error("2PC %s:%d: the commit decision may or may not be recorded (%s); "
                       "recovery resolves it", self.router, txn_id, exc)

@@ -413,9 +413,9 @@ def test_coordinator_past_its_decision_deadline_rolls_back(dsns):
     assert left == {}
 
 
-def test_store_down_at_the_decision_is_unknown_until_recovery(dsns):
-    """The store fails when the decision is written: the client hears 08007 (resolution
-    unknown), the participants stay prepared, and recovery rolls both back."""
+def test_store_refusing_the_decision_rolls_back(dsns):
+    """The store refuses the write outright (closed here: nothing can have landed): the
+    participants are rolled back and the client hears 58000."""
     async def go():
         async with Env(dsns) as env:
             run = await env.begin({"shard0": [(130, "a3")], "shard1": [(131, "b3")]})
@@ -424,11 +424,35 @@ def test_store_down_at_the_decision_is_unknown_until_recovery(dsns):
             coord = Coordinator(env.log, router())
             with pytest.raises(PgError) as err:
                 await coord.commit(coord.new_txn_id(), ["shard0", "shard1"], run)
-            between = await state(dsns)
             env.store = await open_store(f"sqlite://{path}")
+            return err.value, await state(dsns)
+    exc, (ids, gids) = asyncio.run(go())
+    assert exc.sqlstate == "58000"
+    assert ids == {"shard0": [], "shard1": []} and gids == {"shard0": set(), "shard1": set()}
+
+
+def test_store_down_at_the_decision_is_unknown_until_recovery(dsns):
+    """etcd is down when the decision is written (StoreUnavailable: it may or may not have
+    landed): the client hears 08007, the participants stay prepared untouched, and once
+    the store is back recovery resolves both the same way."""
+    from tests.fixtures.etcd import running_etcd
+
+    async def go(etcd):
+        async with Env(dsns) as env:
+            await env.store.close()
+            env.store = await open_store(etcd.url, timeout=1.0)
+            env.log = DecisionLog(env.store)
+            run = await env.begin({"shard0": [(135, "a4")], "shard1": [(136, "b4")]})
+            await asyncio.to_thread(etcd.stop)
+            coord = Coordinator(env.log, router())
+            with pytest.raises(PgError) as err:
+                await coord.commit(coord.new_txn_id(), ["shard0", "shard1"], run)
+            between = await state(dsns)
+            await asyncio.to_thread(etcd.start)
             report = await env.recovery().run_once()
             return err.value, between, report, await state(dsns)
-    exc, between, report, (ids, gids) = asyncio.run(go())
+    with running_etcd() as etcd:
+        exc, between, report, (ids, gids) = asyncio.run(go(etcd))
     assert exc.sqlstate == "08007"
     assert all(len(g) == 1 for g in between[1].values())
     assert len(report.rolled_back) == 2
