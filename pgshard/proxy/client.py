@@ -39,6 +39,7 @@ from pgshard.proxy.backend import (
 )
 from pgshard.proxy import scatter
 from pgshard.proxy.fanout import FanoutMixin
+from pgshard.proxy.pipelines import PipelineMixin
 from pgshard.proxy.session_state import SessionStateMixin
 from pgshard.proxy.startup import StartupMixin
 from pgshard.proxy.targeting import TargetingMixin
@@ -92,7 +93,7 @@ class _Orphan(ServerClient):
 
 
 class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin,
-                    asyncio.Protocol):
+                    PipelineMixin, asyncio.Protocol):
     def __init__(self, proxy):
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
@@ -131,6 +132,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.ops: list[tuple] = []
         self.unit_shard: str | None = None
         self.unit_fanout: Fanout | None = None
+        self.unit_split = False        # this unit's Binds go to several shards (pipelines.py)
         self._t0 = 0.0                 # when the unit now on the server was sent (metrics)
         self._qkind = "read"
         self._owe_z = False
@@ -336,6 +338,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         aw = self._flush_ops(sync=False) if self.ops else None
         if sync:   # the unit ends here, as at any Sync
             self.unit_shard = self.unit_fanout = None
+            self.unit_split = False
             self.unit_role = "primary"
         if aw is not None:
             return self._guard(self._then_fail(aw, exc, sync), False, sync)
@@ -604,8 +607,16 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             shard = None
         elif self.txn.multi is not None:
             shard = self._multi_target(plan, st.sql, bind, st)
+            if shard.kind == "one" and self.unit_fanout is None:
+                shard = shard.shards[0]
+                self._split_mode()
         else:
             shard = self._target(plan, bind, st)
+        if self.unit_split and (shard is None or not isinstance(shard, Fanout)):
+            if st.global_name:
+                raw = m.rewrite_bind_statement(raw[5:], st.global_name)
+            self.ops.append((OP_BIND, st, raw, bind, shard))
+            return
         if isinstance(shard, Fanout):
             if plan.sticky:
                 raise _sticky_fanout(plan)
@@ -623,10 +634,18 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 "statements", hint="send a Sync before and after it")
         if shard is not None:
             if self.unit_shard is not None and shard != self.unit_shard:
-                raise r.CrossShardTransaction(
-                    f"statement routes to shard {shard} but this pipeline already runs on "
-                    f"shard {self.unit_shard}",
-                    hint="send a Sync between statements for different shards")
+                # One pipeline, several shards: one transaction on all of them.
+                if self.proxy.twophase is None:
+                    raise r.CrossShardTransaction(
+                        f"statement routes to shard {shard} but this pipeline already runs "
+                        f"on shard {self.unit_shard}, and two-phase commit is off "
+                        "(two_phase_commit = false)",
+                        hint="send a Sync between statements for different shards")
+                self._split_mode()
+                if st.global_name:
+                    raw = m.rewrite_bind_statement(raw[5:], st.global_name)
+                self.ops.append((OP_BIND, st, raw, bind, shard))
+                return
             if self.unit_shard is None:
                 self.unit_role = (self._role_for(shard, plan, st.sql)
                                   if self.proxy.replicas is not None else "primary")
@@ -638,6 +657,16 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if st.global_name:
             raw = m.rewrite_bind_statement(raw[5:], st.global_name)
         self.ops.append((OP_BIND, st, raw))
+
+    def _split_mode(self) -> None:
+        """From here the unit's Binds are routed one by one (pipelines.py): the ones queued
+        so far go to the unit's shard, or are BEGIN/COMMIT/ROLLBACK answered here."""
+        if self.unit_split:
+            return
+        self.unit_split = True
+        self.ops = [(OP_BIND, op[1], op[2], None,
+                     None if op[1].plan.kind in TXN_KINDS else self.unit_shard)
+                    if op[0] == OP_BIND else op for op in self.ops]
 
     def _describe(self, raw: bytes) -> None:
         kind, name = m.decode_target(raw[5:])
@@ -693,6 +722,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             # Otherwise a server has work of this unit since: its Sync answers the client.
             if sync:
                 self._owe_z = False
+        if self.unit_split or (self.txn.multi is not None and self.txn.multi.implicit and sync):
+            self.unit_split = False
+            self.unit_shard = None
+            return self._guard(self._split_unit(ops, sync), False, sync)
         if self.txn.multi is not None and self.unit_fanout is None:
             return self._guard(self._multi_unit(ops, sync), False, sync)
         fan = self.unit_fanout
@@ -1054,6 +1087,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         s = self.server
         ops, self.ops = self.ops, []
         self.unit_shard = self.unit_fanout = None
+        self.unit_split = False
         self.unit_role = "primary"
         if s is not None and (s.txn_status != b"I" or s.unsynced == 2):
             # The server's transaction (an explicit one, or the implicit one of a unit it

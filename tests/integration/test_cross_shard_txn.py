@@ -251,3 +251,58 @@ async def test_bank_transfers_keep_the_total(env):
     print(f"bank: {done['ok']} transfers, {done['retry']} deadlocks retried; fan-out sums "
           f"seen {len(results[-1])} (not snapshot-consistent across shards)")
     _no_prepared(cluster)
+
+
+# -- pipelines across shards: one implicit transaction, committed at the Sync -------------
+
+async def test_asyncpg_executemany_over_every_shard(env):
+    proxy, cluster, keys = env
+    _clear(cluster)
+    ids = keys["shard0"][26:32] + keys["shard1"][26:32]
+    random.Random(7).shuffle(ids)
+    c = await asyncpg.connect(proxy.dsn())
+    try:
+        await c.executemany(f"INSERT INTO {TABLE} (id, owner) VALUES ($1, $2)",
+                            [(i, f"o{i}") for i in ids])
+        assert await c.fetchval(f"SELECT count(*) FROM {TABLE}") == len(ids)
+        # one of them already exists: the whole batch is rolled back, on both shards
+        again = [keys["shard0"][33], keys["shard1"][33], ids[0]]
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await c.executemany(f"INSERT INTO {TABLE} (id) VALUES ($1)", [(i,) for i in again])
+        async with c.transaction():
+            await c.executemany(f"UPDATE {TABLE} SET balance = $2 WHERE id = $1",
+                                [(i, 7) for i in ids])
+    finally:
+        await c.close()
+    got = _rows(cluster)
+    assert got == {"shard0": {i for i in ids if i in keys["shard0"]},
+                   "shard1": {i for i in ids if i in keys["shard1"]}}
+    assert sum(int(s.primary.psql(f"SELECT sum(balance) FROM {TABLE}")) for s in cluster.shards) \
+        == 7 * len(ids)
+    _no_prepared(cluster)
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+def test_psycopg_pipeline_mode(env, autocommit):
+    proxy, cluster, keys = env
+    _clear(cluster)
+    ids = keys["shard0"][34:38] + keys["shard1"][34:38]
+    with psycopg.connect(proxy.dsn(), autocommit=autocommit) as conn:
+        with conn.pipeline():
+            cur = conn.cursor()
+            for i in ids:
+                cur.execute(f"INSERT INTO {TABLE} (id, owner) VALUES (%s, %s) RETURNING id",
+                            (i, "p"))
+            cur.execute(f"SELECT count(*) FROM {TABLE} WHERE id = %s", (ids[-1],))
+            assert cur.fetchone() == (1,)
+        if not autocommit:
+            conn.commit()
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            with conn.pipeline():
+                conn.execute(f"INSERT INTO {TABLE} (id) VALUES (%s)", (keys["shard0"][39],))
+                conn.execute(f"INSERT INTO {TABLE} (id) VALUES (%s)", (ids[-1],))
+        if not autocommit:
+            conn.rollback()
+    got = _rows(cluster)
+    assert got["shard0"] | got["shard1"] == set(ids)
+    _no_prepared(cluster)

@@ -37,9 +37,10 @@ async def test_asyncpg_prepared_and_executemany(proxy2, items, pg_cluster):
             by_shard.setdefault(owner(items, i), []).append((i, f"n{i}", i))
         for rows in by_shard.values():
             await conn.executemany(ins, rows)
-        # ... and a call spanning shards is refused as a whole (it could not be atomic).
-        with pytest.raises(asyncpg.FeatureNotSupportedError, match="pipeline"):
-            await conn.executemany(ins, [(i, "x", 0) for i in range(81, 101)])
+        # ... and a call spanning shards is one transaction on both (two-phase commit): a
+        # row that fails on one shard leaves nothing on the other.
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.executemany(ins, [(i, "x", 0) for i in range(81, 101)] + [(1, "dup", 0)])
         assert await conn.fetchval("SELECT count(*) FROM items WHERE id > 80 /* shard: shard0 */") == 0
         assert await conn.fetchval("SELECT count(*) FROM items WHERE id > 80 /* shard: shard1 */") == 0
         stmt = await conn.prepare("SELECT name, qty FROM items WHERE id = $1 /* shard_key_param: 1 */")
@@ -132,13 +133,19 @@ def test_psycopg_prepare_pipeline_copy(proxy2, items, pg_cluster):
                     "SELECT qty FROM items WHERE id = %s /* shard_key_param: 1 */", (i,)))
                 p.sync()
         assert [c.fetchone()[0] for c in curs] == list(range(900, 920))
-        # One implicit transaction spanning shards is refused, not half-applied.
-        with pytest.raises(psycopg.errors.FeatureNotSupported):
+        # One implicit transaction spanning shards: all or nothing on both.
+        with pytest.raises(psycopg.errors.UniqueViolation):
             with conn.pipeline():
-                for i in range(950, 970):
+                for i in [*range(950, 970), 900]:
                     conn.execute("INSERT INTO items VALUES (%s, 'x', 0) /* shard_key_param: 1 */", (i,))
         for s in pg_cluster.shards:
             assert s.primary.psql("SELECT count(*) FROM items WHERE id BETWEEN 950 AND 969").strip() == "0"
+        with conn.pipeline():
+            for i in range(950, 970):
+                conn.execute("INSERT INTO items VALUES (%s, 'x', 0) /* shard_key_param: 1 */", (i,))
+        for s in pg_cluster.shards:
+            assert s.primary.psql("SELECT count(*) FROM items WHERE id BETWEEN 950 AND 969").strip() \
+                == str(sum(1 for i in range(950, 970) if owner(items, i) == s.name))
         # COPY in and out, pinned to one shard.
         with conn.cursor() as c:
             with c.copy("COPY items (id, name, qty) FROM STDIN /* shard: shard1 */") as cp:

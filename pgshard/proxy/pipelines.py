@@ -1,0 +1,201 @@
+"""Pipelines whose statements run on several shards (executemany, psycopg pipeline mode, any
+unit of Binds for different shards), and every extended unit of a multi-shard transaction.
+
+Strategy: the unit is one transaction on every shard it reaches, as on one database: the
+client's explicit transaction, or, outside one, the implicit transaction of the unit,
+committed with two-phase commit at its Sync. Each request goes to the shard its Bind routes
+to (a Parse to the shard of the Bind that uses it next); every shard's share runs at once,
+ending with a Sync of its own (inside the transaction it commits nothing); each server's
+replies are cut per request (protocol.opreplies) and sent to the client in the order it
+asked, up to the first error, after which PostgreSQL would have skipped to the Sync — so
+the transaction fails and, if it is the unit's own, is rolled back on every shard.
+"""
+
+from __future__ import annotations
+
+from pgshard.protocol import messages as m
+from pgshard.protocol import opreplies as orp
+from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.proxy import scatter
+from pgshard.proxy.backend import X_CLOSE, X_DESC_PORTAL, X_EXEC
+from pgshard.proxy.units import OP_BIND, OP_DESC_STMT, OP_FAKE, OP_FLUSH, OP_PARSE, OP_RAW, OP_SYNC
+from pgshard.sql import classify as r
+
+_RAW_KINDS = {X_EXEC: orp.EXEC, X_DESC_PORTAL: orp.DESC_PORTAL, X_CLOSE: orp.CLOSE}
+
+
+LOCAL = ""   # the shard of an op answered here (a BEGIN/COMMIT/ROLLBACK, a fake reply)
+_NONE = object()
+
+
+def assign(ops, fallback: str) -> list[str]:
+    """The shard of each op (LOCAL: answered here). A Bind names its shard (op[4]; None
+    for BEGIN/COMMIT/ROLLBACK, answered here); the Executes, Describes and Closes after it
+    go with it; a Parse or a statement Describe goes to the shard of the next Bind (else
+    the last one, else fallback)."""
+    out: list = [_NONE] * len(ops)
+    nxt = _NONE
+    for i in range(len(ops) - 1, -1, -1):   # the next Bind's shard, seen from each op
+        if ops[i][0] == OP_BIND:
+            nxt = ops[i][4]
+        out[i] = nxt
+    cur = _NONE
+    for i, op in enumerate(ops):
+        k = op[0]
+        if k == OP_BIND:
+            cur = op[4]
+            out[i] = cur
+        elif k == OP_RAW:
+            out[i] = cur if cur is not _NONE else out[i]
+        elif k not in (OP_PARSE, OP_DESC_STMT):
+            out[i] = None
+        if out[i] is _NONE:
+            out[i] = cur if cur is not _NONE else fallback
+    return [LOCAL if sh is None else sh for sh in out]
+
+
+def txn_ends(ops, where) -> tuple[bool, str | None]:
+    """Whether the unit opens with BEGIN, and the COMMIT/ROLLBACK kind that closes it; a
+    BEGIN, COMMIT or ROLLBACK anywhere else among statements for the shards: ValueError."""
+    txn = [i for i, op in enumerate(ops) if op[0] == OP_BIND and where[i] == LOCAL]
+    work = [i for i, sh in enumerate(where) if sh != LOCAL]
+    begins, end = False, None
+    for i in txn:
+        kind = ops[i][1].plan.kind
+        if kind == r.BEGIN and (not work or i < work[0]) and end is None:
+            begins = True
+        elif kind in (r.COMMIT, r.ROLLBACK) and (not work or i > work[-1]) and end is None:
+            end = kind
+        else:
+            raise ValueError(kind)
+    return begins, end
+
+
+def _kind(op) -> int:
+    k = op[0]
+    if k == OP_PARSE:
+        return orp.PARSE
+    if k == OP_BIND:
+        return orp.BIND
+    if k == OP_DESC_STMT:
+        return orp.DESC_STMT
+    return _RAW_KINDS[op[2]]
+
+
+_TXN_TAGS = {r.BEGIN: "BEGIN", r.COMMIT: "COMMIT", r.ROLLBACK: "ROLLBACK"}
+
+
+def local_replies(ops, where) -> dict[int, bytes]:
+    """What the ops answered here reply: a BEGIN/COMMIT/ROLLBACK's Parse, Bind, Describe and
+    Execute (the outcome of a COMMIT replaces its tag later), or a fake reply."""
+    out: dict[int, bytes] = {}
+    kind = None
+    for i, (op, sh) in enumerate(zip(ops, where, strict=True)):
+        if sh != LOCAL:
+            continue
+        k = op[0]
+        if k == OP_FAKE:
+            out[i] = op[1]
+        elif k == OP_PARSE:
+            out[i] = m.PARSE_COMPLETE
+        elif k == OP_BIND:
+            kind = op[1].plan.kind
+            out[i] = m.BIND_COMPLETE
+        elif k == OP_DESC_STMT:
+            out[i] = m.parameter_description(()) + m.NO_DATA
+        elif k == OP_RAW and op[2] == X_EXEC:
+            out[i] = m.command_complete(_TXN_TAGS.get(kind, "SELECT 0"))
+        elif k == OP_RAW and op[2] == X_DESC_PORTAL:
+            out[i] = m.NO_DATA
+        else:
+            out[i] = m.CLOSE_COMPLETE
+    return out
+
+
+class PipelineMixin:
+    async def _split_unit(self, ops, sync: bool) -> None:
+        ops = [op for op in ops if op[0] not in (OP_SYNC, OP_FLUSH)]
+        multi = self.txn.multi
+        where = assign(ops, multi.shards[0] if multi is not None and multi.shards
+                       else self._any_shard())
+        try:
+            begins, end = txn_ends(ops, where)
+        except ValueError:
+            raise FeatureNotSupported(
+                "BEGIN, COMMIT or ROLLBACK between statements for several shards in one "
+                "pipeline", hint="send a Sync after COMMIT/ROLLBACK, or BEGIN first") from None
+        if multi is None:
+            multi = await self._multi_for_unit()
+        if begins:
+            multi.implicit = False   # the client's own transaction starts here
+        local = local_replies(ops, where)
+        per: dict[str, list] = {}
+        for op, sh in zip(ops, where, strict=True):
+            if sh != LOCAL:
+                per.setdefault(sh, []).append(op)
+        shards = list(per)
+        out: list[bytes] = []
+        ok = True
+        if shards:
+            def emit(s, i):
+                self._emit_ops(s, per[shards[i]] + [(OP_SYNC,)])
+            try:
+                replies = await multi.run(shards, emit)
+            except PgError:
+                multi.failed = True
+                if multi.implicit:
+                    await self._multi_end(r.ROLLBACK)
+                raise
+            groups = {}
+            for sh, frames in zip(shards, replies, strict=True):
+                kinds = [_kind(op) for op in per[sh]] + [orp.SYNC]
+                groups[sh] = iter(orp.cut(kinds, frames)[:-1])   # their own Syncs: not sent on
+            for i, (op, sh) in enumerate(zip(ops, where, strict=True)):
+                if sh == LOCAL:
+                    out.append(local[i])
+                    continue
+                g = next(groups[sh])
+                out.extend(raw for _, raw in g)
+                if orp.failed(g):
+                    ok = False
+                    break
+        else:
+            out.extend(local[i] for i in range(len(ops)))
+        if not ok:
+            multi.failed = True
+            if multi.implicit:
+                await self._multi_end(r.ROLLBACK)
+        elif end is not None:
+            # The COMMIT/ROLLBACK closing the unit: its Execute's reply is the outcome.
+            done = await self._multi_end(end)
+            if done[:1] == b"E" and out[-1:] and out[-1].startswith(b"C"):
+                out[-1] = done
+            elif done[:1] == b"E":
+                out.append(done)
+        elif sync and multi.implicit:
+            done = await self._multi_end(r.COMMIT)
+            if done[:1] == b"E":
+                out.append(done)   # the commit failed (at PREPARE): nothing was committed
+        if sync:
+            out.append(m.ready_for_query(self._status()))
+        elif not ok:
+            self.skip_until_sync = True
+        self.write(b"".join(out))
+
+    async def _multi_for_unit(self):
+        # (see _split_unit)
+        """The transaction a pipeline across shards runs in: the client's own (its server
+        joins, or its held-back BEGIN opens on each shard), else the unit's."""
+        if self.server is not None and await self._join_multi():
+            return self.txn.multi
+        self._release_if_idle()
+        if self.server is not None:   # session pooling: the server stays the client's
+            self._detach()
+        if self.txn.pending is not None:
+            multi = scatter.MultiTxn(self, [], self.txn.pending)
+            self.txn.opened()
+        else:
+            multi = scatter.MultiTxn(self, [], "BEGIN")
+            multi.implicit = True
+        self.txn.multi = multi
+        return multi
