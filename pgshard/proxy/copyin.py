@@ -4,6 +4,7 @@ server of a transaction (scatter.MultiTxn), the client's CopyData split into row
 
     copy = CopyFanout(multi, sql, splitter, owner=lambda key: catalog.shard_for_key(key).name)
     await copy.start()                 # every shard answered CopyInResponse, or PgError
+    client.write(copy.in_response)     # the client's CopyInResponse
     for payload in client CopyData:    # the client's CopyData bodies, in order
         await copy.data(payload)       # PgError: a row or a shard failed; then copy.fail()
     count = await copy.done()          # at the client's CopyDone: the rows stored
@@ -117,6 +118,13 @@ class CopyFanout:
                 f"{bad}: COPY did not start", sqlstate="08P01")
             await self.fail("COPY failed on another shard")
             raise err
+
+    @property
+    def in_response(self) -> bytes:
+        """The CopyInResponse frame to send the client (every shard's is the same: the
+        format and the column count come from the statement and the table)."""
+        first = self.collectors[self.shards[0]]
+        return next(raw for t, raw in first.frames() if t == 0x47)
 
     async def data(self, payload: bytes) -> None:
         """One client CopyData: its whole rows sent on to their owners."""

@@ -87,6 +87,9 @@ async def test_copy_rows_land_on_their_owners(env, sql, payload):
     try:
         multi, copy, chunks = await copy_in(proxy, sql, payload)
         await copy.start()
+        resp = copy.in_response
+        assert resp[:1] == b"G" and resp[5] == (1 if "binary" in sql else 0)
+        assert struct.unpack("!h", resp[6:8])[0] == 2            # two columns
         for c in chunks:
             await copy.data(c)
         assert await copy.done() == N
