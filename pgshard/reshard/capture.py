@@ -49,18 +49,24 @@ async def stop(conn: asyncpg.Connection, slot: str) -> None:
 
 
 async def flush_wal(conn: asyncpg.Connection) -> int:
-    """Flush the source's WAL to disk and return its current LSN (a commit with an xid
-    that wrote WAL, made synchronous, flushes everything before it)."""
+    """Flush the source's WAL to disk and return the flushed LSN (a commit with an xid that
+    wrote WAL, made synchronous, flushes everything before it)."""
     async with conn.transaction():
         await conn.execute("SET LOCAL synchronous_commit = local")
         await conn.execute("SELECT pg_current_xact_id(), "
                            "pg_logical_emit_message(true, 'pgshard-flush', '')")
-    return po.parse_lsn(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+    return po.parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
 
 
 async def read(conn: asyncpg.Connection, slot: str, upto_lsn: int | None = None,
                limit: int = BATCH_CHANGES) -> Batch:
-    """The next whole transactions in the slot (not consumed: see advance)."""
+    """The next whole transactions in the slot (not consumed: see advance).
+
+    end_lsn is where the slot may advance once they are applied: the end of the last
+    transaction read, or, when the read stopped short of its limit, the WAL flushed before
+    it began (everything up to there was decoded, including WAL of no published change,
+    such as an index build, that would otherwise count as lag forever)."""
+    flushed = po.parse_lsn(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
     rows = await conn.fetch(
         "SELECT data FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, $3, "
         "'proto_version', '1', 'publication_names', $4)",
@@ -71,12 +77,17 @@ async def read(conn: asyncpg.Connection, slot: str, upto_lsn: int | None = None,
         if isinstance(ev, po.Commit):
             end = ev.end_lsn
             break
+    if len(rows) < limit:
+        bound = flushed if upto_lsn is None else min(flushed, upto_lsn)
+        end = max(end or 0, bound)
     return Batch(events, end)
 
 
 async def advance(conn: asyncpg.Connection, slot: str, lsn: int) -> None:
-    await conn.execute("SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)", slot,
-                       po.lsn_text(lsn))
+    """Confirm the slot up to lsn (never backwards)."""
+    await conn.execute("SELECT pg_replication_slot_advance(slot_name, $2::text::pg_lsn) "
+                       "FROM pg_replication_slots WHERE slot_name = $1 "
+                       "AND confirmed_flush_lsn < $2::text::pg_lsn", slot, po.lsn_text(lsn))
 
 
 async def confirmed(conn: asyncpg.Connection, slot: str) -> int:
