@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= .demo
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test unit bench bench-failover lint clean ui regress
+.PHONY: bootstrap run demo test unit bench bench-failover bench-reshard lint clean ui regress
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -20,6 +20,10 @@ unit: bootstrap
 
 bench: bootstrap
 	$(BIN)/python -m bench.pgbench_compare
+
+# Split a shard of 1M rows under fixed-rate writers: job time vs a plain COPY, write pause.
+bench-reshard: bootstrap
+	$(BIN)/python -m bench.reshard
 
 # Failover time and acked writes lost (sync and async replication), switchover pause.
 bench-failover: bootstrap
