@@ -174,6 +174,11 @@ class Job:
                          "lag_bytes": self.lag_bytes},
             "write_pause_ms": self.write_pause_ms, "error": self.error,
             "cancel_requested": self.cancel_requested,
+            # Flat copies of the progress, as the web console's Jobs page reads them.
+            "rows_copied": self.rows_copied, "rows_total": self.rows_total,
+            "lag_bytes": self.lag_bytes,
+            "write_pause_seconds": (None if self.write_pause_ms is None
+                                    else self.write_pause_ms / 1000),
             "moves": len(self.moves), "sources": list(self.sources),
             "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
         }
