@@ -23,9 +23,9 @@ GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
 
 # Frontend message types the proxy may receive from a client.
-FRONTEND_TYPES = frozenset(b"QPBDECSHXdcfp")
+FRONTEND_TYPES = frozenset(b"QPBDECSHXdcfpF")
 # Backend message types the proxy may receive from a server.
-BACKEND_TYPES = frozenset(b"RSKZETDCIs123tnGHWdcNAv")
+BACKEND_TYPES = frozenset(b"RSKZETDCIs123tnGHWdcNAvV")
 
 
 class FrameBuffer:

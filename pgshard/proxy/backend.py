@@ -44,6 +44,15 @@ __all__ = ["ACTIVE", "CLOSED", "CONNECTING", "IDLE", "ServerConnection", "X_BIND
 CONNECTING, IDLE, ACTIVE, CLOSED = "connecting", "idle", "active", "closed"
 
 
+UNSURE = "\x00unknown"   # a setting's value on a server that is not known (settings_unsure)
+
+
+def _reset_if_known(name: str) -> str:
+    """RESET name, where name may not be a setting at all (a SET of it failed)."""
+    return ("DO $pgshard$ BEGIN EXECUTE 'RESET ' || " + "'" + name.replace("'", "''") + "'"
+            + "; EXCEPTION WHEN undefined_object THEN NULL; END $pgshard$")
+
+
 class ServerClient(Protocol):
     """What a server connection calls back on whoever it serves: the client session, a
     fan-out's stream or collector, or the stand-in for a client that left. Implementers
@@ -65,6 +74,9 @@ class ServerClient(Protocol):
 
     def parse_failed(self, client_name: str | None) -> None:
         """A Parse of the client's was refused or skipped: its name is gone."""
+
+    def server_param(self, server: ServerConnection, name: str, value: str) -> None:
+        """A ParameterStatus: the server's value of a reported setting changed."""
 
 
 class ServerConnection(asyncio.Protocol):
@@ -311,7 +323,8 @@ class ServerConnection(asyncio.Protocol):
             self.synced = owner
             return
         stmts = [f"SET {k} TO {v}" for k, v in want.items() if have.get(k) != v]
-        stmts += [f"RESET {k}" for k in have if k not in want]
+        stmts += [f"RESET {k}" if have[k] != UNSURE else _reset_if_known(k)
+                  for k in have if k not in want]
         if stmts:
             self.query("; ".join(stmts), swallow=True)
             self.vars = dict(want)
@@ -330,7 +343,7 @@ class ServerConnection(asyncio.Protocol):
         """What this server holds of these settings is not known: the next client's
         replay sets or resets each of them."""
         for name in names:
-            self.vars[name] = "\x00unknown"   # no client's value: never taken as equal
+            self.vars[name] = UNSURE   # no client's value: never taken as equal
 
     def restore_settings(self, vars_: dict[str, str]) -> None:
         """The settings this server had before a transaction that is now rolled back."""
@@ -389,6 +402,9 @@ class ServerConnection(asyncio.Protocol):
             what = ev[0]
             if what == "param":
                 self.server_params[ev[1]] = ev[2]
+                tell = getattr(client, "server_param", None)
+                if tell is not None:
+                    tell(self, ev[1], ev[2])
             elif what == "error":
                 client.server_error(ev[1])
                 self._note_fatal(ev[1])

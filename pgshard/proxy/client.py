@@ -150,6 +150,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.startup_vars: dict[str, str] = {}
         self.vars: dict[str, str] = {}
         self.vars_gen = 0
+        self.param_watch: set[str] = set()   # SET just sent: adopt the value it reports
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -317,6 +318,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                     s.flush()
                     if s.write_paused:
                         return s.drain()
+            elif t == 0x46:    # FunctionCall (fastpath: libpq's large-object API)
+                return self._function_call(raw)
             elif t == 0x58:    # Terminate
                 raise _Terminate()
             else:
@@ -446,7 +449,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             if plan.sticky:
                 raise _sticky_fanout(plan)
             return self._guard(self._fanout(shard, [(raw, X_QUERY)], sql, simple=True), True)
-        begin = kind not in (r.SHOW, r.SHOW_PGSHARD)
+        begin = kind != r.SHOW or self._show_in_txn(sql)
         role = self._role_for(shard, plan, sql) if self.proxy.replicas is not None else "primary"
         if role == "primary" and kind == r.STATEMENT and not plan.is_read:
             self.unit_wrote = True
@@ -465,6 +468,64 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             aw2 = self._query(raw)
         if aw2 is not None:
             await aw2
+
+    def _show_in_txn(self, sql: str) -> bool:
+        """A SHOW inside a held-back transaction answers from inside it when what it shows
+        may depend on it (SET LOCAL, BEGIN ISOLATION LEVEL …), or on one shard anyway.
+        Otherwise it only looks, and the transaction stays free to start on any shard."""
+        p = self.txn.pending
+        return p is not None and (";" in p or len(self.proxy.catalog.shards) == 1
+                                  or "transaction" in sql.lower() or p.strip().upper() != "BEGIN")
+
+    def _function_call(self, raw: bytes):
+        """A fastpath FunctionCall runs on the client's server (or a shard's, as a
+        statement that touches no table), inside the client's transaction; its reply is a
+        FunctionCallResponse (or an error) and a ReadyForQuery."""
+        if self.ops:
+            self.ops.append((OP_FLUSH,))
+            aw = self._flush_ops(sync=False)
+            if aw is not None:
+                return self._guard(self._then_call(aw, raw), True)
+        if self.txn.multi is not None:
+            raise FeatureNotSupported(
+                "a fastpath function call inside a transaction on several shards",
+                hint="call the function with SELECT, or keep the transaction on one shard")
+        if self.txn.failed:
+            raise _aborted()
+        shard = self.shard if self.server is not None else self._any_shard()
+        s = self._attach_now(shard, True, self.role if self.server is not None else "primary")
+        if s is None:
+            return self._guard(self._call_slow(raw, shard), True)
+        self._send_call(s, raw)
+        return None
+
+    async def _then_call(self, aw, raw: bytes) -> None:
+        await aw
+        aw2 = self._function_call(raw)
+        if aw2 is not None:
+            await aw2
+
+    async def _call_slow(self, raw: bytes, shard: str) -> None:
+        self._send_call(await self._attach(shard, True, "primary"), raw)
+
+    def _send_call(self, s, raw: bytes) -> None:
+        self._t0 = time.monotonic()
+        self._qkind = "other"
+        s.send(raw)
+        s.push(X_QUERY, fake=self.txn.held())   # answered like a Query: …, ReadyForQuery
+        s.flush()
+
+    def server_param(self, s, name: str, value: str) -> None:
+        """The server reports the value a setting of this client now has (DateStyle after
+        SET datestyle TO ymd is 'ISO, YMD', not 'ymd'): that value is what is replayed."""
+        key = name.lower()
+        if s is self.server and key in self.param_watch and key in self.vars:
+            self.param_watch.discard(key)
+            v = quote_literal(value)
+            s.vars[key] = v
+            if self.vars[key] != v:
+                self.vars[key] = v
+                self.vars_gen += 1
 
     def _txn_elsewhere(self, target) -> bool:
         """The client's server runs its transaction (or may: a reply is still due) and
@@ -921,6 +982,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             s.push(X_SYNC, swallow=True)
         s.query(self.txn.pending, swallow=True)
         self.txn.begun = self.txn.pending
+        snap = self.txn.snapshot
+        if snap is not None and snap[2] is None:
+            # SETs held back with the BEGIN run inside it: ROLLBACK undoes them here too.
+            self.txn.snapshot = (snap[0], dict(s.vars), s)
+            s.restore_settings(dict(self.vars))
         self.txn.opened()
 
     async def _attach(self, shard: str, begin: bool = True, role: str = "primary"):

@@ -27,8 +27,10 @@ class SessionStateMixin:
             if kind == r.SET and plan.value is not None:
                 self._set_var(plan.name, plan.value)
                 s.note_setting(plan.name, plan.value)
+                self.param_watch.add(plan.name)
             else:   # RESET, SET … TO DEFAULT: back to what the client connected with
                 self._reset_var(plan.name, s)
+                self.param_watch.discard(plan.name)
         elif kind == r.DISCARD_ALL:
             s.forget_session()
             self._discard_all()
@@ -137,5 +139,11 @@ class SessionStateMixin:
         self._sync_vars(s)
 
     def _sync_vars(self, s) -> None:
+        snap = self.txn.snapshot
+        if self.txn.pending is not None and snap is not None and snap[2] is None:
+            # The held-back BEGIN carries SETs of its own: outside it, the settings of
+            # before it (they are set inside the transaction, see _send_begin).
+            s.apply_settings(snap[0], (self, -1))
+            return
         s.apply_settings(self.vars, (self, self.vars_gen))
 
