@@ -198,8 +198,11 @@ def serve(config_path: str, log_level: str | None, role: str) -> None:
 @click.option("--sync-replication", is_flag=True, help="synchronous replication: each primary "
               "waits for ANY 1 of its replicas at commit (implies --durable); a failover then "
               "loses no acknowledged write")
+@click.option("--spares", type=click.IntRange(0, 8), default=0, show_default=True,
+              help="also start this many empty clusters (spare0, …) outside the catalog, "
+              "listed in demo.json, to add as shards and reshard into")
 def demo(data_dir: str, shards: int, replicas: int, port: int, api_port: int, pool_mode: str,
-         log_level: str, durable: bool, sync_replication: bool) -> None:
+         log_level: str, durable: bool, sync_replication: bool, spares: int) -> None:
     """Start local PostgreSQL shards with replicas and the proxy in front of them.
 
     Runs in the foreground; writes DATA_DIR/demo.json once ready; Ctrl-C stops everything.
@@ -209,7 +212,7 @@ def demo(data_dir: str, shards: int, replicas: int, port: int, api_port: int, po
 
     _setup_logging(log_level)
     _run(run_demo(Path(data_dir).absolute(), shards, replicas, port, api_port, pool_mode,
-                  durable, sync_replication=sync_replication))
+                  durable, sync_replication=sync_replication, spares=spares))
 
 
 @main.command()

@@ -256,7 +256,8 @@ def _secret_file(path: Path) -> str:
 
 
 async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_port: int,
-                   pool_mode: str, durable: bool = False, sync_replication: bool = False) -> None:
+                   pool_mode: str, durable: bool = False, sync_replication: bool = False,
+                   spares: int = 0) -> None:
     from pgshard.cluster import LocalCluster
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -276,6 +277,11 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
     else:
         await asyncio.to_thread(cluster.create)
     await asyncio.to_thread(_create_demo_table, cluster)
+    # Empty clusters outside the catalog, to try `pgshard shards add` + `pgshard reshard`.
+    spare = LocalCluster(data_dir / "spares", shards=spares, replicas=replicas,
+                         durable=durable, shard_prefix="spare") if spares else None
+    if spare is not None:
+        await asyncio.to_thread(spare.start if spare.exists() else spare.create)
     password = _secret_file(data_dir / "app-password")
     admin_password = _secret_file(data_dir / "admin-password")
     config = demo_config(cluster, port, pool_mode, password, api_port=api_port,
@@ -291,7 +297,8 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
                       f"{cluster.database}")
         state = {"client_dsn": client_dsn, "api": runtime.api_url,
                  "admin_user": config.sidecar.admin_user, "admin_password": admin_password,
-                 **cluster.describe()}
+                 **cluster.describe(),
+                 "spares": spare.describe()["shards"] if spare is not None else []}
         state_file.write_text(json.dumps(state, indent=2))
         os.chmod(state_file, 0o600)
         print(f"pgshard demo ready. Connect with:\n  psql {client_dsn}\n"
@@ -306,6 +313,8 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
         print("pgshard demo: stopping ...", flush=True)
         await runtime.stop()
         await asyncio.to_thread(cluster.stop)
+        if spare is not None:
+            await asyncio.to_thread(spare.stop)
         state_file.unlink(missing_ok=True)
 
 
