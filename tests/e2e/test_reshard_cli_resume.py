@@ -1,7 +1,7 @@
 """Resharding through the REST API and the `pgshard` CLI against a real `pgshard serve`
 process: refusals (422, 404, 409, 403), a split whose manager is killed with SIGKILL in the
 middle and that a restarted manager finishes, then a merge with `--wait`, jobs list/show and
-a refused cancel, each job audited."""
+a refused cancel, each job audited; then a split cancelled during its copy leaves nothing."""
 
 from __future__ import annotations
 
@@ -195,5 +195,30 @@ def test_rest_cli_and_resume_after_sigkill(tmp_path):
             no_slots(cluster)
             status, body, _ = rest.call("GET", "/api/v1/audit?action=job.create")
             assert status == 200 and len(body["records"]) >= 2
+
+            # Cancel during the copy: rolled back, nothing left behind, the ring unchanged.
+            r = cli(env, "shards", "add", "shard2", "--primary", desc[2]["primary"])
+            assert r.returncode == 0, r.stderr
+            ring_before = Catalog.from_json(rest.call("GET", "/api/v1/catalog")[1]).ring
+            r = cli(env, "reshard", "split", "shard1", "--into", "shard2", "--json")
+            job_id = json.loads(r.stdout)["id"]
+            for _ in range(3000):
+                job = rest.call("GET", f"/api/v1/jobs/{job_id}")[1]
+                if job["phase"] == "copy" or job["state"] != "pending" and job["phase"] is None:
+                    break
+                time.sleep(0.002)
+            assert job["phase"] == "copy", job
+            r = cli(env, "jobs", "cancel", job_id)
+            assert r.returncode == 0, r.stderr
+            r = cli(env, "jobs", "wait", job_id, "--interval", "0.2")
+            assert r.returncode == 1 and "cancelled" in r.stdout, r.stdout
+            catalog = Catalog.from_json(rest.call("GET", "/api/v1/catalog")[1])
+            assert catalog.ring == ring_before and not catalog.fences and not catalog.filter_reads
+            with psycopg.connect(desc[2]["primary"]) as conn:
+                left = conn.execute("SELECT count(*) FROM acct").fetchone()[0] if conn.execute(
+                    "SELECT to_regclass('acct')").fetchone()[0] else 0
+            assert left == 0
+            no_slots(cluster)
+            assert placement(cluster, catalog) == {**before, "shard2": 0}
         finally:
             proc.stop()
