@@ -65,7 +65,10 @@ class FenceAcker:
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
             for key, (session, s) in list(pending.items()):
-                if session.server is not s or (s.txn_status == b"I" and not s.expect):
+                if getattr(s, "servers", None) is not None:   # a multi-shard transaction
+                    if session.txn.multi is not s:
+                        del pending[key]
+                elif session.server is not s or (s.txn_status == b"I" and not s.expect):
                     del pending[key]
             if pending:
                 await asyncio.sleep(0.002)

@@ -117,6 +117,8 @@ def hold_if_fenced(session, plan: r.Plan, bind, st, sql: str | None) -> None:
     s = session.server
     if s is not None and s.txn_status != b"I":
         return
+    if getattr(session.txn, "multi", None) is not None:
+        return   # a transaction open on several shards: the same as one open on a server
     tokens = statement_tokens(session, plan, bind, st, sql)
     job = fenced(cat, tokens)
     if job is not None:
@@ -126,7 +128,10 @@ def hold_if_fenced(session, plan: r.Plan, bind, st, sql: str | None) -> None:
 
 def in_transaction_on(session, shards) -> object | None:
     """The server a session holds in a transaction (or with a statement in flight) on one
-    of the shards, or None."""
+    of the shards, or its multi-shard transaction holding one of them; else None."""
+    multi = getattr(session.txn, "multi", None)
+    if multi is not None and any(sh in shards for sh in multi.servers):
+        return multi
     s = session.server
     if s is None or session.shard not in shards:
         return None
