@@ -36,6 +36,7 @@ class Load:
         self.times: list[float] = []
         self.latencies: list[float] = []
         self.errors = 0
+        self.error_kinds: dict[str, int] = {}
         self.stop = asyncio.Event()
 
     async def writer(self) -> None:
@@ -48,8 +49,10 @@ class Load:
                 t0 = time.monotonic()
                 await asyncio.wait_for(conn.execute("INSERT INTO ledger VALUES ($1)", key), 30)
                 t1 = time.monotonic()
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
+            except Exception as exc:  # noqa: BLE001 - any failure is a failed statement
                 self.errors += 1
+                self.error_kinds[type(exc).__name__] = self.error_kinds.get(
+                    type(exc).__name__, 0) + 1
                 if conn is not None:
                     conn.terminate()
                 conn = None
@@ -91,6 +94,16 @@ def present(dsn_node, keys: list[int]) -> int:
                              + ",".join(map(str, keys)) + "}'::bigint[])"))
 
 
+async def replica_ready(rt) -> None:
+    """The rejoined replica is checked, streaming, and (sync) recorded synchronous."""
+    def ready():
+        shard = rt.proxy.catalog.shard("shard0")
+        facts = [rt.proxy.replicas.node_facts(r) for r in shard.replicas]
+        return facts and all(f.reachable and f.streaming for f in facts) and (
+            not shard.sync_quorum or set(shard.sync) == set(shard.replicas))
+    await wait_for(ready, 30)
+
+
 async def kill_round(load: Load, node) -> float:
     """Kill node under load; seconds from its death to the first acknowledged write."""
     await wait_for(lambda: len(load.acked) > 200, 30)
@@ -129,11 +142,12 @@ async def failovers(sync: bool, reps: int) -> dict:
                 node = node_of(cluster, shard.primary)
                 load = Load(dsn, keys)
                 times.append(await load.run(kill_round(load, node)))
-                errors.append(load.errors)
+                errors.append(load.error_kinds)
                 new = rt.proxy.catalog.shard("shard0").primary
                 new_node = node_of(cluster, new)
                 lost.append(len(load.acked) - present(new_node, load.acked))
                 await rt.plane.failover.rejoin("shard0", node.dsn)
+                await replica_ready(rt)
     return {"replication": "sync" if sync else "async", "reps": reps,
             "failover_seconds": times, "p50": statistics.median(times), "max": max(times),
             "acked_writes_lost": lost, "failed_statements_in_flight": errors}
@@ -160,6 +174,7 @@ async def switchovers(reps: int) -> dict:
                 slowest.append(max(load.latencies))
                 failed.append(load.errors)
                 await rt.plane.failover.rejoin("shard0", old)
+                await replica_ready(rt)
     return {"reps": reps, "pause_seconds": pauses, "pause_p50": statistics.median(pauses),
             "pause_max": max(pauses), "slowest_statement_seconds": slowest,
             "failed_statements": failed}

@@ -109,10 +109,15 @@ class LocalCluster:
         on the servers of `pgshard demo` or of a test)."""
         path = Path(base_dir) / LAYOUT_FILE
         try:
-            layout = json.loads(path.read_text())["shards"]
+            doc = json.loads(path.read_text())
+            layout = doc["shards"]
         except (OSError, ValueError, KeyError) as exc:
             raise ClusterError(f"no cluster layout at {path}: {exc}") from None
-        return cls(base_dir, shards=len(layout), replicas=len(layout[0]["replicas"]), **options)
+        # The options it was created with, so a node it rejoins or re-creates gets the same
+        # settings (a manager's clone of a durable, synchronous node must not run fast).
+        saved = doc.get("options", {})
+        return cls(base_dir, shards=len(layout), replicas=len(layout[0]["replicas"]),
+                   **{**saved, **options})
 
     def __enter__(self) -> LocalCluster:
         if self.exists():
@@ -334,8 +339,11 @@ class LocalCluster:
                    "replicas": [{"name": r.name, "port": r.port} for r in s.replicas]}
                   for s in self.shards]
         with self._layout_lock:
-            (self.base_dir / LAYOUT_FILE).write_text(
-                json.dumps({"complete": complete, "shards": layout}, indent=2))
+            (self.base_dir / LAYOUT_FILE).write_text(json.dumps(
+                {"complete": complete, "shards": layout,
+                 "options": {"durable": self.durable, "sync_replication": self.synchronous,
+                             "extra_conf": self.extra_conf, "shard_conf": self.shard_conf}},
+                indent=2))
 
     def _load_layout(self) -> list[dict] | None:
         path = self.base_dir / LAYOUT_FILE

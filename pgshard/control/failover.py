@@ -285,8 +285,16 @@ class FailoverManager:
         probe = self.monitor.last_probe(dsn) if self.monitor is not None else None
         return probe.cluster_name if probe is not None else None
 
-    async def set_sync_standbys(self, primary: str, quorum: int, names: list[str]) -> None:
-        """synchronous_standby_names = 'ANY quorum (names)' on the primary, reloaded."""
+    async def set_sync_standbys(self, primary: str, quorum: int, names: list[str]) -> str:
+        """synchronous_standby_names = 'ANY quorum (names)' on the primary, in force when
+        this returns; returns the primary's WAL position at that point.
+
+        Strategy: commits wait for standbys only once the checkpointer has read the reloaded
+        setting (it publishes "sync standbys defined" to the backends); until then they are
+        acknowledged asynchronously. So after the reload, wait until a new session sees the
+        setting, then run a CHECKPOINT (the checkpointer handles a pending reload before a
+        requested checkpoint). Every commit acknowledged without waiting lies before the
+        returned position: a standby that has received WAL up to it holds them all."""
         setting = (f"ANY {quorum} (" + ", ".join('"' + n.replace('"', '""') + '"'
                                                  for n in names) + ")") if names else ""
         conn = await connect(primary)
@@ -294,6 +302,36 @@ class FailoverManager:
             await conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = "
                                f"{_literal(setting)}")
             await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await close(conn)
+        deadline = time.monotonic() + 10
+        while True:
+            conn = await connect(primary)
+            try:
+                if await conn.fetchval("SELECT current_setting('synchronous_standby_names')") \
+                        == setting or time.monotonic() > deadline:
+                    await conn.execute("CHECKPOINT")
+                    return await conn.fetchval("SELECT pg_current_wal_lsn()::text")
+            finally:
+                await close(conn)
+            await asyncio.sleep(0.05)
+
+    async def received(self, replica: str, lsn: str, timeout: float = 30) -> None:
+        """Wait until the replica has received (flushed) WAL up to lsn."""
+        from pgshard.proxy.replicas import parse_lsn
+
+        target = parse_lsn(lsn)
+        conn = await connect(replica)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                got = await conn.fetchval("SELECT pg_last_wal_receive_lsn()::text")
+                if got is not None and parse_lsn(got) >= target:
+                    return
+                if time.monotonic() > deadline:
+                    raise ServiceUnavailable(f"{dsn_address(replica)} received only {got} of "
+                                             f"{lsn} within {timeout:g}s")
+                await asyncio.sleep(0.05)
         finally:
             await close(conn)
 
@@ -342,7 +380,10 @@ class FailoverManager:
             if shard.sync_quorum:
                 names = [n for n in (*(self._app_name(r) for r in shard.replicas), node.name)
                          if n]
-                await self.set_sync_standbys(shard.primary, shard.sync_quorum, names)
+                # Synchronous only once it holds every commit acknowledged before the
+                # primary began to wait for it (it ran alone, asynchronously, until now).
+                lsn = await self.set_sync_standbys(shard.primary, shard.sync_quorum, names)
+                await self.received(match, lsn)
 
             def change(cat: Catalog) -> Catalog:
                 sh = cat.shard(name)
