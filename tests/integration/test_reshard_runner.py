@@ -236,6 +236,34 @@ def test_guard_refuses_source_writes_to_moving_ranges_until_rollback(cluster):
     run(body())
 
 
+def test_a_verification_mismatch_fails_the_job_before_the_flip(cluster):
+    async def body():
+        store, conns = await setup(cluster, n=200)
+        ops = CatalogService(store)
+        svc = ReshardService(store, ops, lambda: True)
+        cat0 = (await ops.current())[0]
+        job = await svc.create("split", "shard0", "shard2")
+        async with Connections(cat0) as cs:
+            while job.step != "verify":
+                job = await svc._step(cs, job)
+        # A row the copy "lost": gone from the target behind the job's back.
+        victim = await conns["shard2"].fetchval("SELECT id FROM acct LIMIT 1")
+        await conns["shard2"].execute("DELETE FROM acct WHERE id = $1", victim)
+        job = await svc.drive(job.id)
+        assert job.state == "failed" and "verification failed" in job.error
+        assert "acct" in job.error and "destination" in job.error
+        cat = (await ops.current())[0]
+        assert cat.ring == cat0.ring and not cat.fences and not cat.filter_reads
+        assert await conns["shard2"].fetchval("SELECT count(*) FROM acct") == 0
+        await placement(conns, cat0)
+        assert await slots_and_pubs(conns) == []
+        await store.close()
+        for c in conns.values():
+            await c.close()
+
+    run(body())
+
+
 def test_refusals(cluster):
     async def body():
         store, conns = await setup(cluster, n=10)
