@@ -3,7 +3,7 @@
 Reports rows/s copied, the job's time against the floor (a plain COPY of the same rows —
 selected by the same token predicate — from the source to a scratch table on the target,
 same servers, same run) and the write pause: p50/p99/max latency of client writes to moving
-keys that overlapped the fence. Writes results to bench/reshard.json.
+keys that overlapped the fence. Writes results to bench/results-reshard.json.
 
     python -m bench.reshard --rows 1000000 --rate 200
 """
@@ -180,4 +180,4 @@ if __name__ == "__main__":
         logging.getLogger("pgshard.reshard").setLevel(logging.DEBUG)
     res = asyncio.run(main(args.rows, args.rate))
     print(json.dumps(res, indent=2))
-    Path(__file__).with_name("reshard.json").write_text(json.dumps(res, indent=2) + "\n")
+    Path(__file__).with_name("results-reshard.json").write_text(json.dumps(res, indent=2) + "\n")
