@@ -395,6 +395,10 @@ class ReshardService:
         return await self._advance(job, "cleanup", write_pause_ms=pause)
 
     async def _cleanup(self, conns, job: Job) -> Job:
+        # The guard stays until every router routes by the flipped ring: a router still on
+        # the old one would otherwise write moved keys to the source, out of every reader's
+        # reach.
+        await self._wait_routers((await self.catalog_ops.current())[0].version)
         infos = await self._describe(conns, job)
         for src in job.sources:
             conn = await conns.get(src)
