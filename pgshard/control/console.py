@@ -1,6 +1,6 @@
-"""The web console: its read-only REST endpoints (overview, ring lookup, who am I) and the
-built React bundle served as static files at /ui (a single-page app: unknown paths under
-/ui get index.html)."""
+"""The web console: its read-only REST endpoints (overview, ring lookup, who am I; moving
+ranges and job previews from console_jobs) and the built React bundle served as static
+files at /ui (a single-page app: unknown paths under /ui get index.html)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from aiohttp import web
 
 from pgshard.config import dsn_address
 from pgshard.control.auth import PERMISSIONS, bearer_token
+from pgshard.control.console_jobs import CONSOLE_JOB_ROUTES
 from pgshard.control.errors import BadRequest, ServiceUnavailable, Unauthorized
 from pgshard.control.membership import list_routers
 from pgshard.control.overview import KEY_KINDS, Facts, PoolUse, assemble_overview, ring_lookup
@@ -99,8 +100,24 @@ async def overview(request: web.Request) -> web.Response:
                   queries=queries, errors_total=errors, routers=routers, leader=leader,
                   max_replica_lag=p.config.proxy.max_replica_lag, monitor=source)
     doc = assemble_overview(facts)
+    _add_ha_facts(doc, p.proxy, catalog)
     doc["generated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return ok(doc)
+
+
+def _add_ha_facts(doc: dict, proxy, catalog) -> None:
+    """Each shard's high-availability view (servers with role, health, lag and sync flag,
+    fenced old primaries, the synchronous quorum, the last failover) as `ha`, where this
+    build has it; the console shows what is there."""
+    try:
+        from pgshard.control.ha_status import server_views
+    except ImportError:
+        return
+    for shard in doc["shards"]:
+        try:
+            shard["ha"] = server_views(proxy, catalog.shard(shard["name"]))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            log.debug("no HA view of %s: %s", shard["name"], exc)
 
 
 def _counters(metrics) -> tuple[dict, float]:
@@ -201,6 +218,7 @@ CONSOLE_ROUTES: tuple[Route, ...] = (
                         "kind": {"type": "string", "enum": list(KEY_KINDS)}}),
     Route("GET", "/api/v1/auth/me", whoami, "whoAmI", "The caller's name, role and "
           "permissions (send the bearer token)", "auth", statuses=(401, 503)),
+    *CONSOLE_JOB_ROUTES,
 )
 
 
