@@ -187,6 +187,8 @@ class Runtime:
                 await plane.executor.close()
         if self.proxy is not None and not self.proxy.closing:
             await self.proxy.stop()
+        if self.proxy is not None and self.proxy.twophase is not None:
+            await self.proxy.twophase.drain()   # commits under way finish with the store
         if self.store is not None:
             await self.store.close()
             self.store = None

@@ -38,6 +38,7 @@ from pgshard.proxy.backend import (
     ServerClient,
 )
 from pgshard.proxy import scatter
+from pgshard.proxy.copysplit import CopySplitMixin
 from pgshard.proxy.fanout import FanoutMixin
 from pgshard.proxy.pipelines import PipelineMixin
 from pgshard.proxy.session_state import SessionStateMixin
@@ -93,7 +94,7 @@ class _Orphan(ServerClient):
 
 
 class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin,
-                    PipelineMixin, asyncio.Protocol):
+                    PipelineMixin, CopySplitMixin, asyncio.Protocol):
     def __init__(self, proxy):
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
@@ -312,6 +313,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 self.ops.append((OP_FLUSH,))
                 return self._flush_ops(sync=False)
             elif t in (0x64, 0x63, 0x66):  # CopyData / CopyDone / CopyFail
+                if self.copy_sink is not None:   # a COPY split by key (copysplit.py)
+                    return self._copy_message(t, raw)
                 s = self.server
                 if s is not None:
                     s.send(raw)
@@ -442,6 +445,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.write(m.command_complete("RESET" if kind == r.RESET else "SET")
                        + m.ready_for_query(self._status()))
             return None
+        if plan.first_word == "COPY" and kind == r.STATEMENT:
+            stmt = self._copy_to_split(plan, sql)
+            if stmt is not None:
+                return self._guard(self._copy_split(sql, stmt), True)
         shard = self._target(plan, sql=sql)
         if self.server is not None and self._txn_elsewhere(shard):
             return self._guard(self._query_elsewhere(raw, sql, plan), True)

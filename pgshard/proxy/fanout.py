@@ -278,12 +278,20 @@ class FanoutMixin:
         coord = self.proxy.twophase
         if word == "COMMIT" and coord is not None and len(multi.servers) > 1:
             from pgshard.proxy.twophase import make_run
+            task = asyncio.ensure_future(
+                coord.commit(coord.new_txn_id(), list(multi.servers), make_run(multi)))
+
+            def done(t: asyncio.Task) -> None:
+                # The servers go back once the commit is over, even if this client left
+                # (or was cancelled) in the middle of it.
+                if not t.cancelled():
+                    t.exception()
+                multi.release(keep=None if self.closed else self._keep_parked)
+            task.add_done_callback(done)
             try:
-                await coord.commit(coord.new_txn_id(), list(multi.servers), make_run(multi))
+                await asyncio.shield(task)
             except PgError as exc:
-                multi.release(abort=False, keep=self._keep_parked)
                 return m.error_from(exc)
-            multi.release(keep=self._keep_parked)
             return m.command_complete("COMMIT")
         done, failed = [], []
         try:
@@ -331,6 +339,9 @@ class FanoutMixin:
 
     async def _fanout_ext(self, fan: Fanout, ops, sync: bool) -> None:
         """An extended-protocol unit (Parse/Bind/Describe/Execute) on several shards."""
+        if fan.kind == "insert":
+            await self._insert_ext(fan, ops, sync)
+            return
         await self._check_fanout(fan)
         a = fan.analysis
         hidden = a.merge.hidden if fan.kind == "read" and a.merge else 0

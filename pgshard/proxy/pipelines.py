@@ -17,9 +17,10 @@ from pgshard.protocol import messages as m
 from pgshard.protocol import opreplies as orp
 from pgshard.protocol.errors import FeatureNotSupported, PgError
 from pgshard.proxy import scatter
-from pgshard.proxy.backend import X_CLOSE, X_DESC_PORTAL, X_EXEC
+from pgshard.proxy.backend import X_BIND, X_CLOSE, X_DESC_PORTAL, X_DESC_STMT, X_EXEC, X_PARSE, X_SYNC
 from pgshard.proxy.units import OP_BIND, OP_DESC_STMT, OP_FAKE, OP_FLUSH, OP_PARSE, OP_RAW, OP_SYNC
 from pgshard.sql import classify as r
+from pgshard.sql.insert_split import group_rows, split_bound_insert
 
 _RAW_KINDS = {X_EXEC: orp.EXEC, X_DESC_PORTAL: orp.DESC_PORTAL, X_CLOSE: orp.CLOSE}
 
@@ -181,6 +182,58 @@ class PipelineMixin:
         elif not ok:
             self.skip_until_sync = True
         self.write(b"".join(out))
+
+    async def _insert_ext(self, fan, ops, sync: bool) -> None:
+        """A multi-row INSERT with bound parameters whose rows belong to several shards:
+        each shard gets its own rows, as its own statement with its parameters renumbered
+        (sql.insert_split), inside the unit's transaction; one reply, counts summed."""
+        await self._check_fanout(fan)   # the transaction it runs in (see _check_fanout)
+        bop = next(op for op in ops if op[0] == OP_BIND)
+        st, bind = bop[1], bop[3]
+        oids = tuple(st.param_oid(i) for i in range(len(bind.params)))
+        ring = self.proxy.catalog.ring
+        groups = group_rows(fan.analysis.insert_rows, bind.params, bind.param_formats, oids,
+                            ring.shard_for_key)
+        parts = split_bound_insert(st.sql, groups, bind.params, bind.param_formats, oids)
+        per: dict[str, list] = {}
+        for sh, part in parts.items():
+            msgs = []
+            parsed = False
+            for op in ops:
+                k = op[0]
+                if k == OP_PARSE:
+                    msgs.append((m.parse("", part.sql, part.oids), X_PARSE, False))
+                    parsed = True
+                elif k == OP_BIND:
+                    if not parsed:
+                        msgs.append((m.parse("", part.sql, part.oids), X_PARSE, True))
+                    msgs.append((m.bind(bind.portal, "", part.params, part.formats,
+                                        bind.result_formats), X_BIND, False))
+                elif k == OP_DESC_STMT:
+                    msgs.append((m.describe(b"S", ""), X_DESC_STMT, False))
+                elif k == OP_RAW:
+                    msgs.append((op[1], op[2], False))
+                elif k == OP_SYNC:
+                    msgs.append((m.SYNC, X_SYNC, False))
+            if not sync:
+                msgs.append((m.SYNC, X_SYNC, False))
+            per[sh] = msgs
+        if not sync:
+            self._owe_z = True
+        shards = sorted(per)
+        out = await self._run_fanout(type(fan)("insert", shards, fan.analysis, groups), per)
+        multi = self.txn.multi
+        if multi is not None and multi.implicit and (sync or out is None):
+            end = await self._multi_end(r.COMMIT if out is not None else r.ROLLBACK)
+            if out is not None and end[:1] == b"E":
+                out = end
+        if out is None:
+            if sync:
+                self.write(m.ready_for_query(self._status()))
+            else:
+                self.skip_until_sync = True
+            return
+        self.write(out + (m.ready_for_query(self._status()) if sync else b""))
 
     async def _multi_for_unit(self):
         # (see _split_unit)

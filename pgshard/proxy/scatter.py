@@ -194,6 +194,9 @@ def first_error(shards: list[str], replies) -> bytes | None:
     return None
 
 
+_HEAD = frozenset(b"12tnT")
+
+
 def merge_counts(replies) -> bytes:
     """One write run on several shards (an INSERT split, an UPDATE/DELETE everywhere): rows
     RETURNING concatenated, the counts of the command tags added up."""
@@ -206,7 +209,7 @@ def merge_counts(replies) -> bytes:
                 tag = m.decode_query(raw[5:])
                 head, _, n = tag.rpartition(" ")
                 total += int(n) if n.isdigit() else 0
-    out = [raw for t, raw in replies[0] if t == 0x54]
+    out = [raw for t, raw in replies[0] if t in _HEAD]   # Parse/Bind/Describe replies
     out.extend(rows)
     out.append(m.command_complete(f"{head} {total}"))
     return b"".join(out)

@@ -195,6 +195,8 @@ class TargetingMixin:
                 if a.refuse:
                     raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
                 return Fanout("read", owners, a)
+            if a.insert_rows and bind is not None and self.proxy.twophase is not None:
+                return Fanout("insert", owners, a)   # rows split with their parameters
             if a.insert_rows and bind is None and (
                     self.server is None and self.txn.pending is None
                     or self.proxy.twophase is not None):

@@ -306,3 +306,97 @@ def test_psycopg_pipeline_mode(env, autocommit):
     got = _rows(cluster)
     assert got["shard0"] | got["shard1"] == set(ids)
     _no_prepared(cluster)
+
+
+# -- COPY FROM STDIN split by key ----------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["text", "csv", "binary"])
+def test_copy_from_stdin_every_row_on_its_owner(env, fmt):
+    proxy, cluster, keys = env
+    _clear(cluster)
+    ids = list(range(20000, 20400))
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        cur = conn.cursor()
+        opts = "" if fmt == "text" else f" WITH (FORMAT {fmt})"
+        with cur.copy(f"COPY {TABLE} (owner, id, balance) FROM STDIN{opts}") as cp:
+            if fmt == "binary":
+                cp.set_types(["text", "int8", "int4"])
+            for i in ids:
+                if fmt == "csv":   # psycopg's write_row speaks text and binary only
+                    cp.write(f'"o,{i}",{i},{i % 100}\n' if i % 7 else f",{i},{i % 100}\n")
+                else:
+                    cp.write_row((f"o{i}" if i % 7 else None, i, i % 100))
+        assert cur.statusmessage == f"COPY {len(ids)}"
+    ring = Ring.build([s.name for s in cluster.shards])
+    want: dict[str, set[int]] = {s.name: set() for s in cluster.shards}
+    for i in ids:
+        want[ring.owner(hashing.token(hashing.canonical_key(i)))].add(i)
+    assert _rows(cluster) == want
+    _no_prepared(cluster)
+
+
+def test_psql_copy_without_a_column_list(env, tmp_path):
+    from tests.integration.test_proxy_psql_pgbench import psql
+    proxy, cluster, keys = env
+    _clear(cluster)
+    src = tmp_path / "rows.csv"
+    src.write_text("".join(f"{i},o{i},{i % 9},\n" for i in range(30000, 30300)))
+    out = psql(proxy.dsn(), "-c", f"\\copy {TABLE} FROM '{src}' WITH (FORMAT csv)")
+    assert out.stdout.strip() == "COPY 300"
+    got = _rows(cluster)
+    assert got["shard0"] and got["shard1"]
+    assert got["shard0"] | got["shard1"] == set(range(30000, 30300))
+
+
+def test_copy_is_atomic(env):
+    proxy, cluster, keys = env
+    _clear(cluster)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        cur = conn.cursor()
+        # a bad row on one shard: nothing stays on either
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            with cur.copy(f"COPY {TABLE} (id, balance) FROM STDIN") as cp:
+                for i in range(40000, 40100):
+                    cp.write(f"{i}\t{i}\n")
+                cp.write("40100\tnot-a-number\n")
+        # the client gives up (psycopg sends CopyFail, then raises the client's error)
+        with pytest.raises(RuntimeError):
+            with cur.copy(f"COPY {TABLE} (id) FROM STDIN") as cp:
+                for i in range(41000, 41100):
+                    cp.write_row((i,))
+                raise RuntimeError("client gives up")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        # inside a transaction, rolled back
+        conn.execute("BEGIN")
+        with cur.copy(f"COPY {TABLE} (id) FROM STDIN") as cp:
+            for i in range(42000, 42100):
+                cp.write_row((i,))
+        assert conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone() == (100,)
+        conn.execute("ROLLBACK")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert _rows(cluster) == {"shard0": set(), "shard1": set()}
+    _no_prepared(cluster)
+
+
+def test_psycopg_extended_multi_row_insert_with_returning(env):
+    proxy, cluster, keys = env
+    _clear(cluster)
+    a, b, c = keys["shard0"][0], keys["shard1"][0], keys["shard0"][1]
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        cur = conn.execute(f"INSERT INTO {TABLE} (id, owner) VALUES (%s, %s), (%s, %s), "
+                           "(%s, %s) RETURNING id, owner", (a, "a", b, "b", c, "c"))
+        assert cur.rowcount == 3
+        assert sorted(cur.fetchall()) == sorted([(a, "a"), (b, "b"), (c, "c")])
+        cur = conn.execute(f"INSERT INTO {TABLE} (id, owner) VALUES (%s, %s), (%s, %s)",
+                           (a + 1000000, "x", b + 1000000, "y"), binary=True)
+        assert cur.rowcount == 2
+        with conn.transaction():
+            conn.execute(f"INSERT INTO {TABLE} (id) VALUES (%s), (%s)", (a + 2000000, b + 2000000))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(f"INSERT INTO {TABLE} (id) VALUES (%s), (%s)", (a + 3000000, b))
+    ring = Ring.build([s.name for s in cluster.shards])
+    want: dict[str, set[int]] = {s.name: set() for s in cluster.shards}
+    for i in (a, b, c, a + 1000000, b + 1000000, a + 2000000, b + 2000000):
+        want[ring.owner(hashing.token(hashing.canonical_key(i)))].add(i)
+    assert _rows(cluster) == want
+    _no_prepared(cluster)

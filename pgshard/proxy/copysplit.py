@@ -1,0 +1,132 @@
+"""COPY … FROM STDIN into a sharded table without a hint: every row to its owner shard.
+
+Strategy: the COPY is one transaction on every serving shard (the client's own, or the
+statement's, committed with two-phase commit at the client's CopyDone); the client's
+CopyData is cut into rows (protocol.copyrows) and each row streamed to the shard its key
+names (proxy.copyin.CopyFanout). On an error the shards' COPYs are failed, the client gets
+the error and ReadyForQuery at once, and what it still sends of the COPY is dropped, as
+PostgreSQL does.
+"""
+
+from __future__ import annotations
+
+from pgshard.protocol import messages as m
+from pgshard.protocol.copyrows import CopySplitter
+from pgshard.protocol.errors import PgError
+from pgshard.proxy import scatter
+from pgshard.proxy.backend import X_QUERY
+from pgshard.proxy.copyin import CopyFanout
+from pgshard.sql import classify as r
+from pgshard.sql.copy_stmt import CopyIn, copy_columns_sql, parse_copy_in
+
+
+class CopySplitMixin:
+    copy_sink: CopyFanout | None = None
+
+    def _copy_to_split(self, plan: r.Plan, sql: str) -> CopyIn | None:
+        """The COPY FROM STDIN this Query is, when it must be split by key (a sharded table,
+        several shards, nothing that names a shard), else None."""
+        cat = self.proxy.catalog
+        if plan.hinted or self.session_shard is not None or self.session_key is not None \
+                or self.local_key is not None or len(cat.shards) < 2 or plan.multi:
+            return None
+        try:
+            stmt = parse_copy_in(sql)
+        except ValueError:
+            return None
+        return stmt if cat.key_column(stmt.table) is not None else None
+
+    async def _copy_split(self, sql: str, stmt: CopyIn) -> None:
+        cat = self.proxy.catalog
+        key = cat.key_column(stmt.table)
+        shards = list(cat.serving_shards())
+        multi = await self._copy_txn()
+        try:
+            await multi.ensure(shards)
+            columns = await self._copy_columns(multi, shards[0], stmt.table)
+            index = stmt.key_index(key, [c for c, _ in columns] if stmt.columns is None
+                                   else None)
+            oid = dict(columns).get(key, 0)
+            splitter = CopySplitter(stmt.splitter_format(key), index, oid)
+            copy = CopyFanout(multi, sql, splitter, lambda k: cat.ring.shard_for_key(k),
+                              shards=shards)
+            await copy.start()
+        except PgError:
+            await self._copy_abandon()
+            raise
+        self.copy_sink = copy
+        self.write(copy.in_response)
+
+    async def _copy_txn(self):
+        """The transaction the COPY runs in (see pipelines._multi_for_unit)."""
+        if self.txn.multi is not None:
+            return self.txn.multi
+        return await self._multi_for_unit()
+
+    async def _copy_columns(self, multi, shard: str, table: str) -> list[tuple[str, int]]:
+        msg = m.query(copy_columns_sql(table))
+
+        def emit(s, i):
+            s.send(msg)
+            s.push(X_QUERY)
+            s.forget_unnamed()
+        frames = (await multi.run([shard], emit))[0]
+        err = scatter.first_error([shard], [frames])
+        if err is not None:
+            raise m.error_to_exception(err[5:])
+        out = []
+        for t, raw in frames:
+            if t == 0x44:
+                name, oid = scatter.decode_row(raw[5:])
+                out.append((name.decode(), int(oid)))
+        return out
+
+    def _copy_message(self, t: int, raw: bytes):
+        """A CopyData / CopyDone / CopyFail of the split COPY."""
+        if t == 0x64:
+            return self._guard(self._copy_step(self.copy_sink.data(raw[5:])), True)
+        if t == 0x63:
+            return self._guard(self._copy_done(), True)
+        msg = m.decode_cstr(raw[5:]) if len(raw) > 5 else ""
+        return self._guard(self._copy_failed(
+            PgError(f"COPY from stdin failed: {msg}", sqlstate="57014")), True)
+
+    async def _copy_step(self, aw) -> None:
+        try:
+            await aw
+        except PgError as exc:
+            await self._copy_failed(exc)
+
+    async def _copy_done(self) -> None:
+        copy = self.copy_sink
+        try:
+            total = await copy.done()
+        except PgError as exc:
+            await self._copy_failed(exc)   # shards still copying are failed first
+            return
+        self.copy_sink = None
+        out = m.command_complete(f"COPY {total}")
+        multi = self.txn.multi
+        if multi is not None and multi.implicit:
+            end = await self._multi_end(r.COMMIT)
+            if end[:1] == b"E":
+                out = end
+        self.write(out + m.ready_for_query(self._status()))
+
+    async def _copy_failed(self, exc: PgError) -> None:
+        """The COPY failed (a row, a shard, the client's CopyFail): the error and
+        ReadyForQuery now; the rest of the client's COPY is dropped (see _dispatch)."""
+        copy = self.copy_sink
+        self.copy_sink = None
+        if copy is not None:
+            await copy.fail(exc.message)   # only to shards still in COPY mode
+        await self._copy_abandon()
+        self.write(m.error_from(exc) + m.ready_for_query(self._status()))
+
+    async def _copy_abandon(self) -> None:
+        multi = self.txn.multi
+        if multi is None:
+            return
+        multi.failed = True
+        if multi.implicit:
+            await self._multi_end(r.ROLLBACK)
