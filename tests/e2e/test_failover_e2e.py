@@ -173,6 +173,11 @@ async def test_sigkill_primary_under_write_load_loses_no_acknowledged_write():
             status, health, _ = await api.request("GET", "/health")
             assert health["shards"]["shard0"]["last_failover"]["to"].endswith(
                 f":{replica.port}")
+            status, view, _ = await api.request("GET", "/api/v1/shards/shard0", role="admin")
+            roles = {s["dsn"]: s["role"] for s in view["servers"]}
+            assert roles == {f"127.0.0.1:{replica.port}": "primary",
+                             f"127.0.0.1:{old.port}": "fenced"}, view
+            assert view["last_failover"]["kind"] == "failover"
             status, text, _ = await api.request("GET", "/metrics")
             assert 'pgshard_failovers_total{kind="failover",shard="shard0"} 1.0' in text
             assert "pgshard_failover_seconds_bucket" in text
@@ -198,6 +203,8 @@ async def test_sigkill_primary_under_write_load_loses_no_acknowledged_write():
             assert old.psql("SELECT status FROM pg_stat_wal_receiver") == "streaming"
             shard0 = rt.proxy.catalog.shard("shard0")
             assert shard0.replicas == (old.dsn,) and not shard0.fenced
+            # Synchronous again: the new primary waits for the rejoined replica.
+            assert replica.psql("SHOW synchronous_standby_names") == f'ANY 1 ("{old.name}")'
 
 
 async def test_switchover_under_write_load_fails_no_statement():
