@@ -592,6 +592,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def _send_query(self, s, raw: bytes, plan: r.Plan) -> None:
         self._track(s, plan)
+        if plan.kind == r.TXN_INNER and plan.first_word in ("SAVEPOINT", "RELEASE"):
+            self.txn.savepoint(m.decode_query(raw[5:]), plan.first_word)
         if plan.sticky:
             self._pin(s, plan)
         self._t0 = time.monotonic()
@@ -1116,6 +1118,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.txn.ending_commit = False
         if s.txn_status == b"I":
             self.local_key = None
+            self.txn.savepoints = []
             if self.pool_mode == "transaction" and not s.sticky:
                 self._detach()
         w = self._idle_waiter

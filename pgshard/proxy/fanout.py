@@ -86,6 +86,8 @@ class FanoutMixin:
                 self._set_var(plan.name, plan.value)
             elif kind in (r.RESET, r.SET):
                 self._reset_var(plan.name, None)
+            elif kind == r.TXN_INNER and plan.first_word in ("SAVEPOINT", "RELEASE"):
+                self.txn.savepoint(sql, plan.first_word)
             fan = Fanout("all", list(self.txn.multi.shards), None)
         else:
             try:
@@ -274,6 +276,7 @@ class FanoutMixin:
         commit when it holds several shards and wrote (proxy.twophase), else in turn."""
         multi = self.txn.multi
         self.txn.multi = None
+        self.txn.savepoints = []
         word = "ROLLBACK" if kind == r.ROLLBACK or multi.failed else "COMMIT"
         coord = self.proxy.twophase
         if word == "COMMIT" and coord is not None and len(multi.servers) > 1:

@@ -128,7 +128,8 @@ class MultiTxn:
         if bad is not None:
             self.failed = True
             raise bad
-        msg = m.query(self.begin_sql)
+        # A shard joining late makes the savepoints the others have (TxnState.savepoints).
+        msg = m.query("; ".join([self.begin_sql, *self.session.txn.savepoints]))
         from pgshard.proxy.backend import X_QUERY
 
         def emit(s, i):

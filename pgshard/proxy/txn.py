@@ -9,11 +9,12 @@ class TxnState:
     """The one place a session's transaction status comes from (see status())."""
 
     __slots__ = ("pending", "failed", "multi", "snapshot", "ending_commit", "undo", "undo_failed",
-                 "begun")
+                 "begun", "savepoints")
 
     def __init__(self):
         self.pending: str | None = None   # the held-back BEGIN (and SETs after it), as SQL
         self.begun: str | None = None     # that SQL once sent: other shards open with it
+        self.savepoints: list[str] = []   # SAVEPOINTs standing: a shard joining makes them
         self.failed = False               # the held-back transaction saw an error
         self.multi = None                 # scatter.MultiTxn: DDL inside BEGIN on every shard
         self.snapshot = None              # (client vars, server vars, server) before a SET
@@ -32,6 +33,21 @@ class TxnState:
         if server is not None:
             return server.txn_status
         return b"I"
+
+    def savepoint(self, sql: str, word: str) -> None:
+        """Track SAVEPOINT name / RELEASE [SAVEPOINT] name (a released one goes with every
+        later one, as in PostgreSQL)."""
+        from pgshard.sql import lex
+        toks = [t.text for t in lex.tokens(sql)][1:]
+        if toks and toks[0].upper() == "SAVEPOINT":
+            toks = toks[1:]
+        if not toks:
+            return
+        mark = "SAVEPOINT " + toks[0]
+        if word == "SAVEPOINT":
+            self.savepoints.append(mark)
+        elif mark in self.savepoints:
+            del self.savepoints[len(self.savepoints) - 1 - self.savepoints[::-1].index(mark):]
 
     def held(self) -> bytes | None:
         """While a BEGIN is held back, the status a server's ReadyForQuery must report."""

@@ -400,3 +400,29 @@ def test_psycopg_extended_multi_row_insert_with_returning(env):
         want[ring.owner(hashing.token(hashing.canonical_key(i)))].add(i)
     assert _rows(cluster) == want
     _no_prepared(cluster)
+
+
+def test_savepoints_apply_on_every_participant(env):
+    proxy, cluster, keys = env
+    _clear(cluster)
+    a, b, c = keys["shard0"][0], keys["shard1"][0], keys["shard1"][1]
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute(f"INSERT INTO {TABLE} (id) VALUES ({a})")
+        conn.execute(f"INSERT INTO {TABLE} (id) VALUES ({b})")   # now on both shards
+        conn.execute("SAVEPOINT s1")
+        conn.execute(f"INSERT INTO {TABLE} (id) VALUES ({a + 1000000}), ({c})")
+        conn.execute("ROLLBACK TO SAVEPOINT s1")
+        conn.execute(f"UPDATE {TABLE} SET balance = 5")
+        conn.execute("COMMIT")
+        # a shard reached only after the SAVEPOINT gets it too
+        conn.execute("BEGIN")
+        conn.execute(f"UPDATE {TABLE} SET balance = 6 WHERE id = {a}")
+        conn.execute("SAVEPOINT s2")
+        conn.execute(f"UPDATE {TABLE} SET balance = 7 WHERE id = {b}")
+        conn.execute("ROLLBACK TO s2")
+        conn.execute("COMMIT")
+    assert _rows(cluster) == {"shard0": {a}, "shard1": {b}}
+    bal = {s.name: s.primary.psql(f"SELECT balance FROM {TABLE}").strip() for s in cluster.shards}
+    assert bal == {"shard0": "6", "shard1": "5"}
+    _no_prepared(cluster)
