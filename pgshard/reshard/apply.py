@@ -29,6 +29,9 @@ class Applier:
         self.by_name = {q.split_name(t.name): t for t in tables}
         self.spans = tuple(spans)
         self.relations: dict[int, tuple[TableInfo, tuple[int | None, ...]]] = {}
+        # Per table, the primary keys (text forms) of the moving rows the events changed;
+        # None once a TRUNCATE touched the whole table.
+        self.touched: dict[str, set[tuple] | None] = {}
 
     def moving(self, key_text) -> bool:
         if not isinstance(key_text, str):
@@ -53,6 +56,7 @@ class Applier:
                     if oid in self.relations:
                         info = self.relations[oid][0]
                         out.append((q.delete_ranges(info.name, info.key, self.spans), ()))
+                        self.touched[info.name] = None
         return out
 
     def _relation(self, rel: po.Relation) -> None:
@@ -82,8 +86,10 @@ class Applier:
             old_pk = pk_of(old)
             if (new_pk is None or old_pk != new_pk) and self.moving(value(old, info.key)):
                 out.append((q.delete_key(info.name, info.pk, info.pk_types), _text(old_pk)))
+                self._touch(info.name, old_pk)
         if new is None or not self.moving(value(new, info.key)):
             return
+        self._touch(info.name, new_pk)
         row = [value(new, c) for c in info.columns]
         if any(v is po.UNCHANGED_TOAST for v in row):
             cols = [c for c, v in zip(info.columns, row, strict=True)
@@ -93,6 +99,12 @@ class Applier:
                                          info.pk, info.pk_types), _text(new_pk) + _text(vals)))
         else:
             out.append((q.upsert(info.name, info.columns, info.types, info.pk), _text(row)))
+
+
+    def _touch(self, table: str, pk: tuple) -> None:
+        keys = self.touched.setdefault(table, set())
+        if keys is not None:
+            keys.add(pk)
 
 
 def _text(values) -> tuple:

@@ -18,10 +18,20 @@ PAGES_PER_BATCH = 2000
 
 
 async def copy_rows(src: asyncpg.Connection, dst: asyncpg.Connection, info: TableInfo,
-                    spans: Sequence[TokenSpan]) -> int:
+                    spans: Sequence[TokenSpan], summarize=None) -> tuple[int, object]:
     """Copy the rows of the spans from src to dst in one destination transaction; rows of
     the spans already on dst (an interrupted earlier copy) are deleted first, so the copy
-    can be redone. Returns the rows copied."""
+    can be redone. The source is read in one repeatable-read snapshot, in which
+    `summarize(src)` (if given) also runs, so that its result describes exactly the rows
+    copied. Returns (rows copied, summarize's result or None)."""
+    async with src.transaction(isolation="repeatable_read", readonly=True):
+        n = await _copy(src, dst, info, spans)
+        summary = await summarize(src) if summarize is not None else None
+    return n, summary
+
+
+async def _copy(src: asyncpg.Connection, dst: asyncpg.Connection, info: TableInfo,
+                spans: Sequence[TokenSpan]) -> int:
     chunks: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_CHUNKS)
 
     async def produce() -> None:

@@ -67,6 +67,9 @@ class ReshardService:
         self._runner = Background(self._run, "pgshard-reshard")
         self._wake = asyncio.Event()
         self.running: dict[str, Job] = {}   # the jobs this runner drives, for /metrics
+        # Per job, for the length of one drive(): {(source, table): primary keys of the
+        # moving rows changed since that table's verified copy (None: all of them)}.
+        self._fresh: dict[str, dict[tuple[str, str], set | None]] = {}
 
     def start(self) -> None:
         self._runner.start()
@@ -125,6 +128,16 @@ class ReshardService:
             raise JobError(f"job {job_id} does not exist", status=404)
         job = got[0]
         catalog, _ = await self.catalog_ops.current()
+        # What this drive saw since each copy is known only within it (another manager may
+        # apply changes between two drives of ours): an interrupted job verifies in full.
+        self._fresh.pop(job_id, None)
+        try:
+            return await self._drive(job, catalog)
+        finally:
+            self._fresh.pop(job_id, None)
+
+    async def _drive(self, job: Job, catalog: Catalog) -> Job:
+        job_id = job.id
         async with Connections(catalog) as conns:
             while job.state not in jobs.FINAL_STATES and self.is_leader():
                 job = (await self.jobs.get(job_id))[0]   # a cancel may have come in
@@ -240,10 +253,22 @@ class ReshardService:
                     continue
                 if (await self.jobs.get(job.id))[0].cancel_requested:
                     return job
-                # Token indexes on both sides keep the verification inside the fence short.
-                await tables.ensure_token_index(await conns.get(src), table, info.key, job.id)
-                n = await rows.copy_rows(await conns.get(src), dst, info, job.moves_from(src))
+                # Token indexes on both sides keep the verifications short.
+                spans = job.moves_from(src)
+                conn = await conns.get(src)
+                await tables.ensure_token_index(conn, table, info.key, job.id)
+                n, at_copy = await rows.copy_rows(
+                    conn, dst, info, spans,
+                    summarize=lambda c, info=info, spans=spans: verify.summary(c, info, spans, True))
                 await tables.ensure_token_index(dst, table, info.key, job.id)
+                # The copy checked against the very snapshot it was read from, outside the
+                # fence; inside it only the rows changed since need checking.
+                problems = verify.mismatches(info, spans, at_copy,
+                                             await verify.summary(dst, info, spans, True))
+                if problems:
+                    raise JobError("the copy does not match the source: " +
+                                   "; ".join(problems[:5]))
+                self._fresh.setdefault(job.id, {})[(src, table)] = set()
                 job = await self._advance(job, "copy", copied=(*job.copied, done_key),
                                           rows_copied=job.rows_copied + n)
         return await self._advance(job, "catchup",
@@ -259,7 +284,12 @@ class ReshardService:
             conn = await conns.get(src)
             batch = await capture.read(conn, job.slot, upto.get(src) if upto else None)
             applier = Applier(infos[src].values(), job.moves_from(src))
-            await apply_statements(dst, applier.statements(batch.events))
+            statements = applier.statements(batch.events)
+            fresh = self._fresh.get(job.id)
+            for table, keys in applier.touched.items():
+                if fresh is not None and fresh.get((src, table)) is not None:
+                    fresh[(src, table)] = None if keys is None else fresh[(src, table)] | keys
+            await apply_statements(dst, statements)
             if batch.end_lsn is not None:
                 await capture.advance(conn, job.slot, batch.end_lsn)
             if upto is not None:
@@ -361,6 +391,18 @@ class ReshardService:
         infos = await self._describe(conns, job)
         dst = await conns.get(job.target)
         problems = []
+        fresh = self._fresh.get(job.id) or {}
+        if all(fresh.get((src, t)) is not None for src in job.sources for t in infos[src]):
+            # Each copy matched its snapshot; the rows changed since are compared by key.
+            for src in job.sources:
+                conn = await conns.get(src)
+                for table, info in infos[src].items():
+                    problems += await verify.touched(conn, dst, info, fresh[(src, table)])
+            log.debug("job %s: verified %d changed rows by key", job.id,
+                      sum(len(fresh[(s, t)]) for s in job.sources for t in infos[s]))
+            if problems:
+                raise JobError("verification failed: " + "; ".join(problems[:5]))
+            return await self._advance(job, "flip")
         for src in job.sources:
             spans = job.moves_from(src)
             conn = await conns.get(src)

@@ -174,3 +174,16 @@ def checksum_by_index(table: str, columns: Sequence[str], key: str,
             f"FROM unnest({los}, {his}) WITH ORDINALITY AS r(lo, hi, i) "
             f"JOIN LATERAL (SELECT * FROM {qualified(table)} WHERE {token_of(key)} > r.lo "
             f"AND {token_of(key)} <= r.hi) t ON true GROUP BY r.i ORDER BY r.i")
+
+
+def rows_by_key(table: str, columns: Sequence[str], pk: Sequence[str],
+                pk_types: Sequence[str]) -> str:
+    """(position in the key arrays, the row as text) of the rows with those primary keys;
+    one text[] parameter per key column."""
+    arrays = ", ".join(f"${i + 1}::text[]" for i in range(len(pk)))
+    names = ", ".join(f"k{i}" for i in range(len(pk)))
+    join = " AND ".join(f"t.{ident(c)} = k.k{i}::{typ}"
+                        for i, (c, typ) in enumerate(zip(pk, pk_types, strict=True)))
+    row = "ROW(" + ", ".join(f"t.{ident(c)}" for c in columns) + ")::text"
+    return (f"SELECT k.i::int, {row} FROM unnest({arrays}) WITH ORDINALITY AS k({names}, i) "
+            f"JOIN {qualified(table)} t ON {join}")

@@ -37,3 +37,29 @@ def mismatches(info: TableInfo, spans: Sequence[TokenSpan], src: dict, dst: dict
             out.append(f'{info.name} ({s.lo}, {s.hi}]: source {a[0]} rows, destination '
                        f'{b[0]} rows' + ("" if a[0] != b[0] else ", checksums differ"))
     return out
+
+
+async def rows_by_key(conn: asyncpg.Connection, info: TableInfo,
+                      keys: Sequence[tuple]) -> dict[tuple, str]:
+    """{primary key: the row as text} for those of the keys (text forms) that exist."""
+    out: dict[tuple, str] = {}
+    for start in range(0, len(keys), KEY_BATCH):
+        batch = keys[start:start + KEY_BATCH]
+        arrays = [[k[i] for k in batch] for i in range(len(info.pk))]
+        rows = await conn.fetch(q.rows_by_key(info.name, info.columns, info.pk, info.pk_types),
+                                *arrays)
+        for r in rows:
+            out[batch[r[0] - 1]] = r[1]
+    return out
+
+
+async def touched(src: asyncpg.Connection, dst: asyncpg.Connection, info: TableInfo,
+                  keys) -> list[str]:
+    """The keys whose row differs between source and destination (one line each)."""
+    keys = sorted(keys, key=lambda k: tuple("" if v is None else v for v in k))
+    a, b = await rows_by_key(src, info, keys), await rows_by_key(dst, info, keys)
+    return [f"{info.name} key {k}: source {a.get(k)!r}, destination {b.get(k)!r}"
+            for k in keys if a.get(k) != b.get(k)]
+
+
+KEY_BATCH = 5000

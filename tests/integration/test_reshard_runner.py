@@ -210,6 +210,14 @@ def test_guard_refuses_source_writes_to_moving_ranges_until_rollback(cluster):
                     assert await tables.has_token_index(c, info.name, job.id)
                     scanned = await verify.summary(c, info, job.moves)
                     assert scanned and scanned == await verify.summary(c, info, job.moves, True)
+            # The by-key comparison the fence uses after a verified copy.
+            acct = infos["shard0"]["acct"]
+            src_c, dst_c = await cs_conns.get("shard0"), await cs_conns.get("shard2")
+            keys = [(str(r[0]),) for r in await dst_c.fetch("SELECT id FROM acct LIMIT 5")]
+            assert keys and await verify.touched(src_c, dst_c, acct, keys + [("-1",)]) == []
+            await dst_c.execute("UPDATE acct SET note = 'drift' WHERE id = $1", int(keys[0][0]))
+            diff = await verify.touched(src_c, dst_c, acct, keys)
+            assert len(diff) == 1 and "drift" in diff[0]
         src = conns["shard0"]
         moving = next(i for i in range(200) if any(m.contains(token(i)) for m in job.moves))
         staying = next(i for i in range(200) if cat0.ring.owner(token(i)) == "shard0"
