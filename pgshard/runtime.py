@@ -46,6 +46,7 @@ class Runtime:
         self.plane = None
         self.sidecar = None
         self.recovery = None    # two-phase commit recovery (manager only)
+        self.global_ids = None  # sequences set to each shard's id slot (manager only)
 
     @property
     def api_url(self) -> str | None:
@@ -134,6 +135,11 @@ class Runtime:
             plane.reshard.start()
         self.recovery = start_twophase(config, store, proxy, membership, plane.metrics,
                                        self.node_id, manager)
+        if manager:
+            from pgshard.control.global_ids import GlobalIds
+            self.global_ids = GlobalIds(store, lambda: proxy.catalog,
+                                        lambda: membership.is_leader)
+            self.global_ids.start()
         log.info("pgshard %s node %s serving catalog version %d on %s:%d%s", self.role,
                  self.node_id, catalog.version, config.proxy.host, proxy.port,
                  f", API {self.api_url}" if self.api_url else "")
@@ -172,6 +178,9 @@ class Runtime:
         recovery, self.recovery = self.recovery, None
         if recovery is not None:
             await recovery.stop()
+        ids, self.global_ids = self.global_ids, None
+        if ids is not None:
+            await ids.stop()
         if self.sidecar is not None:
             await self.sidecar.stop()
             self.sidecar = None
