@@ -146,11 +146,13 @@ def test_promote_replica():
 
 
 def test_synchronous_replication():
-    with temp_cluster(shards=1, replicas=1, synchronous=True) as cluster:
+    with temp_cluster(shards=1, replicas=1, sync_replication=True) as cluster:
         primary = cluster.shards[0].primary
-        assert primary.psql("SHOW synchronous_standby_names") == "ANY 1 (*)"
+        # ANY 1 of the replicas, named by the application_name each one streams under.
+        assert primary.psql("SHOW synchronous_standby_names") == 'ANY 1 ("shard0-replica1")'
         assert primary.psql("SHOW synchronous_commit") == "on"
-        assert primary.psql("SELECT sync_state FROM pg_stat_replication") == "quorum"
+        assert primary.psql("SELECT application_name, sync_state FROM pg_stat_replication") \
+            == "shard0-replica1|quorum"
         primary.psql("CREATE TABLE acked (x int); INSERT INTO acked VALUES (1)")
         cluster.wait_replicas()
         assert cluster.shards[0].replicas[0].psql("SELECT count(*) FROM acked") == "1"
