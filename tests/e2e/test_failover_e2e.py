@@ -381,3 +381,72 @@ async def test_second_manager_takes_over_and_fails_over():
                 await conn.execute("INSERT INTO ledger VALUES (1, 0)")
                 await conn.close()
                 assert rows_on(replica, [1]) == {1}
+
+
+def test_demo_sync_replication_and_cli_switchover():
+    """`pgshard demo --sync-replication`: its primary waits for ANY 1 of its replicas, the
+    catalog records the synchronous standby, and `pgshard shards switchover` works on the
+    demo's own servers (the demo's manager may stop its old primary)."""
+    import json
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from pgshard.cli import main
+    from tests.fixtures.clusters import cluster_dir
+
+    data_dir = Path(cluster_dir()) / "demo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGSHARD_")}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("pgshard")), "demo", "--data-dir", str(data_dir),
+         "--shards", "1", "--replicas", "1", "--port", "0", "--api-port", str(free_port()),
+         "--sync-replication"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                state = json.loads((data_dir / "demo.json").read_text())
+                break
+            except (OSError, ValueError):
+                assert time.monotonic() < deadline, "no demo.json"
+                time.sleep(0.2)
+        cluster = LocalCluster.open(data_dir / "cluster")
+        primary, replica = cluster.shards[0].primary, cluster.shards[0].replicas[0]
+        assert primary.psql("SHOW synchronous_standby_names") == f'ANY 1 ("{replica.name}")'
+        assert primary.psql("SHOW synchronous_commit") == "on"
+        request = urllib.request.Request(
+            state["api"] + "/api/v1/auth/login", method="POST",
+            data=json.dumps({"username": state["admin_user"],
+                             "password": state["admin_password"]}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            token = json.loads(resp.read())["token"]
+        cli = CliRunner(env={"PGSHARD_API": state["api"], "PGSHARD_TOKEN": token})
+        deadline = time.monotonic() + 30
+        while True:
+            shown = json.loads(cli.invoke(main, ["shards", "show", "shard0", "--json"]).output)
+            if any(s["sync"] for s in shown["servers"] if s["role"] == "replica"):
+                break
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.3)
+        result = cli.invoke(main, ["shards", "switchover", "shard0"])
+        assert result.exit_code == 0, result.output
+        assert f":{replica.port}" in result.output and "held" in result.output
+        assert replica.psql("SELECT pg_is_in_recovery()") == "f"
+        assert not primary.is_running()  # stopped by the switchover, fenced in the catalog
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        LocalCluster.open(data_dir / "cluster").destroy()
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
