@@ -18,26 +18,31 @@ PAGES_PER_BATCH = 2000
 
 
 async def copy_rows(src: asyncpg.Connection, dst: asyncpg.Connection, info: TableInfo,
-                    spans: Sequence[TokenSpan], summarize=None) -> tuple[int, object]:
+                    spans: Sequence[TokenSpan], summarize=None,
+                    indexed: bool = False) -> tuple[int, object]:
     """Copy the rows of the spans from src to dst in one destination transaction; rows of
     the spans already on dst (an interrupted earlier copy) are deleted first, so the copy
     can be redone. The source is read in one repeatable-read snapshot, in which
     `summarize(src)` (if given) also runs, so that its result describes exactly the rows
-    copied. Returns (rows copied, summarize's result or None)."""
+    copied. indexed: the source has the job's token index, read instead of hashing every
+    row. Returns (rows copied, summarize's result or None)."""
     async with src.transaction(isolation="repeatable_read", readonly=True):
-        n = await _copy(src, dst, info, spans)
+        if indexed:
+            await src.execute("SET LOCAL enable_seqscan = off")
+        n = await _copy(src, dst, info, spans, indexed)
         summary = await summarize(src) if summarize is not None else None
     return n, summary
 
 
 async def _copy(src: asyncpg.Connection, dst: asyncpg.Connection, info: TableInfo,
-                spans: Sequence[TokenSpan]) -> int:
+                spans: Sequence[TokenSpan], indexed: bool) -> int:
     chunks: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_CHUNKS)
 
     async def produce() -> None:
         try:
-            await src.copy_from_query(q.select_ranges(info.name, info.columns, info.key, spans),
-                                      output=chunks.put, format="binary")
+            await src.copy_from_query(
+                q.select_ranges(info.name, info.columns, info.key, spans, indexed),
+                output=chunks.put, format="binary")
         finally:
             await chunks.put(None)
 

@@ -258,7 +258,7 @@ class ReshardService:
                 conn = await conns.get(src)
                 await tables.ensure_token_index(conn, table, info.key, job.id)
                 n, at_copy = await rows.copy_rows(
-                    conn, dst, info, spans,
+                    conn, dst, info, spans, indexed=True,
                     summarize=lambda c, info=info, spans=spans: verify.summary(c, info, spans, True))
                 await tables.ensure_token_index(dst, table, info.key, job.id)
                 # The copy checked against the very snapshot it was read from, outside the
