@@ -21,18 +21,21 @@ export const PAGES: Page[] = [
   { id: "audit", title: "Audit log", permission: "audit:read" },
 ];
 
-function currentPage(): string {
+/** The page and what follows it in the hash: #/jobs/ID is the Jobs page's job ID. */
+function currentRoute(): string {
   return window.location.hash.replace(/^#\/?/, "") || "overview";
 }
 
 export function App() {
   const [session, setSession] = useState<Session | null>(() => loadSession());
-  const [page, setPage] = useState(currentPage);
+  const [route, setRoute] = useState(currentRoute);
+  const [page, ...rest] = route.split("/");
+  const sub = rest.length ? decodeURIComponent(rest.join("/")) : null;
   const [paths, setPaths] = useState<Record<string, string[]> | null>(null);
   const [notice, setNotice] = useState<string | null>(null);
 
   useEffect(() => {
-    const onHash = () => setPage(currentPage());
+    const onHash = () => setRoute(currentRoute());
     window.addEventListener("hashchange", onHash);
     return () => window.removeEventListener("hashchange", onHash);
   }, []);
@@ -91,7 +94,7 @@ export function App() {
         )}
         {active?.id === "overview" && <Overview session={session} paths={paths} />}
         {active?.id === "ring" && <Ring session={session} />}
-        {active?.id === "jobs" && <Jobs session={session} paths={paths} />}
+        {active?.id === "jobs" && <Jobs session={session} paths={paths} jobId={sub} />}
         {active?.id === "tables" && <Tables session={session} />}
         {active?.id === "users" && <Users session={session} />}
         {active?.id === "audit" && <Audit session={session} />}

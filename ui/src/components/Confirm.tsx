@@ -21,7 +21,7 @@ export function Confirm({ title, children, confirmLabel, onConfirm, onCancel, da
       e.preventDefault();
       onCancel();
     } else if (e.key === "Tab" && boxRef.current) {
-      const items = boxRef.current.querySelectorAll<HTMLElement>("button");
+      const items = boxRef.current.querySelectorAll<HTMLElement>("button, select, input, a[href]");
       const first = items[0];
       const last = items[items.length - 1];
       if (e.shiftKey && document.activeElement === first) {

@@ -1,19 +1,23 @@
-// The token space as a circle: one arc per vnode coloured by its owner; ranges held by a
-// resharding fence are drawn outside the ring; the looked-up key's token is marked.
+// The token space as a circle: one arc per vnode coloured by its owner; ranges an unfinished
+// resharding job moves are drawn just outside the ring (striped orange, with source and
+// destination), ranges held by its fence outside those (black); the looked-up key's token is
+// marked.
 import { useMemo, useState } from "react";
 import { arcPath, arcs, angle, colours, type Vnode } from "../lib/ring";
 
 export interface Fence { lo: number; hi: number; job: string }
+export interface MovingRange { lo: number; hi: number; src: string; dst: string; job: string }
 
-export function RingChart({ vnodes, fences, mark }: {
+export function RingChart({ vnodes, fences, mark, moving = [] }: {
   vnodes: Vnode[];
   fences: Fence[];
   mark?: { token: number; shard: string } | null;
+  moving?: MovingRange[];
 }) {
   const [hover, setHover] = useState<string | null>(null);
   const all = useMemo(() => arcs(vnodes), [vnodes]);
   const colour = useMemo(() => colours([...new Set(vnodes.map((v) => v[1]))]), [vnodes]);
-  const size = 320, c = size / 2, r = 140, w = 36;
+  const size = 340, c = size / 2, r = 140, w = 36;
   const markAt = mark ? angle(mark.token) : null;
   return (
     <figure className="ring">
@@ -27,14 +31,22 @@ export function RingChart({ vnodes, fences, mark }: {
             <title>{`${a.owner}: (${a.lo}, ${a.hi}]`}</title>
           </path>
         ))}
+        {moving.map((m, i) => (
+          <path key={`m${i}`} className="moving" d={arcPath(m.lo, m.hi, c, c, r + 8, 6)}
+            fill="#c2410c" data-job={m.job} data-src={m.src} data-dst={m.dst}
+            onMouseEnter={() => setHover(`moving ${m.src} → ${m.dst} (job ${m.job}): tokens ${m.lo + 1} … ${m.hi}`)}
+            onMouseLeave={() => setHover(null)}>
+            <title>{`moving ${m.src} → ${m.dst} (job ${m.job}): (${m.lo}, ${m.hi}]`}</title>
+          </path>
+        ))}
         {fences.map((f, i) => (
-          <path key={`f${i}`} className="fence" d={arcPath(f.lo, f.hi, c, c, r + 10, 6)}
+          <path key={`f${i}`} className="fence" d={arcPath(f.lo, f.hi, c, c, r + 16, 5)}
             fill="#000" data-job={f.job}>
             <title>{`moving (job ${f.job}): (${f.lo}, ${f.hi}]`}</title>
           </path>
         ))}
         {markAt !== null && (
-          <line x1={c} y1={c} x2={c + (r + 12) * Math.sin(markAt)} y2={c - (r + 12) * Math.cos(markAt)}
+          <line x1={c} y1={c} x2={c + (r + 18) * Math.sin(markAt)} y2={c - (r + 18) * Math.cos(markAt)}
             stroke="#111" strokeWidth={2} data-testid="key-mark" />
         )}
       </svg>

@@ -20,6 +20,7 @@ export interface ShardView {
   healthy: boolean | null;
   servers: ServerView[];
   queries_total: number;
+  ha?: HaView;
 }
 
 export interface RouterView {
@@ -85,3 +86,94 @@ export interface AuditRecord {
 }
 
 export interface User { name: string; role: string; created_at?: string }
+
+// High availability, as GET /api/v1/shards/{name} and the overview's `ha` give it. Every
+// field may be absent on a server that does not have it yet: the console shows what is there.
+export interface HaServer {
+  dsn: string;
+  role: string;                 // primary | replica | fenced
+  healthy?: boolean | null;
+  reason?: string | null;
+  lag_bytes?: number | null;
+  lag_seconds?: number | null;
+  sync?: boolean | null;
+}
+
+export interface LastFailover {
+  at: string;
+  kind: string;                 // failover | switchover
+  reason: string;
+  from: string;
+  to: string;
+  seconds: number;
+}
+
+export interface HaView {
+  servers?: HaServer[];
+  sync_quorum?: number;
+  last_failover?: LastFailover | null;
+}
+
+export interface PrimaryChange {
+  name: string;
+  primary: string;
+  catalog_version: number;
+  pause_seconds?: number;
+  old_primary?: string;
+  rejoined?: string;
+  last_failover?: LastFailover | null;
+}
+
+// Resharding jobs (GET /api/v1/jobs, /api/v1/jobs/{id}).
+export interface Job {
+  id: string;
+  kind?: string;
+  source?: string | null;
+  target?: string;
+  state?: string;               // pending | running | done | failed | cancelled
+  phase?: string | null;        // schema | copy | catchup | fence | verify | cleanup
+  progress?: { rows_copied?: number; rows_total?: number; lag_bytes?: number };
+  rows_copied?: number;
+  rows_total?: number;
+  lag_bytes?: number;
+  write_pause_ms?: number | null;
+  write_pause_seconds?: number | null;
+  error?: string | null;
+  cancel_requested?: boolean;
+  moves?: number;
+  sources?: string[];
+  created_at?: string;
+  updated_at?: string;
+}
+
+export interface Move { lo: number; hi: number; src: string; dst: string }
+
+export interface MovingJob {
+  id: string;
+  kind: string;
+  state: string;
+  phase: string | null;
+  source: string | null;
+  target: string;
+  share: number;
+  moves: Move[];
+}
+
+export interface JobPreview {
+  kind: string;
+  source: string | null;
+  target: string;
+  sources: string[];
+  ranges: number;
+  share: number;
+  by_source: Record<string, number>;
+  source_ownership: Record<string, number>;
+  tables: string[];
+  rows_estimate: number | null;
+  rows_by_source: Record<string, { rows: number | null; live_rows: number | null; error: string | null }>;
+  busy: { job: string; kind: string; state: string; shards: string[] } | null;
+  catalog_version: number;
+  moves: Move[];
+}
+
+export interface ShardSummary { name: string; status: string; vnodes: number; ownership: number }

@@ -1,29 +1,37 @@
-// Jobs: resharding jobs with live progress, once the server has them (GET /api/v1/jobs).
-// A server without them answers 404: the page says so rather than showing anything made up.
+// Jobs: resharding jobs with live progress (GET /api/v1/jobs, polled), one job's detail,
+// cancel, and the form that starts a split, merge or rebalance. A server without the jobs API
+// answers 404: the page says so rather than showing anything made up.
+import { useState } from "react";
 import { ApiError, can, hasOperation, request, type Session } from "../lib/api";
 import { usePoll } from "../lib/poll";
 import { bytes, seconds } from "../lib/format";
+import { cancellable, isActive, progress, stateText } from "../lib/jobs";
+import type { Job } from "../lib/types";
 import { NotAvailable, Problem } from "../components/Problem";
+import { JobProgress } from "../components/JobProgress";
+import { ACTIVE_POLL_MS, CancelJob, stateClass } from "../components/CancelJob";
+import { JobDetail } from "./JobDetail";
+import { StartJobForm } from "./StartJobForm";
 
-export interface Job {
-  id: string;
-  kind?: string;
-  state?: string;
-  phase?: string;
-  rows_copied?: number;
-  rows_total?: number;
-  lag_bytes?: number;
-  write_pause_seconds?: number;
-  created_at?: string;
-  error?: string | null;
+export function Jobs({ session, paths, jobId }: {
+  session: Session;
+  paths: Record<string, string[]> | null;
+  jobId?: string | null;
+}) {
+  return jobId
+    ? <JobDetail session={session} paths={paths} jobId={jobId} />
+    : <JobsPage session={session} paths={paths} />;
 }
 
-export function Jobs({ session, paths }: { session: Session; paths: Record<string, string[]> | null }) {
-  const poll = usePoll(
-    () => request<{ jobs: Job[] }>("GET", "/api/v1/jobs", { token: session.token }),
-    [session.token],
-  );
+function JobsPage({ session, paths }: { session: Session; paths: Record<string, string[]> | null }) {
+  const [fast, setFast] = useState(false);
+  const poll = usePoll(async () => {
+    const doc = await request<{ jobs: Job[] }>("GET", "/api/v1/jobs", { token: session.token });
+    setFast((doc.jobs ?? []).some(isActive));
+    return doc;
+  }, [session.token], fast ? ACTIVE_POLL_MS : undefined);
   const missing = poll.error instanceof ApiError && poll.error.status === 404;
+  const writer = can(session, "catalog:write");
   return (
     <section aria-labelledby="jobs-title">
       <h1 id="jobs-title">Jobs</h1>
@@ -33,7 +41,11 @@ export function Jobs({ session, paths }: { session: Session; paths: Record<strin
       ) : (
         <>
           <Problem error={poll.error} />
+          {!poll.data && !poll.error && <p>Loading…</p>}
           {poll.data && <JobList jobs={poll.data.jobs ?? []} session={session} paths={paths} onChange={poll.refresh} />}
+          {writer && hasOperation(paths, "post", "/api/v1/jobs") && (
+            <StartJobForm session={session} onStarted={poll.refresh} />
+          )}
         </>
       )}
     </section>
@@ -46,34 +58,30 @@ function JobList({ jobs, session, paths, onChange }: {
   paths: Record<string, string[]> | null;
   onChange: () => void;
 }) {
-  const cancellable = can(session, "catalog:write") && hasOperation(paths, "post", "/api/v1/jobs/{id}/cancel");
+  const mayCancel = can(session, "catalog:write") && hasOperation(paths, "post", "/api/v1/jobs/{id}/cancel");
   if (jobs.length === 0) return <p>No jobs.</p>;
+  // Newest first: the job just started is at the top.
+  const rows = [...jobs].reverse();
   return (
-    <table>
-      <caption className="sr-only">Resharding jobs</caption>
-      <thead><tr><th scope="col">Job</th><th scope="col">Kind</th><th scope="col">Phase</th>
-        <th scope="col">Progress</th><th scope="col">Lag</th><th scope="col">Write pause</th><th scope="col"><span className="sr-only">Actions</span></th></tr></thead>
+    <table data-testid="jobs-table">
+      <caption className="sr-only">Resharding jobs, newest first</caption>
+      <thead><tr><th scope="col">Job</th><th scope="col">Kind</th><th scope="col">From → to</th>
+        <th scope="col">State</th><th scope="col">Phase</th><th scope="col">Progress</th>
+        <th scope="col">Lag</th><th scope="col">Write pause</th><th scope="col"><span className="sr-only">Actions</span></th></tr></thead>
       <tbody>
-        {jobs.map((j) => {
-          const total = j.rows_total ?? 0;
-          const done = j.rows_copied ?? 0;
+        {rows.map((j) => {
+          const p = progress(j);
           return (
-            <tr key={j.id}>
-              <td>{j.id}</td><td>{j.kind ?? ""}</td><td>{j.phase ?? j.state ?? ""}</td>
-              <td>
-                <progress max={total || 1} value={total ? done : 0} aria-label={`rows copied for job ${j.id}`} />{" "}
-                {done} / {total || "?"}
-              </td>
-              <td>{bytes(j.lag_bytes)}</td>
-              <td>{seconds(j.write_pause_seconds)}</td>
-              <td>
-                {cancellable && (
-                  <button type="button" onClick={async () => {
-                    await request("POST", `/api/v1/jobs/${encodeURIComponent(j.id)}/cancel`, { token: session.token });
-                    onChange();
-                  }}>Cancel job {j.id}</button>
-                )}
-              </td>
+            <tr key={j.id} data-testid={`job-${j.id}`}>
+              <th scope="row"><a href={`#/jobs/${encodeURIComponent(j.id)}`}>{j.id}</a></th>
+              <td>{j.kind ?? ""}</td>
+              <td>{j.source ?? (j.sources ?? []).join(", ")} → {j.target ?? ""}</td>
+              <td className={stateClass(j)} data-testid="job-state">{stateText(j)}</td>
+              <td data-testid="job-phase">{j.phase ?? "—"}</td>
+              <td><JobProgress job={j} /></td>
+              <td>{bytes(p.lagBytes)}</td>
+              <td>{seconds(p.pauseSeconds)}</td>
+              <td>{mayCancel && cancellable(j) && <CancelJob job={j} session={session} onDone={onChange} />}</td>
             </tr>
           );
         })}

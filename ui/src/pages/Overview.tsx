@@ -5,10 +5,11 @@ import { can, hasOperation, request, type Session } from "../lib/api";
 import { usePoll } from "../lib/poll";
 import { push, perSecond, type Series } from "../lib/history";
 import { bytes, percent, rate, seconds } from "../lib/format";
-import type { Overview as OverviewDoc, ServerView, ShardView } from "../lib/types";
+import type { HaServer, Overview as OverviewDoc, ServerView, ShardView } from "../lib/types";
 import { Sparkline } from "../components/Sparkline";
 import { Problem } from "../components/Problem";
 import { AddShardForm } from "./AddShardForm";
+import { RejoinButton, ShardHaActions, haOperations } from "./ShardHa";
 
 interface Rates { qps: Record<string, number | null>; errorsPerSecond: number | null }
 
@@ -38,6 +39,7 @@ export function Overview({ session, paths }: { session: Session; paths: Record<s
   const doc = poll.data;
   const failoverOps = hasOperation(paths, "post", "/api/v1/shards/{name}/switchover")
     || hasOperation(paths, "post", "/api/v1/shards/{name}/failover");
+  const ctx = { session, paths, onChange: poll.refresh };
 
   return (
     <section aria-labelledby="overview-title">
@@ -60,7 +62,7 @@ export function Overview({ session, paths }: { session: Session; paths: Record<s
           <h2>Shards</h2>
           <div className="shards">
             {doc.shards.map((sh) => (
-              <ShardCard key={sh.name} shard={sh} lag={lag} qps={rates.qps} />
+              <ShardCard key={sh.name} shard={sh} lag={lag} qps={rates.qps} ctx={ctx} />
             ))}
           </div>
           {can(session, "catalog:write") && !failoverOps && (
@@ -112,8 +114,25 @@ function health(s: { healthy: boolean | null }): [string, string] {
   return s.healthy ? ["healthy", "ok"] : ["unhealthy", "bad"];
 }
 
-function ShardCard({ shard, lag, qps }: { shard: ShardView; lag: Series; qps: Record<string, number | null> }) {
+interface Ctx { session: Session; paths: Record<string, string[]> | null; onChange: () => void }
+
+/** The HA view's entry for an overview server (matched by address), if the server sent one. */
+function haFor(shard: ShardView, s: ServerView): HaServer | undefined {
+  return shard.ha?.servers?.find((h) => h.dsn === s.address && h.role !== "fenced");
+}
+
+function syncText(h: HaServer | undefined, primary: boolean): string {
+  if (primary || !h || h.sync === undefined || h.sync === null) return "—";
+  return h.sync ? "yes" : "no";
+}
+
+function ShardCard({ shard, lag, qps, ctx }: { shard: ShardView; lag: Series; qps: Record<string, number | null>; ctx: Ctx }) {
   const [text, cls] = health(shard);
+  const fenced = (shard.ha?.servers ?? []).filter((h) => h.role === "fenced");
+  const hasSync = shard.ha?.servers?.some((h) => h.sync !== undefined) ?? false;
+  const last = shard.ha?.last_failover;
+  const ops = haOperations(ctx.session, ctx.paths);
+  const cols = hasSync ? 7 : 6;
   return (
     <article className="card" aria-labelledby={`shard-${shard.name}`} data-testid={`shard-${shard.name}`}>
       <h3 id={`shard-${shard.name}`}>
@@ -121,20 +140,40 @@ function ShardCard({ shard, lag, qps }: { shard: ShardView; lag: Series; qps: Re
       </h3>
       <p className="muted">
         {shard.status} · {shard.vnodes} vnodes · {percent(shard.ownership)} of the ring
+        {shard.ha?.sync_quorum ? ` · synchronous replication (ANY ${shard.ha.sync_quorum})` : ""}
       </p>
       <table>
         <caption className="sr-only">Servers of {shard.name}</caption>
         <thead><tr><th scope="col">Server</th><th scope="col">Health</th><th scope="col">Lag</th>
-          <th scope="col">History</th><th scope="col">Pool (active/open/max)</th><th scope="col">Queries/s</th></tr></thead>
+          <th scope="col">History</th>{hasSync && <th scope="col">Sync</th>}
+          <th scope="col">Pool (active/open/max)</th><th scope="col">Queries/s</th></tr></thead>
         <tbody>
-          {shard.servers.map((s) => <ServerRow key={s.role} shard={shard.name} s={s} lag={lag} qps={qps} />)}
+          {shard.servers.map((s) => (
+            <ServerRow key={s.role} shard={shard.name} s={s} lag={lag} qps={qps}
+              sync={hasSync ? syncText(haFor(shard, s), s.role === "primary") : null} />
+          ))}
+          {fenced.map((f) => (
+            <tr key={`fenced-${f.dsn}`} data-testid="fenced-server">
+              <th scope="row">fenced<br /><span className="muted">{f.dsn}</span></th>
+              <td colSpan={cols - 1}>
+                <span className="bad">old primary, not routed to</span>{" "}
+                {ops.rejoin && <RejoinButton shard={shard.name} dsn={f.dsn} session={ctx.session} onChange={ctx.onChange} />}
+              </td>
+            </tr>
+          ))}
         </tbody>
       </table>
+      {last && (
+        <p className="muted" data-testid="last-failover">
+          Last {last.kind}: {last.at}, {last.from} → {last.to} in {seconds(last.seconds)} ({last.reason}).
+        </p>
+      )}
+      <ShardHaActions shard={shard} session={ctx.session} paths={ctx.paths} onChange={ctx.onChange} />
     </article>
   );
 }
 
-function ServerRow({ shard, s, lag, qps }: { shard: string; s: ServerView; lag: Series; qps: Record<string, number | null> }) {
+function ServerRow({ shard, s, lag, qps, sync }: { shard: string; s: ServerView; lag: Series; qps: Record<string, number | null>; sync: string | null }) {
   const [text, cls] = health(s);
   const k = `${shard}/${s.role}`;
   return (
@@ -143,6 +182,7 @@ function ServerRow({ shard, s, lag, qps }: { shard: string; s: ServerView; lag: 
       <td className={cls} title={s.reason ?? undefined}>{text}{s.reason ? `: ${s.reason}` : ""}</td>
       <td className="nowrap">{s.role === "primary" ? "—" : `${bytes(s.lag_bytes)} / ${seconds(s.lag_seconds)}`}</td>
       <td>{s.role === "primary" ? "" : <Sparkline values={lag[k] ?? []} label={`lag of ${k} in bytes`} />}</td>
+      {sync !== null && <td data-testid="server-sync">{sync}</td>}
       <td>{s.pool.max_servers === 0 ? "no pool open yet"
         : `${s.pool.active}/${s.pool.servers}/${s.pool.max_servers}${s.pool.waiters ? ` (${s.pool.waiters} waiting)` : ""}`}</td>
       <td>{rate(qps[k] ?? null)}</td>

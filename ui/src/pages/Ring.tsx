@@ -1,17 +1,24 @@
-// Ring: the token space coloured by owner, each shard's share, and a key box answered by
-// the server (GET /api/v1/ring/lookup: the routing function itself).
+// Ring: the token space coloured by owner, each shard's share, the ranges unfinished jobs
+// move (GET /api/v1/ring/moves) highlighted, and a key box answered by the server (GET
+// /api/v1/ring/lookup: the routing function itself).
 import { useId, useState, type FormEvent } from "react";
 import { request, type Session } from "../lib/api";
 import { usePoll } from "../lib/poll";
 import { colours, shares } from "../lib/ring";
 import { percent } from "../lib/format";
-import type { Catalog, Lookup } from "../lib/types";
+import type { Catalog, Lookup, MovingJob } from "../lib/types";
 import { RingChart } from "../components/RingChart";
 import { Problem } from "../components/Problem";
 
 export function Ring({ session }: { session: Session }) {
   const id = useId();
   const poll = usePoll(() => request<Catalog>("GET", "/api/v1/catalog", { token: session.token }), [session.token]);
+  // Without the endpoint (an older server) nothing is highlighted; the fences still are.
+  const moves = usePoll(
+    () => request<{ jobs: MovingJob[] }>("GET", "/api/v1/ring/moves", { token: session.token }),
+    [session.token]);
+  const movingJobs = moves.data?.jobs ?? [];
+  const moving = movingJobs.flatMap((j) => j.moves.map((m) => ({ ...m, job: j.id })));
   const [key, setKey] = useState("");
   const [kind, setKind] = useState("auto");
   const [result, setResult] = useState<Lookup | null>(null);
@@ -64,7 +71,7 @@ export function Ring({ session }: { session: Session }) {
       </div>
       {cat && (
         <div className="ring-layout">
-          <RingChart vnodes={cat.ring} fences={cat.fences ?? []}
+          <RingChart vnodes={cat.ring} fences={cat.fences ?? []} moving={moving}
             mark={result ? { token: result.token, shard: result.shard } : null} />
           <table>
             <caption>Share of the token space (catalog version {cat.version})</caption>
@@ -81,8 +88,22 @@ export function Ring({ session }: { session: Session }) {
           </table>
         </div>
       )}
+      {movingJobs.length > 0 && (
+        <ul className="moving-jobs" aria-label="Jobs moving ranges" data-testid="moving-jobs">
+          {movingJobs.map((j) => (
+            <li key={j.id}>
+              <span className="swatch moving-swatch" aria-hidden="true" /> Job{" "}
+              <a href={`#/jobs/${encodeURIComponent(j.id)}`}>{j.id}</a> ({j.kind}
+              {j.source ? ` ${j.source}` : ""} → {j.target}, {j.phase ?? j.state}) moves{" "}
+              {j.moves.length} range{j.moves.length === 1 ? "" : "s"}, {percent(j.share)} of the
+              token space (orange, just outside the ring).
+            </li>
+          ))}
+        </ul>
+      )}
       {cat && (cat.fences ?? []).length > 0 && (
-        <p>{cat.fences.length} range(s) are moving now (outlined in black outside the ring).</p>
+        <p data-testid="fenced-ranges">{cat.fences.length} range(s) are fenced now: writes to them
+          wait while ownership flips (black, outermost).</p>
       )}
     </section>
   );
