@@ -138,3 +138,22 @@ def test_applier_truncate_deletes_the_ranges_and_ignores_unknown_relations():
     other = po.Relation(8, "public", "other", "d", (po.Column("id", 20, -1, True),))
     stmts = app.statements([rel, other, po.Insert(8, ("1",)), po.Truncate((7, 8))])
     assert len(stmts) == 1 and stmts[0][0].startswith('DELETE FROM "t" WHERE pgshard.hash')
+
+
+def test_applier_records_the_moving_keys_it_changes():
+    app, rel = _applier([_span_of("1"), _span_of("3")])
+    app.statements([rel, po.Insert(7, ("1", "a", "b")), po.Insert(7, ("2", "a", "b")),
+                    po.Update(7, ("4", "v", "b"), ("3", None, None), True)])
+    assert app.touched == {"t": {("1",), ("3",)}}     # 2 and 4 do not move
+    app.statements([po.Truncate((7,))])
+    assert app.touched == {"t": None}                  # a truncate touched every row
+
+
+def test_index_friendly_copy_and_key_lookup_text():
+    spans = [RangeMove(-1, 10, "a", "b"), RangeMove(20, 30, "a", "b")]
+    sql = q.select_ranges("t", ["id", "v"], "id", spans, indexed=True)
+    assert "<@" not in sql and sql.count(" OR ") == 1 and '> 20 AND' in sql
+    assert "<@" in q.select_ranges("t", ["id", "v"], "id", spans)
+    sql = q.rows_by_key("t", ["a", "b", "v"], ["a", "b"], ["text", "integer"])
+    assert "unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(k0, k1, i)" in sql
+    assert 't."b" = k.k1::integer' in sql
