@@ -11,7 +11,6 @@ from aiohttp import web
 
 from pgshard.control.auth import Principal, allowed, bearer_token
 from pgshard.control.console import CONSOLE_ROUTES, add_console
-from pgshard.control.ha_routes import HA_ROUTES
 from pgshard.control.errors import (
     ApiError,
     Forbidden,
@@ -22,6 +21,7 @@ from pgshard.control.errors import (
     problem,
     problem_response,
 )
+from pgshard.control.ha_routes import HA_ROUTES
 from pgshard.control.openapi import build_document
 from pgshard.control.plane import ControlPlane
 from pgshard.control.routes import AUDIT, OPENAPI_DOC, PLANE, PRINCIPAL, ROUTE, ROUTES, Route

@@ -224,6 +224,8 @@ class FailoverManager:
                 to = d.candidate
             log.warning("shard %s: FAILOVER from %s to %s: %s", name,
                         dsn_address(shard.primary), dsn_address(to), reason)
+            if forced:
+                await self._demote_if_alive(shard.primary)
             catalog = await self.promote_and_publish(shard, to, "failover", reason, started)
             if self.metrics is not None:
                 self.metrics.failed_over(name, "failover", time.monotonic() - started)
@@ -231,6 +233,23 @@ class FailoverManager:
             return catalog
         finally:
             self.busy.pop(name, None)
+
+    async def _demote_if_alive(self, dsn: str) -> None:
+        """A forced failover's old primary may still run: stop it (local cluster) or make it
+        read-only, so nothing keeps writing to it beside the new one (best effort)."""
+        from pgshard.control.switchover import demote
+
+        try:
+            conn = await connect(dsn)
+        except Exception:
+            return  # down already
+        try:
+            how, _ = await demote(self, conn, dsn)
+            log.warning("old primary %s %s", dsn_address(dsn), how)
+        except Exception as exc:
+            log.warning("could not demote the old primary %s: %s", dsn_address(dsn), exc)
+        finally:
+            await close(conn)
 
     async def promote_and_publish(self, shard: Shard, to: str, kind: str, reason: str,
                                   started: float) -> Catalog:

@@ -72,7 +72,7 @@ async def switchover(mgr, name: str, to: str | None) -> tuple[Catalog, float]:
         old = await connect(shard.primary)
         try:
             await _drained(old, timeout)
-            demoted, final_lsn = await _demote(mgr, old, shard.primary)
+            demoted, final_lsn = await demote(mgr, old, shard.primary)
         finally:
             await close(old)
         await _replayed(target, final_lsn, timeout)
@@ -129,7 +129,7 @@ async def _drained(conn, timeout: float) -> None:
         await asyncio.sleep(POLL)
 
 
-async def _demote(mgr, conn, dsn: str) -> tuple[str, str]:
+async def demote(mgr, conn, dsn: str) -> tuple[str, str]:
     """Stop the old primary (harness) or make it read-only; (how, its final WAL position)."""
     node = mgr.local_node(dsn)
     if node is not None:

@@ -333,6 +333,17 @@ async def test_hold_then_clear_error_then_cli_failover_and_rejoin():
             result = await asyncio.to_thread(cli, "shards", "rejoin", "shard0",
                                              f"127.0.0.1:{old.port}")
             assert result.exit_code != 0 and "not among" in result.output
+            # A forced failover while the primary runs stops it first (no second writer).
+            await until(lambda: rt.proxy.replicas.node_facts(old.dsn).reachable, 20,
+                        "the rejoined replica's first check")
+            result = await asyncio.to_thread(cli, "shards", "failover", "shard0")
+            assert result.exit_code == 0, result.output
+            assert rt.proxy.catalog.shard("shard0").primary == old.dsn
+            assert not replica.is_running()
+            conn = await asyncpg.connect(client_dsn(rt))
+            await conn.execute("INSERT INTO ledger VALUES (4, 0)")
+            await conn.close()
+            assert rows_on(old, [1, 3, 4]) == {1, 3, 4}
             status, audit, _ = await api.request("GET", "/api/v1/audit?action=shard.failover",
                                                  role="admin")
             assert audit["records"][0]["result"] == "ok"
