@@ -182,7 +182,7 @@ def serve(config_path: str, log_level: str | None, role: str) -> None:
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _setup_logging(log_level or config.log_level)
-    _run(serve_forever(config, role))
+    _run(serve_forever(config, role, config_path=config_path))
 
 
 @main.command()

@@ -58,6 +58,10 @@ class ProxyConfig:
     twophase_recovery_interval: float = 10.0   # seconds between the manager's recovery rounds
     twophase_timeout: float = 60.0   # a prepared txn older than this, without decision: rolled back
     fence_timeout: float = 5.0   # seconds a statement on a range being resharded waits (then 40001)
+    # Operations (pgshard.ops, pgshard.proxy.admin, pgshard.proxy.slowlog)
+    shutdown_timeout: float = 30.0   # SIGTERM: seconds open transactions may take to finish
+    slow_query_ms: float = -1        # log statements slower than this (ms; 0: all, -1: off)
+    admin_users: tuple[str, ...] = ()   # users that get the admin console (database "pgshard")
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,17 @@ def _build(cls, data: dict, where: str):
 def config_from_dict(data: dict) -> Config:
     """Build a Config from the parsed TOML document (also used by `pgshard demo`)."""
     data = dict(data)
-    proxy = _build(ProxyConfig, data.pop("proxy", {}), "[proxy]")
+    proxy_data = dict(data.pop("proxy", {}))
+    if isinstance(proxy_data.get("admin_users"), list):
+        proxy_data["admin_users"] = tuple(proxy_data["admin_users"])
+    proxy = _build(ProxyConfig, proxy_data, "[proxy]")
+    if not all(isinstance(u, str) and u for u in proxy.admin_users) \
+            or isinstance(proxy.admin_users, str):
+        raise ConfigError("[proxy] admin_users must be a list of user names")
+    for name, least in (("shutdown_timeout", 0), ("slow_query_ms", -1)):
+        value = getattr(proxy, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < least:
+            raise ConfigError(f"[proxy] {name} must be a number >= {least}")
     if proxy.pool_mode not in POOL_MODES:
         raise ConfigError(f"[proxy] pool_mode must be one of {POOL_MODES}")
     if proxy.pool_size < 1 or proxy.min_pool_size < 0 or proxy.min_pool_size > proxy.pool_size:

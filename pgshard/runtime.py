@@ -203,23 +203,64 @@ class Runtime:
             self.store = None
 
 
-async def _until_signalled() -> None:
+async def _until_signalled(on_hup=None) -> int:
+    """Wait for SIGINT or SIGTERM (returned); SIGHUP calls on_hup and never stops anything."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop = loop.create_future()
+
+    def request(sig: int) -> None:
+        if not stop.done():
+            stop.set_result(sig)
+
+    def hup() -> None:
+        if on_hup is None:
+            log.info("SIGHUP: this process has no config file to reload")
+            return
+        try:
+            on_hup()
+        except Exception as exc:   # a bad file is reported; the process keeps running
+            log.error("SIGHUP: config not reloaded: %s", exc)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, request, sig)
+    loop.add_signal_handler(signal.SIGHUP, hup)
+    return await stop
 
 
-async def serve_forever(config: Config, role: str = "all") -> None:
-    """Run the proxy and its control plane until SIGINT/SIGTERM."""
+async def _drain(runtime: Runtime) -> None:
+    """SIGTERM: let open transactions finish (shutdown_timeout); a SIGINT or a second
+    SIGTERM meanwhile stops at once."""
+    from pgshard.proxy.drain import drain
+
+    loop = asyncio.get_running_loop()
+    timeout = runtime.proxy.config.proxy.shutdown_timeout
+    task = loop.create_task(drain(runtime.proxy, timeout))
+
+    def fast(sig: int) -> None:
+        log.info("pgshard: %s while draining: stopping at once", signal.Signals(sig).name)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, fast, sig)
+    await asyncio.wait([task])
+
+
+async def serve_forever(config: Config, role: str = "all", config_path: str | None = None) -> None:
+    """Run the proxy and its control plane until SIGINT (stop at once) or SIGTERM (drain
+    first); SIGHUP reloads config_path."""
+    from pgshard.reload import reload
+
     runtime = Runtime(config, role)
     try:
         await runtime.start()
     except StartupError as exc:
         raise SystemExit(f"pgshard: {exc}") from None
+    runtime.proxy.reload = lambda: reload(runtime, config_path)
     try:
-        await _until_signalled()
+        sig = await _until_signalled(runtime.proxy.reload if config_path else None)
+        if sig == signal.SIGTERM:
+            log.info("pgshard node %s: SIGTERM, draining", runtime.node_id)
+            await _drain(runtime)
     finally:
         log.info("pgshard node %s stopping", runtime.node_id)
         await runtime.stop()
