@@ -60,6 +60,8 @@ class Proxy:
         self.metrics = None  # set by the sidecar when it runs (pgshard.control.metrics)
         self.twophase = None  # proxy.twophase.Coordinator when two_phase_commit is on
         self.reload = None    # () -> (applied, restart): re-read the config (set by the runtime)
+        from pgshard.proxy.slowlog import SlowLog
+        self.slowlog = SlowLog(self)   # sessions report each answered statement's duration
 
     # ------------------------------------------------------------ lifecycle
 
