@@ -14,22 +14,28 @@ from pgshard.reshard.tables import TableInfo
 from pgshard.ring.ring import TokenSpan
 
 QUEUE_CHUNKS = 64
+RANGES_PER_BATCH = 16
 PAGES_PER_BATCH = 2000
 
 
 async def copy_rows(src: asyncpg.Connection, dst: asyncpg.Connection, info: TableInfo,
                     spans: Sequence[TokenSpan], summarize=None,
                     indexed: bool = False) -> tuple[int, object]:
-    """Copy the rows of the spans from src to dst in one destination transaction; rows of
-    the spans already on dst (an interrupted earlier copy) are deleted first, so the copy
-    can be redone. The source is read in one repeatable-read snapshot, in which
-    `summarize(src)` (if given) also runs, so that its result describes exactly the rows
-    copied. indexed: the source has the job's token index, read instead of hashing every
-    row. Returns (rows copied, summarize's result or None)."""
+    """Copy the rows of the spans from src to dst; rows of the spans already on dst (an
+    interrupted earlier copy) are deleted first, so the copy can be redone. The source is
+    read in one repeatable-read snapshot, in which `summarize(src)` (if given) also runs, so
+    that its result describes exactly the rows copied. indexed: the source has the job's
+    token index, read instead of hashing every row, and the copy goes in batches of ranges,
+    each its own destination transaction. Returns (rows copied, summarize's result)."""
+    async with dst.transaction():
+        await dst.execute(q.delete_ranges(info.name, info.key, spans))
+    step = RANGES_PER_BATCH if indexed else len(spans)
+    n = 0
     async with src.transaction(isolation="repeatable_read", readonly=True):
         if indexed:
             await src.execute("SET LOCAL enable_seqscan = off")
-        n = await _copy(src, dst, info, spans, indexed)
+        for i in range(0, len(spans), step):
+            n += await _copy(src, dst, info, spans[i:i + step], indexed)
         summary = await summarize(src) if summarize is not None else None
     return n, summary
 
@@ -52,7 +58,6 @@ async def _copy(src: asyncpg.Connection, dst: asyncpg.Connection, info: TableInf
 
     schema, name = q.split_name(info.name)
     async with dst.transaction():
-        await dst.execute(q.delete_ranges(info.name, info.key, spans))
         producer = asyncio.create_task(produce())
         try:
             status = await dst.copy_to_table(name, schema_name=schema, columns=list(info.columns),
