@@ -145,6 +145,10 @@ class ReshardService:
                     if job.rollback_step is not None:
                         job = await self._rollback(conns, job)
                         continue
+                    if job.step == "flip" and await self._flip_landed(job):
+                        # The flip's CAS landed before a crash or error: only forward now.
+                        job = await self._advance(job, "cleanup")
+                        continue
                     if job.cancel_requested and not job.flipped:
                         job = await self._save(job.start_rollback(None))
                         continue
@@ -163,9 +167,15 @@ class ReshardService:
                         job = await self._save(job.note_error(msg))
                         await asyncio.sleep(RETRY_DELAY)
                         return job
+                    if job.step == "flip" and await self._flip_landed(job):
+                        continue   # forward from here (the loop moves on to the cleanup)
                     log.error("job %s failed: %s; rolling back", job.id, msg)
                     job = await self._save(job.start_rollback(msg))
         return job
+
+    async def _flip_landed(self, job: Job) -> bool:
+        cat, _ = await self.catalog_ops.current()
+        return cat.ring == job.new_ring and not any(f.job == job.id for f in cat.fences)
 
     async def _save(self, new: Job) -> Job:
         def change(stored: Job) -> Job:

@@ -5,6 +5,7 @@ against the ring the catalog names afterwards."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import tempfile
 
 import asyncpg
@@ -299,6 +300,33 @@ def test_refusals(cluster):
         assert e.value.status == 409 and job.id in str(e.value)
         await svc.cancel(job.id)
         assert (await svc.drive(job.id)).state == "cancelled"
+        await store.close()
+        for c in conns.values():
+            await c.close()
+
+    run(body())
+
+
+def test_a_flip_that_landed_is_never_rolled_back(cluster):
+    """The flip's CAS landed but the job record was not updated (a crash): the resumed job
+    goes forward to the cleanup, even when asked to cancel."""
+    async def body():
+        store, conns = await setup(cluster, n=200)
+        ops = CatalogService(store)
+        svc = ReshardService(store, ops, lambda: True)
+        cat0 = (await ops.current())[0]
+        job = await svc.create("split", "shard0", "shard2")
+        async with Connections(cat0) as cs:
+            while job.step != "flip":
+                job = await svc._step(cs, job)
+        # The CAS of the flip, without the job's own record of it.
+        await ops.update(lambda c: c.evolve(ring=job.new_ring, fences=()))
+        await svc.jobs.update(job.id, lambda j: dataclasses.replace(j, cancel_requested=True))
+        job = await svc.drive(job.id)
+        assert job.state == "done", job.error
+        cat = (await ops.current())[0]
+        await placement(conns, cat)
+        assert await slots_and_pubs(conns) == []
         await store.close()
         for c in conns.values():
             await c.close()
