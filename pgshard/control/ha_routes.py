@@ -109,9 +109,8 @@ async def failover(request: web.Request) -> web.Response:
     new = catalog.shard(name)
     audit_note(request, new_primary=dsn_address(new.primary), catalog_version=catalog.version)
     return ok({**shard_view(catalog, new), "catalog_version": catalog.version,
-               "last_failover": new.last_failover.to_json() | {
-                   "from": dsn_address(new.last_failover.from_),
-                   "to": dsn_address(new.last_failover.to)}})
+               "old_primary": dsn_address(shard.primary),
+               "last_failover": _record(new.last_failover)})
 
 
 @_server_errors
@@ -129,7 +128,8 @@ async def switchover(request: web.Request) -> web.Response:
     audit_note(request, new_primary=dsn_address(new.primary), pause_seconds=round(pause, 3),
                catalog_version=catalog.version)
     return ok({**shard_view(catalog, new), "catalog_version": catalog.version,
-               "pause_seconds": round(pause, 3), "old_primary": dsn_address(shard.primary)})
+               "pause_seconds": round(pause, 3), "old_primary": dsn_address(shard.primary),
+               "last_failover": _record(new.last_failover)})
 
 
 @_server_errors
@@ -143,6 +143,14 @@ async def rejoin(request: web.Request) -> web.Response:
     catalog = await mgr.rejoin(name, dsn)
     return ok({**shard_view(catalog, catalog.shard(name)), "catalog_version": catalog.version,
                "rejoined": dsn_address(dsn)})
+
+
+def _record(failover) -> dict | None:
+    """A failover record as the API shows it: addresses, not DSNs."""
+    if failover is None:
+        return None
+    return failover.to_json() | {"from": dsn_address(failover.from_),
+                                 "to": dsn_address(failover.to)}
 
 
 _NAME_PARAM = {"name": NAME}
