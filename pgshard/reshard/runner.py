@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,12 +23,13 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from pgshard.background import Background
-from pgshard.reshard import capture, tables, verify
+from pgshard.reshard import capture, routers, tables, verify
 from pgshard.reshard import copy as rows
 from pgshard.reshard import job as jobs
 from pgshard.reshard import sqltext as q
 from pgshard.reshard.apply import Applier
 from pgshard.reshard.apply import run as apply_statements
+from pgshard.reshard.connections import Connections
 from pgshard.reshard.job import Job, JobError
 from pgshard.reshard.records import JobStore
 from pgshard.ring.catalog import Catalog, Fence
@@ -37,8 +37,6 @@ from pgshard.store import MetadataStore, StoreError
 
 log = logging.getLogger("pgshard.reshard")
 
-FENCE_ACKS_PREFIX = "fence_acks"
-CONNECT_TIMEOUT = 5.0
 POLL_INTERVAL = 0.5
 CATCHUP_LAG_BYTES = 512 * 1024   # the lag below which the fence goes up
 CATCHUP_MAX_ROUNDS = 2000
@@ -353,39 +351,10 @@ class ReshardService:
         return await self._advance(job, "final_catchup")
 
     async def _wait_acks(self, version: int) -> None:
-        """Until every live router acknowledged fence version `version` (or newer)."""
-        from pgshard.control.membership import list_routers
-
-        deadline = time.monotonic() + self.ack_timeout
-        while True:
-            routers, _ = await list_routers(self.store)
-            missing = []
-            for r in routers:
-                kv = await self.store.get(f"{FENCE_ACKS_PREFIX}/{r['id']}")
-                acked = json.loads(kv.value).get("version", 0) if kv is not None else 0
-                if acked < version:
-                    missing.append(r["id"])
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise JobError(f"router(s) {', '.join(missing)} did not acknowledge the fence "
-                               f"(catalog version {version}) within {self.ack_timeout:g}s")
-            await asyncio.sleep(0.02)
+        await routers.wait_acks(self.store, version, self.ack_timeout)
 
     async def _wait_routers(self, version: int) -> None:
-        """Until every live router serves catalog version `version` or a newer one."""
-        from pgshard.control.membership import list_routers
-
-        deadline = time.monotonic() + self.ack_timeout
-        while True:
-            routers, _ = await list_routers(self.store)
-            behind = [r["id"] for r in routers if (r.get("catalog_version") or 0) < version]
-            if not behind:
-                return
-            if time.monotonic() > deadline:
-                raise JobError(f"router(s) {', '.join(behind)} did not apply catalog version "
-                               f"{version} within {self.ack_timeout:g}s")
-            await asyncio.sleep(0.05)
+        await routers.wait_serving(self.store, version, self.ack_timeout)
 
     async def _final_catchup(self, conns, job: Job) -> Job:
         infos = await self._describe(conns, job)
@@ -511,40 +480,3 @@ class ReshardService:
         log.warning("resharding job %s %s", job.id, job.state,
                     extra={"job": job.id, "state": job.state, "error": job.error})
         return job
-
-
-class Connections:
-    """One connection per shard primary for the length of a drive, opened on first use."""
-
-    def __init__(self, catalog: Catalog):
-        self.catalog = catalog
-        self._conns: dict[str, asyncpg.Connection] = {}
-
-    async def get(self, shard: str) -> asyncpg.Connection:
-        conn = self._conns.get(shard)
-        if conn is not None and not conn.is_closed():
-            return conn
-        dsn = self.catalog.shard(shard).primary
-        try:
-            conn = await asyncio.wait_for(asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT),
-                                          CONNECT_TIMEOUT + 1)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            raise ConnectionError(f"shard {shard} does not answer: {exc}") from None
-        self._conns[shard] = conn
-        return conn
-
-    def reset(self) -> None:
-        for conn in self._conns.values():
-            conn.terminate()
-        self._conns.clear()
-
-    async def __aenter__(self) -> Connections:
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        for conn in self._conns.values():
-            try:
-                await asyncio.wait_for(conn.close(), 2)
-            except Exception:
-                conn.terminate()
-        self._conns.clear()

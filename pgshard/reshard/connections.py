@@ -1,0 +1,50 @@
+"""Connections to the shard primaries a resharding job works on: one per shard for the
+length of one drive, opened on first use (a shard that does not answer is a transient
+ConnectionError, retried by the runner)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from pgshard.ring.catalog import Catalog
+
+CONNECT_TIMEOUT = 5.0
+
+
+class Connections:
+    """One connection per shard primary for the length of a drive, opened on first use."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._conns: dict[str, asyncpg.Connection] = {}
+
+    async def get(self, shard: str) -> asyncpg.Connection:
+        conn = self._conns.get(shard)
+        if conn is not None and not conn.is_closed():
+            return conn
+        dsn = self.catalog.shard(shard).primary
+        try:
+            conn = await asyncio.wait_for(asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT),
+                                          CONNECT_TIMEOUT + 1)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            raise ConnectionError(f"shard {shard} does not answer: {exc}") from None
+        self._conns[shard] = conn
+        return conn
+
+    def reset(self) -> None:
+        for conn in self._conns.values():
+            conn.terminate()
+        self._conns.clear()
+
+    async def __aenter__(self) -> Connections:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for conn in self._conns.values():
+            try:
+                await asyncio.wait_for(conn.close(), 2)
+            except Exception:
+                conn.terminate()
+        self._conns.clear()
