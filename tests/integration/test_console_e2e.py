@@ -1,10 +1,13 @@
 """The web console end to end in headless Chromium (Debian's chromium, driven by Playwright)
 against a real `pgshard serve` over the session's 2-shard cluster: log in, see both shards
 healthy, look up a key and compare with the ring and with where the row really is, add a
-spare shard (its own PostgreSQL server) through the form and see it listed, see the audit
-entry, browse tables/users/jobs, log in as a viewer who is offered no writes; an
-accessibility check (labels, names, contrast, keyboard) on every page. Screenshots of each
-page go to a temporary directory that the test prints (PGSHARD_CONSOLE_SHOTS overrides it)."""
+spare shard (its own PostgreSQL primary and replica) through the form and see it listed,
+split shard0 into it from the Jobs page (the confirmation says what moves; the job's row
+follows it to done; every row then lives where the new ring says), switch the spare's primary
+over from its card and see the server refuse a rejoin it cannot do, see the audit entries,
+browse tables/users, log in as a viewer who is offered no writes; an accessibility check
+(labels, names, contrast, keyboard) on every page. Screenshots of each page go to a temporary
+directory that the test prints (PGSHARD_CONSOLE_SHOTS overrides it)."""
 
 from __future__ import annotations
 
@@ -34,13 +37,16 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 ADMIN_PASSWORD = "console-admin-pw"
 TABLE = "e2e_items"
 KEYS = [11, 4242, 90001, 31337, 777777]
+BULK = range(100_000, 100_300)   # more rows, so that the split has some to copy
 STEP_MS = 20_000   # any single wait in the browser
+JOB_MS = 60_000    # the split job, from the click to done
 
 
 @pytest.fixture(scope="module")
 def spare():
-    """A separate one-server PostgreSQL for the shard the test adds."""
-    with temp_cluster(shards=1, replicas=0, shard_prefix="spare") as cluster:
+    """A separate PostgreSQL primary and replica for the shard the test adds (the split moves
+    rows into it, the switchover changes its primary; the shared cluster's primaries stay)."""
+    with temp_cluster(shards=1, replicas=1, shard_prefix="spare") as cluster:
         yield cluster
 
 
@@ -58,6 +64,9 @@ def served(pg_cluster):
         with psycopg.connect(p.dsn(), connect_timeout=10, autocommit=True) as conn:
             for k in KEYS:
                 conn.execute(f"INSERT INTO {TABLE} (id, note) VALUES (%s, 'e2e')", (k,))
+            # One multi-row INSERT: the proxy splits its rows per shard.
+            conn.execute(f"INSERT INTO {TABLE} (id, note) VALUES "
+                         + ", ".join(f"({k}, 'bulk')" for k in BULK))
         yield p
 
 
@@ -68,6 +77,16 @@ def shots():
     d.mkdir(parents=True, exist_ok=True)
     print(f"\nconsole screenshots: {d}")
     return d
+
+
+def rows_by_shard(nodes) -> dict[int, str]:
+    """Each row's id -> the shard whose primary holds it (a row on two shards fails)."""
+    where: dict[int, str] = {}
+    for name, node in nodes:
+        for line in node.psql(f"SELECT id FROM {TABLE}").split():
+            assert int(line) not in where, f"row {line} is on {where[int(line)]} and {name}"
+            where[int(line)] = name
+    return where
 
 
 def rest(base: str, method: str, path: str, token: str | None = None, body=None):
@@ -190,11 +209,8 @@ def run_console_end_to_end(served, spare, pg_cluster, shots):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    where = {}
-    for s in pg_cluster.shards:
-        for line in s.primary.psql(f"SELECT id FROM {TABLE}").split():
-            where[int(line)] = s.name
-    assert sorted(where) == sorted(KEYS)
+    where = rows_by_shard([(s.name, s.primary) for s in pg_cluster.shards])
+    assert sorted(where) == sorted([*KEYS, *BULK])
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
@@ -297,15 +313,30 @@ def run_console_end_to_end(served, spare, pg_cluster, shots):
             goto(page, "Jobs")
             expect(page.get_by_text("No jobs.")).to_be_visible()
             assert page.get_by_role("progressbar").count() == 0
+            expect(page.get_by_text("No shard owns nothing yet")).to_be_visible()
+            expect(page.get_by_role("button", name="Start split…")).to_be_disabled()
             accessible(page, "jobs")
             snap(page, shots, "04-jobs")
 
             # -- add the spare shard through the form, with its confirmation
             goto(page, "Overview")
-            expect(page.get_by_test_id("failover-unavailable")).to_be_visible()
-            spare_dsn = spare.describe()["shards"][0]["primary"]
+            # The server has switchover and failover: offered, confirmed first. Cancelled
+            # here (the session's shared cluster keeps its primaries); nothing is sent.
+            assert page.get_by_test_id("failover-unavailable").count() == 0
+            page.get_by_test_id("shard-shard0").get_by_role(
+                "button", name="Switchover shard0").click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog).to_contain_text("None fails")
+            expect(dialog.get_by_label("Replica to promote")).to_contain_text("healthy")
+            accessible(page, "switchover confirmation")
+            snap(page, shots, "05a-switchover-confirm")
+            page.keyboard.press("Escape")
+            expect(dialog).to_have_count(0)
+            spare_desc = spare.describe()["shards"][0]
             page.get_by_label("Name", exact=True).fill("spare")
-            page.get_by_label("Primary (postgresql:// URL)").fill(spare_dsn)
+            page.get_by_label("Primary (postgresql:// URL)").fill(spare_desc["primary"])
+            page.get_by_label("Replicas (optional, comma separated)").fill(
+                spare_desc["replicas"][0])
             page.get_by_role("button", name="Add shard").click()
             dialog = page.get_by_role("dialog")
             expect(dialog).to_contain_text("Otherwise it owns nothing until a rebalance")
@@ -325,6 +356,9 @@ def run_console_end_to_end(served, spare, pg_cluster, shots):
                 == ["shard0", "shard1", "spare"]
             accessible(page, "overview after adding a shard")
             snap(page, shots, "06-overview-with-spare")
+
+            # -- a split of shard0 into the spare, started and followed on the Jobs page
+            on_spare = run_split_from_jobs_page(page, base, token, shots, pg_cluster, spare)
 
             # -- tables; a change made elsewhere shows up without a reload (polling)
             goto(page, "Tables")
@@ -357,6 +391,14 @@ def run_console_end_to_end(served, spare, pg_cluster, shots):
             expect(page.get_by_test_id("audit-table")).not_to_contain_text("user.add")
             accessible(page, "audit")
             snap(page, shots, "09-audit")
+            page.get_by_label("Action (e.g. shard.add)").fill("job.create")
+            row = page.get_by_test_id("audit-table").get_by_role("row").filter(has_text="spare")
+            expect(row).to_have_count(1)
+            expect(row).to_contain_text("202")
+
+            # -- switchover of the spare from its card; a rejoin the server cannot do is
+            # refused and the refusal shown
+            run_spare_switchover(page, shots, served, spare, on_spare)
 
             # -- a viewer: read-only pages, no forms that write
             page.get_by_role("button", name="Log out").click()
@@ -375,10 +417,132 @@ def run_console_end_to_end(served, spare, pg_cluster, shots):
             # Chromium logs each failed fetch as a console error; those are checked by URL.
             unexpected = [e for e in console_errors if "Failed to load resource" not in e]
             assert unexpected == [], unexpected
-            assert failed == {(401, "/api/v1/auth/login"), (400, "/api/v1/ring/lookup")}, failed
+            assert failed == {(401, "/api/v1/auth/login"), (400, "/api/v1/ring/lookup"),
+                              (422, "/api/v1/shards/spare/rejoin")}, failed
             assert external == [], f"the console fetched from elsewhere: {external}"
         finally:
             browser.close()
-    for name in ("01-login", "02-overview", "03-ring", "04-jobs", "06-overview-with-spare",
-                 "07-tables", "08-users", "09-audit", "10-overview-viewer"):
+    for name in ("01-login", "02-overview", "03-ring", "04-jobs", "05a-switchover-confirm",
+                 "06-overview-with-spare", "06a-split-confirm", "06b-job-running",
+                 "06c-job-done", "06d-job-detail", "06e-ring-after-split", "07-tables",
+                 "08-users", "09-audit", "09a-switchover-done", "10-overview-viewer"):
         assert (shots / f"{name}.png").stat().st_size > 5000, name
+
+
+def run_split_from_jobs_page(page: Page, base: str, token: str, shots: Path, pg_cluster,
+                             spare) -> list[int]:
+    """Split shard0 into the spare through the form; follow the job's row to done; then every
+    row lives on the shard the new ring names, and the ring shows the spare's share."""
+    goto(page, "Jobs")
+    page.get_by_label("Kind").select_option("split")
+    page.get_by_label("Source shard").select_option("shard0")
+    page.get_by_label("Target shard").select_option("spare")
+    page.get_by_role("button", name="Start split…").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("move from shard0 to spare")
+    expect(dialog).to_contain_text("50.0% of what shard0 owns")
+    expect(dialog).to_contain_text("sharded table")
+    accessible(page, "split confirmation")
+    snap(page, shots, "06a-split-confirm")
+    assert rest(base, "GET", "/api/v1/jobs", token)["jobs"] == []   # nothing started yet
+    dialog.get_by_role("button", name="Start split").click()
+    started = page.get_by_test_id("job-started")
+    expect(started).to_contain_text("Started job")
+    job_id = started.get_by_role("link").inner_text()
+    row = page.get_by_test_id(f"job-{job_id}")
+    expect(row).to_be_visible()
+    snap(page, shots, "06b-job-running")
+    # The row follows the job by polling; what it showed on the way is kept to compare.
+    seen = []
+    bar = row.get_by_role("progressbar")
+    deadline = time.monotonic() + JOB_MS / 1000
+    while time.monotonic() < deadline:
+        state = row.get_by_test_id("job-state").inner_text()
+        seen.append((state, row.get_by_test_id("job-phase").inner_text(),
+                     row.get_by_test_id("job-rows").inner_text()))
+        if state in ("done", "failed", "cancelled"):
+            break
+        page.wait_for_timeout(200)
+    job = rest(base, "GET", f"/api/v1/jobs/{job_id}", token)
+    steps = [v for i, v in enumerate(seen) if i == 0 or v != seen[i - 1]]
+    print(f"split job {job_id} as its row showed it: {steps}; write pause "
+          f"{job['write_pause_ms']} ms")
+    assert job["state"] == "done", (job, seen)
+    expect(row.get_by_test_id("job-state")).to_have_text("done")
+    copied, total = job["progress"]["rows_copied"], job["progress"]["rows_total"]
+    assert 0 < copied <= total, job   # the total is the server's estimate, raised to copied
+    expect(row.get_by_test_id("job-rows")).to_have_text(f"{copied} / {total} rows")
+    assert bar.get_attribute("value") == bar.get_attribute("max"), seen
+    assert row.get_by_role("button").count() == 0   # nothing to cancel any more
+    accessible(page, "jobs after the split")
+    snap(page, shots, "06c-job-done")
+
+    # The job's page: every phase passed.
+    row.get_by_role("link", name=job_id).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Job {job_id}")
+    phases = page.get_by_role("list", name="Phases").get_by_role("listitem")
+    expect(phases).to_have_count(6)
+    expect(page.locator("ol.phases li.past")).to_have_count(6)
+    expect(page.get_by_test_id("job-detail").get_by_test_id("job-state")).to_have_text("done")
+    accessible(page, "job detail")
+    snap(page, shots, "06d-job-detail")
+
+    # Where the rows are now is where the new ring says; the spare holds the copied ones.
+    cat_json = rest(base, "GET", "/api/v1/catalog", token)
+    catalog = Catalog.from_json({k: cat_json[k] for k in
+                                 ("version", "shards", "ring", "tables", "fences")})
+    where = rows_by_shard([*((s.name, s.primary) for s in pg_cluster.shards),
+                           ("spare", spare.shards[0].primary)])
+    assert sorted(where) == sorted([*KEYS, *BULK])
+    wrong = {k: s for k, s in where.items()
+             if catalog.shard_for_key(canonical_key(k)).name != s}
+    assert wrong == {}, wrong
+    assert sum(1 for s in where.values() if s == "spare") == copied
+    assert cat_json["fences"] == [] and rest(base, "GET", "/api/v1/ring/moves", token) == \
+        {"jobs": []}
+
+    goto(page, "Ring")
+    vnodes = sum(1 for _, owner in cat_json["ring"] if owner == "spare")
+    assert vnodes > 0
+    expect(page.get_by_role("row", name="spare").get_by_role("cell").first).to_have_text(
+        str(vnodes))
+    assert page.get_by_test_id("moving-jobs").count() == 0   # nothing moves any more
+    accessible(page, "ring after the split")
+    snap(page, shots, "06e-ring-after-split")
+    return sorted(k for k, s in where.items() if s == "spare")
+
+
+def run_spare_switchover(page: Page, shots: Path, served, spare, on_spare: list[int]) -> None:
+    goto(page, "Overview")
+    card = page.get_by_test_id("shard-spare")
+    old = spare.shards[0].primary
+    new = spare.shards[0].replicas[0]
+    expect(card.get_by_role("row", name="replica:0")).to_contain_text("healthy")
+    card.get_by_role("button", name="Switchover spare").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Replica to promote").select_option(f"127.0.0.1:{new.port}")
+    dialog.get_by_role("button", name="Switch over").click()
+    expect(card.get_by_test_id("ha-result")).to_contain_text(
+        f"the primary is now 127.0.0.1:{new.port} (was 127.0.0.1:{old.port})")
+    # The old primary is fenced; a rejoin needs the manager's local cluster, which this
+    # server does not run: its refusal is shown as the server said it.
+    fenced = card.get_by_test_id("fenced-server")
+    expect(fenced).to_contain_text(f"127.0.0.1:{old.port}")
+    expect(card.get_by_test_id("last-failover")).to_contain_text("Last switchover")
+    # The promoted server is seen as a writable primary within a few polls.
+    expect(card.get_by_test_id("shard-health")).to_have_text("healthy", timeout=STEP_MS)
+    fenced.get_by_role("button", name=f"Rejoin 127.0.0.1:{old.port}").click()
+    page.get_by_role("dialog").get_by_role("button", name="Rejoin").click()
+    expect(card.get_by_role("alert")).to_contain_text(
+        f"(422): 127.0.0.1:{old.port} is not a server of the local cluster")
+    accessible(page, "overview after the switchover")
+    snap(page, shots, "09a-switchover-done")
+    # Reads and writes through the proxy reach the spare's new primary.
+    with psycopg.connect(served.dsn(), connect_timeout=10, autocommit=True) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0] == \
+            len(KEYS) + len(BULK)
+        done = conn.execute(f"UPDATE {TABLE} SET note = 'after switchover' WHERE id = %s",
+                            (on_spare[0],))
+        assert done.rowcount == 1
+    assert new.psql(f"SELECT note FROM {TABLE} WHERE id = {on_spare[0]}").strip() == \
+        "after switchover"

@@ -33,8 +33,9 @@ export function CancelJob({ job, session, onDone }: { job: Job; session: Session
   };
   return (
     <>
-      <button type="button" className="danger" disabled={busy} onClick={() => setConfirming(true)}>
-        Cancel job {job.id}
+      <button type="button" className="danger" disabled={busy} aria-label={`Cancel job ${job.id}`}
+        onClick={() => setConfirming(true)}>
+        {busy ? "Cancelling…" : "Cancel"}
       </button>
       <Problem error={error} />
       {confirming && (

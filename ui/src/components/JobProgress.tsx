@@ -5,7 +5,9 @@ import type { Job } from "../lib/types";
 export function JobProgress({ job }: { job: Job }) {
   const p = progress(job);
   const label = `rows copied for job ${job.id}`;
-  const text = p.total === null ? `${p.copied} rows` : `${p.copied} / ${p.total} rows`;
+  const text = p.total === null
+    ? (p.copied ? `${p.copied} rows` : "not counted yet")
+    : `${p.copied} / ${p.total} rows`;
   return (
     <span className="job-progress">
       {p.fraction === null

@@ -16,14 +16,19 @@ export interface Progress {
   pauseSeconds: number | null;   // the write pause, once the fence came down
 }
 
+/** rows_total is the server's estimate, made when the copy starts (0 before: not estimated
+ * yet) and raised to rows_copied when the copy ends. */
 export function progress(j: Job): Progress {
   const copied = j.progress?.rows_copied ?? j.rows_copied ?? 0;
   const rawTotal = j.progress?.rows_total ?? j.rows_total;
-  const total = rawTotal === undefined || rawTotal === null ? null : rawTotal;
+  let total = rawTotal === undefined || rawTotal === null ? null : rawTotal;
+  const beforeCopy = j.state === "pending" || j.phase === "schema";
+  if (total === 0 && (beforeCopy || (j.phase === "copy" && copied > 0))) total = null;
   let fraction: number | null = null;
   if (j.state === "done") fraction = 1;
+  else if (beforeCopy) fraction = null;
   else if (total !== null && total > 0) fraction = Math.min(1, copied / total);
-  else if (total === 0 && j.phase && j.phase !== "schema") fraction = 1;   // nothing to copy
+  else if (total === 0 && j.phase !== "copy") fraction = 1;   // nothing to copy
   const lag = j.progress?.lag_bytes ?? j.lag_bytes;
   const pause = j.write_pause_ms !== undefined && j.write_pause_ms !== null
     ? j.write_pause_ms / 1000
