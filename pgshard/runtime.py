@@ -267,6 +267,7 @@ async def serve_forever(config: Config, role: str = "all", config_path: str | No
 
 
 DEMO_TABLE = "accounts"
+CONSOLE_USER = "console"   # the demo's admin console user (psql -d pgshard), admin's password
 DEMO_DDL = (f"CREATE TABLE IF NOT EXISTS {DEMO_TABLE} "
             "(id bigint PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL DEFAULT 0)")
 
@@ -283,9 +284,10 @@ def demo_config(cluster, port: int, pool_mode: str, password: str, *, api_port: 
     """The config `pgshard demo` runs with: one app user, the cluster's shards."""
     data = {
         "proxy": {"port": port, "database": cluster.database, "pool_mode": pool_mode,
-                  "pool_size": 20},
+                  "pool_size": 20, "admin_users": [CONSOLE_USER] if admin_password else []},
         "sidecar": {"port": api_port, "admin_password": admin_password},
-        "users": [{"name": "app", "password": password}],
+        "users": [{"name": "app", "password": password}]
+        + ([{"name": CONSOLE_USER, "password": admin_password}] if admin_password else []),
         "shards": [{"name": s["name"], "primary": s["primary"], "replicas": s["replicas"]}
                    for s in cluster.describe()["shards"]],
         "tables": [{"name": DEMO_TABLE, "shard_key": "id"}],
@@ -347,7 +349,9 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
             raise SystemExit(f"pgshard demo: {exc}") from None
         client_dsn = (f"postgresql://app:{password}@127.0.0.1:{runtime.proxy.port}/"
                       f"{cluster.database}")
-        state = {"client_dsn": client_dsn, "api": runtime.api_url,
+        console_dsn = (f"postgresql://{CONSOLE_USER}:{admin_password}@127.0.0.1:"
+                       f"{runtime.proxy.port}/pgshard")
+        state = {"client_dsn": client_dsn, "console_dsn": console_dsn, "api": runtime.api_url,
                  "admin_user": config.sidecar.admin_user, "admin_password": admin_password,
                  **cluster.describe(),
                  "spares": spare.describe()["shards"] if spare is not None else []}
@@ -358,6 +362,8 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
               f"  INSERT INTO {DEMO_TABLE} VALUES (1, 'ann', 10), (2, 'bob', 20);\n"
               f"  SELECT * FROM {DEMO_TABLE} ORDER BY id;\n"
               "Declare your own tables with `pgshard tables add NAME --shard-key COLUMN`.\n"
+              f"Admin console: psql postgresql://{CONSOLE_USER}@127.0.0.1:{runtime.proxy.port}"
+              f"/pgshard (the admin password; console_dsn in {state_file})\n"
               f"REST API: {runtime.api_url} (user {config.sidecar.admin_user}, password in "
               f"{state_file})\nstate: {state_file}   (Ctrl-C stops everything)", flush=True)
         await _until_signalled()

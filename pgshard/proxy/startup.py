@@ -19,6 +19,7 @@ from pgshard.protocol.errors import (
 from pgshard.protocol.framing import CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_3_0, SSL_REQUEST
 from pgshard.proxy.units import quote_literal
 
+ADMIN_DATABASE = "pgshard"   # the admin console's database (pgshard.proxy.admin)
 _STARTUP_SKIP = frozenset({"user", "database", "replication", "options"})
 
 
@@ -85,6 +86,10 @@ class StartupMixin:
         if proxy.closing:
             raise PgError("the proxy is shutting down", sqlstate="57P03", severity="FATAL")
         await self._authenticate()
+        if database == ADMIN_DATABASE and database != proxy.config.proxy.database:
+            from pgshard.proxy.admin import AdminConsole
+            await AdminConsole(self).run(params)   # answered by the proxy itself, no server
+            return False
         if database != proxy.config.proxy.database:
             raise InvalidCatalogName(f'database "{database}" does not exist',
                                      hint=f'pgshard serves the database "{proxy.config.proxy.database}"')
