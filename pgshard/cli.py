@@ -296,6 +296,8 @@ def status(session: Session, as_json: bool) -> None:
         else:
             who = "none (run `pgshard login --user NAME`)"
         _echo_fields({"api": session.api, **_flatten(health), "login": who})
+        for warning in health.get("warnings") or ():
+            click.echo(f"warning: {warning}", err=True)
     if not healthy:
         raise CliError(f"the sidecar at {session.api} reports {health.get('status')}")
 

@@ -135,6 +135,7 @@ class Runtime:
             plane.reshard.start()
         self.recovery = start_twophase(config, store, proxy, membership, plane.metrics,
                                        self.node_id, manager)
+        plane.twophase_recovery = self.recovery   # its warnings go into /health
         if manager:
             from pgshard.control.global_ids import GlobalIds
             self.global_ids = GlobalIds(store, lambda: proxy.catalog,

@@ -39,6 +39,7 @@ class ControlPlane:
     fence_acker: object | None = None           # pgshard.control.fence_ack.FenceAcker
     failover: object | None = None              # pgshard.control.failover.FailoverManager
     ha_metrics: object | None = None            # pgshard.control.ha_status.HaMetrics
+    twophase_recovery: object | None = None     # control.twophase_recovery.TwoPhaseRecovery
     started_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -54,9 +55,14 @@ class ControlPlane:
         degraded = degraded_summary(shards)
         if not reachable:
             degraded.insert(0, f"metadata store unreachable: {self.status.last_error}")
+        # Warnings do not degrade the status: only cross-shard commits are affected.
+        recovery = self.twophase_recovery
+        warnings = (recovery.warnings() if recovery is not None
+                    and self.config.proxy.two_phase_commit else [])
         return {
             "status": "degraded" if degraded else "ok",
             "degraded": degraded,
+            "warnings": warnings,
             "shards": shards,
             "node_id": self.node_id,
             "role": self.role,

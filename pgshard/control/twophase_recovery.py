@@ -110,6 +110,12 @@ class TwoPhaseRecovery:
                     log.exception("2PC recovery round failed")
             await asyncio.sleep(min(self.interval, 1.0))
 
+    def warnings(self) -> list[str]:
+        """What status pages should warn about: shards that cannot take part in 2PC."""
+        return [f"{shard}: max_prepared_transactions = 0: a transaction that writes on it and "
+                "another shard cannot commit (two-phase commit, SQLSTATE 55000); set it to at "
+                "least max_connections and restart the shard" for shard in sorted(self.disabled)]
+
     async def run_once(self) -> RecoveryReport:
         """One reconciliation round over every primary in the catalog."""
         self._round_conns: dict[tuple[str, str], asyncpg.Connection] = {}
