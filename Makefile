@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= .demo
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test unit bench bench-failover bench-reshard lint clean ui regress
+.PHONY: bootstrap run demo test unit bench bench-2pc bench-failover bench-reshard lint clean ui regress
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -20,6 +20,14 @@ unit: bootstrap
 
 bench: bootstrap
 	$(BIN)/python -m bench.pgbench_compare
+	$(BIN)/python -m bench.twophase_pgbench
+
+# Two-phase commit through pgshard: a cross-shard pair of UPDATEs vs two single-shard
+# transactions (8, 32 clients), single-shard -N with two_phase_commit on vs off.
+# BENCH_2PC_ARGS e.g. "--quick" or "--modes simple".
+BENCH_2PC_ARGS ?=
+bench-2pc: bootstrap
+	$(BIN)/python -m bench.twophase_pgbench $(BENCH_2PC_ARGS)
 
 # Split a shard of 1M rows under fixed-rate writers: job time vs a plain COPY, write pause.
 bench-reshard: bootstrap

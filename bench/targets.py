@@ -155,8 +155,14 @@ def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def pgshard_config(cluster: LocalCluster, port: int, pool_size: int, store_path: Path) -> str:
-    """The pgshard.toml for one cluster: user `bench`, every shard's primary, no sidecar."""
+def pgshard_config(cluster: LocalCluster, port: int, pool_size: int, store_path: Path, *,
+                   tables: dict[str, str] | None = None,
+                   proxy_settings: dict[str, str] | None = None) -> str:
+    """The pgshard.toml for one cluster: user `bench`, every shard's primary, no sidecar.
+
+    tables maps sharded table -> key column (default: pgbench_accounts by aid);
+    proxy_settings are extra `[proxy]` lines, name -> TOML value text.
+    """
     lines = [
         f"store = {_toml_str('sqlite:///' + str(store_path))}",
         'log_level = "WARNING"',
@@ -168,6 +174,7 @@ def pgshard_config(cluster: LocalCluster, port: int, pool_size: int, store_path:
         'pool_mode = "transaction"',
         f"pool_size = {pool_size}",
         "max_client_conn = 200",
+        *(f"{name} = {value}" for name, value in (proxy_settings or {}).items()),
         "",
         "[sidecar]",
         "enabled = false",
@@ -181,16 +188,19 @@ def pgshard_config(cluster: LocalCluster, port: int, pool_size: int, store_path:
         lines += ["", "[[shards]]", f"name = {_toml_str(shard.name)}",
                   f"primary = {_toml_str(shard.primary.dsn)}", "replicas = []"]
     # pgbench_accounts is sharded by aid, so unhinted point reads are routed by their SQL.
-    lines += ["", "[[tables]]", 'name = "pgbench_accounts"', 'shard_key = "aid"']
+    for table, key in (tables or {"pgbench_accounts": "aid"}).items():
+        lines += ["", "[[tables]]", f"name = {_toml_str(table)}", f"shard_key = {_toml_str(key)}"]
     return "\n".join(lines) + "\n"
 
 
-def start_pgshard(name: str, cluster: LocalCluster, work_dir: Path, pool_size: int) -> tuple[
-        ServerProcess, Endpoint]:
+def start_pgshard(name: str, cluster: LocalCluster, work_dir: Path, pool_size: int, *,
+                  tables: dict[str, str] | None = None,
+                  proxy_settings: dict[str, str] | None = None) -> tuple[ServerProcess, Endpoint]:
     """`pgshard serve` in front of cluster, as a subprocess of this venv's interpreter."""
     port = free_port()
     config_path = work_dir / f"{name}.toml"
-    config_path.write_text(pgshard_config(cluster, port, pool_size, work_dir / f"{name}-meta.db"))
+    config_path.write_text(pgshard_config(cluster, port, pool_size, work_dir / f"{name}-meta.db",
+                                          tables=tables, proxy_settings=proxy_settings))
     executable = Path(sys.executable).with_name("pgshard")
     argv = ([str(executable)] if executable.is_file() else [sys.executable, "-m", "pgshard"])
     server = ServerProcess(name, [*argv, "serve", "--config", str(config_path),
