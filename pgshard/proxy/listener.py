@@ -70,6 +70,9 @@ class Proxy:
         pc = self.config.proxy
         self._listeners = await _bind(pc.host, pc.port)
         self.limits.start()
+        from pgshard.proxy.deadlock import DeadlockDetector
+        self.deadlocks = DeadlockDetector(self)
+        self.deadlocks.start()
         for sock in self._listeners:
             loop.add_reader(sock.fileno(), self._on_acceptable, sock)
         self._janitor = loop.create_task(self._maintain())
@@ -91,6 +94,8 @@ class Proxy:
         self.closing = True
         self._stop_listening()
         await self.limits.stop()
+        if getattr(self, "deadlocks", None) is not None:
+            await self.deadlocks.stop()
         if self._janitor is not None:
             self._janitor.cancel()
         if self.replicas is not None:

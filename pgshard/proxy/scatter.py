@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import PgError
@@ -105,6 +106,7 @@ class MultiTxn:
         self.failed = False
         self.begin_sql = begin_sql
         self.implicit = False         # the transaction of one statement: it ends with it
+        self.started = time.monotonic()   # the newest of a deadlock's transactions gives way
 
     def adopt(self, shard: str, server) -> None:
         """A server already inside this transaction (it ran its first statements)."""

@@ -426,3 +426,42 @@ def test_savepoints_apply_on_every_participant(env):
     bal = {s.name: s.primary.psql(f"SELECT balance FROM {TABLE}").strip() for s in cluster.shards}
     assert bal == {"shard0": "6", "shard1": "5"}
     _no_prepared(cluster)
+
+
+async def test_deadlock_across_shards_is_broken(env):
+    """Two transactions lock a row on each shard in opposite orders: each shard sees one
+    wait, the router sees the cycle and cancels the newer one; the other then commits."""
+    proxy, cluster, keys = env
+    _clear(cluster)
+    a, a2 = keys["shard0"][:2]
+    b, b2 = keys["shard1"][:2]
+    for i, s in ((a, 0), (a2, 0), (b, 1), (b2, 1)):
+        cluster.shards[s].primary.psql(f"INSERT INTO {TABLE} (id, balance) VALUES ({i}, 0)")
+    c1 = await asyncpg.connect(proxy.dsn())
+    c2 = await asyncpg.connect(proxy.dsn())
+    try:
+        t1, t2 = c1.transaction(), c2.transaction()
+        await t1.start()
+        await t2.start()
+        update = f"UPDATE {TABLE} SET balance = $2 WHERE id = $1"
+        await c1.execute(update, a, 1)
+        await c1.execute(update, b2, 1)     # c1 is on both shards now
+        await c2.execute(update, b, 2)
+        await c2.execute(update, a2, 2)     # and so is c2
+        w1 = asyncio.ensure_future(c1.execute(update, b, 1))    # waits for c2
+        await asyncio.sleep(0.3)
+        w2 = asyncio.ensure_future(c2.execute(update, a, 2))    # waits for c1: a cycle
+        done, _ = await asyncio.wait([w1, w2], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {w2}, "the newer transaction is the one cancelled"
+        with pytest.raises(asyncpg.QueryCanceledError):
+            w2.result()
+        await t2.rollback()
+        await asyncio.wait_for(w1, 30)
+        await t1.commit()
+    finally:
+        await c1.close()
+        await c2.close()
+    bal = {int(x.split("|")[0]): int(x.split("|")[1]) for s in cluster.shards
+           for x in s.primary.psql(f"SELECT id, balance FROM {TABLE}").split()}
+    assert bal == {a: 1, a2: 0, b: 1, b2: 1}
+    _no_prepared(cluster)
