@@ -424,7 +424,7 @@ def run_console_end_to_end(served, spare, pg_cluster, shots):
             browser.close()
     for name in ("01-login", "02-overview", "03-ring", "04-jobs", "05a-switchover-confirm",
                  "06-overview-with-spare", "06a-split-confirm", "06b-job-running",
-                 "06c-job-done", "06d-job-detail", "06e-ring-after-split", "07-tables",
+                 "06b2-ring-during-split", "06b3-job-detail-running", "06c-job-done", "06d-job-detail", "06e-ring-after-split", "07-tables",
                  "08-users", "09-audit", "09a-switchover-done", "10-overview-viewer"):
         assert (shots / f"{name}.png").stat().st_size > 5000, name
 
@@ -445,13 +445,46 @@ def run_split_from_jobs_page(page: Page, base: str, token: str, shots: Path, pg_
     accessible(page, "split confirmation")
     snap(page, shots, "06a-split-confirm")
     assert rest(base, "GET", "/api/v1/jobs", token)["jobs"] == []   # nothing started yet
-    dialog.get_by_role("button", name="Start split").click()
-    started = page.get_by_test_id("job-started")
-    expect(started).to_contain_text("Started job")
-    job_id = started.get_by_role("link").inner_text()
-    row = page.get_by_test_id(f"job-{job_id}")
-    expect(row).to_be_visible()
-    snap(page, shots, "06b-job-running")
+    # A lock on the source table holds the job before its copy ends, so that the pages can
+    # be seen while it runs; released below.
+    holder = psycopg.connect(pg_cluster.shards[0].primary.dsn, connect_timeout=10)
+    try:
+        holder.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+        t0 = time.monotonic()
+        dialog.get_by_role("button", name="Start split").click()
+        started = page.get_by_test_id("job-started")
+        expect(started).to_contain_text("Started job")
+        job_id = started.get_by_role("link").inner_text()
+        row = page.get_by_test_id(f"job-{job_id}")
+        expect(row).to_be_visible()
+        expect(row.get_by_role("button", name=f"Cancel job {job_id}")).to_be_visible()
+        snap(page, shots, "06b-job-running")
+        moves = rest(base, "GET", f"/api/v1/jobs/{job_id}", token)["moves"]
+
+        # The ring highlights the ranges the job moves, each from shard0 to the spare.
+        goto(page, "Ring")
+        expect(page.get_by_test_id("moving-jobs")).to_contain_text(f"Job {job_id} (split")
+        arcs = page.locator("svg[role=img] path.moving")
+        expect(arcs).to_have_count(moves)
+        assert {(a.get_attribute("data-src"), a.get_attribute("data-dst"))
+                for a in arcs.all()} == {("shard0", "spare")}
+        accessible(page, "ring during the split")
+        snap(page, shots, "06b2-ring-during-split")
+
+        # The job's own page lists the same ranges while it runs.
+        page.get_by_test_id("moving-jobs").get_by_role("link", name=job_id).click()
+        expect(page.get_by_role("heading", level=1)).to_have_text(f"Job {job_id}")
+        expect(page.get_by_text(f"{moves} moving ranges")).to_be_visible()
+        expect(page.locator("ol.phases li[aria-current=step]")).to_have_count(1)
+        accessible(page, "job detail during the split")
+        snap(page, shots, "06b3-job-detail-running")
+        goto(page, "Jobs")
+        row = page.get_by_test_id(f"job-{job_id}")
+        assert row.get_by_test_id("job-state").inner_text() in ("pending", "running")
+    finally:
+        holder.rollback()
+        holder.close()
+    t1 = time.monotonic()
     # The row follows the job by polling; what it showed on the way is kept to compare.
     seen = []
     bar = row.get_by_role("progressbar")
@@ -466,7 +499,8 @@ def run_split_from_jobs_page(page: Page, base: str, token: str, shots: Path, pg_
     job = rest(base, "GET", f"/api/v1/jobs/{job_id}", token)
     steps = [v for i, v in enumerate(seen) if i == 0 or v != seen[i - 1]]
     print(f"split job {job_id} as its row showed it: {steps}; write pause "
-          f"{job['write_pause_ms']} ms")
+          f"{job['write_pause_ms']} ms; held by the lock {t1 - t0:.1f} s, then done after "
+          f"{time.monotonic() - t1:.1f} s")
     assert job["state"] == "done", (job, seen)
     expect(row.get_by_test_id("job-state")).to_have_text("done")
     copied, total = job["progress"]["rows_copied"], job["progress"]["rows_total"]

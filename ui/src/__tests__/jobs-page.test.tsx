@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { fireEvent, render, screen, waitFor, within } from "@testing-library/react";
 import { Jobs } from "../pages/Jobs";
 import { Ring } from "../pages/Ring";
+import { colours } from "../lib/ring";
 import { ADMIN, VIEWER, fakeServer, session } from "./fakeServer";
 
 const OPERATOR = ["audit:read", "catalog:read", "catalog:write"];
@@ -185,6 +186,9 @@ describe("ring during a job", () => {
     const arc = container.querySelector("path.moving")!;
     expect([arc.getAttribute("data-job"), arc.getAttribute("data-src"), arc.getAttribute("data-dst")])
       .toEqual(["j1", "shard0", "spare"]);
+    // In the destination's colour, which a shard owning no vnode yet has as well.
+    expect(arc.getAttribute("fill")).toBe(colours(["shard0", "spare"]).spare);
+    expect(arc.getAttribute("fill")).not.toBe(colours(["shard0", "spare"]).shard0);
     fireEvent.mouseEnter(arc);
     expect(container.querySelector("figcaption")!.textContent).toBe("moving shard0 → spare (job j1): tokens 1001 … 1074742823");
   });

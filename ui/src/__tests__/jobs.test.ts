@@ -8,7 +8,7 @@ describe("job progress", () => {
     [{ id: "b", state: "running", phase: "copy", rows_copied: 10, rows_total: 40 }, 10, 40, 0.25],
     [{ id: "c", state: "pending", phase: "schema" }, 0, null, null],
     [{ id: "c2", state: "pending", phase: "schema", rows_copied: 0, rows_total: 0 }, 0, null, null],
-    [{ id: "c3", state: "running", phase: "copy", rows_copied: 0, rows_total: 0 }, 0, 0, null],
+    [{ id: "c3", state: "running", phase: "copy", rows_copied: 0, rows_total: 0 }, 0, null, null],
     [{ id: "c4", state: "running", phase: "copy", rows_copied: 5, rows_total: 0 }, 5, null, null],
     [{ id: "d", state: "running", phase: "catchup", rows_copied: 0, rows_total: 0 }, 0, 0, 1],
     [{ id: "e", state: "done", phase: null, rows_copied: 7, rows_total: 9 }, 7, 9, 1],
@@ -21,7 +21,7 @@ describe("job progress", () => {
   it("prefers the nested progress and takes the write pause in ms or s", () => {
     const p = progress({ id: "x", progress: { rows_copied: 5, rows_total: 6, lag_bytes: 2048 },
       rows_copied: 1, rows_total: 2, lag_bytes: 1, write_pause_ms: 420 });
-    expect(p).toEqual({ copied: 5, total: 6, fraction: 5 / 6, lagBytes: 2048, pauseSeconds: 0.42 });
+    expect(p).toEqual({ copied: 5, total: 6, fraction: 5 / 6, lagBytes: 2048, pauseSeconds: 0.42, counted: true });
     expect(progress({ id: "y", write_pause_seconds: 1.5 }).pauseSeconds).toBe(1.5);
     expect(progress({ id: "z" }).pauseSeconds).toBeNull();
   });

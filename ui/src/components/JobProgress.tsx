@@ -6,7 +6,7 @@ export function JobProgress({ job }: { job: Job }) {
   const p = progress(job);
   const label = `rows copied for job ${job.id}`;
   const text = p.total === null
-    ? (p.copied ? `${p.copied} rows` : "not counted yet")
+    ? (p.counted ? `${p.copied} rows` : "not counted yet")
     : `${p.copied} / ${p.total} rows`;
   return (
     <span className="job-progress">

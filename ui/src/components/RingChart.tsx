@@ -1,22 +1,22 @@
 // The token space as a circle: one arc per vnode coloured by its owner; ranges an unfinished
-// resharding job moves are drawn just outside the ring (striped orange, with source and
-// destination), ranges held by its fence outside those (black); the looked-up key's token is
-// marked.
+// resharding job moves are drawn just outside the ring in their destination's colour, ranges
+// held by its fence outside those (black); the looked-up key's token is marked.
 import { useMemo, useState } from "react";
 import { arcPath, arcs, angle, colours, type Vnode } from "../lib/ring";
 
 export interface Fence { lo: number; hi: number; job: string }
 export interface MovingRange { lo: number; hi: number; src: string; dst: string; job: string }
 
-export function RingChart({ vnodes, fences, mark, moving = [] }: {
+export function RingChart({ vnodes, fences, mark, moving = [], shards = [] }: {
   vnodes: Vnode[];
   fences: Fence[];
   mark?: { token: number; shard: string } | null;
   moving?: MovingRange[];
+  shards?: string[];   // every shard, so that one owning nothing yet has its colour too
 }) {
   const [hover, setHover] = useState<string | null>(null);
   const all = useMemo(() => arcs(vnodes), [vnodes]);
-  const colour = useMemo(() => colours([...new Set(vnodes.map((v) => v[1]))]), [vnodes]);
+  const colour = useMemo(() => colours([...shards, ...vnodes.map((v) => v[1])]), [vnodes, shards]);
   const size = 340, c = size / 2, r = 140, w = 36;
   const markAt = mark ? angle(mark.token) : null;
   return (
@@ -33,7 +33,7 @@ export function RingChart({ vnodes, fences, mark, moving = [] }: {
         ))}
         {moving.map((m, i) => (
           <path key={`m${i}`} className="moving" d={arcPath(m.lo, m.hi, c, c, r + 8, 6)}
-            fill="#c2410c" data-job={m.job} data-src={m.src} data-dst={m.dst}
+            fill={colour[m.dst] ?? "#111827"} data-job={m.job} data-src={m.src} data-dst={m.dst}
             onMouseEnter={() => setHover(`moving ${m.src} → ${m.dst} (job ${m.job}): tokens ${m.lo + 1} … ${m.hi}`)}
             onMouseLeave={() => setHover(null)}>
             <title>{`moving ${m.src} → ${m.dst} (job ${m.job}): (${m.lo}, ${m.hi}]`}</title>

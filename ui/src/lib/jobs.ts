@@ -14,6 +14,7 @@ export interface Progress {
   fraction: number | null;
   lagBytes: number | null;
   pauseSeconds: number | null;   // the write pause, once the fence came down
+  counted: boolean;              // whether the copy started (and rows_total was estimated)
 }
 
 /** rows_total is the server's estimate, made when the copy starts (0 before: not estimated
@@ -23,7 +24,7 @@ export function progress(j: Job): Progress {
   const rawTotal = j.progress?.rows_total ?? j.rows_total;
   let total = rawTotal === undefined || rawTotal === null ? null : rawTotal;
   const beforeCopy = j.state === "pending" || j.phase === "schema";
-  if (total === 0 && (beforeCopy || (j.phase === "copy" && copied > 0))) total = null;
+  if (total === 0 && (beforeCopy || j.phase === "copy")) total = null;   // no estimate
   let fraction: number | null = null;
   if (j.state === "done") fraction = 1;
   else if (beforeCopy) fraction = null;
@@ -33,7 +34,7 @@ export function progress(j: Job): Progress {
   const pause = j.write_pause_ms !== undefined && j.write_pause_ms !== null
     ? j.write_pause_ms / 1000
     : j.write_pause_seconds ?? null;
-  return { copied, total, fraction, lagBytes: lag ?? null, pauseSeconds: pause };
+  return { copied, total, fraction, lagBytes: lag ?? null, pauseSeconds: pause, counted: !beforeCopy };
 }
 
 export function isActive(j: Job): boolean {

@@ -25,7 +25,8 @@ export function Ring({ session }: { session: Session }) {
   const [error, setError] = useState<Error | null>(null);
   const cat = poll.data;
   const share = cat ? shares(cat.ring) : {};
-  const colour = cat ? colours(cat.ring.map((v) => v[1])) : {};
+  const names = cat ? cat.shards.map((s) => s.name) : [];
+  const colour = cat ? colours([...names, ...cat.ring.map((v) => v[1])]) : {};
 
   const lookup = async (e: FormEvent) => {
     e.preventDefault();
@@ -71,7 +72,7 @@ export function Ring({ session }: { session: Session }) {
       </div>
       {cat && (
         <div className="ring-layout">
-          <RingChart vnodes={cat.ring} fences={cat.fences ?? []} moving={moving}
+          <RingChart vnodes={cat.ring} fences={cat.fences ?? []} moving={moving} shards={names}
             mark={result ? { token: result.token, shard: result.shard } : null} />
           <table>
             <caption>Share of the token space (catalog version {cat.version})</caption>
@@ -92,11 +93,11 @@ export function Ring({ session }: { session: Session }) {
         <ul className="moving-jobs" aria-label="Jobs moving ranges" data-testid="moving-jobs">
           {movingJobs.map((j) => (
             <li key={j.id}>
-              <span className="swatch moving-swatch" aria-hidden="true" /> Job{" "}
+              <span className="swatch" style={{ background: colour[j.target] ?? "#111827" }} aria-hidden="true" /> Job{" "}
               <a href={`#/jobs/${encodeURIComponent(j.id)}`}>{j.id}</a> ({j.kind}
               {j.source ? ` ${j.source}` : ""} → {j.target}, {j.phase ?? j.state}) moves{" "}
               {j.moves.length} range{j.moves.length === 1 ? "" : "s"}, {percent(j.share)} of the
-              token space (orange, just outside the ring).
+              token space (in {j.target}'s colour, just outside the ring).
             </li>
           ))}
         </ul>
