@@ -408,6 +408,12 @@ def run_console_end_to_end(served, spare, pg_cluster, shots):
             assert nav.get_by_role("link", name="Users").count() == 0
             expect(page.get_by_test_id("shard-spare")).to_be_visible()
             assert page.get_by_role("button", name="Add shard").count() == 0
+            assert page.get_by_role("button", name="Switchover shard0").count() == 0
+            goto(page, "Jobs")
+            expect(page.get_by_test_id("jobs-table").get_by_test_id("job-state")).to_have_text(
+                "done")
+            assert page.get_by_role("heading", name="Start a resharding job").count() == 0
+            accessible(page, "jobs as viewer")
             goto(page, "Tables")
             assert page.get_by_role("button", name="Declare table").count() == 0
             accessible(page, "tables as viewer")

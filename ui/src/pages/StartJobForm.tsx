@@ -91,7 +91,7 @@ export function StartJobForm({ session, onStarted }: { session: Session; onStart
       </div>
       <p className="muted">{WHAT[kind]}.
         {kind !== "merge" && candidates(kind, list, src).targets.length === 0 && shards.data
-          && " No shard owns nothing yet: add one on the Overview page first."}</p>
+          && <> No shard owns nothing yet: add one on the <a href="#/overview">Overview</a> page first.</>}</p>
       <button type="submit" className="primary" disabled={busy || !tgt || (kind !== "rebalance" && !src)}>
         {busy ? "Working…" : `Start ${kind}…`}
       </button>
