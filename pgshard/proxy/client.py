@@ -138,6 +138,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self._qkind = "read"
         self._owe_z = False
         self.skip_until_sync = False
+        self._lost_error: bytes | None = None   # 08006 owed at the next Sync (server_lost)
         self.session_key: bytes | None = None
         self.local_key: bytes | None = None
         self.session_shard: str | None = None
@@ -303,6 +304,13 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 self._close(raw)
             elif t == 0x53:    # Sync
                 self.skip_until_sync = False
+                if self._lost_error is not None:
+                    err, self._lost_error = self._lost_error, None
+                    self.ops = []
+                    self.unit_shard = self.unit_fanout = None
+                    self.unit_split = False
+                    self._reply(err + m.ready_for_query(self._status()))
+                    return None
                 if len(raw) != 5:
                     return self._bad_unit_end(sync=True)
                 self.ops.append((OP_SYNC,))
@@ -1149,10 +1157,13 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             if self.transport is not None:
                 self.transport.close()
             return
-        self.write(m.error_response("08006", f"lost the server connection to shard: {reason}"))
+        err = m.error_response("08006", f"lost the server connection to shard: {reason}")
         if outstanding:
-            self.write(m.ready_for_query(b"I"))
+            self.write(err + m.ready_for_query(b"I"))
         else:
+            # Mid extended-protocol unit (a Parse/Describe flushed, say): the error answers
+            # the client's next Sync, as a server's would, not a request it never made.
+            self._lost_error = err
             self.skip_until_sync = True
 
     # ------------------------------------------------------------ errors

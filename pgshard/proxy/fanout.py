@@ -389,6 +389,13 @@ class FanoutMixin:
             self._owe_z = True
         out = await self._run_fanout(
             fan, read_filter.per_shard(self, fan, [p for p in parts if p[1] != X_FAKE]), hide)
+        multi = self.txn.multi
+        if multi is not None and multi.implicit and (sync or out is None):
+            # The statement's own transaction: committed (2PC) or rolled back now.
+            end = await self._multi_end(r.COMMIT if out is not None else r.ROLLBACK)
+            if out is not None and end[:1] == b"E":
+                self.write(end)
+                out = None
         if out is None:
             if sync:
                 self.write(m.ready_for_query(self._status()))

@@ -150,11 +150,14 @@ def test_update_and_delete_without_a_key_run_everywhere(env):
             cur = conn.execute(f"DELETE FROM {TABLE} WHERE balance = 0 AND id % 2 = 0")
             deleted = cur.rowcount
         assert deleted == sum(1 for i in ids if i % 2 == 0)
-        # the extended protocol too
+        # the extended protocol too, committed (not left open) when it ends
         cur = conn.execute(f"UPDATE {TABLE} SET balance = %s", (5,))
         assert cur.rowcount == len(ids) - deleted
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     left = _rows(cluster)
     assert left["shard0"] | left["shard1"] == {i for i in ids if i % 2}
+    assert {s.primary.psql(f"SELECT DISTINCT balance FROM {TABLE}").strip()
+            for s in cluster.shards} == {"5"}
     _no_prepared(cluster)
 
 

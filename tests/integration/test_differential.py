@@ -675,12 +675,6 @@ REFUSED: list[Refusal] = [
     Refusal("window-function-in-list",
             f"SELECT id, rank() OVER (ORDER BY grp) FROM ref_items WHERE id IN ({_A}, {_B})",
             "window functions"),
-    Refusal("multi-row-insert-spanning-extended",
-            "INSERT INTO ref_items (id, grp) VALUES ($1, 1), ($2, 2), ($3, 3)", "spans 3 shards",
-            params=(_A + 100, _B + 100, _C + 100), drivers=("pg",)),
-    Refusal("multi-row-insert-spanning-prepared",
-            f"INSERT INTO ref_items (id, grp) VALUES ({_A}, 1), ({_B}, 2), ({_C}, 3)",
-            "spans 3 shards", drivers=("apg",)),
     Refusal("update-of-key-column", "UPDATE ref_items SET id = 100 WHERE id = 1",
             "shard key column"),
     Refusal("upsert-updates-key-column",
@@ -803,6 +797,30 @@ def test_cross_shard_writes_match_one_database(diff_env):
     shards, reads inside the transaction, ROLLBACK: the same answers as one database."""
     direct_dsn, proxy = diff_env
     assert _xs_run(proxy.dsn()) == _xs_run(direct_dsn)
+
+
+def _xs_bound_run(dsn: str) -> list:
+    out = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS ref_xs")
+        conn.execute("CREATE TABLE ref_xs (id bigint PRIMARY KEY, grp int, name text)")
+        cur = psycopg.RawCursor(conn)
+        cur.execute("INSERT INTO ref_xs (id, grp) VALUES ($1, 1), ($2, 2), ($3, 3) RETURNING id, grp",
+                    (_A, _B, _C))
+        out.append((cur.statusmessage, sorted(cur.fetchall())))
+        cur.execute("INSERT INTO ref_xs (id, grp, name) VALUES ($1, $2, $3), ($4, $2, $5)",
+                    (_A + 100, 7, "x", _B + 100, "y"), binary=True)
+        out.append((cur.statusmessage, None))
+        out.append(sorted(conn.execute("SELECT id, grp, name FROM ref_xs").fetchall()))
+        conn.execute("DROP TABLE ref_xs")
+    return out
+
+
+def test_bound_multi_row_insert_matches_one_database(diff_env):
+    """A multi-row INSERT with bound parameters (text and binary) whose rows belong to three
+    shards: split per shard, the same answers and rows as one database."""
+    direct_dsn, proxy = diff_env
+    assert _xs_bound_run(proxy.dsn()) == _xs_bound_run(direct_dsn)
 
 
 def test_refused_writes_left_no_rows(diff_env):
