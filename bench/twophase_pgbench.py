@@ -72,7 +72,7 @@ def _csv(text: str, kind=int) -> list:
 @click.option("--modes", "modes_text", default="simple,prepared", show_default=True,
               help="comma-separated pgbench -M modes")
 @click.option("--rounds", type=click.IntRange(1), default=None,
-              help="alternating 2PC on/off rounds per cell  [default: 3, 2 with --quick]")
+              help="alternating 2PC on/off rounds per cell  [default: 4, 2 with --quick]")
 @click.option("--keys", "per_shard", type=click.IntRange(2), default=2048, show_default=True,
               help="pgbench_accounts keys per shard the cross-shard scripts pick from")
 @click.option("--quick", is_flag=True, help="a fast sanity run: scale 2, 3 s per run")
@@ -84,7 +84,7 @@ def main(scale: int | None, duration: int | None, clients_text: str, modes_text:
     single-shard ones, and single-shard -N with two_phase_commit on vs off."""
     scale = scale or (2 if quick else 10)
     duration = duration or (3 if quick else 10)
-    rounds = rounds or (2 if quick else 3)
+    rounds = rounds or (2 if quick else 4)
     clients = _csv(clients_text)
     modes = _csv(modes_text, str)
     if not clients or min(clients) < 1 or not modes or set(modes) - set(MODES):
@@ -109,7 +109,8 @@ def main(scale: int | None, duration: int | None, clients_text: str, modes_text:
                 "-j = min(clients, 2)",
                 "N-2pc-on / N-2pc-off: two pgshard processes on the same cluster, "
                 "two_phase_commit true / false, run in alternating rounds; spread = "
-                "(max - min) / median TPS over the rounds of one target",
+                "(max - min) / median TPS over the rounds of one target; paired = the "
+                "on/off ratio of each round's back-to-back runs (median, min, max)",
             ]}
     exit_code = 0
     try:
@@ -265,8 +266,11 @@ def _check_pairs(cluster: LocalCluster, keys: dict[str, list[int]]) -> dict:
 def _summary(results: list[tuple[int, Measurement]]) -> list[dict]:
     """Per (mode, clients): median TPS and latency per target, spread, and the ratios."""
     cells: dict[tuple[str, int], dict[str, list[Measurement]]] = {}
-    for _, m in results:
+    by_round: dict[tuple[str, int, int], dict[str, Measurement]] = {}
+    for r, m in results:
         cells.setdefault((m.mode, m.clients), {}).setdefault(m.target, []).append(m)
+        if r:
+            by_round.setdefault((m.mode, m.clients, r), {})[m.target] = m
     rows = []
     for (mode, clients), by_target in cells.items():
         row: dict = {"mode": mode, "clients": clients}
@@ -282,15 +286,24 @@ def _summary(results: list[tuple[int, Measurement]]) -> list[dict]:
         for name, num, den in (*PAIR_RATIOS, ("on/off", ON, OFF)):
             a, b = row.get(num), row.get(den)
             row[name] = a["tps"] / b["tps"] if a and b and b["tps"] else None
+        # on/off of each round (the two ran back to back): drift between rounds cancels.
+        paired = [ms[ON].tps / ms[OFF].tps for (mo, c, _), ms in by_round.items()
+                  if (mo, c) == (mode, clients) and ON in ms and OFF in ms
+                  and ms[ON].ok and ms[OFF].ok and ms[OFF].tps]
+        if paired:
+            row.update({"paired med": statistics.median(paired), "paired min": min(paired),
+                        "paired max": max(paired)})
         rows.append(row)
     return rows
 
 
 def _render(summary: list[dict]) -> str:
     pair = _table(summary, [CROSS, TWO, SAME], [r[0] for r in PAIR_RATIOS], spread=False)
-    onoff = _table(summary, [ON, OFF], ["on/off"], spread=True)
+    onoff = _table(summary, [ON, OFF], ["on/off", "paired med", "paired min", "paired max"],
+                   spread=True)
     return ("cross-shard pair of UPDATEs (TPS = pairs/s):\n" + pair
-            + "\n\nsingle-shard -N, two_phase_commit on vs off (median of rounds):\n" + onoff)
+            + "\n\nsingle-shard -N, two_phase_commit on vs off (median of rounds; paired: "
+            "on/off per round):\n" + onoff)
 
 
 def _table(summary: list[dict], targets: list[str], ratios: list[str], spread: bool) -> str:
