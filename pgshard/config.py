@@ -31,6 +31,22 @@ class UserConfig:
 
 
 @dataclass(frozen=True)
+class DatabaseConfig:
+    """A logical database besides [proxy] database: its name on every shard and the pool
+    settings it overrides (a user's own pool_size/pool_mode still win, as in PgBouncer)."""
+
+    name: str                            # the name clients give in their startup packet
+    dbname: str | None = None            # the database on every shard (default: name)
+    pool_size: int | None = None         # default: [proxy] pool_size
+    min_pool_size: int | None = None     # default: [proxy] min_pool_size
+    pool_mode: str | None = None         # default: [proxy] pool_mode
+
+    @property
+    def server_database(self) -> str:
+        return self.dbname or self.name
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     host: str = "127.0.0.1"
     port: int = 6432
@@ -109,7 +125,8 @@ class Config:
     sidecar: SidecarConfig = field(default_factory=SidecarConfig)
     ha: HaConfig = field(default_factory=HaConfig)
     users: tuple[UserConfig, ...] = ()
-    catalog: Catalog | None = None
+    databases: tuple[DatabaseConfig, ...] = ()   # [[databases]]: logical databases besides
+    catalog: Catalog | None = None               # [proxy] database (same sharded tables)
     store: str = "sqlite:///pgshard-meta.db"
     cluster: str = "default"
     log_level: str = "INFO"
@@ -120,6 +137,13 @@ class Config:
         for u in self.users:
             if u.name == name:
                 return u
+        return None
+
+    def database(self, name: str) -> DatabaseConfig | None:
+        """The [[databases]] entry clients reach as name (None: not one of them)."""
+        for d in self.databases:
+            if d.name == name:
+                return d
         return None
 
 
@@ -190,6 +214,7 @@ def config_from_dict(data: dict) -> Config:
         if uc.auth != "trust" and not uc.password:
             raise ConfigError(f"user {uc.name}: a password is required for {uc.auth}")
         users.append(uc)
+    databases = _databases(data.pop("databases", []), proxy)
     vnodes = int(data.pop("vnodes_per_shard", 256))
     shards = []
     for i, s in enumerate(data.pop("shards", [])):
@@ -214,8 +239,50 @@ def config_from_dict(data: dict) -> Config:
         raise ConfigError(f"unknown top-level setting(s): {', '.join(sorted(data))}")
     if not isinstance(rest.get("lease_ttl", 5.0), int | float) or rest.get("lease_ttl", 5.0) < 1:
         raise ConfigError("lease_ttl must be a number of seconds >= 1")
-    return Config(proxy=proxy, sidecar=sidecar, ha=ha, users=tuple(users), catalog=catalog,
-                  **rest)
+    for d in databases:
+        for sh in shards:
+            if parse_dsn(sh.primary).database == d.server_database:
+                raise ConfigError(f"[[databases]] {d.name}: dbname {d.server_database!r} is the "
+                                  f"database of shard {sh.name}'s DSN, which serves [proxy] "
+                                  f"database {proxy.database!r}")
+    return Config(proxy=proxy, sidecar=sidecar, ha=ha, users=tuple(users), databases=databases,
+                  catalog=catalog, **rest)
+
+
+def _databases(items: list, proxy: ProxyConfig) -> tuple[DatabaseConfig, ...]:
+    """[[databases]], validated: unique names and shard databases, sane pool settings."""
+    if not isinstance(items, list):
+        raise ConfigError("[[databases]] must be an array of tables")
+    out: list[DatabaseConfig] = []
+    for i, d in enumerate(items):
+        where = f"[[databases]] #{i + 1}"
+        if not isinstance(d, dict) or "name" not in d:
+            raise ConfigError(f"{where}: name is required")
+        db = _build(DatabaseConfig, d, where)
+        for attr in ("name", "dbname"):
+            value = getattr(db, attr)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"{where}: {attr} must be a non-empty string")
+        if db.name == proxy.database:
+            raise ConfigError(f"{where}: {db.name!r} is [proxy] database, whose settings are "
+                              "[proxy]'s")
+        if db.name == "pgshard":
+            raise ConfigError(f"{where}: 'pgshard' is the admin console's database")
+        for attr, least in (("pool_size", 1), ("min_pool_size", 0)):
+            value = getattr(db, attr)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < least):
+                raise ConfigError(f"{where}: {attr} must be an integer >= {least}")
+        if (db.min_pool_size or 0) > (db.pool_size or proxy.pool_size):
+            raise ConfigError(f"{where}: min_pool_size must not exceed pool_size")
+        if db.pool_mode is not None and db.pool_mode not in POOL_MODES:
+            raise ConfigError(f"{where}: pool_mode must be one of {POOL_MODES}")
+        out.append(db)
+    if len({d.name for d in out}) != len(out):
+        raise ConfigError("[[databases]]: names must be unique")
+    if len({d.server_database for d in out}) != len(out):
+        raise ConfigError("[[databases]]: two entries name the same dbname on the shards")
+    return tuple(out)
 
 
 def _check_sidecar(sc: SidecarConfig) -> None:

@@ -53,6 +53,13 @@ def changes(old: Config, new: Config) -> tuple[list[str], list[str]]:
             if a != b:
                 shown = "changed" if f.name in _SECRET else f"{a!r} -> {b!r}"
                 applied.append(f"user {name}: {f.name} {shown}")
+    dbs_before = {d.name: d for d in old.databases}
+    dbs_after = {d.name: d for d in new.databases}
+    for name in sorted(dbs_before.keys() | dbs_after.keys()):
+        a, b = dbs_before.get(name), dbs_after.get(name)
+        if a != b:
+            applied.append(f"database {name}: " + ("added" if a is None else "removed"
+                                                   if b is None else f"{a!r} -> {b!r}"))
     return applied, restart
 
 
@@ -62,7 +69,8 @@ def merged(old: Config, new: Config, keep_users=()) -> Config:
     proxy = dataclasses.replace(new.proxy, **{k: getattr(old.proxy, k) for k in PROXY_RESTART})
     internal = tuple(u for u in old.users if u.name in keep_users)
     users = tuple(u for u in new.users if u.name not in keep_users) + internal
-    return dataclasses.replace(old, proxy=proxy, users=users, log_level=new.log_level)
+    return dataclasses.replace(old, proxy=proxy, users=users, databases=new.databases,
+                               log_level=new.log_level)
 
 
 def apply(proxy, config: Config, log_level: str | None = None) -> None:
@@ -75,8 +83,9 @@ def apply(proxy, config: Config, log_level: str | None = None) -> None:
     proxy.settings = settings = PoolSettings.of(config.proxy)
     for pool in list(proxy.pools.values()):
         own = config.user(pool.key.client) if pool.key.client else None
-        size = own.pool_size if own is not None and own.pool_size else settings.pool_size
-        pool.settings = dataclasses.replace(settings, pool_size=size)
+        db = next((d for d in config.databases if d.server_database == pool.key.database), None)
+        pool.settings = settings.serving(own, db)
+        size = pool.settings.pool_size
         while pool.size > size and pool.idle:
             s = pool.idle.popleft()
             s.terminate()
@@ -107,7 +116,8 @@ def reload(runtime, path: str | None) -> tuple[list[str], list[str]]:
     apply(runtime.proxy, config,
           log_level=new.log_level if new.log_level != runtime.config.log_level else None)
     runtime.config = dataclasses.replace(runtime.config, proxy=config.proxy,
-                                         users=new.users, log_level=new.log_level)
+                                         users=new.users, databases=new.databases,
+                                         log_level=new.log_level)
     if applied:
         log.info("config reloaded from %s: %s", path, "; ".join(applied),
                  extra={"event": "config.reload", "changed": applied})

@@ -975,7 +975,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             return None
         s = self._take_parked(shard, role) if self.parked else None
         if s is None:
-            s = self.proxy.pool_for(shard, self.user, role).try_acquire()
+            s = self.proxy.pool_for(shard, self.user, role, database=self.database).try_acquire()
         if s is None:
             return None
         self._link(s, shard, begin)
@@ -1034,7 +1034,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 self.role = role
                 return s
         if s is None:
-            pool = self.proxy.pool_for(shard, self.user, role)
+            pool = self.proxy.pool_for(shard, self.user, role, database=self.database)
             s = pool.try_acquire()
             if s is None:
                 try:

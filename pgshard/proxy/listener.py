@@ -6,7 +6,6 @@ that cancel requests are matched against.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
 import logging
 import secrets
@@ -14,7 +13,7 @@ import socket
 
 from pgshard.config import Config, UserConfig, parse_dsn
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import PgError
+from pgshard.protocol.errors import InvalidCatalogName, PgError
 from pgshard.proxy.client import ClientSession
 from pgshard.proxy.limits import ADMIT, REFUSE, ClientLimits
 from pgshard.proxy.pool import BackendPool, PoolKey, PoolSettings
@@ -200,9 +199,14 @@ class Proxy:
 
     # ------------------------------------------------------------ pools
 
-    def pool_for(self, shard: str, user: UserConfig | None, role: str = "primary") -> BackendPool:
-        """The pool serving (shard, role) for this user; cached per catalog snapshot."""
-        ck = (shard, role, user.name if user else None)
+    def pool_for(self, shard: str, user: UserConfig | None, role: str = "primary",
+                 database: str | None = None) -> BackendPool:
+        """The pool serving (shard, role) for this user in a logical database (None or
+        [proxy] database: the main one, on the shard DSN's database; else a [[databases]]
+        name); cached per catalog snapshot."""
+        if database == self.config.proxy.database:
+            database = None
+        ck = (shard, role, user.name if user else None, database)
         cache = self._pool_cache
         if cache[0] is self.catalog:
             pool = cache[1].get(ck)
@@ -210,32 +214,45 @@ class Proxy:
                 return pool
         else:
             self._pool_cache = cache = (self.catalog, {})
-        pool = self._pool_for(shard, user, role)
+        pool = self._pool_for(shard, user, role, database)
         cache[1][ck] = pool
         return pool
 
-    def _pool_for(self, shard: str, user: UserConfig | None, role: str) -> BackendPool:
+    def _pool_for(self, shard: str, user: UserConfig | None, role: str,
+                  database: str | None = None) -> BackendPool:
         cat = self.catalog
         sh = cat.shard(shard)
         dsn = parse_dsn(sh.primary if role == "primary" else sh.replicas[int(role.split(":")[1])])
+        db = None
+        if database is not None:
+            db = self.config.database(database)
+            if db is None:   # dropped from the config by a reload
+                raise InvalidCatalogName(f'database "{database}" does not exist')
+            if db.server_database == dsn.database:
+                raise InvalidCatalogName(
+                    f'database "{database}" is configured on dbname "{db.server_database}", '
+                    f"which shard {shard}'s DSN names for the main database",
+                    hint="give the [[databases]] entry a dbname of its own")
         server_user = (user.server_user if user and user.server_user else dsn.user)
         password = (user.server_password if user and user.server_password else dsn.password)
-        key = PoolKey(shard, role, server_user, dsn.database,
+        key = PoolKey(shard, role, server_user, db.server_database if db else dsn.database,
                       user.name if user and user.pool_size else None)
         pool = self.pools.get(key)
         if pool is None or (pool.host, pool.port) != (dsn.host, dsn.port):
             if pool is not None:
                 pool.close()
-            settings = self.settings
-            if user and user.pool_size:
-                settings = dataclasses.replace(settings, pool_size=user.pool_size)
-            pool = BackendPool(key, dsn.host, dsn.port, password, settings)
+            pool = BackendPool(key, dsn.host, dsn.port, password, self.settings.serving(user, db))
             self.failover_hold.adopt(pool, sh)
             self.pools[key] = pool
         return pool
 
-    async def server_params(self, user: UserConfig | None) -> dict[str, str]:
-        """ParameterStatus values to greet clients with, learned from a real server."""
+    async def server_params(self, user: UserConfig | None,
+                            database: str | None = None) -> dict[str, str]:
+        """ParameterStatus values to greet clients with, learned from a real server. A
+        logical database's first login also connects to it (on the first shard), so one
+        missing there is refused at login, as PostgreSQL does."""
+        if database is not None and database != self.config.proxy.database:
+            await self._check_database(user, database)
         if self._server_params is not None:
             return self._server_params
         last: PgError | None = None
@@ -253,6 +270,12 @@ class Proxy:
             return self._server_params
         raise PgError(f"no shard is reachable: {last.message if last else 'no shards'}",
                       sqlstate="08006", severity="FATAL")
+
+    async def _check_database(self, user: UserConfig | None, database: str) -> None:
+        sh = self.catalog.shards[0]
+        pool = self.pool_for(sh.name, user, database=database)
+        if pool.server_params is None:
+            pool.release(await pool.acquire())
 
     # ------------------------------------------------------------ sessions
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -43,6 +44,24 @@ class PoolSettings:
     @classmethod
     def of(cls, proxy_config) -> PoolSettings:
         return cls(**{f: getattr(proxy_config, f) for f in cls.__dataclass_fields__})
+
+    def serving(self, user, database) -> PoolSettings:
+        """These ([proxy]'s) settings for a pool of a logical database ([[databases]] entry
+        or None: the main one) and a user: the database's pool_size and min_pool_size over
+        [proxy]'s, a user's own pool_size over both (PgBouncer's order)."""
+        changes = {}
+        if database is not None:
+            if database.pool_size:
+                changes["pool_size"] = database.pool_size
+            if database.min_pool_size is not None:
+                changes["min_pool_size"] = database.min_pool_size
+        if user is not None and user.pool_size:
+            changes["pool_size"] = user.pool_size
+        if not changes:
+            return self
+        size = changes.get("pool_size", self.pool_size)
+        changes["min_pool_size"] = min(changes.get("min_pool_size", self.min_pool_size), size)
+        return dataclasses.replace(self, **changes)
 
 
 class BackendPool:

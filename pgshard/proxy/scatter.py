@@ -60,7 +60,8 @@ class Collector(ServerClient):
 async def servers_for(session, shards: list[str]):
     """A server of every shard, as [(pool, server)], released when the block ends (a
     server not back at an idle point is closed by its pool, never reused)."""
-    pools = [session.proxy.pool_for(sh, session.user) for sh in shards]
+    pools = [session.proxy.pool_for(sh, session.user, database=session.database)
+             for sh in shards]
     servers = await asyncio.gather(*(p.acquire() for p in pools), return_exceptions=True)
     try:
         failed = next((s for s in servers if isinstance(s, BaseException)), None)
@@ -119,7 +120,9 @@ class MultiTxn:
         new = [sh for sh in shards if sh not in self.servers]
         if not new:
             return
-        pools = [self.session.proxy.pool_for(sh, self.session.user) for sh in new]
+        pools = [self.session.proxy.pool_for(sh, self.session.user,
+                                             database=self.session.database)
+                 for sh in new]
         got = await asyncio.gather(*(p.acquire() for p in pools), return_exceptions=True)
         for sh, pool, s in zip(new, pools, got, strict=True):
             if not isinstance(s, BaseException):
@@ -143,7 +146,9 @@ class MultiTxn:
             raise m.error_to_exception(err[5:])
 
     async def open(self, begin_sql: str) -> list:
-        pools = [self.session.proxy.pool_for(sh, self.session.user) for sh in self.shards]
+        pools = [self.session.proxy.pool_for(sh, self.session.user,
+                                             database=self.session.database)
+                 for sh in self.shards]
         got = await asyncio.gather(*(p.acquire() for p in pools), return_exceptions=True)
         for sh, pool, s in zip(self.shards, pools, got, strict=True):
             if not isinstance(s, BaseException):

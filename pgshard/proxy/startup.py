@@ -24,6 +24,9 @@ _STARTUP_SKIP = frozenset({"user", "database", "replication", "options"})
 
 
 class StartupMixin:
+    # The logical database the client logged in to ([proxy] database or a [[databases]]
+    # name); sessions pass it to Proxy.pool_for. None until startup: the main one.
+    database: str | None = None
 
     async def _next_startup(self):
         while True:
@@ -90,12 +93,17 @@ class StartupMixin:
             from pgshard.proxy.admin import AdminConsole
             await AdminConsole(self).run(params)   # answered by the proxy itself, no server
             return False
-        if database != proxy.config.proxy.database:
+        logical = proxy.config.database(database)   # a [[databases]] entry, or None
+        if database != proxy.config.proxy.database and logical is None:
+            names = [proxy.config.proxy.database] + [d.name for d in proxy.config.databases]
+            served = ", ".join(f'"{n}"' for n in names)
             raise InvalidCatalogName(f'database "{database}" does not exist',
-                                     hint=f'pgshard serves the database "{proxy.config.proxy.database}"')
+                                     hint=f"pgshard serves the database(s) {served}")
         if proxy.catalog is None or not proxy.catalog.shards:
             raise PgError("pgshard has no shards configured", sqlstate="57P03", severity="FATAL")
+        self.database = database
         self.pool_mode = (self.user.pool_mode if self.user and self.user.pool_mode
+                          else logical.pool_mode if logical and logical.pool_mode
                           else proxy.config.proxy.pool_mode)
         self.consistency = self.user.default_consistency if self.user else "strong"
         for k, v in params.items():
@@ -104,7 +112,7 @@ class StartupMixin:
         for opt in _parse_options(params.get("options", "")):
             self.startup_vars[opt[0].lower()] = opt[1]
         self.vars = {k: quote_literal(v) for k, v in self.startup_vars.items()}
-        server_params = await proxy.server_params(self.user)
+        server_params = await proxy.server_params(self.user, database)
         out = [m.auth_ok()]
         merged = dict(server_params)
         for k, v in self.startup_vars.items():

@@ -33,7 +33,7 @@ class TargetingMixin:
         start = self.pid % n if n > 1 else 0
         for i in range(n):
             name = shards[(start + i) % n]
-            if n == 1 or self.proxy.pool_for(name, self.user).healthy():
+            if n == 1 or self.proxy.pool_for(name, self.user, database=self.database).healthy():
                 break
         else:
             name = shards[start]
@@ -46,7 +46,7 @@ class TargetingMixin:
             return None
         cat = self.proxy.catalog
         for name in cat.serving_shards() or cat.shard_names():
-            if name != failed and self.proxy.pool_for(name, self.user).healthy():
+            if name != failed and self.proxy.pool_for(name, self.user, database=self.database).healthy():
                 self.any_pick = name
                 return name
         return None
