@@ -50,6 +50,11 @@ async def api(rt, spare):
         status, body, _ = await api.request("PUT", f"/api/v1/tables/{TABLE}", role="admin",
                                             json={"shard_key": "id"})
         assert status in (200, 201), body
+
+        async def declared():   # the proxy follows the catalog within a second
+            return any(t == TABLE for t, _ in rt.proxy.catalog.tables)
+
+        await wait_for(declared, what=f"the proxy's catalog to declare {TABLE}")
         conn = await asyncpg.connect(f"postgresql://app:app-secret@127.0.0.1:{rt.proxy.port}/app")
         try:
             await conn.execute(f"INSERT INTO {TABLE} (id, note) VALUES "
