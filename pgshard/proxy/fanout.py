@@ -65,7 +65,8 @@ class FanoutMixin:
                 replies = await scatter.run_on_shards(self, [self._any_shard()], emit)
             names = [scatter.decode_row(raw[5:])[0] for t, raw in replies[0] if t == 0x44]
             names = [n.decode() for n in names if n is not None]
-            self.proxy.set_key_position(table, names.index(key) if key in names else -1)
+            self.proxy.set_key_position(table, names.index(key) if key in names else -1,
+                                        database=self.database)
 
     async def _multi_query(self, raw: bytes, sql: str, plan: r.Plan) -> None:
         kind = plan.kind

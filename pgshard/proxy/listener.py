@@ -53,6 +53,7 @@ class Proxy:
         # from the shards and forgotten after any DDL.
         self.key_positions: dict[str, int] = {}
         self.key_positions_key: tuple[tuple[str, int], ...] = ()
+        self._other_key_positions: dict[str, tuple[dict[str, int], tuple]] = {}
         self.replicas = None  # ReplicaMonitor, when any shard has replicas
         from pgshard.proxy.failover_hold import FailoverHold
         self.failover_hold = FailoverHold(self, config.ha.failover_hold)
@@ -189,13 +190,27 @@ class Proxy:
                 pool.close()
                 del self.pools[key]
 
-    def set_key_position(self, table: str, position: int) -> None:
-        self.key_positions[table] = position
-        self.key_positions_key = tuple(sorted(self.key_positions.items()))
+    def key_positions_of(self, database: str | None) -> tuple[dict[str, int], tuple]:
+        """(table -> key ordinal, its hashable form) learned in a logical database (None or
+        [proxy] database: the main one): each database's tables have their own columns."""
+        if database is None or database == self.config.proxy.database:
+            return self.key_positions, self.key_positions_key
+        return self._other_key_positions.get(database, ({}, ()))
+
+    def set_key_position(self, table: str, position: int, database: str | None = None) -> None:
+        if database is None or database == self.config.proxy.database:
+            self.key_positions[table] = position
+            self.key_positions_key = tuple(sorted(self.key_positions.items()))
+            return
+        known = dict(self.key_positions_of(database)[0])
+        known[table] = position
+        self._other_key_positions[database] = (known, tuple(sorted(known.items())))
 
     def forget_key_positions(self) -> None:
+        """Forget them in every database (after DDL, which may have changed any)."""
         self.key_positions = {}
         self.key_positions_key = ()
+        self._other_key_positions = {}
 
     # ------------------------------------------------------------ pools
 

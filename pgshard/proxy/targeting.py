@@ -96,7 +96,8 @@ class TargetingMixin:
             return shard
         sql = sql if sql is not None else st.sql
         proxy = self.proxy
-        if bind is None and fastkey.route(sql, cat, proxy.key_positions_key) == shard:
+        positions = proxy.key_positions_of(self.database)[1]
+        if bind is None and fastkey.route(sql, cat, positions) == shard:
             return shard
         a = self._analyze(sql)
         if a.keys is None or a.kind not in (sp.INSERT, sp.UPDATE, sp.DELETE):
@@ -116,9 +117,10 @@ class TargetingMixin:
         """The pglast analysis of sql; an INSERT without a column list first needs the key
         column's position in its table (NeedColumns: the session learns it and retries)."""
         proxy = self.proxy
-        a = sp.analyze(sql, proxy.catalog.tables, proxy.key_positions_key)
+        known, positions = proxy.key_positions_of(self.database)
+        a = sp.analyze(sql, proxy.catalog.tables, positions)
         if a.kind == sp.INSERT and a.keys is None and a.tables:
-            missing = [t for t in a.tables if t not in proxy.key_positions]
+            missing = [t for t in a.tables if t not in known]
             if missing:
                 raise NeedColumns(missing)
         return a
@@ -177,7 +179,7 @@ class TargetingMixin:
         cat = self.proxy.catalog
         proxy = self.proxy
         if bind is None:
-            shard = fastkey.route(sql, cat, proxy.key_positions_key)
+            shard = fastkey.route(sql, cat, proxy.key_positions_of(self.database)[1])
             if shard is not None:
                 return shard
         a = self._analyze(sql)
