@@ -12,6 +12,7 @@ import secrets
 import signal
 import socket
 from pathlib import Path
+from urllib.parse import quote
 
 from pgshard.config import Config, ProxyConfig, UserConfig, config_from_dict
 from pgshard.proxy.listener import Proxy
@@ -273,16 +274,20 @@ DEMO_DDL = (f"CREATE TABLE IF NOT EXISTS {DEMO_TABLE} "
             "(id bigint PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL DEFAULT 0)")
 
 
-def _create_demo_table(cluster) -> None:
-    """The example sharded table, on every primary (replicas get it by replication)."""
+def _create_demo_table(cluster, databases: tuple[str, ...] = ()) -> None:
+    """The example sharded table, on every primary (replicas get it by replication), in the
+    cluster's database and in each of databases (the catalog applies to all of them)."""
     for shard in cluster.shards:
         shard.primary.psql(DEMO_DDL)
+        for name in databases:
+            shard.primary.psql(DEMO_DDL, database=name)
 
 
 def demo_config(cluster, port: int, pool_mode: str, password: str, *, api_port: int = 8081,
                 store: str | None = None, admin_password: str | None = None,
-                local_cluster: Path | None = None) -> Config:
-    """The config `pgshard demo` runs with: one app user, the cluster's shards."""
+                local_cluster: Path | None = None, databases: tuple[str, ...] = ()) -> Config:
+    """The config `pgshard demo` runs with: one app user, the cluster's shards, and a
+    [[databases]] entry for each of databases (created on every shard beforehand)."""
     data = {
         "proxy": {"port": port, "database": cluster.database, "pool_mode": pool_mode,
                   "pool_size": 20, "admin_users": [CONSOLE_USER] if admin_password else []},
@@ -292,6 +297,7 @@ def demo_config(cluster, port: int, pool_mode: str, password: str, *, api_port: 
         "shards": [{"name": s["name"], "primary": s["primary"], "replicas": s["replicas"]}
                    for s in cluster.describe()["shards"]],
         "tables": [{"name": DEMO_TABLE, "shard_key": "id"}],
+        "databases": [{"name": name} for name in databases],
     }
     if store:
         data["store"] = store
@@ -312,7 +318,7 @@ def _secret_file(path: Path) -> str:
 
 async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_port: int,
                    pool_mode: str, durable: bool = False, sync_replication: bool = False,
-                   spares: int = 0) -> None:
+                   spares: int = 0, databases: tuple[str, ...] = ()) -> None:
     from pgshard.cluster import LocalCluster
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -321,6 +327,9 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
     cluster = LocalCluster(data_dir / "cluster", shards=shards, replicas=replicas,
                            durable=durable, sync_replication=sync_replication)
     durable = cluster.durable
+    databases = tuple(dict.fromkeys(d for d in databases if d != cluster.database))
+    if "pgshard" in databases:
+        raise SystemExit("pgshard demo: 'pgshard' is the admin console's database")
     print(f"pgshard demo: starting {shards} shard(s) x (1 primary + {replicas} replica(s)) "
           f"in {cluster.base_dir} ...", flush=True)
     if not durable:
@@ -331,7 +340,9 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
         await asyncio.to_thread(cluster.start)
     else:
         await asyncio.to_thread(cluster.create)
-    await asyncio.to_thread(_create_demo_table, cluster)
+    for name in databases:
+        await asyncio.to_thread(cluster.add_database, name)
+    await asyncio.to_thread(_create_demo_table, cluster, databases)
     # Empty clusters outside the catalog, to try `pgshard shards add` + `pgshard reshard`.
     spare = LocalCluster(data_dir / "spares", shards=spares, replicas=replicas,
                          durable=durable, shard_prefix="spare") if spares else None
@@ -341,7 +352,8 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
     admin_password = _secret_file(data_dir / "admin-password")
     config = demo_config(cluster, port, pool_mode, password, api_port=api_port,
                          store=f"sqlite:///{data_dir / 'meta.db'}",
-                         admin_password=admin_password, local_cluster=cluster.base_dir)
+                         admin_password=admin_password, local_cluster=cluster.base_dir,
+                         databases=databases)
     runtime = Runtime(config)
     try:
         try:
@@ -350,9 +362,12 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
             raise SystemExit(f"pgshard demo: {exc}") from None
         client_dsn = (f"postgresql://app:{password}@127.0.0.1:{runtime.proxy.port}/"
                       f"{cluster.database}")
+        database_dsns = {name: client_dsn.rsplit("/", 1)[0] + "/" + quote(name, safe="")
+                         for name in (cluster.database, *databases)}
         console_dsn = (f"postgresql://{CONSOLE_USER}:{admin_password}@127.0.0.1:"
                        f"{runtime.proxy.port}/pgshard")
-        state = {"client_dsn": client_dsn, "console_dsn": console_dsn, "api": runtime.api_url,
+        state = {"client_dsn": client_dsn, "console_dsn": console_dsn,
+                 "databases": database_dsns, "api": runtime.api_url,
                  "admin_user": config.sidecar.admin_user, "admin_password": admin_password,
                  **cluster.describe(),
                  "spares": spare.describe()["shards"] if spare is not None else []}
@@ -362,6 +377,8 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
               f"Example sharded table: {DEMO_TABLE}(id, owner, balance), sharded by id; try\n"
               f"  INSERT INTO {DEMO_TABLE} VALUES (1, 'ann', 10), (2, 'bob', 20);\n"
               f"  SELECT * FROM {DEMO_TABLE} ORDER BY id;\n"
+              + "".join(f"Database {name} (its own tables and rows): psql {dsn}\n"
+                        for name, dsn in list(database_dsns.items())[1:]) +
               "Declare your own tables with `pgshard tables add NAME --shard-key COLUMN`.\n"
               f"Admin console: psql postgresql://{CONSOLE_USER}@127.0.0.1:{runtime.proxy.port}"
               f"/pgshard (the admin password; console_dsn in {state_file})\n"

@@ -25,7 +25,7 @@ from pgshard.cluster.process import (
     running_as_root,
     service_account,
 )
-from pgshard.cluster.schema import bootstrap_script
+from pgshard.cluster.schema import bootstrap_script, database_script
 
 LAYOUT_FILE = "cluster.json"
 # A transaction that has an xid and wrote WAL commits synchronously (an xid alone would
@@ -238,6 +238,13 @@ class LocalCluster:
         except ClusterError:
             self._kill_quietly()
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def add_database(self, name: str) -> None:
+        """Create database name (owned by the cluster's user, with the pgshard schema) on
+        every running primary, as create() does for the cluster's own database; replicas get
+        it by replication. A database already there is kept."""
+        script = database_script(user=self.user, database=name)
+        _parallel(lambda shard: shard.primary.psql_local(script), self.shards)
 
     def wait_replicas(self, timeout: float = 60) -> None:
         """Wait until every replica streams from its primary and replayed its current WAL."""

@@ -32,6 +32,19 @@ def bootstrap_script(*, user: str, password: str, database: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def database_script(*, user: str, database: str) -> str:
+    """psql script run as the bootstrap superuser on a running primary: one more database
+    owned by user, carrying the pgshard schema (idempotent: a present one is kept)."""
+    db = quote_ident(database)
+    return "\n".join([
+        f"SELECT NOT EXISTS (SELECT FROM pg_database WHERE datname = {quote_literal(database)})"
+        " AS db_missing \\gset",
+        f"\\if :db_missing\n  CREATE DATABASE {db} OWNER {quote_ident(user)};\n\\endif",
+        f"\\connect {quote_psql_arg(database)}",
+        hash_sql(),
+    ]) + "\n"
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
