@@ -2,8 +2,9 @@
 against a real `pgshard serve` over the session's 2-shard cluster: log in, see both shards
 healthy, look up a key and compare with the ring and with where the row really is, add a
 spare shard (its own PostgreSQL primary and replica) through the form and see it listed,
-split shard0 into it from the Jobs page (the confirmation says what moves; the job's row
-follows it to done; every row then lives where the new ring says), switch the spare's primary
+split shard0 into it from the Jobs page (the confirmation says what moves; the ring shows the
+moving ranges; the job's row follows it to done; every row then lives where the new ring
+says), cancel a merge back out of it (rolled back, ring unchanged), switch the spare's primary
 over from its card and see the server refuse a rejoin it cannot do, see the audit entries,
 browse tables/users, log in as a viewer who is offered no writes; an accessibility check
 (labels, names, contrast, keyboard) on every page. Screenshots of each page go to a temporary
@@ -392,9 +393,13 @@ def run_console_end_to_end(served, spare, pg_cluster, shots):
             accessible(page, "audit")
             snap(page, shots, "09-audit")
             page.get_by_label("Action (e.g. shard.add)").fill("job.create")
-            row = page.get_by_test_id("audit-table").get_by_role("row").filter(has_text="spare")
+            rows = page.get_by_test_id("audit-table").get_by_role("row").filter(has_text="spare")
+            expect(rows).to_have_count(2)   # the split into it and the merge out of it
+            page.get_by_label("Action (e.g. shard.add)").fill("job.cancel")
+            row = page.get_by_test_id("audit-table").get_by_role("row").filter(
+                has_text="job.cancel")
             expect(row).to_have_count(1)
-            expect(row).to_contain_text("202")
+            expect(row).to_contain_text("ok")
 
             # -- switchover of the spare from its card; a rejoin the server cannot do is
             # refused and the refusal shown
@@ -411,7 +416,7 @@ def run_console_end_to_end(served, spare, pg_cluster, shots):
             assert page.get_by_role("button", name="Switchover shard0").count() == 0
             goto(page, "Jobs")
             expect(page.get_by_test_id("jobs-table").get_by_test_id("job-state")).to_have_text(
-                "done")
+                ["cancelled", "done"])   # newest first: the merge, then the split
             assert page.get_by_role("heading", name="Start a resharding job").count() == 0
             accessible(page, "jobs as viewer")
             goto(page, "Tables")
@@ -430,7 +435,7 @@ def run_console_end_to_end(served, spare, pg_cluster, shots):
             browser.close()
     for name in ("01-login", "02-overview", "03-ring", "04-jobs", "05a-switchover-confirm",
                  "06-overview-with-spare", "06a-split-confirm", "06b-job-running",
-                 "06b2-ring-during-split", "06b3-job-detail-running", "06c-job-done", "06d-job-detail", "06e-ring-after-split", "07-tables",
+                 "06b2-ring-during-split", "06b3-job-detail-running", "06c-job-done", "06d-job-detail", "06d2-merge-cancelled", "06e-ring-after-split", "07-tables",
                  "08-users", "09-audit", "09a-switchover-done", "10-overview-viewer"):
         assert (shots / f"{name}.png").stat().st_size > 5000, name
 
@@ -526,6 +531,36 @@ def run_split_from_jobs_page(page: Page, base: str, token: str, shots: Path, pg_
     expect(page.get_by_test_id("job-detail").get_by_test_id("job-state")).to_have_text("done")
     accessible(page, "job detail")
     snap(page, shots, "06d-job-detail")
+
+    # A merge of the spare back into shard0, held at its copy, cancelled from its row: it
+    # is rolled back and the ring stays as the split left it.
+    before = rest(base, "GET", "/api/v1/catalog", token)["ring"]
+    goto(page, "Jobs")
+    page.get_by_label("Kind").select_option("merge")
+    page.get_by_label("Source shard").select_option("spare")
+    page.get_by_label("Merge into").select_option("shard0")
+    page.get_by_role("button", name="Start merge…").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("move from spare to shard0 (100.0% of what spare owns)")
+    holder = psycopg.connect(spare.shards[0].primary.dsn, connect_timeout=10)
+    try:
+        holder.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+        dialog.get_by_role("button", name="Start merge").click()
+        merge_id = page.get_by_test_id("job-started").get_by_role("link").inner_text()
+        assert merge_id != job_id
+        mrow = page.get_by_test_id(f"job-{merge_id}")
+        mrow.get_by_role("button", name=f"Cancel job {merge_id}").click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog).to_contain_text("rolled back")
+        dialog.get_by_role("button", name="Cancel the job").click()
+        expect(mrow.get_by_test_id("job-state")).to_have_text("cancelling")
+        assert mrow.get_by_role("button").count() == 0   # not offered twice
+    finally:
+        holder.rollback()
+        holder.close()
+    expect(mrow.get_by_test_id("job-state")).to_have_text("cancelled", timeout=JOB_MS)
+    snap(page, shots, "06d2-merge-cancelled")
+    assert rest(base, "GET", "/api/v1/catalog", token)["ring"] == before
 
     # Where the rows are now is where the new ring says; the spare holds the copied ones.
     cat_json = rest(base, "GET", "/api/v1/catalog", token)
