@@ -214,9 +214,16 @@ class TargetingMixin:
                     hint="insert the rows of each shard in its own statement")
             if a.kind in (sp.UPDATE, sp.DELETE) and self.proxy.twophase is not None:
                 return Fanout("write", owners, a)   # each owner matches only its own rows
+            if a.kind == sp.INSERT:
+                raise r.CrossShardTransaction(
+                    f"this INSERT … SELECT writes rows of {len(owners)} shards "
+                    f"({', '.join(owners)}); it cannot be split by key (the order of its "
+                    "RETURNING rows would be lost)",
+                    hint="insert the rows of each shard in its own statement, or as INSERT … "
+                         "VALUES (SQLAlchemy: create_engine(…, use_insertmanyvalues=False))")
             raise r.CrossShardTransaction(
-                f"this statement touches keys on {len(owners)} shards ({', '.join(owners)}); "
-                "writes across shards are not supported yet",
+                f"this statement touches keys on {len(owners)} shards ({', '.join(owners)}) "
+                "and cannot be split by key",
                 hint="write the rows of each shard in its own statement")
         if a.kind == sp.UNPARSED:
             # Never guess: unparsable SQL goes to a primary, where it will most likely fail.

@@ -214,8 +214,13 @@ class Confinement:
                     and pos < len(sel.targetList) and not _has_star(sel.targetList):
                 val = sel.targetList[pos].val
                 ref = key_value(val)
+                rows = _from_values(sel, val)
                 if ref is not None and not sel.fromClause:
                     self._pins.append(((rte, (ref,)),))
+                elif rows is not None and all(key_value(v) is not None for v in rows):
+                    # INSERT … SELECT … FROM (VALUES …) AS v(…) (SQLAlchemy's
+                    # insertmanyvalues): the keys are the VALUES rows' own.
+                    self._pins.append(((rte, _union([key_value(v) for v in rows])),))
                 elif sub.row_local and isinstance(val, ast.ColumnRef):
                     src = sub.exports.get(_ref_name(val, sel.targetList[pos].name))
                     if src is not None:
@@ -558,6 +563,34 @@ def _union(refs) -> tuple:
 
 def _ref_name(col: ast.ColumnRef, alias: str | None) -> str:
     return alias or col.fields[-1].sval
+
+
+def _from_values(sel: ast.SelectStmt, val) -> list | None:
+    """INSERT … SELECT a::int, b FROM (VALUES (…), …) AS v(a, b, …): the node each VALUES row
+    gives the select-list column val, else None."""
+    if not sel.fromClause or len(sel.fromClause) != 1 or sel.whereClause is not None \
+            or sel.groupClause or sel.havingClause is not None or sel.distinctClause \
+            or sel.limitCount is not None or sel.limitOffset is not None:
+        return None
+    rs = sel.fromClause[0]
+    if not isinstance(rs, ast.RangeSubselect) or rs.lateral or rs.alias is None \
+            or not rs.alias.colnames:
+        return None
+    sub = rs.subquery
+    if not isinstance(sub, ast.SelectStmt) or not sub.valuesLists:
+        return None
+    if isinstance(val, ast.TypeCast):
+        val = val.arg
+    if not isinstance(val, ast.ColumnRef) or not 1 <= len(val.fields) <= 2 \
+            or not all(isinstance(f, ast.String) for f in val.fields):
+        return None
+    if len(val.fields) == 2 and val.fields[0].sval != rs.alias.aliasname:
+        return None
+    names = [c.sval for c in rs.alias.colnames]
+    if val.fields[-1].sval not in names:
+        return None
+    k = names.index(val.fields[-1].sval)
+    return [row[k] if k < len(row) else None for row in sub.valuesLists]
 
 
 def _has_star(targets) -> bool:

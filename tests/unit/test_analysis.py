@@ -500,3 +500,15 @@ def test_keyref_resolve_errors():
 def test_keys_resolve_end_to_end():
     a = analyze("SELECT * FROM users WHERE id IN ($1::bigint, 7)", TABLES)
     assert [k.resolve((b"\x00" * 7 + b"\x05",), (1,), (0,)) for k in a.keys] == [b"5", b"7"]
+
+
+def test_insert_select_from_values_is_keyed():
+    """SQLAlchemy's insertmanyvalues form: the keys are the VALUES rows'."""
+    from pgshard.sql import analysis as sp
+    sql = ("INSERT INTO items (tenant_id, name) SELECT p0::INTEGER, p1::VARCHAR FROM "
+           "(VALUES ($1, $2, 0), ($3, $4, 1)) AS imp_sen(p0, p1, sen_counter) "
+           "ORDER BY sen_counter RETURNING items.id")
+    a = sp.analyze(sql, {"items": "tenant_id"})
+    assert [k.param for k in a.keys] == [1, 3]
+    a = sp.analyze(sql.replace("$3", "now()"), {"items": "tenant_id"})
+    assert a.keys is None
