@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgshard.proxy.slowlog import slow_record
+from pgshard.proxy.slowlog import fingerprint, slow_record
 
 ARGS = {"shard": "shard1", "role": "primary", "user": "app", "kind": "write",
         "client": "127.0.0.1:5000", "pid": 7}
@@ -23,3 +23,16 @@ def test_fields():
     assert rec == {"event": "slow_query", "shard": "shard1", "role": "primary", "user": "app",
                    "kind": "write", "duration_ms": 123.4, "client": "127.0.0.1:5000",
                    "client_pid": 7}
+
+
+@pytest.mark.parametrize("sql, want", [
+    ("SELECT * FROM t WHERE id = 42 AND name = 'o''brien'", "SELECT * FROM t WHERE id = ? AND name = ?"),
+    ("INSERT INTO t2 VALUES ($1, $2)", "INSERT INTO t2 VALUES ($1, $2)"),
+    ("SELECT $$secret$$, $x$also$x$, -3.5e2, t1.c2", "SELECT ?, ?, ?, t1.c2"),
+    ("SELECT E'a\\'', x'ff',  \n 7", "SELECT ?, ?, ?"),
+    (b"Q\x00\x00\x00\x18SELECT 'pw' FROM t\x00", "SELECT ? FROM t"),
+    ("SELECT 1 WHERE a = 'never closed", "SELECT ? WHERE a =…"),
+    ("SELECT " + "x" * 3000 + " WHERE p = 'secret'", "SELECT " + "x" * 993 + "…"),
+])
+def test_fingerprint_masks_literals(sql, want):
+    assert fingerprint(sql) == want
