@@ -559,6 +559,7 @@ def run_split_from_jobs_page(page: Page, base: str, token: str, shots: Path, pg_
         holder.rollback()
         holder.close()
     expect(mrow.get_by_test_id("job-state")).to_have_text("cancelled", timeout=JOB_MS)
+    expect(mrow.get_by_test_id("job-rows")).to_contain_text("rolled back")
     snap(page, shots, "06d2-merge-cancelled")
     assert rest(base, "GET", "/api/v1/catalog", token)["ring"] == before
 

@@ -54,6 +54,21 @@ describe("jobs page", () => {
     expect(within(row("j1")).queryByRole("button")).toBeNull();
   });
 
+  it("shows a cancelled or failed job as rolled back, with no bar", async () => {
+    fakeServer({ "GET /api/v1/jobs": { body: { jobs: [
+      job({ id: "j1", state: "failed", phase: null, error: "verify failed",
+        progress: { rows_copied: 40, rows_total: 90, lag_bytes: 0 } }),
+      job({ id: "j2", state: "cancelled", phase: null, progress: { rows_copied: 0, rows_total: 0, lag_bytes: 0 } }),
+    ] } } });
+    render(<Jobs session={session("viewer", VIEWER)} paths={JOB_PATHS} />);
+    const failed = await screen.findByTestId("job-j1");
+    expect(within(failed).getByTestId("job-rows").textContent).toBe("rolled back (40 rows had been copied)");
+    expect(within(failed).getByTestId("job-state").className).toBe("bad");
+    expect(within(failed).getByTestId("job-error").textContent).toBe("verify failed");
+    expect(within(row("j2")).getByTestId("job-rows").textContent).toBe("rolled back");
+    expect(screen.queryByRole("progressbar")).toBeNull();
+  });
+
   it("offers a viewer no form and no cancel", async () => {
     fakeServer({ "GET /api/v1/jobs": { body: { jobs: [job({})] } } });
     render(<Jobs session={session("viewer", VIEWER)} paths={JOB_PATHS} />);

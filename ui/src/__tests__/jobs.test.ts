@@ -13,6 +13,8 @@ describe("job progress", () => {
     [{ id: "d", state: "running", phase: "catchup", rows_copied: 0, rows_total: 0 }, 0, 0, 1],
     [{ id: "e", state: "done", phase: null, rows_copied: 7, rows_total: 9 }, 7, 9, 1],
     [{ id: "f", state: "running", phase: "copy", rows_copied: 12, rows_total: 10 }, 12, 10, 1],
+    [{ id: "g", state: "cancelled", phase: null, rows_copied: 0, rows_total: 0 }, 0, null, null],
+    [{ id: "h", state: "failed", phase: null, rows_copied: 40, rows_total: 90 }, 40, 90, null],
   ])("reads %o", (job, copied, total, fraction) => {
     const p = progress(job);
     expect([p.copied, p.total, p.fraction]).toEqual([copied, total, fraction]);

@@ -5,6 +5,13 @@ import type { Job } from "../lib/types";
 export function JobProgress({ job }: { job: Job }) {
   const p = progress(job);
   const label = `rows copied for job ${job.id}`;
+  if (job.state === "failed" || job.state === "cancelled") {
+    return (
+      <span className="job-progress muted" data-testid="job-rows">
+        rolled back{p.copied ? ` (${p.copied} rows had been copied)` : ""}
+      </span>
+    );
+  }
   const text = p.total === null
     ? (p.counted ? `${p.copied} rows` : "not counted yet")
     : `${p.copied} / ${p.total} rows`;

@@ -25,9 +25,11 @@ export function progress(j: Job): Progress {
   let total = rawTotal === undefined || rawTotal === null ? null : rawTotal;
   const beforeCopy = j.state === "pending" || j.phase === "schema";
   if (total === 0 && (beforeCopy || j.phase === "copy")) total = null;   // no estimate
+  const rolledBack = j.state === "failed" || j.state === "cancelled";
+  if (total === 0 && rolledBack) total = null;
   let fraction: number | null = null;
   if (j.state === "done") fraction = 1;
-  else if (beforeCopy) fraction = null;
+  else if (beforeCopy || rolledBack) fraction = null;
   else if (total !== null && total > 0) fraction = Math.min(1, copied / total);
   else if (total === 0 && j.phase !== "copy") fraction = 1;   // nothing to copy
   const lag = j.progress?.lag_bytes ?? j.lag_bytes;

@@ -76,7 +76,8 @@ function JobList({ jobs, session, paths, onChange }: {
               <th scope="row"><a href={`#/jobs/${encodeURIComponent(j.id)}`}>{j.id}</a></th>
               <td>{j.kind ?? ""}</td>
               <td>{j.source ?? (j.sources ?? []).join(", ")} → {j.target ?? ""}</td>
-              <td className={stateClass(j)} data-testid="job-state">{stateText(j)}</td>
+              <td><span className={stateClass(j)} data-testid="job-state">{stateText(j)}</span>
+                {j.error && <div className="error detail" data-testid="job-error">{j.error}</div>}</td>
               <td data-testid="job-phase">{j.phase ?? "—"}</td>
               <td><JobProgress job={j} /></td>
               <td>{bytes(p.lagBytes)}</td>
