@@ -201,12 +201,16 @@ def serve(config_path: str, log_level: str | None, role: str) -> None:
 @click.option("--spares", type=click.IntRange(0, 8), default=0, show_default=True,
               help="also start this many empty clusters (spare0, …) outside the catalog, "
               "listed in demo.json, to add as shards and reshard into")
+@click.option("--session-reset", type=click.Choice(["discard", "close"]), default="discard",
+              show_default=True, help="session pooling: a server a client leaves is reset with "
+              "DISCARD ALL and reused, or closed (each client then gets a new backend, as "
+              "with a direct connection)")
 @click.option("--database", "databases", multiple=True, metavar="NAME",
               help="also serve logical database NAME (repeatable): created on every shard "
               "with the pgshard schema and the example table, next to app")
 def demo(data_dir: str, shards: int, replicas: int, port: int, api_port: int, pool_mode: str,
          log_level: str, durable: bool, sync_replication: bool, spares: int,
-         databases: tuple[str, ...]) -> None:
+         databases: tuple[str, ...], session_reset: str) -> None:
     """Start local PostgreSQL shards with replicas and the proxy in front of them.
 
     Runs in the foreground; writes DATA_DIR/demo.json once ready; Ctrl-C stops everything.
@@ -217,7 +221,7 @@ def demo(data_dir: str, shards: int, replicas: int, port: int, api_port: int, po
     _setup_logging(log_level)
     _run(run_demo(Path(data_dir).absolute(), shards, replicas, port, api_port, pool_mode,
                   durable, sync_replication=sync_replication, spares=spares,
-                  databases=databases))
+                  databases=databases, session_reset=session_reset))
 
 
 @main.command()

@@ -52,6 +52,8 @@ class ProxyConfig:
     port: int = 6432
     database: str = "app"               # the logical database clients connect to
     pool_mode: str = "transaction"
+    # Session pooling: a server its client left is reset (DISCARD ALL) and reused, or closed.
+    session_server_reset: str = "discard"
     pool_size: int = 20
     min_pool_size: int = 0
     server_idle_timeout: float = 600.0
@@ -174,6 +176,8 @@ def config_from_dict(data: dict) -> Config:
             raise ConfigError(f"[proxy] {name} must be a number >= {least}")
     if proxy.pool_mode not in POOL_MODES:
         raise ConfigError(f"[proxy] pool_mode must be one of {POOL_MODES}")
+    if proxy.session_server_reset not in ("discard", "close"):
+        raise ConfigError('[proxy] session_server_reset must be "discard" or "close"')
     if proxy.pool_size < 1 or proxy.min_pool_size < 0 or proxy.min_pool_size > proxy.pool_size:
         raise ConfigError("[proxy] need 0 <= min_pool_size <= pool_size and pool_size >= 1")
     for name in ("client_login_timeout", "client_idle_timeout", "idle_transaction_timeout"):

@@ -285,12 +285,14 @@ def _create_demo_table(cluster, databases: tuple[str, ...] = ()) -> None:
 
 def demo_config(cluster, port: int, pool_mode: str, password: str, *, api_port: int = 8081,
                 store: str | None = None, admin_password: str | None = None,
-                local_cluster: Path | None = None, databases: tuple[str, ...] = ()) -> Config:
+                local_cluster: Path | None = None, databases: tuple[str, ...] = (),
+                session_reset: str = "discard") -> Config:
     """The config `pgshard demo` runs with: one app user, the cluster's shards, and a
     [[databases]] entry for each of databases (created on every shard beforehand)."""
     data = {
         "proxy": {"port": port, "database": cluster.database, "pool_mode": pool_mode,
-                  "pool_size": 20, "admin_users": [CONSOLE_USER] if admin_password else []},
+                  "session_server_reset": session_reset, "pool_size": 20,
+                  "admin_users": [CONSOLE_USER] if admin_password else []},
         "sidecar": {"port": api_port, "admin_password": admin_password},
         "users": [{"name": "app", "password": password}]
         + ([{"name": CONSOLE_USER, "password": admin_password}] if admin_password else []),
@@ -318,7 +320,8 @@ def _secret_file(path: Path) -> str:
 
 async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_port: int,
                    pool_mode: str, durable: bool = False, sync_replication: bool = False,
-                   spares: int = 0, databases: tuple[str, ...] = ()) -> None:
+                   spares: int = 0, databases: tuple[str, ...] = (),
+                   session_reset: str = "discard") -> None:
     from pgshard.cluster import LocalCluster
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -353,7 +356,7 @@ async def run_demo(data_dir: Path, shards: int, replicas: int, port: int, api_po
     config = demo_config(cluster, port, pool_mode, password, api_port=api_port,
                          store=f"sqlite:///{data_dir / 'meta.db'}",
                          admin_password=admin_password, local_cluster=cluster.base_dir,
-                         databases=databases)
+                         databases=databases, session_reset=session_reset)
     runtime = Runtime(config)
     try:
         try:

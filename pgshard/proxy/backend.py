@@ -50,7 +50,7 @@ UNSURE = "\x00unknown"   # a setting's value on a server that is not known (sett
 def _reset_if_known(name: str) -> str:
     """RESET name, where name may not be a setting at all (a SET of it failed)."""
     return ("DO $pgshard$ BEGIN EXECUTE 'RESET ' || " + "'" + name.replace("'", "''") + "'"
-            + "; EXCEPTION WHEN undefined_object THEN NULL; END $pgshard$")
+            + "; EXCEPTION WHEN undefined_object OR invalid_name THEN NULL; END $pgshard$")
 
 
 class ServerClient(Protocol):

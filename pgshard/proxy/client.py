@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 
@@ -403,7 +404,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         plan = r.plan(sql)
         kind = plan.kind
         if plan.first_word == "LISTEN" and self.pool_mode == "transaction":
-            raise _listen_error()
+            self._check_listen()
         if kind in TXN_KINDS:
             self._release_if_idle()   # a server held by a flushed Describe does not pin it
         attached = self.server is not None
@@ -611,6 +612,12 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         s.push(X_QUERY, fake=self.txn.held())
         s.flush()
 
+    def _check_listen(self) -> None:
+        """LISTEN pins the client to its server (sql.sticky); with several shards its
+        NOTIFYs could run on another, so the client must pin a shard first."""
+        if len(self.proxy.catalog.shards) > 1 and self.session_shard is None:
+            raise _listen_error()
+
     def _local_txn(self, kind: str, sql: str) -> None:
         """BEGIN/COMMIT/ROLLBACK with no server attached: the transaction starts on the
         shard of its first routed statement, so BEGIN is held back until then."""
@@ -621,10 +628,18 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 self.txn.hold(sql)
             self.write(m.command_complete("BEGIN"))
             return
+        chain = _AND_CHAIN.search(sql) is not None
         if self.txn.pending is None:
+            if chain:
+                raise NoActiveSqlTransaction(
+                    f"{'ROLLBACK' if kind == r.ROLLBACK else 'COMMIT'} AND CHAIN can only be "
+                    "used in transaction blocks")
             self.write(m.warning_from(NoActiveSqlTransaction("there is no transaction in progress")))
         failed = self.txn.failed
+        begin = self.txn.pending.split(";", 1)[0] if chain else None
         self.txn.opened()
+        if begin is not None:   # AND CHAIN: a new one at once, with the same characteristics
+            self.txn.hold(begin)
         self.local_key = None
         tag = "ROLLBACK" if kind == r.ROLLBACK or failed else "COMMIT"
         snap = self.txn.snapshot
@@ -647,7 +662,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             raise PgError(f'prepared statement "{pm.name}" already exists', sqlstate="42P05")
         st = self.proxy.statements.get(pm.sql, pm.oids, named)
         if st.plan.first_word == "LISTEN" and self.pool_mode == "transaction":
-            raise _listen_error()
+            self._check_listen()
         self._check_failed_txn(st.plan)
         if named:
             self.stmts[pm.name] = st
@@ -1217,6 +1232,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def _give_back(self, s) -> None:
         """The client left: return a server of its to the pool, clean."""
+        if self.pool_mode == "session" \
+                and self.proxy.config.proxy.session_server_reset == "close":
+            s.sticky = "its session ended (session_server_reset = close)"
+            s.pool.release(s)   # closed: the next client gets a new backend
+            return
         if s.usable and not s.expect and s.unsynced != 2:
             if s.txn_status == b"I" and self.pool_mode == "transaction" and not s.unsynced \
                     and not s.sticky:
@@ -1353,11 +1373,14 @@ def _sticky_fanout(plan: r.Plan) -> PgError:
         hint="pin it to one shard with /* shard: <name> */ or a /* shard_key: … */ hint")
 
 
+_AND_CHAIN = re.compile(r"\bAND\s+CHAIN\b", re.I)
+
+
 def _listen_error() -> PgError:
     return FeatureNotSupported(
-        "LISTEN needs a server connection of its own; in transaction pooling the next "
-        "transaction may run on another one and the notifications would be lost",
-        hint="connect as a user with pool_mode = \"session\" to LISTEN")
+        "LISTEN on a cluster of several shards needs the shard its NOTIFYs run on",
+        hint="SET pgshard.shard = '<name>' first (here and where NOTIFY runs), or connect "
+             "as a user with pool_mode = \"session\"")
 
 
 __all__ = ["ClientSession", "ConnectionFailure", "FeatureNotSupported"]

@@ -254,3 +254,22 @@ async def test_listen_needs_session_pooling(proxy2):
         assert await asyncio.wait_for(got, 5) == "hello"
     finally:
         await listener.close()
+
+
+async def test_listen_in_transaction_pooling_with_a_pinned_shard(proxy2):
+    """LISTEN keeps the client on its server (its session state): notifications arrive
+    while it is idle, also across its later transactions."""
+    got: asyncio.Queue = asyncio.Queue()
+    listener = await asyncpg.connect(proxy2.dsn())
+    try:
+        await listener.execute("SET pgshard.shard = 'shard1'")
+        await listener.add_listener("tjobs", lambda *a: got.put_nowait(a[3]))
+        sender = await asyncpg.connect(proxy2.dsn())
+        for word in ("one", "two"):
+            await sender.execute(f"NOTIFY tjobs, '{word}' /* shard: shard1 */")
+            assert await asyncio.wait_for(got.get(), 5) == word
+            async with listener.transaction():   # a transaction of its own in between
+                assert await listener.fetchval("SELECT 1") == 1
+        await sender.close()
+    finally:
+        await listener.close()

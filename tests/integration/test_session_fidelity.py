@@ -100,3 +100,28 @@ def test_large_objects_with_fastpath_calls(env, tmp_path):
     psql(dsn, "-c", f"\\lo_unlink {oid}")
     left = psql(dsn, "-c", f"SELECT count(*) FROM pg_largeobject_metadata WHERE oid = {oid}")
     assert left.stdout.strip() == "0"
+
+
+def test_commit_and_chain(env):
+    _, dsn = env
+    with psycopg.connect(dsn, autocommit=True) as c:
+        with pytest.raises(psycopg.errors.NoActiveSqlTransaction, match="AND CHAIN"):
+            c.execute("COMMIT AND CHAIN")
+        c.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        c.execute("COMMIT AND CHAIN")
+        assert c.execute("SHOW transaction_isolation").fetchone() == ("serializable",)
+        c.execute("COMMIT")
+        assert c.execute("SHOW transaction_isolation").fetchone() == ("read committed",)
+
+
+@pytest.mark.parametrize("reset,same", [("discard", True), ("close", False)])
+def test_session_server_reset(pg_cluster, reset, same):
+    cfg = {"proxy": {"database": "app", "pool_size": 2, "session_server_reset": reset},
+           "users": USERS + [SESSION], "shards": _shards(pg_cluster, {"shard0"})}
+    with ProxyProcess(cfg) as proxy:
+        dsn = proxy.dsn(user="sone", password="sone-secret")
+        pids = []
+        for _ in range(2):
+            with psycopg.connect(dsn, autocommit=True) as c:
+                pids.append(c.execute("SELECT pg_backend_pid()").fetchone()[0])
+        assert (pids[0] == pids[1]) is same

@@ -176,7 +176,7 @@ def _demo(demo_dir: Path, mode: R.Mode, log_path: Path) -> Iterator[dict]:
     pgshard = Path(sys.executable).with_name("pgshard")
     argv = [str(pgshard), "demo", "--data-dir", str(demo_dir), "--shards", "1",
             "--replicas", "0", "--port", str(free_port()), "--api-port", str(free_port()),
-            "--pool-mode", mode.pool_mode]
+            "--pool-mode", mode.pool_mode, "--session-reset", "close"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
