@@ -26,6 +26,7 @@ from pgshard.protocol.framing import (
     FRONTEND_TYPES,
     FrameBuffer,
 )
+from pgshard.proxy import scatter
 from pgshard.proxy.backend import (
     X_BIND,
     X_CLOSE,
@@ -38,7 +39,6 @@ from pgshard.proxy.backend import (
     X_SYNC,
     ServerClient,
 )
-from pgshard.proxy import scatter
 from pgshard.proxy.copysplit import CopySplitMixin
 from pgshard.proxy.fanout import FanoutMixin
 from pgshard.proxy.pipelines import PipelineMixin

@@ -80,7 +80,7 @@ class DeadlockDetector:
             await asyncio.sleep(self.interval)
             try:
                 await self.check_once()
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
                 log.warning("distributed deadlock check failed: %s", exc)
 
     async def check_once(self) -> None:
@@ -144,5 +144,5 @@ async def _cancel(s) -> None:
         w.write(m.cancel_request(s.pid, s.secret))
         await w.drain()
         w.close()
-    except (OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError) as exc:
         log.warning("cancel request to %s:%s failed: %s", s.host, s.port, exc)

@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import ActiveSqlTransaction, FeatureNotSupported, PgError
+from pgshard.protocol.errors import ActiveSqlTransaction, PgError
 from pgshard.proxy import fanread, read_filter, scatter
 from pgshard.proxy.backend import (
     X_BIND,

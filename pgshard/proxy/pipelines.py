@@ -17,7 +17,15 @@ from pgshard.protocol import messages as m
 from pgshard.protocol import opreplies as orp
 from pgshard.protocol.errors import FeatureNotSupported, PgError
 from pgshard.proxy import scatter
-from pgshard.proxy.backend import X_BIND, X_CLOSE, X_DESC_PORTAL, X_DESC_STMT, X_EXEC, X_PARSE, X_SYNC
+from pgshard.proxy.backend import (
+    X_BIND,
+    X_CLOSE,
+    X_DESC_PORTAL,
+    X_DESC_STMT,
+    X_EXEC,
+    X_PARSE,
+    X_SYNC,
+)
 from pgshard.proxy.units import OP_BIND, OP_DESC_STMT, OP_FAKE, OP_FLUSH, OP_PARSE, OP_RAW, OP_SYNC
 from pgshard.sql import classify as r
 from pgshard.sql.insert_split import group_rows, split_bound_insert
@@ -151,7 +159,7 @@ class PipelineMixin:
             for sh, frames in zip(shards, replies, strict=True):
                 kinds = [_kind(op) for op in per[sh]] + [orp.SYNC]
                 groups[sh] = iter(orp.cut(kinds, frames)[:-1])   # their own Syncs: not sent on
-            for i, (op, sh) in enumerate(zip(ops, where, strict=True)):
+            for i, sh in enumerate(where):
                 if sh == LOCAL:
                     out.append(local[i])
                     continue

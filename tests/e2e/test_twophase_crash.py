@@ -62,7 +62,7 @@ async def _load(dsn: str, pairs: list[tuple[int, int]], ledger: dict, stop: floa
                 # The server or the proxy answered an error (kept for the failure message).
                 ledger[(a, b)] = "failed"
                 errors[(a, b)] = f"{type(exc).__name__} {exc.sqlstate}: {exc}"
-            except (OSError, asyncpg.InterfaceError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, asyncpg.InterfaceError):
                 return                        # the proxy died: outcome unknown
     finally:
         c.terminate()
@@ -94,16 +94,16 @@ def test_proxy_killed_mid_commit_recovers_whole_transactions(pg_cluster, point):
     workdir = tempfile.mkdtemp(prefix="pgshard-2pc-crash-")
     ledger: dict[tuple[int, int], str] = {}
     port = None
-    for round_ in range(3):
+    for _ in range(3):   # three crashes in a row, each restart on the same store
         at = rnd.randint(5, 25)
         p = ProxyProcess(_config(pg_cluster, port), workdir=workdir,
                          env={"PGSHARD_2PC_FAULT": f"{point}@{at}"}).start()
         port = p.port
         try:
-            async def run():
+            async def run(dsn: str):
                 stop = time.monotonic() + 30
-                await asyncio.gather(*(_load(p.dsn(), pairs, ledger, stop) for _ in range(6)))
-            asyncio.run(run())
+                await asyncio.gather(*(_load(dsn, pairs, ledger, stop) for _ in range(6)))
+            asyncio.run(run(p.dsn()))
             p.proc.wait(30)
             assert p.proc.returncode == 137, f"the fault point did not stop the proxy: {p.log()}"
         finally:

@@ -55,7 +55,7 @@ LEAVES = [
     ("sql prepare", ["PREPARE iso_p AS SELECT 1", "EXECUTE iso_p"], "prepared"),
     ("with hold cursor", ["BEGIN", "DECLARE iso_c CURSOR WITH HOLD FOR SELECT 1", "COMMIT"],
      "cursors"),
-    ("do block", [f"DO $$ BEGIN PERFORM set_config('work_mem', '3456kB', false); END $$"],
+    ("do block", ["DO $$ BEGIN PERFORM set_config('work_mem', '3456kB', false); END $$"],
      "work_mem"),
 ]
 
