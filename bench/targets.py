@@ -195,11 +195,18 @@ def pgshard_config(cluster: LocalCluster, port: int, pool_size: int, store_path:
 
 def start_pgshard(name: str, cluster: LocalCluster, work_dir: Path, pool_size: int, *,
                   tables: dict[str, str] | None = None,
-                  proxy_settings: dict[str, str] | None = None) -> tuple[ServerProcess, Endpoint]:
-    """`pgshard serve` in front of cluster, as a subprocess of this venv's interpreter."""
+                  proxy_settings: dict[str, str] | None = None,
+                  store_path: Path | None = None) -> tuple[ServerProcess, Endpoint]:
+    """`pgshard serve` in front of cluster, as a subprocess of this venv's interpreter.
+
+    Each gets a store of its own unless store_path names one to share: pgshards that share
+    shards and write on several of them must share the store too, or one's two-phase commit
+    recovery rolls back the other's prepared transactions (no decision in its own log).
+    """
     port = free_port()
     config_path = work_dir / f"{name}.toml"
-    config_path.write_text(pgshard_config(cluster, port, pool_size, work_dir / f"{name}-meta.db",
+    config_path.write_text(pgshard_config(cluster, port, pool_size,
+                                          store_path or work_dir / f"{name}-meta.db",
                                           tables=tables, proxy_settings=proxy_settings))
     executable = Path(sys.executable).with_name("pgshard")
     argv = ([str(executable)] if executable.is_file() else [sys.executable, "-m", "pgshard"])

@@ -170,10 +170,14 @@ def _set_up(work: Path, scale: int, per_shard: int, clusters: list[LocalCluster]
         for future in [pool.submit(load_pgbench_data, p, scale) for p in primaries]:
             future.result()
     print("starting pgshard with two_phase_commit on and off ...", flush=True)
-    on, on_ep = start_pgshard("pgshard-2pc-on", cluster, work, POOL_SIZE, tables=TABLES)
+    # One pgshard cluster (one store) with two routers: a second store's 2PC recovery would
+    # take the first's prepared transactions for abandoned ones and roll them back.
+    store = work / "meta.db"
+    on, on_ep = start_pgshard("pgshard-2pc-on", cluster, work, POOL_SIZE, tables=TABLES,
+                              store_path=store)
     servers.append(on)
     off, off_ep = start_pgshard("pgshard-2pc-off", cluster, work, POOL_SIZE, tables=TABLES,
-                                proxy_settings={"two_phase_commit": "false"})
+                                proxy_settings={"two_phase_commit": "false"}, store_path=store)
     servers.append(off)
     # Keys are placed with the catalog the proxies seeded their (fresh) stores from.
     catalog = load_config(work / "pgshard-2pc-on.toml").catalog
