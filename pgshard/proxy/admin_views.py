@@ -42,7 +42,6 @@ def _client_state(s) -> str:
 
 
 def pools(proxy) -> Table:
-    db = proxy.config.proxy.database
     by_pool: dict[int, int] = {}
     for c in list(proxy.clients.values()):
         srv = c.server
@@ -51,7 +50,9 @@ def pools(proxy) -> Table:
     rows = []
     for key, p in sorted(proxy.pools.items(), key=lambda kv: (kv[0].shard, kv[0].role,
                                                                 kv[0].user, kv[0].client or "")):
-        mode = proxy.config.proxy.pool_mode
+        db = proxy.database_of(key)
+        logical = proxy.config.database(db)
+        mode = logical.pool_mode if logical and logical.pool_mode else proxy.config.proxy.pool_mode
         if key.client:
             u = proxy.config.user(key.client)
             mode = (u.pool_mode if u and u.pool_mode else mode)
@@ -78,7 +79,8 @@ def clients(proxy) -> Table:
         srv = s.server
         pinned = bool((srv is not None and srv.sticky) or s.parked)
         console = getattr(s, "admin", None) is not None
-        rows.append(["C", s.user_name, "pgshard" if console else db, _client_state(s), addr,
+        rows.append(["C", s.user_name, "pgshard" if console else s.database or db,
+                     _client_state(s), addr,
                      port, _wall(s.accepted_at), _wall(s.last_active), s.pid,
                      s.shard if srv is not None else None, srv.pid if srv is not None else None,
                      s.tls, s.startup_vars.get("application_name", ""), s.pool_mode, pinned])
@@ -90,13 +92,13 @@ def clients(proxy) -> Table:
 
 
 def servers(proxy) -> Table:
-    db = proxy.config.proxy.database
     rows = []
     for key, p in sorted(proxy.pools.items(), key=lambda kv: (kv[0].shard, kv[0].role)):
         for s in sorted(p.servers, key=lambda s: s.created):
             client = s.client
             linked = getattr(client, "pid", None) if client is not None else None
-            rows.append(["S", key.user, db, key.shard, key.role, s.state, p.host, p.port,
+            rows.append(["S", key.user, proxy.database_of(key), key.shard, key.role, s.state,
+                         p.host, p.port,
                          _wall(s.created), _wall(s.last_used), s.pid,
                          linked if isinstance(linked, int) and linked else None,
                          s.txn_status.decode() if isinstance(s.txn_status, bytes) else None,
@@ -108,11 +110,11 @@ def servers(proxy) -> Table:
 
 
 def stats(proxy) -> Table:
-    db = proxy.config.proxy.database
     rows = []
     for key, p in sorted(proxy.pools.items(), key=lambda kv: (kv[0].shard, kv[0].role)):
         st = p.stats
-        rows.append([db, key.shard, key.role, key.client or key.user, st["acquired"],
+        rows.append([proxy.database_of(key), key.shard, key.role, key.client or key.user,
+                     st["acquired"],
                      st["waited"], st["timeouts"], st["connects"], st["connect_errors"]])
     return Table([("database", TEXT), ("shard", TEXT), ("role", TEXT), ("user", TEXT),
                   ("total_acquired", INT8), ("total_waited", INT8),

@@ -261,6 +261,13 @@ class Proxy:
             self.pools[key] = pool
         return pool
 
+    def database_of(self, key: PoolKey) -> str:
+        """The logical database a pool serves (its [[databases]] name, else [proxy]'s)."""
+        for d in self.config.databases:
+            if d.server_database == key.database:
+                return d.name
+        return self.config.proxy.database
+
     async def server_params(self, user: UserConfig | None,
                             database: str | None = None) -> dict[str, str]:
         """ParameterStatus values to greet clients with, learned from a real server. A

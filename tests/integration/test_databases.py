@@ -13,6 +13,8 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import asyncpg
@@ -25,6 +27,7 @@ from tests.fixtures.proxy import PGSHARD, ProxyProcess
 from tests.integration.conftest import _shards
 
 USER = {"name": "app", "password": "app-secret"}
+OPS = {"name": "ops", "password": "ops-secret"}   # the admin console's user
 TABLES = [{"name": "items", "shard_key": "id"}, {"name": "extra_only", "shard_key": "id"},
           {"name": "reordered", "shard_key": "id"}]
 
@@ -34,15 +37,18 @@ def cluster():
     with temp_cluster(shards=2, replicas=0) as c:
         c.add_database("extra")
         c.add_database("extra")   # idempotent: a present database is kept
+        c.add_database("reports_db")
         yield c
 
 
 @pytest.fixture(scope="module")
 def proxy(cluster):
     cfg = {"proxy": {"database": "app", "pool_size": 1, "pool_mode": "transaction",
-                     "query_wait_timeout": 20},
-           "databases": [{"name": "extra"}, {"name": "missing"}],
-           "users": [USER], "shards": _shards(cluster), "tables": TABLES}
+                     "query_wait_timeout": 20, "admin_users": ["ops"]},
+           "sidecar": {"admin_password": "adm-secret"},
+           "databases": [{"name": "extra"}, {"name": "missing"},
+                         {"name": "reports", "dbname": "reports_db", "pool_mode": "session"}],
+           "users": [USER, OPS], "shards": _shards(cluster), "tables": TABLES}
     with ProxyProcess(cfg) as p:
         yield p
 
@@ -136,22 +142,49 @@ async def test_transaction_pooling_keeps_each_databases_servers_apart(cluster, p
         assert tuple(await asyncio.wait_for(b.fetchrow(who), 10)) == ("extra", extra_pid)
         await a.execute("COMMIT")
         assert tuple(await asyncio.wait_for(waiting, 10)) == ("app", app_pid)
-        # On the shard: the proxy holds at most one server per database (pool_size 1).
-        per_db = on_primary(cluster, "shard0", "postgres",
-                            "SELECT datname, count(*) FROM pg_stat_activity WHERE usename = "
-                            "'pgshard' AND backend_type = 'client backend' AND datname IN "
-                            "('app', 'extra') AND pid <> pg_backend_pid() GROUP BY 1 ORDER BY 1")
-        assert per_db == "app|1\nextra|1"
+        # On the shard: the proxy holds one server per database (pool_size 1). Servers
+        # of the earlier tests that were closed may still be exiting: wait for them.
+        sql = ("SELECT datname, count(*), string_agg(pid::text, ',' ORDER BY pid) FROM "
+               "pg_stat_activity WHERE usename = 'pgshard' AND backend_type = 'client backend' "
+               "AND datname IN ('app', 'extra') AND pid <> pg_backend_pid() GROUP BY 1 ORDER BY 1")
+        expected = f"app|1|{app_pid}\nextra|1|{extra_pid}"
+        for _ in range(50):
+            per_db = on_primary(cluster, "shard0", "postgres", sql)
+            if per_db == expected:
+                break
+            await asyncio.sleep(0.2)
+        assert per_db == expected
     finally:
         for conn in (a, b, c):
             await conn.close()
+
+
+async def test_the_admin_console_names_each_pools_database(proxy):
+    """A database served under a name of its own (dbname reports_db), in session pooling."""
+    extra = await asyncpg.connect(proxy.dsn(database="reports"))
+    try:
+        assert await extra.fetchval("SELECT current_database() /* shard: shard1 */") == \
+            "reports_db"
+        with psycopg.connect(proxy.dsn("ops", "ops-secret", "pgshard")) as console:
+            pools = console.execute("SHOW POOLS").fetchall()
+            names = [d.name for d in console.execute("SHOW POOLS").description]
+            pools = [dict(zip(names, r, strict=True)) for r in pools]
+            by_db = {(p["database"], p["shard"]): p["pool_mode"] for p in pools}
+            assert by_db[("reports", "shard1")] == "session"
+            assert by_db[("app", "shard0")] == "transaction"
+            cur = console.execute("SHOW CLIENTS")
+            names = [d.name for d in cur.description]
+            dbs = {dict(zip(names, r, strict=True))["database"] for r in cur.fetchall()}
+            assert {"reports", "pgshard"} <= dbs
+    finally:
+        await extra.close()
 
 
 async def test_an_unknown_database_is_3D000(proxy):
     with pytest.raises(asyncpg.InvalidCatalogNameError) as exc:
         await asyncpg.connect(proxy.dsn(database="nope"))
     assert str(exc.value).startswith('database "nope" does not exist')
-    assert '"app", "extra", "missing"' in exc.value.hint
+    assert '"app", "extra", "missing", "reports"' in exc.value.hint
     with pytest.raises(psycopg.OperationalError) as exc2:
         psycopg.connect(proxy.dsn(database="nope"), connect_timeout=10)
     assert 'database "nope" does not exist' in str(exc2.value)
@@ -167,6 +200,30 @@ async def test_a_configured_database_missing_on_the_shards_is_refused_at_login(p
         assert await conn.fetchval("SELECT current_database()" " /* shard: shard1 */") == "extra"
     finally:
         await conn.close()
+
+
+def _api(proxy, method: str, path: str, body: dict, token: str | None = None):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{proxy.api_port}{path}", method=method,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json",
+                 **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_resharding_is_refused_while_other_databases_are_configured(proxy):
+    status, login = _api(proxy, "POST", "/api/v1/auth/login",
+                         {"username": "admin", "password": "adm-secret"})
+    assert status == 200, login
+    status, problem = _api(proxy, "POST", "/api/v1/jobs",
+                           {"kind": "split", "source": "shard0", "target": "shard1"},
+                           login["token"])
+    assert status == 409, problem
+    assert "extra, missing, reports" in problem["detail"] and "stay behind" in problem["detail"]
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> dict:
