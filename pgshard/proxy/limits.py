@@ -210,10 +210,14 @@ class ClientLimits:
                 per_cred[u.server_user] = max(per_cred.get(u.server_user, 0), cfg.proxy.pool_size)
         if not per_cred:
             per_cred[None] = cfg.proxy.pool_size
+        sizes = list(per_cred.values())
+        for db in cfg.databases:   # every logical database has pool sets of its own
+            sizes += [v if isinstance(k, tuple) else (db.pool_size or v)
+                      for k, v in per_cred.items()]
         servers = sum(1 + len(sh.replicas) for sh in (catalog.shards if catalog else ()))
         # A replica monitor connection per server and the sidecar's /v1/execute clients.
         extra = servers + cfg.sidecar.execute_pool_size
-        reserve = fd_reserve(list(per_cred.values()), servers, extra)
+        reserve = fd_reserve(sizes, servers, extra)
         value = fd_budget(self.nofile[0] or resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                           self.in_use_at_start, reserve)
         self._budget = (catalog, value)

@@ -117,3 +117,15 @@ def test_reload_adds_changes_and_removes_databases():
     with pytest.raises(InvalidCatalogName):
         proxy.pool_for("s0", None, database="gone")
     assert proxy.pool_for("s0", None, database="fresh").key.database == "fresh"
+
+
+def test_the_fd_budget_reserves_each_databases_pools():
+    def budget(*databases):
+        proxy = make_proxy(config(*databases))
+        proxy.limits.nofile = (100000, 100000)
+        return proxy.limits.budget()
+
+    base = budget()
+    # 2 shards, one pool set each: [proxy] pool_size 5 for extra, 2 for small.
+    assert base - budget({"name": "extra"}) == 5 * 2
+    assert base - budget({"name": "extra"}, {"name": "small", "pool_size": 2}) == (5 + 2) * 2
