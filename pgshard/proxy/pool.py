@@ -226,9 +226,11 @@ class BackendPool:
             await asyncio.wait_for(
                 loop.create_connection(lambda: server, self.host, self.port), timeout)
             await server.startup(self.key.user, self.password, timeout)
-        except PgError:
+        except PgError as exc:
             self.stats["connect_errors"] += 1
-            self.failed_at = time.monotonic()
+            # A database missing on the shard ([[databases]]) says nothing of its health.
+            if exc.sqlstate != "3D000":
+                self.failed_at = time.monotonic()
             server.abort("startup failed")
             raise
         except (OSError, TimeoutError) as exc:

@@ -194,12 +194,30 @@ async def test_a_configured_database_missing_on_the_shards_is_refused_at_login(p
     with pytest.raises(asyncpg.InvalidCatalogNameError) as exc:
         await asyncpg.connect(proxy.dsn(database="missing"))
     assert 'database "missing" does not exist' in str(exc.value)
-    # The proxy still serves the others.
+    # The shard itself is not reported down for it, and the proxy still serves the others.
+    health = _health(proxy)
+    assert health["shards"]["shard0"]["primary_up"] is not False, health
     conn = await asyncpg.connect(proxy.dsn(database="extra"))
     try:
         assert await conn.fetchval("SELECT current_database()" " /* shard: shard1 */") == "extra"
     finally:
         await conn.close()
+
+
+def _health(proxy) -> dict:
+    """GET /health, once the sidecar listens (it starts after the proxy's port)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{proxy.api_port}/health",
+                                        timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:   # 503 when degraded: still the facts
+            return json.loads(exc.read())
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _api(proxy, method: str, path: str, body: dict, token: str | None = None):
