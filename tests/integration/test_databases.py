@@ -123,6 +123,24 @@ async def test_insert_without_columns_uses_each_databases_own_column_order(proxy
         await extra.close()
 
 
+async def test_a_cross_shard_transaction_in_a_second_database_commits_there(cluster, proxy):
+    conn = await asyncpg.connect(proxy.dsn(database="extra"))
+    try:
+        async with conn.transaction():
+            for i in range(200, 220):
+                await conn.execute(f"INSERT INTO items (id, v) VALUES ({i}, 'twophase')")
+    finally:
+        await conn.close()
+    per_shard = [int(on_primary(cluster, s, "extra",
+                                "SELECT count(*) FROM items WHERE v = 'twophase'"))
+                 for s in ("shard0", "shard1")]
+    assert sum(per_shard) == 20 and all(per_shard), per_shard   # both shards took part
+    for s in ("shard0", "shard1"):
+        assert on_primary(cluster, s, "app", "SELECT count(*) FROM items WHERE v = 'twophase'") \
+            == "0"
+        assert on_primary(cluster, s, "postgres", "SELECT count(*) FROM pg_prepared_xacts") == "0"
+
+
 async def test_transaction_pooling_keeps_each_databases_servers_apart(cluster, proxy):
     pin = " /* shard: shard0 */"
     who = "SELECT current_database(), pg_backend_pid()" + pin
