@@ -48,9 +48,12 @@ UNSURE = "\x00unknown"   # a setting's value on a server that is not known (sett
 
 
 def _reset_if_known(name: str) -> str:
-    """RESET name, where name may not be a setting at all (a SET of it failed)."""
-    return ("DO $pgshard$ BEGIN EXECUTE 'RESET ' || " + "'" + name.replace("'", "''") + "'"
-            + "; EXCEPTION WHEN undefined_object OR invalid_name THEN NULL; END $pgshard$")
+    """RESET name, where name may not be a setting at all (a SET of it failed): back to its
+    reset value if the server has such a setting, else nothing (and no error; no PL/pgSQL
+    either, which would load a library into the session)."""
+    lit = "'" + name.replace("'", "''") + "'"
+    return ("SELECT pg_catalog.set_config(name, reset_val, false) FROM pg_catalog.pg_settings "
+            f"WHERE name = {lit}")
 
 
 class ServerClient(Protocol):

@@ -67,6 +67,16 @@ log = logging.getLogger("pgshard.client")
 ORPHAN_TIMEOUT = 10.0   # seconds a server left by its client may take to reach an idle point
 
 
+async def _cancel(s) -> None:
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(s.host, s.port), 5)
+        w.write(m.cancel_request(s.pid, s.secret))
+        await w.drain()
+        w.close()
+    except (OSError, TimeoutError) as exc:
+        log.warning("cancel request to %s:%s failed: %s", s.host, s.port, exc)
+
+
 def _raise_sql(exc: PgError) -> str:
     """A statement that makes a server raise exc, so its transaction state follows."""
     parts = [f"ERRCODE = {quote_literal(exc.sqlstate)}", f"MESSAGE = {quote_literal(exc.message)}"]
@@ -130,6 +140,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         # servers holding state of this client the proxy cannot replay (sql.sticky), put
         # aside while the client runs elsewhere: (shard, role) -> server
         self.parked: dict[tuple[str, str], object] = {}
+        self.fan_servers: list = []       # a fan-out's servers while it runs (cancel_running)
         self.local_portals: dict[str, object] = {}   # portals of pgshard.* statements
         self.ops: list[tuple] = []
         self.unit_shard: str | None = None
@@ -137,6 +148,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.unit_split = False        # this unit's Binds go to several shards (pipelines.py)
         self._t0 = 0.0                 # when the unit now on the server was sent (metrics)
         self._qkind = "read"
+        self._qsql = None              # the statement now on the server (slow-query log)
         self._owe_z = False
         self.skip_until_sync = False
         self._lost_error: bytes | None = None   # 08006 owed at the next Sync (server_lost)
@@ -527,6 +539,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
     def _send_call(self, s, raw: bytes) -> None:
         self._t0 = time.monotonic()
         self._qkind = "other"
+        self._qsql = None
         s.send(raw)
         s.push(X_QUERY, fake=self.txn.held())   # answered like a Query: …, ReadyForQuery
         s.flush()
@@ -607,6 +620,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self._pin(s, plan)
         self._t0 = time.monotonic()
         self._qkind = _query_kind(plan)
+        self._qsql = raw
         s.forget_unnamed()
         s.send(raw)
         s.push(X_QUERY, fake=self.txn.held())
@@ -871,6 +885,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
     def _emit_ops(self, s, ops) -> None:
         push, send = s.push, s.send
         last = None   # the plan of the unit's last Bind, for the metrics kind
+        last_sql = None
         for op in ops:
             k = op[0]
             if k == OP_PARSE:
@@ -878,6 +893,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             elif k == OP_BIND:
                 st = op[1]
                 last = st.plan
+                last_sql = st.sql
                 s.ensure_prepared(st)
                 send(op[2])
                 push(X_BIND)
@@ -902,6 +918,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             elif k == OP_FLUSH:
                 send(m.FLUSH)
         self._qkind = _query_kind(last) if last is not None else "other"
+        self._qsql = last_sql
         s.flush()
 
     def _local_unit(self, ops) -> bool:
@@ -1120,9 +1137,14 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         """Called by the server connection when every request has been answered."""
         if s is not self.server:
             return
-        metrics = self.proxy.metrics
-        if metrics is not None and self._t0:
-            metrics.query(self.shard, self.role, self._qkind, time.monotonic() - self._t0)
+        if self._t0:
+            elapsed = time.monotonic() - self._t0
+            metrics = self.proxy.metrics
+            if metrics is not None:
+                metrics.query(self.shard, self.role, self._qkind, elapsed)
+            slowlog = getattr(self.proxy, "slowlog", None)
+            if slowlog is not None:
+                slowlog.note(self, self.shard, elapsed, self._qsql)
             self._t0 = 0.0
         if self.unit_wrote and s.txn_status == b"I":
             self.last_write[self.shard] = time.monotonic()
@@ -1306,16 +1328,13 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
     # ------------------------------------------------------------ teardown
 
     async def cancel_running(self) -> None:
-        s = self.server
-        if s is None or not s.pid:
-            return
-        try:
-            _, w = await asyncio.wait_for(asyncio.open_connection(s.host, s.port), 5)
-            w.write(m.cancel_request(s.pid, s.secret))
-            await w.drain()
-            w.close()
-        except (OSError, TimeoutError) as exc:
-            log.warning("cancel request to %s:%s failed: %s", s.host, s.port, exc)
+        """The client's CancelRequest: to every server running something of its (its own,
+        a multi-shard transaction's, a fan-out's)."""
+        servers = [self.server] if self.server is not None else []
+        if self.txn.multi is not None:
+            servers += [s for _, s in self.txn.multi.servers.values()]
+        servers += self.fan_servers
+        await asyncio.gather(*(_cancel(s) for s in servers if s.pid and s.expect))
 
     def _cleanup(self) -> None:
         self.closed = True

@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import ActiveSqlTransaction, PgError
+from pgshard.protocol.errors import ActiveSqlTransaction, FeatureNotSupported, PgError
 from pgshard.proxy import fanread, read_filter, scatter
 from pgshard.proxy.backend import (
     X_BIND,
@@ -70,6 +70,13 @@ class FanoutMixin:
 
     async def _multi_query(self, raw: bytes, sql: str, plan: r.Plan) -> None:
         kind = plan.kind
+        if plan.sticky:
+            # Its servers go back to the pool when the transaction ends: state left on
+            # them (a lock, a temp table) would reach other clients.
+            raise FeatureNotSupported(
+                f"{plan.sticky} leaves session state on its server, and this transaction "
+                "runs on several shards", hint="run it outside the transaction, or in a "
+                "transaction on one shard")
         if kind in (r.COMMIT, r.ROLLBACK):
             out = await self._multi_end(kind)
             self.write(out + m.ready_for_query(b"I"))

@@ -67,8 +67,10 @@ async def servers_for(session, shards: list[str]):
         failed = next((s for s in servers if isinstance(s, BaseException)), None)
         if failed is not None:
             raise failed
+        session.fan_servers = list(servers)
         yield list(zip(pools, servers, strict=True))
     finally:
+        session.fan_servers = []
         for pool, s in zip(pools, servers, strict=True):
             if not isinstance(s, BaseException):
                 pool.release(s)

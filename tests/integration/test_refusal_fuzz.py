@@ -216,9 +216,6 @@ async def test_refusals_never_hang_and_leave_the_session_usable(refusal_proxy, p
 
 
 # Found by this fuzz; strict so that they fail (and are unmarked) once the proxy is fixed.
-@pytest.mark.xfail(strict=True, reason="inside a transaction a sticky statement fanned out to "
-                   "every shard is run, not refused; its advisory lock outlives the transaction "
-                   "on servers that go back to the pool")
 async def test_sticky_fanout_in_a_transaction_is_refused(refusal_proxy, pg_cluster):
     where = Placement(pg_cluster)
     key = next(k for k in range(1, 100) if where.shard(k) == "shard1")
@@ -240,8 +237,6 @@ async def test_sticky_fanout_in_a_transaction_is_refused(refusal_proxy, pg_clust
     assert held == ["0", "0"]
 
 
-@pytest.mark.xfail(strict=True, reason="a cancel request does not reach the shards of a fan-out "
-                   "read: the statements run on and the session stays busy")
 async def test_cancel_reaches_every_shard_of_a_fanout(refusal_proxy, pg_cluster):
     where = Placement(pg_cluster)
     keys = [next(k for k in range(1, 100) if where.shard(k) == n) for n in where.names]
