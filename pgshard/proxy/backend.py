@@ -442,6 +442,16 @@ class ServerConnection(asyncio.Protocol):
         if self.dirty:
             self.abort("server sent an error while idle")
 
+    async def cancel(self) -> None:
+        """A CancelRequest for what this server runs now (over a connection of its own)."""
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5)
+            w.write(m.cancel_request(self.pid, self.secret))
+            await w.drain()
+            w.close()
+        except (OSError, TimeoutError) as exc:
+            log.warning("cancel request to %s:%s failed: %s", self.host, self.port, exc)
+
     def abort(self, reason: str) -> None:
         self.closed_reason = reason
         self.dirty = True

@@ -67,16 +67,6 @@ log = logging.getLogger("pgshard.client")
 ORPHAN_TIMEOUT = 10.0   # seconds a server left by its client may take to reach an idle point
 
 
-async def _cancel(s) -> None:
-    try:
-        _, w = await asyncio.wait_for(asyncio.open_connection(s.host, s.port), 5)
-        w.write(m.cancel_request(s.pid, s.secret))
-        await w.drain()
-        w.close()
-    except (OSError, TimeoutError) as exc:
-        log.warning("cancel request to %s:%s failed: %s", s.host, s.port, exc)
-
-
 def _raise_sql(exc: PgError) -> str:
     """A statement that makes a server raise exc, so its transaction state follows."""
     parts = [f"ERRCODE = {quote_literal(exc.sqlstate)}", f"MESSAGE = {quote_literal(exc.message)}"]
@@ -1334,7 +1324,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if self.txn.multi is not None:
             servers += [s for _, s in self.txn.multi.servers.values()]
         servers += self.fan_servers
-        await asyncio.gather(*(_cancel(s) for s in servers if s.pid and s.expect))
+        await asyncio.gather(*(s.cancel() for s in servers if s.pid and s.expect))
 
     def _cleanup(self) -> None:
         self.closed = True

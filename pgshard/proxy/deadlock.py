@@ -21,7 +21,6 @@ import time
 import asyncpg
 
 from pgshard.background import Background
-from pgshard.protocol import messages as m
 
 log = logging.getLogger("pgshard.deadlock")
 
@@ -125,7 +124,7 @@ class DeadlockDetector:
         for ws in waiting.values():
             for who, s in ws:
                 if who == victim:
-                    await _cancel(s)
+                    await s.cancel()
 
     async def _blockers(self, shard: str, pids: list[int]) -> list[tuple[int, list[int]]]:
         conn = self._conns.get(shard)
@@ -136,13 +135,3 @@ class DeadlockDetector:
         rows = await conn.fetch(BLOCKERS_SQL, pids, timeout=self.timeout)
         return [(r[0], list(r[1])) for r in rows]
 
-
-async def _cancel(s) -> None:
-    """A CancelRequest for what the server s is running now."""
-    try:
-        _, w = await asyncio.wait_for(asyncio.open_connection(s.host, s.port), 5)
-        w.write(m.cancel_request(s.pid, s.secret))
-        await w.drain()
-        w.close()
-    except (TimeoutError, OSError) as exc:
-        log.warning("cancel request to %s:%s failed: %s", s.host, s.port, exc)

@@ -397,22 +397,24 @@ class FanoutMixin:
             self._owe_z = True
         out = await self._run_fanout(
             fan, read_filter.per_shard(self, fan, [p for p in parts if p[1] != X_FAKE]), hide)
+        await self._end_ext_unit(out, sync)
+
+    async def _end_ext_unit(self, out: bytes | None, sync: bool) -> None:
+        """After an extended unit ran on several shards: its own transaction (if it is one)
+        committed with 2PC, or rolled back on an error; the reply (out, None after an error
+        already sent), then ReadyForQuery at a Sync, or skip to the Sync after an error."""
         multi = self.txn.multi
         if multi is not None and multi.implicit and (sync or out is None):
-            # The statement's own transaction: committed (2PC) or rolled back now.
             end = await self._multi_end(r.COMMIT if out is not None else r.ROLLBACK)
             if out is not None and end[:1] == b"E":
-                self.write(end)
-                out = None
+                out = end
         if out is None:
             if sync:
                 self.write(m.ready_for_query(self._status()))
             else:
                 self.skip_until_sync = True
             return
-        self.write(out)
-        if sync:
-            self.write(m.ready_for_query(self._status()))
+        self.write(out + (m.ready_for_query(self._status()) if sync else b""))
 
     @staticmethod
     def _fan_sql(fan: Fanout, st) -> str:

@@ -230,18 +230,7 @@ class PipelineMixin:
             self._owe_z = True
         shards = sorted(per)
         out = await self._run_fanout(type(fan)("insert", shards, fan.analysis, groups), per)
-        multi = self.txn.multi
-        if multi is not None and multi.implicit and (sync or out is None):
-            end = await self._multi_end(r.COMMIT if out is not None else r.ROLLBACK)
-            if out is not None and end[:1] == b"E":
-                out = end
-        if out is None:
-            if sync:
-                self.write(m.ready_for_query(self._status()))
-            else:
-                self.skip_until_sync = True
-            return
-        self.write(out + (m.ready_for_query(self._status()) if sync else b""))
+        await self._end_ext_unit(out, sync)
 
     async def _multi_for_unit(self):
         # (see _split_unit)
