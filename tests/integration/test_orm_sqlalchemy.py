@@ -70,11 +70,17 @@ def orm_proxy(pg_cluster):
            "tables": [{"name": "orm_customers", "shard_key": "tenant_id"},
                       {"name": "orm_orders", "shard_key": "tenant_id"}]}
     with ProxyProcess(cfg) as p:
-        # The manager's first round installs the trigger that aligns new sequences.
-        deadline = time.monotonic() + 20
+        # The manager's first round installs the trigger that aligns new sequences and tells
+        # it this config's tables (a trigger left by an earlier process on the same servers
+        # may know other tables only).
+        deadline = time.monotonic() + 30
+        trigger = ("SELECT count(*) FROM pg_event_trigger WHERE evtname = "
+                   "'pgshard_align_sequences' AND to_regclass('pgshard.id_space') IS NOT NULL")
+        tables = ("SELECT count(*) FROM pgshard.id_space "
+                  "WHERE array_to_string(tables, ',') LIKE '%orm_orders%'")
         for s in pg_cluster.shards:
-            while not s.primary.psql("SELECT count(*) FROM pg_event_trigger WHERE evtname = "
-                                     "'pgshard_align_sequences'").strip().endswith("1"):
+            while not (s.primary.psql(trigger).strip().endswith("1")
+                       and s.primary.psql(tables).strip().endswith("1")):
                 assert time.monotonic() < deadline, p.log()
                 time.sleep(0.2)
         yield p
