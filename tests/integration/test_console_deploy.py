@@ -157,9 +157,18 @@ def _login(port: int, user: str, password: str) -> str:
 # ---------------------------------------------------------------------- Grafana
 
 def metric_names(exposition: str) -> set[str]:
+    """Every series name the exposition has samples of or declares (a labelled family with
+    no samples yet, such as failovers before the first one, is declared by its # TYPE)."""
     names = set()
     for line in exposition.splitlines():
-        if line and not line.startswith("#"):
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            names.add(name)
+            if kind == "histogram":
+                names |= {name + "_bucket", name + "_sum", name + "_count"}
+            elif kind == "counter" and not name.endswith("_total"):
+                names.add(name + "_total")
+        elif line and not line.startswith("#"):
             names.add(re.split(r"[{\s]", line, maxsplit=1)[0])
     return names
 
