@@ -332,8 +332,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                     s.flush()
                     if s.write_paused:
                         return s.drain()
-            elif t == 0x46:    # FunctionCall (fastpath: libpq's large-object API)
-                return self._function_call(raw)
             elif t == 0x58:    # Terminate
                 raise _Terminate()
             else:
@@ -494,45 +492,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         p = self.txn.pending
         return p is not None and (";" in p or len(self.proxy.catalog.shards) == 1
                                   or "transaction" in sql.lower() or p.strip().upper() != "BEGIN")
-
-    def _function_call(self, raw: bytes):
-        """A fastpath FunctionCall runs on the client's server (or a shard's, as a
-        statement that touches no table), inside the client's transaction; its reply is a
-        FunctionCallResponse (or an error) and a ReadyForQuery."""
-        if self.ops:
-            self.ops.append((OP_FLUSH,))
-            aw = self._flush_ops(sync=False)
-            if aw is not None:
-                return self._guard(self._then_call(aw, raw), True)
-        if self.txn.multi is not None:
-            raise FeatureNotSupported(
-                "a fastpath function call inside a transaction on several shards",
-                hint="call the function with SELECT, or keep the transaction on one shard")
-        if self.txn.failed:
-            raise _aborted()
-        shard = self.shard if self.server is not None else self._any_shard()
-        s = self._attach_now(shard, True, self.role if self.server is not None else "primary")
-        if s is None:
-            return self._guard(self._call_slow(raw, shard), True)
-        self._send_call(s, raw)
-        return None
-
-    async def _then_call(self, aw, raw: bytes) -> None:
-        await aw
-        aw2 = self._function_call(raw)
-        if aw2 is not None:
-            await aw2
-
-    async def _call_slow(self, raw: bytes, shard: str) -> None:
-        self._send_call(await self._attach(shard, True, "primary"), raw)
-
-    def _send_call(self, s, raw: bytes) -> None:
-        self._t0 = time.monotonic()
-        self._qkind = "other"
-        self._qsql = None
-        s.send(raw)
-        s.push(X_QUERY, fake=self.txn.held())   # answered like a Query: …, ReadyForQuery
-        s.flush()
 
     def server_param(self, s, name: str, value: str) -> None:
         """The server reports the value a setting of this client now has (DateStyle after

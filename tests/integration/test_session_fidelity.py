@@ -1,6 +1,6 @@
 """A session through the proxy behaves as one PostgreSQL session: what PostgreSQL's own
 regression suite found the proxy got wrong (settings inside held-back transactions, the
-values settings are replayed with, fastpath function calls)."""
+values settings are replayed with, failed SETs, COMMIT AND CHAIN, session resets)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 from tests.fixtures.proxy import ProxyProcess
 from tests.integration.conftest import USERS, _shards
-from tests.integration.test_proxy_psql_pgbench import psql
 
 ONE = {"name": "one", "password": "one-secret", "pool_size": 1}
 SESSION = {"name": "sone", "password": "sone-secret", "pool_size": 1, "pool_mode": "session"}
@@ -85,21 +84,6 @@ async def test_failed_set_leaves_no_error_behind(env):
             await c.fetchval("SHOW custom.my_guc")
     finally:
         await c.close()
-
-
-def test_large_objects_with_fastpath_calls(env, tmp_path):
-    """psql's \\lo_import / \\lo_export / \\lo_unlink use libpq's fastpath FunctionCall."""
-    _, dsn = env
-    src = tmp_path / "blob.bin"
-    src.write_bytes(bytes(range(256)) * 300)
-    out = psql(dsn, "-c", f"\\lo_import '{src}'").stdout.split()
-    oid = int(out[-1])
-    dst = tmp_path / "back.bin"
-    psql(dsn, "-c", f"\\lo_export {oid} '{dst}'")
-    assert dst.read_bytes() == src.read_bytes()
-    psql(dsn, "-c", f"\\lo_unlink {oid}")
-    left = psql(dsn, "-c", f"SELECT count(*) FROM pg_largeobject_metadata WHERE oid = {oid}")
-    assert left.stdout.strip() == "0"
 
 
 def test_commit_and_chain(env):
