@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -27,9 +28,12 @@ def test_bundle_builds():
 def test_vitest_component_tests_pass():
     _run([str(ROOT / "scripts" / "build-ui.sh")], ROOT, 600)   # npm ci when needed
     done = _run(["npm", "test", "--", "--run", "--reporter=verbose"], UI, 600)
-    out = done.stdout + done.stderr
+    out = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
     assert done.returncode == 0, out[-6000:]
-    assert " passed" in out and " failed" not in out, out[-3000:]
+    # Vitest's summary line, not test names (one mentions a "failed job"): "Tests  54 passed".
+    summary = re.search(r"^\s*Tests\s+(.*)$", out, re.M)
+    assert summary is not None and "passed" in summary.group(1), out[-3000:]
+    assert "failed" not in summary.group(1), out[-3000:]
 
 
 def test_typescript_type_check_passes():
