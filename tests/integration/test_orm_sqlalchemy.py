@@ -108,18 +108,39 @@ def test_create_all_through_the_proxy(engine, pg_cluster):
 #   INSERT INTO orm_customers (tenant_id, name) SELECT p0::INTEGER, p1::VARCHAR FROM (VALUES
 #   (%(tenant_id__0)s::INTEGER, %(name__0)s::VARCHAR, 0), …) AS imp_sen(p0, p1, sen_counter)
 #   ORDER BY sen_counter RETURNING orm_customers.id, orm_customers.id AS id__1
-# which the proxy refuses (0A000 "statement has no shard key on sharded table orm_customers"),
-# even when every row has the same tenant. Strict: passes once the proxy routes it.
-@pytest.mark.xfail(strict=True, raises=NotSupportedError,
-                   reason="the proxy does not route SQLAlchemy's INSERT … SELECT FROM (VALUES …) "
-                          "ORDER BY sen_counter RETURNING (insertmanyvalues)")
-def test_add_all_and_commit(engine, pg_cluster):
+# The proxy routes it by the VALUES rows' keys when they are on one shard. Rows of several
+# shards are refused: split, the RETURNING rows could not keep sen_counter's order, and
+# SQLAlchemy matches them to objects by that order.
+def test_add_all_of_one_tenant_and_commit(engine, pg_cluster):
     with Session(engine) as s:
-        customers = [Customer(tenant_id=t, name=f"many{t}") for t in (101, 102, 103, 104)]
+        customers = [Customer(tenant_id=101, name=f"many{i}") for i in range(4)]
         s.add_all(customers)
         s.commit()
         ids = [c.id for c in customers]
+        names = {c.id: c.name for c in customers}
     assert len(set(ids)) == len(ids)
+    with Session(engine) as s:   # each object got the id of its own row
+        got = {c.id: c.name for c in s.scalars(select(Customer).where(Customer.tenant_id == 101))}
+    assert {i: got[i] for i in ids} == names
+
+
+def test_add_all_across_tenants(engine, orm_proxy):
+    with Session(engine) as s:
+        s.add_all([Customer(tenant_id=t, name=f"cross{t}") for t in (101, 102, 103, 104)])
+        with pytest.raises(NotSupportedError, match="use_insertmanyvalues"):
+            s.commit()
+        s.rollback()
+    # With insertmanyvalues off, SQLAlchemy sends one INSERT per row: each to its shard.
+    plain = create_engine(orm_proxy.dsn().replace("postgresql://", "postgresql+psycopg://"),
+                          use_insertmanyvalues=False)
+    try:
+        with Session(plain) as s:
+            customers = [Customer(tenant_id=t, name=f"cross{t}") for t in (101, 102, 103, 104)]
+            s.add_all(customers)
+            s.commit()
+            assert len({c.id for c in customers}) == 4
+    finally:
+        plain.dispose()
 
 
 @pytest.fixture(scope="module")

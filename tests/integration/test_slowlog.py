@@ -4,22 +4,16 @@ parameter. Needs the session's hook (ClientSession.server_idle calls proxy.slowl
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 
 import asyncpg
 import pytest
 
-from pgshard.proxy.client import ClientSession
 from tests.fixtures.proxy import ProxyProcess
 from tests.integration.conftest import _shards
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif("slowlog" not in inspect.getsource(ClientSession.server_idle),
-                       reason="ClientSession.server_idle does not call proxy.slowlog.note yet"),
-]
+pytestmark = [pytest.mark.integration]
 
 
 def slow_lines(log: str) -> list[dict]:
