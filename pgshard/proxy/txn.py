@@ -65,6 +65,9 @@ class TxnState:
         self.failed = False
 
     def fail(self) -> None:
-        """An error inside the held transaction: only COMMIT/ROLLBACK may follow."""
+        """An error inside the held (or multi-shard) transaction: only COMMIT/ROLLBACK may
+        follow, and COMMIT rolls back."""
         if self.pending is not None:
             self.failed = True
+        if self.multi is not None:
+            self.multi.failed = True

@@ -468,3 +468,24 @@ async def test_deadlock_across_shards_is_broken(env):
            for x in s.primary.psql(f"SELECT id, balance FROM {TABLE}").split()}
     assert bal == {a: 1, a2: 0, b: 1, b2: 1}
     _no_prepared(cluster)
+
+
+def test_a_refusal_inside_a_cross_shard_transaction_fails_it(env):
+    """An error the proxy raises inside a multi-shard transaction puts it in the failed state,
+    as PostgreSQL would: the status says E, COMMIT rolls back, nothing stays."""
+    proxy, cluster, keys = env
+    _clear(cluster)
+    a, b = keys["shard0"][0], keys["shard1"][0]
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("BEGIN")
+        conn.execute(f"INSERT INTO {TABLE} (id) VALUES ({a})")
+        conn.execute(f"INSERT INTO {TABLE} (id) VALUES ({b})")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute("SELECT pg_advisory_lock(1)")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute(f"SELECT count(*) FROM {TABLE}")
+        cur = conn.execute("COMMIT")
+        assert cur.statusmessage == "ROLLBACK"
+    assert _rows(cluster) == {"shard0": set(), "shard1": set()}
+    _no_prepared(cluster)
