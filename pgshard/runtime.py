@@ -75,7 +75,7 @@ class Runtime:
         from pgshard.control.membership import Membership, StoreStatus
         from pgshard.control.metrics import Metrics
         from pgshard.control.plane import ControlPlane
-        from pgshard.control.twophase_recovery import start_twophase
+        from pgshard.control.twophase_recovery import set_coordinator, start_twophase
         from pgshard.store import StoreError
 
         config, store = self.config, self.store
@@ -95,6 +95,9 @@ class Runtime:
                 *[u for u in config.users if u.name != INTERNAL_USER],
                 UserConfig(name=INTERNAL_USER, password=exec_password)))
         self.proxy = proxy = Proxy(proxy_config, catalog)
+        # The coordinator is in place before the first client: one that came in earlier
+        # saw two-phase commit as off and had its cross-shard work refused.
+        set_coordinator(config, store, proxy, self.node_id)
         await proxy.start()
 
         status = StoreStatus()

@@ -248,17 +248,27 @@ class TwoPhaseRecovery:
             self.connect_timeout + 1)
 
 
-def start_twophase(config, store: MetadataStore, proxy, membership, metrics, node_id: str,
-                   manager: bool) -> TwoPhaseRecovery | None:
-    """Wire two-phase commit into a starting process: `proxy.twophase` is this router's
-    Coordinator (None when two_phase_commit is off) and, on a manager, recovery runs while
-    it is the elected leader. Returns the recovery service to stop, if any."""
+def set_coordinator(config, store: MetadataStore, proxy, node_id: str) -> None:
+    """`proxy.twophase`: this router's Coordinator (None when two_phase_commit is off), set
+    before the proxy takes its first client."""
     from pgshard.proxy.twophase import Coordinator, Faults
 
     pc = config.proxy
     proxy.twophase = (Coordinator(DecisionLog(store), node_id, faults=Faults.from_env(),
-                                  metrics=metrics, decision_deadline=pc.twophase_timeout / 2)
+                                  decision_deadline=pc.twophase_timeout / 2)
                       if pc.two_phase_commit else None)
+
+
+def start_twophase(config, store: MetadataStore, proxy, membership, metrics, node_id: str,
+                   manager: bool) -> TwoPhaseRecovery | None:
+    """Wire two-phase commit into a starting process: the Coordinator (see set_coordinator,
+    set now if it is not yet) counts into metrics, and on a manager recovery runs while it is
+    the elected leader. Returns the recovery service to stop, if any."""
+    pc = config.proxy
+    if pc.two_phase_commit and getattr(proxy, "twophase", None) is None:
+        set_coordinator(config, store, proxy, node_id)
+    if proxy.twophase is not None:
+        proxy.twophase.metrics = metrics
     if not manager:
         return None
     recovery = TwoPhaseRecovery(store, lambda: proxy.catalog,
