@@ -86,12 +86,18 @@ class _Orphan(ServerClient):
 
     def __init__(self, pool):
         self.pool = pool
+        self.failed = False
 
     def write(self, data):
         pass
 
+    def server_error(self, body: bytes) -> None:
+        self.failed = True   # the rollback or reset did not happen: never reuse the server
+
     def server_idle(self, server):
-        self.pool.release(server)
+        if self.failed:
+            server.sticky = "its reset after the client left failed"
+        self.pool.release(server)   # closes it when sticky
 
 
 class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin,
@@ -1064,7 +1070,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 s.pool.release(s)
 
     @staticmethod
-    def _end_unit_then_release(s, sql: str | None = None) -> None:
+    def _end_unit_then_release(s, sql: tuple[str, ...] = ()) -> None:
         """Give s back to the pool once it is idle with nothing outstanding: end a pending
         extended-protocol unit with a Sync (only look-only units reach here, or a client
         that is gone, whose Bind/Execute must not be committed: see _cleanup), then run
@@ -1073,8 +1079,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if s.unsynced:
             s.send(m.SYNC)
             s.push(X_SYNC, swallow=True)
-        if sql is not None:
-            s.query(sql, swallow=True)
+        for one in sql or ():   # separately: DISCARD ALL refuses to run in a multi-statement string
+            s.query(one, swallow=True)
         s.flush()
 
         def check() -> None:   # never let a server that does not come back hold a pool slot
@@ -1215,9 +1221,9 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             else:
                 # Never hand a dirty server to another client: end its unit, roll back
                 # (and, in session mode or holding state of this client, reset) first.
-                sql = "ROLLBACK" if s.txn_status != b"I" else None
+                sql = ("ROLLBACK",) if s.txn_status != b"I" else ()
                 if self.pool_mode == "session" or s.sticky:
-                    sql = (sql + "; " if sql else "") + "DISCARD ALL"
+                    sql += ("DISCARD ALL",)
                     s.forget_session()
                 self._end_unit_then_release(s, sql)
         else:
@@ -1247,7 +1253,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         """DISCARD ALL: the servers put aside are reset and go back to the pool."""
         for s in self.parked.values():
             s.forget_session()
-            self._end_unit_then_release(s, "DISCARD ALL")
+            self._end_unit_then_release(s, ("DISCARD ALL",))
         self.parked = {}
 
     def _deallocate_on_server(self, name: str | None) -> bool:

@@ -57,6 +57,14 @@ LEAVES = [
      "cursors"),
     ("do block", ["DO $$ BEGIN PERFORM set_config('work_mem', '3456kB', false); END $$"],
      "work_mem"),
+    # the client leaves inside a transaction: the server is rolled back, then reset
+    ("left in a transaction (pg_dump's set_config)",
+     ["SELECT pg_catalog.set_config('search_path', '', false)", "BEGIN", "SELECT 1"],
+     "search_path"),
+    ("temp table, left in a transaction", ["CREATE TEMP TABLE iso_tt3 (x int)", "BEGIN",
+                                           "INSERT INTO iso_tt3 VALUES (1)"], "temp"),
+    ("advisory lock, left in a transaction", ["SELECT pg_advisory_lock(4343)", "BEGIN",
+                                              "SELECT 1"], "locks"),
 ]
 
 
@@ -105,6 +113,23 @@ async def test_next_client_on_the_same_server_sees_its_own_defaults(env, case, s
     assert changed != before[probe], f"{case}: the statements changed nothing visible"
     after = await _probe(dsn)
     assert after == before, f"{case}: the next client saw {after} instead of {before}"
+
+
+async def test_client_leaving_a_failed_transaction_leaves_nothing(env):
+    """set_config, then a transaction that fails and is left open: the server is rolled
+    back and reset (ROLLBACK and DISCARD ALL as two statements: DISCARD ALL refuses to
+    run in a string of several), never handed on with the client's search_path."""
+    dsn = env.dsn(user="one", password="one-secret")
+    before = await _probe(dsn)
+    c = await asyncpg.connect(dsn)
+    try:
+        await c.execute("SELECT pg_catalog.set_config('search_path', '', false)")
+        await c.execute("BEGIN")
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await c.execute("SELECT 1/0")
+    finally:
+        await c.close()
+    assert await _probe(dsn) == before
 
 
 async def test_extended_protocol_set_config_does_not_leak(env):
