@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= .demo
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap run demo test unit bench bench-2pc bench-failover bench-reshard lint clean ui regress
+.PHONY: bootstrap run demo test unit bench bench-quick bench-instructions bench-2pc bench-failover bench-reshard lint clean ui regress
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -18,9 +18,23 @@ test: bootstrap
 unit: bootstrap
 	$(BIN)/python -m pytest -q tests/unit
 
+# pgbench -S through pgshard vs PgBouncer vs direct: TPS, latency, the proxies' CPU us/query.
+# A newer PgBouncer (1.21+, e.g. 1.25) gets its own column when PGSHARD_BENCH_PGBOUNCER_NEW
+# names its binary (or pass BENCH_ARGS="--pgbouncer-new PATH"); it is skipped otherwise.
+BENCH_ARGS ?=
 bench: bootstrap
-	$(BIN)/python -m bench.pgbench_compare
+	$(BIN)/python -m bench.pgbench_compare $(BENCH_ARGS)
 	$(BIN)/python -m bench.twophase_pgbench
+
+# The same table in under 3 minutes: 3 s per run, 8 clients, scale 2.
+bench-quick: bootstrap
+	$(BIN)/python -m bench.pgbench_compare --quick --out bench/results-quick.json $(BENCH_ARGS)
+
+# Instructions per query in the proxy (valgrind callgrind, repeatable on a busy box) for a
+# fixed number of -M simple, extended and prepared queries, with the top functions.
+INSTR_ARGS ?=
+bench-instructions: bootstrap
+	$(BIN)/python -m bench.instructions $(INSTR_ARGS)
 
 # Two-phase commit through pgshard: a cross-shard pair of UPDATEs vs two single-shard
 # transactions (8, 32 clients), single-shard -N with two_phase_commit on vs off.

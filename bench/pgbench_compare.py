@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 
 from bench import report
+from bench.proccpu import cpu_seconds
 from bench.runner import (
     MODES,
     Measurement,
@@ -31,6 +32,7 @@ from bench.runner import (
     write_sql_routed_script,
 )
 from bench.targets import (
+    PGBOUNCER_NEW_ENV,
     BenchSetupError,
     ClusterError,
     Endpoint,
@@ -84,24 +86,30 @@ def _mode_list(text: str) -> list[str]:
 
 
 @click.command()
-@click.option("--scale", type=click.IntRange(1), default=10, show_default=True,
-              help="pgbench -i scale factor")
+@click.option("--scale", type=click.IntRange(1), default=None,
+              help="pgbench -i scale factor  [default: 10, 2 with --quick]")
 @click.option("--duration", type=click.IntRange(1), default=None,
               help="seconds per run (pgbench -T)  [default: 10, 3 with --quick]")
 @click.option("--clients", "clients_text", default=None,
-              help="comma-separated client counts  [default: 1,8,32, 1,8 with --quick]")
+              help="comma-separated client counts  [default: 1,8,32, 8 with --quick]")
 @click.option("--modes", "modes_text", default=",".join(MODES), show_default=True,
               help="comma-separated pgbench -M modes")
-@click.option("--quick", is_flag=True, help="a fast sanity run: 3 s per run, 1 and 8 clients")
+@click.option("--quick", is_flag=True, help="a fast sanity run (make bench-quick): 3 s per run, 8 clients, scale 2")
 @click.option("--script", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="an extra custom pgbench script, run against pgshard-2 only")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True, help="where to write the JSON results")
-def main(scale: int, duration: int | None, clients_text: str | None, modes_text: str,
-         quick: bool, script: Path | None, out: Path) -> None:
-    """Compare pgbench -S throughput and latency: direct, PgBouncer, pgshard (1 and 2 shards)."""
+@click.option("--pgbouncer-new", "pgbouncer_new", envvar=PGBOUNCER_NEW_ENV, default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help=f"a second, newer pgbouncer binary (e.g. 1.25) as its own column "
+                   f"[env {PGBOUNCER_NEW_ENV}; skipped when unset or missing]")
+def main(scale: int | None, duration: int | None, clients_text: str | None, modes_text: str,
+         quick: bool, script: Path | None, out: Path, pgbouncer_new: Path | None) -> None:
+    """Compare pgbench -S throughput, latency and the proxies' CPU per query: direct,
+    PgBouncer (and a newer PgBouncer when given), pgshard (1 and 2 shards)."""
     duration = duration or (3 if quick else 10)
-    clients = _int_list(clients_text or ("1,8" if quick else "1,8,32"))
+    scale = scale or (2 if quick else 10)
+    clients = _int_list(clients_text or ("8" if quick else "1,8,32"))
     modes = _mode_list(modes_text)
     pgbench_binary()  # fail before creating anything when pgbench is missing
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -123,10 +131,14 @@ def main(scale: int, duration: int | None, clients_text: str | None, modes_text:
                 "by its aid",
                 f"pool size {POOL_SIZE} for both PgBouncer and pgshard, transaction pooling; "
                 "client auth scram-sha-256 on all paths",
+                "us/q: the proxy process's (and its children's) user+system CPU time from "
+                "/proc/<pid>/stat over the run, divided by the queries it served "
+                "(1 per select-only transaction)",
             ]}
+    bouncer_new = _pgbouncer_new(pgbouncer_new, meta)
     exit_code = 0
     try:
-        targets = _set_up(work, scale, script, clusters, servers, meta)
+        targets = _set_up(work, scale, script, clusters, servers, meta, bouncer_new)
         _warm_up(targets)
         baseline = _commits_per_shard(clusters[1])
         _run_matrix(targets, modes, clients, duration, scale, results)
@@ -167,8 +179,25 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _pgbouncer_new(path: Path | None, meta: dict) -> str | None:
+    """The newer PgBouncer's binary when given and present; a note either way."""
+    if path is None:
+        meta["notes"].append(f"{report.PGBOUNCER_NEW}: skipped (no --pgbouncer-new / "
+                             f"{PGBOUNCER_NEW_ENV})")
+        return None
+    if not path.is_file():
+        meta["notes"].append(f"{report.PGBOUNCER_NEW}: skipped ({path} does not exist)")
+        return None
+    version = pgbouncer_version(str(path))
+    meta["pgbouncer_new"] = version
+    meta["notes"].append(f"{report.PGBOUNCER_NEW}: {version} ({path}); "
+                         f"{report.PGBOUNCER}: {meta['pgbouncer']}")
+    return str(path)
+
+
 def _set_up(work: Path, scale: int, script: Path | None, clusters: list[LocalCluster],
-            servers: list[ServerProcess], meta: dict) -> list[Target]:
+            servers: list[ServerProcess], meta: dict,
+            bouncer_new: str | None = None) -> list[Target]:
     """Clusters, data, PgBouncer and pgshard; appends to clusters/servers as it goes so the
     caller can tear down whatever got started."""
     t0 = time.monotonic()
@@ -188,6 +217,11 @@ def _set_up(work: Path, scale: int, script: Path | None, clusters: list[LocalClu
     print("starting PgBouncer and pgshard ...", flush=True)
     bouncer, bouncer_ep = start_pgbouncer(one.shards[0].primary, work, POOL_SIZE)
     servers.append(bouncer)
+    newer = None
+    if bouncer_new is not None:
+        newer = start_pgbouncer(one.shards[0].primary, work, POOL_SIZE, binary=bouncer_new,
+                                name=report.PGBOUNCER_NEW)
+        servers.append(newer[0])
     shard1, shard1_ep = start_pgshard("pgshard-1", one, work, POOL_SIZE)
     servers.append(shard1)
     shard2, shard2_ep = start_pgshard("pgshard-2", two, work, POOL_SIZE)
@@ -196,6 +230,7 @@ def _set_up(work: Path, scale: int, script: Path | None, clusters: list[LocalClu
     targets = [
         Target(report.DIRECT, node_endpoint(one.shards[0].primary)),
         Target(report.PGBOUNCER, bouncer_ep, server=bouncer),
+        *([Target(report.PGBOUNCER_NEW, newer[1], server=newer[0])] if newer else []),
         Target(report.PGSHARD_1, shard1_ep, server=shard1),
         Target(report.PGSHARD_2, shard2_ep, scripts=hinted, server=shard2),
         Target(report.PGSHARD_2_SQL, shard2_ep, scripts=write_sql_routed_script(work),
@@ -228,14 +263,21 @@ def _run_matrix(targets: list[Target], modes: list[str], clients: list[int], dur
         for count in clients:
             for target in targets:
                 n += 1
+                pid = target.server.proc.pid if target.server and target.server.proc else None
+                cpu0 = cpu_seconds(pid) if pid else None
                 m = run_pgbench(target.name, target.endpoint, mode=mode, clients=count,
                                 duration=duration, script=target.script(mode), scale=scale)
+                cpu1 = cpu_seconds(pid) if pid else None
+                if cpu0 is not None and cpu1 is not None and m.ok and m.transactions:
+                    m.cpu_us_per_query = (cpu1 - cpu0) * 1e6 / m.transactions
                 if target.server is not None and not target.server.alive():
                     m.ok = False
                     m.error = (f"{target.server.name} exited (status "
                                f"{target.server.proc.returncode}); {m.error or ''}").strip()
                 results.append(m)
-                shown = (f"{m.tps:9.0f} tps  {m.latency_ms:7.3f} ms" if m.ok
+                cpu = (f"  {m.cpu_us_per_query:6.1f} us/q" if m.cpu_us_per_query is not None
+                       else "")
+                shown = (f"{m.tps:9.0f} tps  {m.latency_ms:7.3f} ms{cpu}" if m.ok
                          else f"FAILED: {m.error}")
                 print(f"[{n:>2}/{total}] -M {mode:<8} -c {count:<3} {target.name:<16} {shown}",
                       flush=True)

@@ -9,13 +9,20 @@ from bench.runner import Measurement
 
 DIRECT, PGBOUNCER, PGSHARD_1, PGSHARD_2, PGSHARD_2_SQL, PGSHARD_2_SCRIPT = (
     "direct", "pgbouncer", "pgshard-1", "pgshard-2", "pgshard-2-sql", "pgshard-2-script")
+PGBOUNCER_NEW = "pgbouncer-new"   # a second, newer PgBouncer (e.g. 1.25) when one is given
 
-# (label, numerator, denominator) of the ratio columns.
+# (label, numerator, denominator) of the TPS ratio columns.
 RATIOS = (
     ("ps1/pgb", PGSHARD_1, PGBOUNCER),
+    ("ps1/pgbN", PGSHARD_1, PGBOUNCER_NEW),
     ("ps1/direct", PGSHARD_1, DIRECT),
     ("ps2/pgb", PGSHARD_2, PGBOUNCER),
-    ("sql/hint", PGSHARD_2_SQL, PGSHARD_2),
+    ("ps2/ps1", PGSHARD_2, PGSHARD_1),
+    ("sql/ps1", PGSHARD_2_SQL, PGSHARD_1),
+)
+# (label, numerator, denominator) of the CPU-per-query ratio columns.
+CPU_RATIOS = (
+    ("cpu ps1/pgbN", PGSHARD_1, PGBOUNCER_NEW),
 )
 
 
@@ -34,16 +41,33 @@ def ratio(by_target: dict[str, Measurement], num: str, den: str) -> float | None
     return a.tps / b.tps
 
 
+def cpu_ratio(by_target: dict[str, Measurement], num: str, den: str) -> float | None:
+    a, b = by_target.get(num), by_target.get(den)
+    if (a is None or b is None or not a.ok or not b.ok or a.cpu_us_per_query is None
+            or not b.cpu_us_per_query):
+        return None
+    return a.cpu_us_per_query / b.cpu_us_per_query
+
+
 def render_table(results: list[Measurement], targets: list[str]) -> str:
-    """A fixed-width table: TPS and average latency per target, then the ratios."""
+    """A fixed-width table: TPS, average latency and proxy CPU µs/query per target, then the
+    ratios (of targets present)."""
+    present = set(targets)
+    ratios = [r for r in RATIOS if r[1] in present and r[2] in present]
+    cpu_ratios = [r for r in CPU_RATIOS if r[1] in present and r[2] in present]
+    proxied = [t for t in targets
+               if any(m.cpu_us_per_query is not None for m in results if m.target == t)]
     header = (["mode", "clients"] + [f"TPS {t}" for t in targets]
-              + [f"ms {t}" for t in targets] + [label for label, _, _ in RATIOS])
+              + [f"ms {t}" for t in targets] + [f"us/q {t}" for t in proxied]
+              + [label for label, _, _ in ratios] + [label for label, _, _ in cpu_ratios])
     rows = []
     for mode, clients, by_target in cells(results):
         row = [mode, str(clients)]
         row += [_tps(by_target.get(t)) for t in targets]
         row += [_latency(by_target.get(t)) for t in targets]
-        row += [_ratio(ratio(by_target, num, den)) for _, num, den in RATIOS]
+        row += [_cpu(by_target.get(t)) for t in proxied]
+        row += [_ratio(ratio(by_target, num, den)) for _, num, den in ratios]
+        row += [_ratio(cpu_ratio(by_target, num, den)) for _, num, den in cpu_ratios]
         rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) if i > 0 else cell.ljust(w)
@@ -73,6 +97,12 @@ def _latency(m: Measurement | None) -> str:
     return f"{m.latency_ms:.3f}" if m.ok and m.latency_ms is not None else "FAIL"
 
 
+def _cpu(m: Measurement | None) -> str:
+    if m is None or not m.ok or m.cpu_us_per_query is None:
+        return "-"
+    return f"{m.cpu_us_per_query:.1f}"
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -84,7 +114,8 @@ def results_document(meta: dict, results: list[Measurement]) -> dict:
         "results": [m.as_dict() for m in results],
         "ratios": [
             {"mode": mode, "clients": clients,
-             **{label: ratio(by_target, num, den) for label, num, den in RATIOS}}
+             **{label: ratio(by_target, num, den) for label, num, den in RATIOS},
+             **{label: cpu_ratio(by_target, num, den) for label, num, den in CPU_RATIOS}}
             for mode, clients, by_target in cells(results)
         ],
     }

@@ -40,6 +40,7 @@ class Measurement:
     transactions: int | None = None
     failed_transactions: int | None = None
     error: str | None = None
+    cpu_us_per_query: float | None = None   # the proxy's user+system CPU over the run's queries
     script: str = "builtin:select-only"
     command: str = ""
 

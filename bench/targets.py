@@ -220,6 +220,9 @@ def start_pgshard(name: str, cluster: LocalCluster, work_dir: Path, pool_size: i
 
 
 PGBOUNCER_ENV = "PGSHARD_BENCH_PGBOUNCER"   # path of the pgbouncer binary to compare with
+# A second, newer PgBouncer (1.21+ serves -M prepared in transaction pooling): its own column
+# when this variable (or bench's --pgbouncer-new) names its binary, skipped otherwise.
+PGBOUNCER_NEW_ENV = "PGSHARD_BENCH_PGBOUNCER_NEW"
 
 
 def pgbouncer_binary() -> str:
@@ -236,7 +239,8 @@ def _supports_prepared(version: str) -> bool:
     return (major, minor) >= (1, 21)
 
 
-def pgbouncer_config(node, port: int, pool_size: int, userlist: Path) -> str:
+def pgbouncer_config(node, port: int, pool_size: int, userlist: Path,
+                     version: str | None = None) -> str:
     """A transaction-pooling pgbouncer.ini for one primary, logging in to it as the harness user."""
     return "\n".join([
         "[databases]",
@@ -257,20 +261,25 @@ def pgbouncer_config(node, port: int, pool_size: int, userlist: Path) -> str:
         "log_connections = 0",
         "log_disconnections = 0",
         "ignore_startup_parameters = extra_float_digits",
-    ] + (["max_prepared_statements = 200"] if _supports_prepared(pgbouncer_version()) else [])
+    ] + (["max_prepared_statements = 200"]
+         if _supports_prepared(version or pgbouncer_version()) else [])
     ) + "\n"
 
 
-def start_pgbouncer(node, work_dir: Path, pool_size: int) -> tuple[ServerProcess, Endpoint]:
-    """PgBouncer in front of one primary; under root it drops to the postgres OS user."""
-    binary = pgbouncer_binary()
+def start_pgbouncer(node, work_dir: Path, pool_size: int, *, binary: str | None = None,
+                    name: str = PGBOUNCER) -> tuple[ServerProcess, Endpoint]:
+    """PgBouncer in front of one primary; under root it drops to the postgres OS user.
+
+    binary: which pgbouncer (default pgbouncer_binary()); name: its files and log in work_dir.
+    """
+    binary = binary or pgbouncer_binary()
     if not Path(binary).is_file():
-        raise BenchSetupError("pgbouncer not found (apt-get install pgbouncer)")
+        raise BenchSetupError(f"pgbouncer not found at {binary} (apt-get install pgbouncer)")
     port = free_port()
-    userlist = work_dir / "userlist.txt"
+    userlist = work_dir / f"{name}-userlist.txt"
     userlist.write_text(f'"{BENCH_USER}" "{BENCH_PASSWORD}"\n')
-    ini = work_dir / "pgbouncer.ini"
-    ini.write_text(pgbouncer_config(node, port, pool_size, userlist))
+    ini = work_dir / f"{name}.ini"
+    ini.write_text(pgbouncer_config(node, port, pool_size, userlist, pgbouncer_version(binary)))
     argv = [binary]
     if running_as_root():
         # PgBouncer refuses to run as root; -u makes it switch to the service account.
@@ -280,13 +289,13 @@ def start_pgbouncer(node, work_dir: Path, pool_size: int) -> tuple[ServerProcess
         argv += ["-u", SERVICE_USER]
     for path in (userlist, ini):
         path.chmod(0o600)
-    server = ServerProcess("pgbouncer", [*argv, str(ini)], work_dir / "pgbouncer.log", port)
+    server = ServerProcess(name, [*argv, str(ini)], work_dir / f"{name}.log", port)
     server.start()
     return server, Endpoint("127.0.0.1", port, BENCH_USER, BENCH_PASSWORD, node.database)
 
 
-def pgbouncer_version() -> str:
-    binary = pgbouncer_binary()
+def pgbouncer_version(binary: str | None = None) -> str:
+    binary = binary or pgbouncer_binary()
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
     except OSError:
@@ -295,5 +304,5 @@ def pgbouncer_version() -> str:
 
 
 __all__ = ["BenchSetupError", "ClusterError", "Endpoint", "ServerProcess", "committed_transactions",
-           "load_pgbench_data", "node_endpoint", "pgbench_binary", "pgbouncer_version",
+           "PGBOUNCER_NEW_ENV", "load_pgbench_data", "node_endpoint", "pgbench_binary", "pgbouncer_version",
            "server_version", "start_pgbouncer", "start_pgshard"]

@@ -1,0 +1,188 @@
+"""`make bench-instructions`: instructions the proxy executes per query (valgrind callgrind).
+
+CPU time on a shared 2-core box is noisy; an instruction count is not. One pgshard runs under
+callgrind with instrumentation off; for each pgbench -M mode the script runs pgbench -S twice
+(-t short, -t long, one client) with instrumentation on and takes the difference, so the
+connection's start-up (SCRAM, the first Parse) cancels out. Prints instructions per query and
+the functions that spent the most of them (self cost per query) and writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from bench.runner import MODES
+from bench.targets import (
+    BENCH_PASSWORD,
+    BENCH_USER,
+    BenchSetupError,
+    Endpoint,
+    ServerProcess,
+    connect_args,
+    load_pgbench_data,
+    pgbench_binary,
+    pgbench_env,
+    pgshard_config,
+)
+from pgshard.cluster import ClusterError, LocalCluster, free_port
+
+DEFAULT_OUT = Path(__file__).with_name("results-instructions.json")
+_LINE = re.compile(r"^\s*([\d,]+)\s+(?:\([\d.]+%\)\s+)?(\S.*)$")
+
+
+def annotate(path: Path) -> tuple[int, dict[str, int]]:
+    """(total Ir, {function: self Ir}) of one callgrind dump, via callgrind_annotate."""
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return parse_annotate(out)
+
+
+def parse_annotate(text: str) -> tuple[int, dict[str, int]]:
+    """The PROGRAM TOTALS line and the per-function lines of callgrind_annotate's output."""
+    total, funcs, in_funcs = 0, {}, False
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if not m:
+            if line.strip().startswith("Ir") and "file:function" in line:
+                in_funcs = True
+            continue
+        count, name = int(m.group(1).replace(",", "")), m.group(2).strip()
+        if "PROGRAM TOTALS" in name:
+            total = count
+        elif in_funcs:
+            name = re.sub(r"\s+\[[^\]]*\]$", "", name)   # the object file, kept short
+            funcs[name] = funcs.get(name, 0) + count
+    return total, funcs
+
+
+def short_name(name: str) -> str:
+    """'file:function' with Cython's mangling trimmed (__pyx_pw_7pgshard_8protocol_...)."""
+    path, _, func = name.rpartition(":")
+    func = re.sub(r"^__pyx_(?:pw|pf|f|fuse_\d+)_(?:\d+[A-Za-z_]\w*?)*?_?\d*", "", func) or func
+    return f"{Path(path).name}:{func}" if path else func
+
+
+class Callgrind:
+    """One process under callgrind, steered with callgrind_control."""
+
+    def __init__(self, pid: int, out_dir: Path):
+        self.pid, self.out_dir, self.dumps = pid, out_dir, 0
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(["callgrind_control", *args, str(self.pid)], check=True,
+                       capture_output=True, timeout=120)
+
+    def measure(self, action) -> Path:
+        """Zero the counters, run action() instrumented, dump; the dump's path."""
+        before = set(self.out_dir.glob("callgrind.out.*"))
+        self._ctl("-z")
+        self._ctl("-i", "on")
+        try:
+            action()
+        finally:
+            self._ctl("-i", "off")
+            self._ctl("-d")
+        new = sorted(set(self.out_dir.glob("callgrind.out.*")) - before,
+                     key=lambda p: p.stat().st_mtime)
+        if not new:
+            raise BenchSetupError("callgrind wrote no dump")
+        return new[-1]
+
+
+def pgbench_fixed(endpoint: Endpoint, mode: str, transactions: int) -> None:
+    """pgbench -S -c 1 -t transactions -M mode; raises when it fails."""
+    argv = [str(pgbench_binary()), "-n", "-S", "-M", mode, "-c", "1", "-j", "1",
+            "-t", str(transactions), *connect_args(endpoint), endpoint.database]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=pgbench_env(endpoint),
+                          timeout=1200)
+    if proc.returncode != 0:
+        raise BenchSetupError(f"pgbench -M {mode} failed: {proc.stderr.strip()[-500:]}")
+
+
+def compiled_state() -> dict:
+    try:
+        from pgshard import compiled
+    except ImportError:
+        return {"compiled": False, "modules": []}
+    return compiled.status()
+
+
+@click.command()
+@click.option("--short", "n_short", type=click.IntRange(1), default=200, show_default=True,
+              help="transactions of the short run")
+@click.option("--long", "n_long", type=click.IntRange(2), default=1200, show_default=True,
+              help="transactions of the long run (the difference is measured)")
+@click.option("--modes", "modes_text", default=",".join(MODES), show_default=True)
+@click.option("--top", type=click.IntRange(1), default=15, show_default=True,
+              help="functions listed per mode")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_OUT,
+              show_default=True)
+def main(n_short: int, n_long: int, modes_text: str, top: int, out: Path) -> None:
+    """Proxy instructions per query for pgbench -S in -M simple, extended and prepared."""
+    if n_long <= n_short:
+        raise click.BadParameter("--long must be greater than --short")
+    modes = [m for m in modes_text.split(",") if m]
+    for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found (apt-get install valgrind)")
+    work = Path(tempfile.mkdtemp(prefix="pgshard-instr-"))
+    work.chmod(0o755)
+    cluster = LocalCluster(work / "cluster", shards=1, replicas=0)
+    server = None
+    doc = {"short": n_short, "long": n_long, "compiled": compiled_state(), "modes": {}}
+    try:
+        cluster.create()
+        load_pgbench_data(cluster.shards[0].primary, 1)
+        port = free_port()
+        config = work / "pgshard.toml"
+        config.write_text(pgshard_config(cluster, port, 20, work / "meta.db"))
+        python = os.path.realpath(sys.executable)   # valgrind must start the real binary
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                f"--callgrind-out-file={work}/callgrind.out.%p", python, "-m", "pgshard",
+                "serve", "--config", str(config), "--log-level", "WARNING"]
+        print("starting pgshard under callgrind (slow) ...", flush=True)
+        server = ServerProcess("pgshard", argv, work / "pgshard.log", port)
+        server.start(timeout=900)
+        endpoint = Endpoint("127.0.0.1", port, BENCH_USER, BENCH_PASSWORD, cluster.database)
+        pgbench_fixed(endpoint, "simple", 50)     # warm-up: pool, caches
+        cg = Callgrind(server.proc.pid, work)
+        for mode in modes:
+            pgbench_fixed(endpoint, mode, 20)
+            a = annotate(cg.measure(lambda m=mode: pgbench_fixed(endpoint, m, n_short)))
+            b = annotate(cg.measure(lambda m=mode: pgbench_fixed(endpoint, m, n_long)))
+            n = n_long - n_short
+            per_query = (b[0] - a[0]) / n
+            funcs = {f: (b[1].get(f, 0) - a[1].get(f, 0)) / n for f in set(a[1]) | set(b[1])}
+            ranked = sorted(funcs.items(), key=lambda kv: -kv[1])[:top]
+            doc["modes"][mode] = {"instructions_per_query": per_query,
+                                  "top": [{"function": f, "per_query": v} for f, v in ranked]}
+            print(f"\n-M {mode}: {per_query:,.0f} instructions/query in the proxy")
+            for f, v in ranked:
+                print(f"  {v:10,.0f}  {100 * v / per_query:5.1f}%  {short_name(f)}")
+    except (BenchSetupError, ClusterError, subprocess.CalledProcessError) as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        if server is not None:
+            print(server.log_tail(), file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if server is not None:
+            server.stop(timeout=60)
+        cluster.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+    state = doc["compiled"]
+    print(f"\ncompiled core: {state.get('compiled')} ({len(state.get('modules', []))} modules)")
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"results written to {out}")
+
+
+if __name__ == "__main__":
+    main()
