@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from pgshard.cluster.config import render_settings, write_node_config
-from pgshard.cluster.node import Node
+from pgshard.cluster.node import LOG_FILE, Node
 from pgshard.cluster.process import (
     ClusterError,
     find_pg_bindir,
@@ -25,9 +25,13 @@ from pgshard.cluster.process import (
     running_as_root,
     service_account,
 )
+from pgshard.cluster.rejoin import Upstream, rewind_or_clone
 from pgshard.cluster.schema import bootstrap_script, database_script
 
 LAYOUT_FILE = "cluster.json"
+# Outside the data directories: pg_rewind's libpq source cannot read a socket file in the
+# source's data directory, and would copy the source's log over the target's.
+SOCKET_DIR, LOG_DIR = "sockets", "logs"
 # A transaction that has an xid and wrote WAL commits synchronously (an xid alone would
 # commit asynchronously); a restore point is WAL no reader acts on. Its flush covers all
 # WAL inserted before it, async commits included.
@@ -160,31 +164,18 @@ class LocalCluster:
         self._save_layout(complete=self.exists())
 
     def rejoin(self, node: Node, primary: Node, timeout: float = 120) -> str:
-        """Turn a former primary into a streaming replica of `primary`; returns how.
+        """Turn a former primary into a streaming replica of `primary`; returns how
+        ("rewind", or "clone" when pg_rewind could not and it was copied afresh).
 
-        pg_rewind first (crash recovery first if the node was killed), then standby mode
-        with primary_conninfo pointing at primary. pg_rewind over libpq cannot copy a
-        source whose unix socket lives in its data directory (as here), so when it fails
-        the node is cloned afresh with pg_basebackup instead ("clone")."""
-        if node.is_running():
-            node.stop("fast")
+        The steps of pgshard.cluster.rejoin (stop, pg_rewind with crash recovery first if
+        the node was killed, its own settings kept, standby mode), then this cluster's
+        settings for the node, start, and wait until it streams and caught up."""
         self.set_primary(primary)
-        # A just-promoted primary's control file names its new timeline only after a
-        # checkpoint; before it pg_rewind would find "the same timeline, no rewind needed".
-        primary.psql("CHECKPOINT")
-        source = (f"host={primary.host} port={primary.port} user={self.user} "
-                  f"dbname=postgres application_name={node.name}")
-        try:
-            run([self.bindir / "pg_rewind", "--target-pgdata", node.data_dir,
-                 "--source-server", source, "--write-recovery-conf"],
-                as_service=True, cwd=self.base_dir, env={"PGPASSWORD": self.password},
-                timeout=timeout, what=f"pg_rewind {node.name}", log_path=node.log_path)
-            how = "rewind"
-        except ClusterError:
-            shutil.rmtree(node.data_dir, ignore_errors=True)
-            self._create_replica(primary, node)
-            return "clone"
-        # pg_rewind copied the source's configuration files: this node's own again.
+        self._ensure_dirs()
+        upstream = Upstream(primary.host, primary.port, self.user, self.password,
+                            application_name=node.name)
+        how = rewind_or_clone(self.bindir, node.data_dir, upstream, clone_if_needed=True,
+                              timeout=timeout, no_sync=not self.durable)
         self._configure(node, sync_standbys=False)
         node.start()
         wait_caught_up(primary, node, timeout=timeout)
@@ -204,6 +195,7 @@ class LocalCluster:
         if self.exists():
             raise ClusterError(f"a cluster already exists in {self.base_dir}; use start()")
         self._prepare_base_dir()
+        self._ensure_dirs()
         # Leftovers of an interrupted create() (a re-run `pgshard demo`) are ours to clear.
         self._kill_quietly()
         for node in self.nodes:
@@ -221,6 +213,7 @@ class LocalCluster:
 
         A stopped node's settings are rewritten first, so this cluster's durability applies
         even to a base_dir created with other options (a re-run `pgshard demo --durable`)."""
+        self._ensure_dirs()
         for shard in self.shards:
             for node in shard.nodes:
                 if not node.is_running():
@@ -276,7 +269,8 @@ class LocalCluster:
              "-p", str(primary.port), "-U", self.user, "-w"],
             as_service=True, cwd=self.base_dir, env={"PGPASSWORD": self.password},
             timeout=300, what=f"pg_basebackup {replica.name}", log_path=primary.log_path)
-        replica.log_path.unlink(missing_ok=True)  # the primary's log, copied along
+        # A primary's log copied along (a data directory of an older layout holds one).
+        (replica.data_dir / LOG_FILE).unlink(missing_ok=True)
         self._configure(replica, sync_standbys=False)
         self._start_new(replica)
         wait_caught_up(primary, replica)
@@ -304,7 +298,7 @@ class LocalCluster:
         shard = self.shard_of(node)
         standbys = [r.name for r in shard.replicas] if node is shard.primary else []
         write_node_config(node.data_dir, render_settings(
-            name=node.name, port=node.port, socket_dir=node.data_dir,
+            name=node.name, port=node.port, socket_dir=node.socket_dir,
             synchronous=self.synchronous, sync_standbys=sync_standbys and bool(standbys),
             durable=self.durable, extra={**self.extra_conf, **self._shard_conf_of(node)},
             standby_names=standbys))
@@ -326,6 +320,14 @@ class LocalCluster:
             for parent in self.base_dir.parents:
                 _require_traversable(parent, uid, gid)
 
+    def _ensure_dirs(self) -> None:
+        """The socket and log directories, owned by the servers' OS user."""
+        for name in (SOCKET_DIR, LOG_DIR):
+            path = self.base_dir / name
+            path.mkdir(mode=0o755, exist_ok=True)
+            if running_as_root():
+                os.chown(path, *service_account())
+
     def _kill_quietly(self) -> None:
         for node in self.nodes:
             try:
@@ -338,7 +340,8 @@ class LocalCluster:
     def _node(self, spec: dict) -> Node:
         return Node(spec["name"], spec["port"], self.base_dir / spec["name"],
                     database=self.database, user=self.user, password=self.password,
-                    bindir=self.bindir)
+                    bindir=self.bindir, socket_dir=self.base_dir / SOCKET_DIR,
+                    log_path=self.base_dir / LOG_DIR / f"{spec['name']}.log")
 
     def _save_layout(self, complete: bool = False) -> None:
         layout = [{"name": s.name,

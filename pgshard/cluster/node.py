@@ -14,16 +14,24 @@ LOG_FILE = "server.log"
 
 
 class Node:
-    """A PostgreSQL server on 127.0.0.1 whose data directory (and unix socket) is data_dir."""
+    """A PostgreSQL server on 127.0.0.1 with its data directory data_dir.
+
+    Its unix socket lives in socket_dir and its log at log_path, by default inside data_dir;
+    LocalCluster puts both outside it, since pg_rewind's libpq source lists the source's
+    data directory and fails on a socket there ("could not open file .s.PGSQL.N for
+    reading: No such device or address") and would copy the source's log over the node's."""
 
     host = "127.0.0.1"
 
     def __init__(self, name: str, port: int, data_dir: str | os.PathLike, *,
                  database: str = "app", user: str = "pgshard", password: str = "pgshard",
-                 bindir: Path | None = None):
+                 bindir: Path | None = None, socket_dir: str | os.PathLike | None = None,
+                 log_path: str | os.PathLike | None = None):
         self.name = name
         self.port = port
         self.data_dir = Path(data_dir)
+        self.socket_dir = Path(socket_dir) if socket_dir is not None else self.data_dir
+        self._log_path = Path(log_path) if log_path is not None else self.data_dir / LOG_FILE
         self.database = database
         self.user = user
         self.password = password
@@ -48,7 +56,18 @@ class Node:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / LOG_FILE
+        return self._log_path
+
+    def live_socket_dir(self) -> Path:
+        """Where the running server's socket is (postmaster.pid says; a server started with
+        an older layout has it in its data directory), else where it will be."""
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().split("\n")
+            if len(lines) > 4 and lines[4].strip():
+                return Path(lines[4].strip().split(",")[0])
+        except OSError:
+            pass
+        return self.socket_dir
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -87,7 +106,7 @@ class Node:
         # Nobody may reap the dead postmaster (a zombie still "exists" for kill(pid, 0)),
         # which would make the next start refuse: remove the now-stale lock files.
         for lock in (self.data_dir / "postmaster.pid",
-                     self.data_dir / f".s.PGSQL.{self.port}.lock"):
+                     self.live_socket_dir() / f".s.PGSQL.{self.port}.lock"):
             lock.unlink(missing_ok=True)
 
     def promote(self, wait: bool = True, timeout: float = 60) -> None:
@@ -119,7 +138,7 @@ class Node:
                    timeout: float = 60) -> str:
         """Run a psql script over the node's unix socket (trusted; works before roles exist)."""
         return run([self.bindir / "psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
-                    "-h", self.data_dir, "-p", str(self.port), "-U", user, "-d", database,
+                    "-h", self.live_socket_dir(), "-p", str(self.port), "-U", user, "-d", database,
                     "-f", "-"], input=script, timeout=timeout, what=f"psql on {self.name}",
                    log_path=self.log_path).removesuffix("\n")
 

@@ -53,7 +53,9 @@ def test_layout(pg_cluster: LocalCluster):
         node = shard.primary
         assert node.dsn == f"postgresql://pgshard:pgshard@127.0.0.1:{node.port}/app"
         assert node.admin_dsn.endswith(f":{node.port}/postgres")
-        assert node.log_path.parent == node.data_dir
+        # Socket and log outside the data directory (pg_rewind lists and copies all of it).
+        assert node.log_path.parent == pg_cluster.base_dir / "logs"
+        assert node.socket_dir == pg_cluster.base_dir / "sockets"
 
 
 def test_roles(pg_cluster: LocalCluster):
@@ -72,7 +74,7 @@ def test_settings(pg_cluster: LocalCluster):
     assert settings == {
         "fsync": "off", "hot_standby_feedback": "on", "listen_addresses": "127.0.0.1",
         "max_connections": "200", "port": str(node.port),
-        "unix_socket_directories": str(node.data_dir), "wal_level": "logical",
+        "unix_socket_directories": str(node.socket_dir), "wal_level": "logical",
     }
 
 
