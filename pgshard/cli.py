@@ -632,5 +632,10 @@ from pgshard.cli_ha import register as _register_ha  # noqa: E402
 
 _register_ha(shards, pass_session, json_option)
 
+# `pgshard node rejoin` (pgshard/cli_node.py), run on a PostgreSQL server's host.
+from pgshard.cli_node import register as _register_node  # noqa: E402
+
+_register_node(main, pass_session, json_option, CliError)
+
 if __name__ == "__main__":
     main()

@@ -371,11 +371,16 @@ class FailoverManager:
         finally:
             await close(conn)
 
-    async def rejoin(self, name: str, dsn: str) -> Catalog:
-        """Turn a fenced old primary of a harness-managed cluster into a streaming replica of
-        the shard's primary (pg_rewind, or a fresh clone), then list it as a replica."""
-        catalog = self.proxy.catalog
-        shard = catalog.shard(name)
+    async def rejoin(self, name: str, dsn: str, *, rejoined: bool = False
+                     ) -> tuple[Catalog, str]:
+        """Turn a fenced old primary into a streaming replica of the shard's primary and
+        list it as a replica; returns the catalog and how it was rejoined.
+
+        A server of the harness-managed cluster is rewound (or cloned) here. Any other one
+        is rejoined on its own host by `pgshard node rejoin`, which then calls this with
+        rejoined=True: the server is only checked (a standby of the same system, streaming
+        from the shard's primary) and listed."""
+        shard = self.proxy.catalog.shard(name)
         wanted = parse_dsn(dsn)
         match = next((f for f in shard.fenced
                       if (parse_dsn(f).host, parse_dsn(f).port) == (wanted.host, wanted.port)),
@@ -383,40 +388,81 @@ class FailoverManager:
         if match is None:
             raise Conflict(f"{dsn_address(dsn)} is not a fenced old primary of shard {name}",
                            fenced=[dsn_address(f) for f in shard.fenced])
-        node, primary = self.local_node(match), self.local_node(shard.primary)
-        if node is None or primary is None:
-            raise Unprocessable(
-                f"{dsn_address(dsn)} is not a server of the local cluster this manager runs "
-                "([ha] local_cluster): rejoin it on its own host with pg_rewind and "
-                "primary_conninfo pointing at the new primary (`pgshard node rejoin` is not "
-                "implemented yet)")
+        node = primary = None
+        if not rejoined:
+            node, primary = self.local_node(match), self.local_node(shard.primary)
+            if node is None or primary is None:
+                raise Unprocessable(
+                    f"{dsn_address(dsn)} is not a server of the local cluster this manager "
+                    "runs ([ha] local_cluster): run `pgshard node rejoin --data-dir DIR "
+                    f"--primary DSN` on its host (DSN: the new primary, "
+                    f"{dsn_address(shard.primary)}); it lists the server here when it streams")
         if name in self.busy:
             raise Conflict(f'shard "{name}" is busy: {self.busy[name]}')
         self.busy[name] = "rejoin"
         try:
-            how = await asyncio.to_thread(self.local_cluster().rejoin, node, primary)
+            if rejoined:
+                app = await self._check_standby(match, shard.primary)
+                how = "rejoined on its host"
+            else:
+                how = await asyncio.to_thread(self.local_cluster().rejoin, node, primary)
+                app = node.name
             log.warning("shard %s: %s rejoined as a replica (%s)", name, dsn_address(match), how)
-            if shard.sync_quorum:
-                names = [n for n in (*(self._app_name(r) for r in shard.replicas), node.name)
-                         if n]
+            sync = bool(shard.sync_quorum and app)
+            if sync:
+                names = [n for n in (*(self._app_name(r) for r in shard.replicas), app) if n]
                 # Synchronous only once it holds every commit acknowledged before the
                 # primary began to wait for it (it ran alone, asynchronously, until now).
                 lsn = await self.set_sync_standbys(shard.primary, shard.sync_quorum, names)
                 await self.received(match, lsn)
+            elif shard.sync_quorum:
+                log.warning("shard %s: %s has no cluster_name, so it cannot be named in "
+                            "synchronous_standby_names: listed as an asynchronous replica",
+                            name, dsn_address(match))
 
             def change(cat: Catalog) -> Catalog:
                 sh = cat.shard(name)
                 # Its primary now waits for it (set above): a synchronous standby at once.
-                sync = tuple(dict.fromkeys((*sh.sync, match))) if sh.sync_quorum else sh.sync
+                members = tuple(dict.fromkeys((*sh.sync, match))) if sync else sh.sync
                 return _replace_shard(cat, dataclasses.replace(
                     sh, fenced=tuple(f for f in sh.fenced if f != match),
-                    replicas=tuple(dict.fromkeys((*sh.replicas, match))), sync=sync))
+                    replicas=tuple(dict.fromkeys((*sh.replicas, match))), sync=members))
 
             new = await self.catalog_ops.update(change)
             self.apply(new)
-            return new
+            return new, how
         finally:
             self.busy.pop(name, None)
+
+    async def _check_standby(self, dsn: str, primary: str) -> str:
+        """A server rejoined on its host is a standby of the primary's system, streaming
+        from the primary's port; returns its cluster_name ('' if it has none)."""
+        conn = await connect(dsn)
+        try:
+            row = await conn.fetchrow(
+                "SELECT pg_is_in_recovery() AS standby, current_setting('cluster_name') AS app,"
+                " (SELECT system_identifier FROM pg_control_system()) AS sysid,"
+                " (SELECT status FROM pg_stat_wal_receiver) AS status,"
+                " (SELECT sender_port FROM pg_stat_wal_receiver) AS port")
+        finally:
+            await close(conn)
+        conn = await connect(primary)
+        try:
+            sysid = await conn.fetchval("SELECT system_identifier FROM pg_control_system()")
+        finally:
+            await close(conn)
+        where = dsn_address(dsn)
+        if not row["standby"]:
+            raise Unprocessable(f"{where} is not a standby (still a primary?): rejoin it "
+                                "first with `pgshard node rejoin` on its host")
+        if row["sysid"] != sysid:
+            raise Unprocessable(f"{where} is a standby of another system (system identifier "
+                                f"{row['sysid']}, the primary's is {sysid})")
+        if row["status"] != "streaming" or row["port"] != parse_dsn(primary).port:
+            raise Unprocessable(f"{where} does not stream from the primary "
+                                f"{dsn_address(primary)} (WAL receiver: {row['status']}, "
+                                f"sender port {row['port']})")
+        return row["app"] or ""
 
 
 def _cause(reason: str) -> str:

@@ -22,7 +22,10 @@ FAILOVER_BODY = {"type": "object", "additionalProperties": False,
                  "properties": {"to": TARGET}}
 REJOIN_BODY = {"type": "object", "additionalProperties": False, "required": ["dsn"],
                "properties": {"dsn": {**TARGET, "description": DSN["description"]
-                                      + " or host:port of the fenced old primary"}}}
+                                      + " or host:port of the fenced old primary"},
+                              "rejoined": {"type": "boolean", "description":
+                                           "already rejoined on its host (`pgshard node "
+                                           "rejoin`): only check it streams and list it"}}}
 
 
 async def _body(request: web.Request, schema: dict) -> dict:
@@ -139,10 +142,12 @@ async def rejoin(request: web.Request) -> web.Response:
     data = await _body(request, REJOIN_BODY)
     mgr = _manager(request)
     dsn = _resolve(shard, data["dsn"], shard.fenced)
-    audit_note(request, dsn=dsn_address(dsn))
-    catalog = await mgr.rejoin(name, dsn)
+    rejoined = bool(data.get("rejoined"))
+    audit_note(request, dsn=dsn_address(dsn), on_its_host=rejoined)
+    catalog, how = await mgr.rejoin(name, dsn, rejoined=rejoined)
+    audit_note(request, how=how)
     return ok({**shard_view(catalog, catalog.shard(name)), "catalog_version": catalog.version,
-               "rejoined": dsn_address(dsn)})
+               "rejoined": dsn_address(dsn), "how": how})
 
 
 def _record(failover) -> dict | None:
@@ -167,6 +172,7 @@ HA_ROUTES: tuple[Route, ...] = (
           path_params=_NAME_PARAM),
     Route("POST", "/api/v1/shards/{name}/rejoin", rejoin, "rejoinShard", "Turn a fenced old "
           "primary into a streaming replica of the shard's primary (body: {\"dsn\": …}; "
-          "servers of the manager's local cluster)", "shards", "catalog:write",
+          "servers of the manager's local cluster), or list one `pgshard node rejoin` "
+          "rejoined on its host ({\"dsn\": …, \"rejoined\": true})", "shards", "catalog:write",
           "shard.rejoin", statuses=(400, 404, 409, 422, 503), path_params=_NAME_PARAM),
 )

@@ -199,6 +199,7 @@ async def test_sigkill_primary_under_write_load_loses_no_acknowledged_write():
                 "POST", "/api/v1/shards/shard0/rejoin", role="admin",
                 json={"dsn": f"127.0.0.1:{old.port}"})
             assert status == 200, body
+            assert body["how"] == "rewind", body   # pg_rewind, not a fresh clone
             assert old.psql("SELECT pg_is_in_recovery()") == "t"
             assert old.psql("SELECT status FROM pg_stat_wal_receiver") == "streaming"
             shard0 = rt.proxy.catalog.shard("shard0")
@@ -290,6 +291,8 @@ async def test_hold_then_clear_error_then_cli_failover_and_rejoin():
     for failover_hold, then fails with 08006 naming the shard; `pgshard shards failover`
     promotes the replica, the statement works, `pgshard shards rejoin` brings the old
     primary back as a replica."""
+    import json
+
     from click.testing import CliRunner
 
     from pgshard.cli import main
@@ -329,6 +332,7 @@ async def test_hold_then_clear_error_then_cli_failover_and_rejoin():
             result = await asyncio.to_thread(cli, "shards", "rejoin", "shard0",
                                              f"127.0.0.1:{old.port}", "--json")
             assert result.exit_code == 0, result.output
+            assert json.loads(result.output)["how"] == "rewind", result.output
             assert old.psql("SELECT pg_is_in_recovery()") == "t"
             result = await asyncio.to_thread(cli, "shards", "rejoin", "shard0",
                                              f"127.0.0.1:{old.port}")
