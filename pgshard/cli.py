@@ -168,21 +168,35 @@ def main(ctx: click.Context, api: str | None, token: str | None, ca_file: str | 
 @click.option("--role", type=click.Choice(["all", "router"]), default="all", show_default=True,
               help="all: router, REST sidecar and manager; router: a router that follows the "
                    "catalog in the store and serves /health and /metrics only.")
-def serve(config_path: str, log_level: str | None, role: str) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="Router processes on the port (SO_REUSEPORT)  [default: [proxy] workers, "
+                   "else 1].")
+def serve(config_path: str, log_level: str | None, role: str, workers: int | None) -> None:
     """Run the proxy and its control plane from a config file.
 
     The catalog comes from the metadata store; the config's [[shards]] seed a store
-    that holds none yet.
+    that holds none yet. With several workers, worker 0 runs the REST sidecar and the
+    manager, the others route only; /metrics sums them all.
     """
     from pgshard.config import ConfigError, load_config
     from pgshard.runtime import serve_forever
+    from pgshard.worker_link import WorkerInfo
 
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     _setup_logging(log_level or config.log_level)
-    _run(serve_forever(config, role, config_path=config_path))
+    worker = WorkerInfo.from_env()
+    count = workers or config.proxy.workers
+    if worker is not None:
+        from pgshard.workers import serve_worker
+        serve_worker(config, role, config_path, worker)
+    elif count > 1:
+        from pgshard.workers import supervise
+        sys.exit(supervise(config, config_path, role, log_level, count))
+    else:
+        _run(serve_forever(config, role, config_path=config_path))
 
 
 @main.command()

@@ -12,6 +12,7 @@ from pgshard.ring.catalog import Catalog, Shard
 POOL_MODES = ("transaction", "session")
 AUTH_METHODS = ("scram-sha-256", "md5", "trust")
 CONSISTENCIES = ("strong", "eventual", "session")
+MAX_WORKERS = 64
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,7 @@ class DatabaseConfig:
 class ProxyConfig:
     host: str = "127.0.0.1"
     port: int = 6432
+    workers: int = 1                    # router processes on the port (pgshard.workers)
     database: str = "app"               # the logical database clients connect to
     pool_mode: str = "transaction"
     # Session pooling: a server its client left is reset (DISCARD ALL) and reused, or closed.
@@ -189,6 +191,9 @@ def config_from_dict(data: dict) -> Config:
         value = getattr(proxy, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"[proxy] {name} must be an integer of at least {least}")
+    if isinstance(proxy.workers, bool) or not isinstance(proxy.workers, int) \
+            or not 1 <= proxy.workers <= MAX_WORKERS:
+        raise ConfigError(f"[proxy] workers must be an integer from 1 to {MAX_WORKERS}")
     if not isinstance(proxy.two_phase_commit, bool):
         raise ConfigError("[proxy] two_phase_commit must be true or false")
     for name in ("twophase_recovery_interval", "twophase_timeout", "fence_timeout"):

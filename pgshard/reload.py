@@ -12,7 +12,7 @@ from pgshard.config import Config, ConfigError, load_config
 log = logging.getLogger("pgshard")
 
 # [proxy] settings read once at start: a change is reported, kept for the next start.
-PROXY_RESTART = frozenset({"host", "port", "database", "tls_cert", "tls_key",
+PROXY_RESTART = frozenset({"host", "port", "workers", "database", "tls_cert", "tls_key",
                            "statement_cache_bytes", "plan_cache_bytes", "two_phase_commit",
                            "twophase_recovery_interval", "twophase_timeout"})
 TOP_RESTART = ("store", "cluster", "node_id", "lease_ttl")

@@ -35,13 +35,16 @@ class Runtime:
     router that follows the catalog in the store and serves /health and /metrics only.
     """
 
-    def __init__(self, config: Config, role: str = "all"):
+    def __init__(self, config: Config, role: str = "all", worker=None):
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
         self.config = config
         self.role = role
+        self.worker = worker   # pgshard.worker_link.WorkerInfo under `serve --workers N`
         self.node_id = config.node_id or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
+        if worker is not None:
+            self.node_id = worker.node_id(self.node_id)
         self.store = None
         self.proxy: Proxy | None = None
         self.plane = None
@@ -87,14 +90,18 @@ class Runtime:
             raise StartupError(f"cannot load the catalog: {exc}") from None
 
         manager = self.role == "all"
-        exec_password = secrets.token_urlsafe(24)
+        worker = self.worker
+        exec_password = worker.exec_password() if worker else secrets.token_urlsafe(24)
         proxy_config = config
-        if manager:
-            # /v1/execute enters through the proxy's own listener as this internal user.
+        if manager or worker is not None:
+            # /v1/execute enters through the proxy's own listener as this internal user
+            # (with workers, whichever worker the kernel gives its connection to).
             proxy_config = dataclasses.replace(config, users=(
                 *[u for u in config.users if u.name != INTERNAL_USER],
                 UserConfig(name=INTERNAL_USER, password=exec_password)))
         self.proxy = proxy = Proxy(proxy_config, catalog)
+        if worker is not None:
+            proxy.worker_index, proxy.workers = worker.index, worker.count
         # The coordinator is in place before the first client: one that came in earlier
         # saw two-phase commit as off and had its cross-shard work refused.
         set_coordinator(config, store, proxy, self.node_id)
@@ -114,10 +121,14 @@ class Runtime:
         from pgshard.control.ha_status import HaMetrics
         plane.ha_metrics = HaMetrics(plane.metrics.registry, proxy)
         self.plane = plane
+        if worker is not None:
+            from pgshard.worker_link import WorkerLink
+            plane.workers = proxy.link = WorkerLink(worker, proxy,
+                                                    lambda: plane.metrics.render()[0])
 
         if manager:
             await self._start_manager(plane, exec_password, QueryExecutor)
-        if config.sidecar.enabled:
+        if config.sidecar.enabled and (worker is None or worker.index == 0):
             self.sidecar = Sidecar(plane)
             await self.sidecar.start()
 
@@ -145,6 +156,8 @@ class Runtime:
             self.global_ids = GlobalIds(store, lambda: proxy.catalog,
                                         lambda: membership.is_leader)
             self.global_ids.start()
+        if plane.workers is not None:
+            await plane.workers.start()   # the parent takes its socket for "ready"
         log.info("pgshard %s node %s serving catalog version %d on %s:%d%s", self.role,
                  self.node_id, catalog.version, config.proxy.host, proxy.port,
                  f", API {self.api_url}" if self.api_url else "")
@@ -180,6 +193,8 @@ class Runtime:
     async def stop(self) -> None:
         """Stop everything that started (idempotent): the registration lease is revoked."""
         plane, self.plane = self.plane, None
+        if plane is not None and plane.workers is not None:
+            await plane.workers.stop()
         recovery, self.recovery = self.recovery, None
         if recovery is not None:
             await recovery.stop()
@@ -250,19 +265,24 @@ async def _drain(runtime: Runtime) -> None:
     await asyncio.wait([task])
 
 
-async def serve_forever(config: Config, role: str = "all", config_path: str | None = None) -> None:
+async def serve_forever(config: Config, role: str = "all", config_path: str | None = None,
+                        worker=None) -> None:
     """Run the proxy and its control plane until SIGINT (stop at once) or SIGTERM (drain
-    first); SIGHUP reloads config_path."""
+    first); SIGHUP reloads config_path. worker: this process's WorkerInfo under
+    `serve --workers N`."""
     from pgshard.reload import reload
 
-    runtime = Runtime(config, role)
+    runtime = Runtime(config, role, worker=worker)
     try:
         await runtime.start()
     except StartupError as exc:
         raise SystemExit(f"pgshard: {exc}") from None
-    runtime.proxy.reload = lambda: reload(runtime, config_path)
+    runtime.proxy.reload = on_hup = lambda: reload(runtime, config_path)
+    if worker is not None:
+        from pgshard.workers import reload_everywhere
+        runtime.proxy.reload = lambda: reload_everywhere(on_hup)
     try:
-        sig = await _until_signalled(runtime.proxy.reload if config_path else None)
+        sig = await _until_signalled(on_hup if config_path else None)
         if sig == signal.SIGTERM:
             log.info("pgshard node %s: SIGTERM, draining", runtime.node_id)
             await _drain(runtime)

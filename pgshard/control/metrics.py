@@ -38,6 +38,10 @@ class Metrics:
         self._twophase = Counter("pgshard_2pc", "Two-phase commits by outcome (committed, "
                                  "rolled_back, commit_incomplete, unknown, recovered_commit, "
                                  "recovered_rollback)", ["outcome"], registry=r)
+        self._cancels = Counter("pgshard_cancel_requests", "CancelRequests received with "
+                                "several workers: for a session of this worker (local) or "
+                                "handed to the worker owning it (forwarded)", ["path"],
+                                registry=r)
         self._in_doubt = 0
         self._children: dict[tuple[str, str, str], tuple] = {}
         self._error_children: dict[str, object] = {}
@@ -67,6 +71,9 @@ class Metrics:
         if child is None:
             child = self._error_children[sqlstate] = self._errors.labels(sqlstate)
         child.inc()
+
+    def cancel_request(self, path: str) -> None:
+        self._cancels.labels(path).inc()
 
     def twophase(self, outcome: str) -> None:
         """One two-phase transaction (or recovered participant) ended with `outcome`."""

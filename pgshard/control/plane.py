@@ -40,6 +40,7 @@ class ControlPlane:
     failover: object | None = None              # pgshard.control.failover.FailoverManager
     ha_metrics: object | None = None            # pgshard.control.ha_status.HaMetrics
     twophase_recovery: object | None = None     # control.twophase_recovery.TwoPhaseRecovery
+    workers: object | None = None               # pgshard.worker_link.WorkerLink (--workers N)
     started_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:

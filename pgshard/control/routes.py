@@ -118,7 +118,11 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    text, content_type = plane(request).metrics.render()
+    p = plane(request)
+    text, content_type = p.metrics.render()
+    if p.workers is not None:   # serve --workers N: every worker's metrics, merged
+        from pgshard.control.metrics_merge import merge
+        text = merge(dict(await p.workers.scrape()))
     resp = web.Response(body=text)
     resp.headers["Content-Type"] = content_type
     return resp

@@ -21,6 +21,7 @@ from pgshard.proxy.statements import StatementCache
 from pgshard.ring.catalog import Catalog
 from pgshard.sql import classify
 from pgshard.tls import server_context
+from pgshard.worker_link import new_pid, worker_of
 
 log = logging.getLogger("pgshard.proxy")
 
@@ -62,13 +63,18 @@ class Proxy:
         self.reload = None    # () -> (applied, restart): re-read the config (set by the runtime)
         from pgshard.proxy.slowlog import SlowLog
         self.slowlog = SlowLog(self)   # sessions report each answered statement's duration
+        # serve --workers N (pgshard.workers): this process's index, the count, and its
+        # WorkerLink to the others (cancel requests for their sessions go there).
+        self.worker_index = 0
+        self.workers = 1
+        self.link = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         pc = self.config.proxy
-        self._listeners = await _bind(pc.host, pc.port)
+        self._listeners = await _bind(pc.host, pc.port, reuse_port=self.workers > 1)
         self.limits.start()
         from pgshard.proxy.deadlock import DeadlockDetector
         self.deadlocks = DeadlockDetector(self)
@@ -303,7 +309,10 @@ class Proxy:
 
     def register(self, client: ClientSession) -> tuple[int, int]:
         while True:
-            pid = secrets.randbits(31) or 1
+            if self.workers == 1:
+                pid = secrets.randbits(31) or 1
+            else:   # the worker index is pid % workers: a cancel finds its way back here
+                pid = new_pid(self.worker_index, self.workers)
             if pid not in self.clients:
                 break
         self.clients[pid] = client
@@ -313,7 +322,18 @@ class Proxy:
         if self.clients.get(client.pid) is client:
             del self.clients[client.pid]
 
-    async def cancel(self, pid: int, secret: int) -> None:
+    async def cancel(self, pid: int, secret: int, forwarded: bool = False) -> None:
+        """A CancelRequest: the session's running statement is cancelled when the key
+        matches; with several workers, one for another worker's session is handed to it."""
+        if self.workers > 1:
+            owner = worker_of(pid, self.workers)
+            if self.metrics is not None and not forwarded:   # counted where it came in
+                self.metrics.cancel_request("local" if owner == self.worker_index
+                                            else "forwarded")
+            if owner != self.worker_index:
+                if not forwarded and self.link is not None:
+                    await self.link.forward_cancel(owner, pid, secret)
+                return
         c = self.clients.get(pid)
         if c is None or not secrets.compare_digest(c.secret.to_bytes(4, "big"),
                                                     secret.to_bytes(4, "big", signed=True)
@@ -336,8 +356,9 @@ class Proxy:
             self.metrics.error(sqlstate)
 
 
-async def _bind(host: str, port: int) -> list[socket.socket]:
-    """Non-blocking listening sockets for every address host resolves to."""
+async def _bind(host: str, port: int, reuse_port: bool = False) -> list[socket.socket]:
+    """Non-blocking listening sockets for every address host resolves to (reuse_port: with
+    SO_REUSEPORT, the kernel spreading connections over every worker's socket)."""
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -351,6 +372,8 @@ async def _bind(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, type_, proto)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(addr)
