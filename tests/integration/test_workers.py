@@ -213,3 +213,31 @@ async def test_killed_worker_restarts_and_sigterm_drains_all(pg_cluster):
     assert await direct.fetchval("SELECT count(*) FROM workers_drain") == 8
     await direct.execute("DROP TABLE workers_drain")
     await direct.close()
+
+
+async def test_rest_execute_enters_through_either_worker(pg_cluster):
+    """/v1/execute logs in to the proxy port as an internal user: whichever worker the
+    kernel gives each of its connections to knows that login."""
+    cfg = workers_config(pg_cluster)
+    cfg["sidecar"] = {"admin_password": "admin-secret-pw", "execute_pool_size": 16}
+    with ProxyProcess(cfg) as proxy:
+        before = per_worker(await all_workers_up(proxy),
+                            "pgshard_worker_client_connections_accepted_total")
+        base = f"http://127.0.0.1:{proxy.api_port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "/api/v1/auth/login", json={
+                    "username": "admin", "password": "admin-secret-pw"}) as resp:
+                assert resp.status == 200, await resp.text()
+                token = (await resp.json())["token"]
+
+            async def execute(i: int):
+                async with http.post(base + "/v1/execute",
+                                     headers={"Authorization": f"Bearer {token}"},
+                                     json={"query": f"SELECT {i} AS n"}) as resp:
+                    return resp.status, await resp.json()
+            replies = await asyncio.gather(*(execute(i) for i in range(16)))
+        for i, (status, body) in enumerate(replies):
+            assert status == 200, body
+            assert body["rows"] == [{"n": i}], body
+        after = per_worker(await scrape(proxy), "pgshard_worker_client_connections_accepted_total")
+        assert all(after[w] > before.get(w, 0) for w in ("0", "1")), (before, after)
