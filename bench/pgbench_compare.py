@@ -103,8 +103,12 @@ def _mode_list(text: str) -> list[str]:
               type=click.Path(dir_okay=False, path_type=Path),
               help=f"a second, newer pgbouncer binary (e.g. 1.25) as its own column "
                    f"[env {PGBOUNCER_NEW_ENV}; skipped when unset or missing]")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="also run pgshard-1's cluster under `serve --workers N` as its own column "
+                   f"({report.PGSHARD_1_WORKERS}; N > 1), pool_size split over the workers")
 def main(scale: int | None, duration: int | None, clients_text: str | None, modes_text: str,
-         quick: bool, script: Path | None, out: Path, pgbouncer_new: Path | None) -> None:
+         quick: bool, script: Path | None, out: Path, pgbouncer_new: Path | None,
+         workers: int) -> None:
     """Compare pgbench -S throughput, latency and the proxies' CPU per query: direct,
     PgBouncer (and a newer PgBouncer when given), pgshard (1 and 2 shards)."""
     duration = duration or (3 if quick else 10)
@@ -121,6 +125,7 @@ def main(scale: int | None, duration: int | None, clients_text: str | None, mode
     results: list[Measurement] = []
     meta = {"started_at": started, "scale": scale, "duration_s": duration, "clients": clients,
             "modes": modes, "pool_size": POOL_SIZE, "script": str(script) if script else None,
+            "workers": workers,
             "cpus": os.cpu_count(), "python": platform.python_version(),
             "pgshard": pgshard_version, "pgbouncer": pgbouncer_version(),
             "notes": [
@@ -138,7 +143,7 @@ def main(scale: int | None, duration: int | None, clients_text: str | None, mode
     bouncer_new = _pgbouncer_new(pgbouncer_new, meta)
     exit_code = 0
     try:
-        targets = _set_up(work, scale, script, clusters, servers, meta, bouncer_new)
+        targets = _set_up(work, scale, script, clusters, servers, meta, bouncer_new, workers)
         _warm_up(targets)
         baseline = _commits_per_shard(clusters[1])
         _run_matrix(targets, modes, clients, duration, scale, results)
@@ -197,7 +202,7 @@ def _pgbouncer_new(path: Path | None, meta: dict) -> str | None:
 
 def _set_up(work: Path, scale: int, script: Path | None, clusters: list[LocalCluster],
             servers: list[ServerProcess], meta: dict,
-            bouncer_new: str | None = None) -> list[Target]:
+            bouncer_new: str | None = None, workers: int = 1) -> list[Target]:
     """Clusters, data, PgBouncer and pgshard; appends to clusters/servers as it goes so the
     caller can tear down whatever got started."""
     t0 = time.monotonic()
@@ -226,12 +231,23 @@ def _set_up(work: Path, scale: int, script: Path | None, clusters: list[LocalClu
     servers.append(shard1)
     shard2, shard2_ep = start_pgshard("pgshard-2", two, work, POOL_SIZE)
     servers.append(shard2)
+    multi = None
+    if workers > 1:
+        # The same server connections in all: each worker has pools of its own.
+        per_worker = -(-POOL_SIZE // workers)
+        multi = start_pgshard(report.PGSHARD_1_WORKERS, one, work, per_worker,
+                              proxy_settings={"workers": str(workers)})
+        servers.append(multi[0])
+        meta["notes"].append(f"{report.PGSHARD_1_WORKERS}: pgshard-1's cluster under "
+                             f"`serve --workers {workers}`, pool_size {per_worker} per worker; "
+                             "us/q counts the parent and every worker")
     hinted = write_hinted_scripts(work)
     targets = [
         Target(report.DIRECT, node_endpoint(one.shards[0].primary)),
         Target(report.PGBOUNCER, bouncer_ep, server=bouncer),
         *([Target(report.PGBOUNCER_NEW, newer[1], server=newer[0])] if newer else []),
         Target(report.PGSHARD_1, shard1_ep, server=shard1),
+        *([Target(report.PGSHARD_1_WORKERS, multi[1], server=multi[0])] if multi else []),
         Target(report.PGSHARD_2, shard2_ep, scripts=hinted, server=shard2),
         Target(report.PGSHARD_2_SQL, shard2_ep, scripts=write_sql_routed_script(work),
                server=shard2),

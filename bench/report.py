@@ -10,6 +10,7 @@ from bench.runner import Measurement
 DIRECT, PGBOUNCER, PGSHARD_1, PGSHARD_2, PGSHARD_2_SQL, PGSHARD_2_SCRIPT = (
     "direct", "pgbouncer", "pgshard-1", "pgshard-2", "pgshard-2-sql", "pgshard-2-script")
 PGBOUNCER_NEW = "pgbouncer-new"   # a second, newer PgBouncer (e.g. 1.25) when one is given
+PGSHARD_1_WORKERS = "pgshard-1-workers"   # pgshard-1's cluster under serve --workers N
 
 # (label, numerator, denominator) of the TPS ratio columns.
 RATIOS = (
@@ -19,6 +20,8 @@ RATIOS = (
     ("ps2/pgb", PGSHARD_2, PGBOUNCER),
     ("ps2/ps1", PGSHARD_2, PGSHARD_1),
     ("sql/ps1", PGSHARD_2_SQL, PGSHARD_1),
+    ("wN/ps1", PGSHARD_1_WORKERS, PGSHARD_1),
+    ("wN/pgbN", PGSHARD_1_WORKERS, PGBOUNCER_NEW),
 )
 # (label, numerator, denominator) of the CPU-per-query ratio columns.
 CPU_RATIOS = (
