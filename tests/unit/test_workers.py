@@ -118,3 +118,38 @@ def test_merge_keeps_the_earliest_created_timestamp():
     created = [_samples(t)[("pgshard_queries_created", (("shard", "s0"),))] for t in (a, b)]
     merged = _samples(merge({0: a, 1: b}))
     assert merged[("pgshard_queries_created", (("shard", "s0"),))] == min(created)
+
+
+async def test_a_reserved_port_is_shared_by_every_worker_listener():
+    """[proxy] port = 0: the parent holds a port (bound, not listening) that each worker's
+    SO_REUSEPORT listener binds too; connections reach the listeners, never the holder."""
+    import asyncio
+    import socket
+
+    from pgshard.proxy.listener import _bind
+    from pgshard.workers import _reserve_port
+
+    held, port = _reserve_port("127.0.0.1")
+    listeners = [await _bind("127.0.0.1", port, reuse_port=True) for _ in range(2)]
+    try:
+        assert all(s[0].getsockname()[1] == port for s in listeners)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]
+        await asyncio.sleep(0.05)
+        accepted = []
+        for socks in listeners:
+            n = 0
+            while True:
+                try:
+                    socks[0].accept()[0].close()
+                    n += 1
+                except BlockingIOError:
+                    break
+            accepted.append(n)
+        assert sum(accepted) == 32 and min(accepted) > 0, accepted
+        for c in clients:
+            c.close()
+    finally:
+        for socks in listeners:
+            for s in socks:
+                s.close()
+        held.close()
