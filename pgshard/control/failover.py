@@ -78,6 +78,10 @@ class FailoverManager:
         self.busy: dict[str, str] = {}  # shard -> what is being done to it
         self.refused: dict[str, str] = {}  # shard -> why a failover is needed but refused
         self.last_decision: dict[str, Decision] = {}
+        # shard -> monotonic time until which no failover is decided for it: after a
+        # switchover was rolled back the monitor's last checks of its restarted primary
+        # are stale failures.
+        self._settle: dict[str, float] = {}
         self._runner = Background(self._run, "pgshard-failover")
         self._cluster = None
 
@@ -130,7 +134,9 @@ class FailoverManager:
                           frozenset(shard.sync), shard.sync_quorum)
 
     async def round(self) -> None:
-        """Check every shard once: record sync standbys, fail over a failed primary."""
+        """Check every shard once: finish or roll back a switchover another manager left
+        half done, record sync standbys, fail over a failed primary."""
+        await self._resume_switchovers()
         catalog = self.proxy.catalog
         for shard in catalog.shards:
             if shard.name in self.busy:
@@ -139,7 +145,7 @@ class FailoverManager:
                 await self._release_stale_hold(shard)
                 continue
             await self._record_sync(shard)
-            if not self.ha.auto_failover:
+            if not self.ha.auto_failover or self._settle.get(shard.name, 0) > time.monotonic():
                 continue
             decision = decide(self.facts(shard), self.ha.failure_threshold)
             previous = self.last_decision.get(shard.name)
@@ -162,10 +168,25 @@ class FailoverManager:
             else:
                 self.refused.pop(shard.name, None)
 
+    async def _resume_switchovers(self) -> None:
+        from pgshard.control import switchover_state
+        from pgshard.control.switchover import resume
+
+        for progress in await switchover_state.load_all(self.catalog_ops.store):
+            if progress.shard in self.busy:
+                continue  # ours, running
+            try:
+                await resume(self, progress)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("shard %s: resuming the switchover left half done failed",
+                              progress.shard)
+            self._settle[progress.shard] = time.monotonic() + 3 * self.ha.check_interval
+
     async def _release_stale_hold(self, shard: Shard) -> None:
-        """A hold no operation of ours is behind: a manager that set it (a switchover) died
-        or lost the lease. Release it; if that manager had stopped the old primary, the next
-        rounds fail it over like any dead primary (its WAL reached the replicas first)."""
+        """A hold no operation is behind (no switchover recorded in the store: the ones
+        recorded were resumed first). Release it; a dead primary is then failed over."""
         log.warning("shard %s: releasing the hold %r left by another manager", shard.name,
                     shard.hold)
 
@@ -252,9 +273,10 @@ class FailoverManager:
             await close(conn)
 
     async def promote_and_publish(self, shard: Shard, to: str, kind: str, reason: str,
-                                  started: float) -> Catalog:
+                                  started: float, promoted=None) -> Catalog:
         """pg_promote() `to`, repoint the other replicas at it, fence the old primary and
-        publish the catalog (one CAS; refused if someone changed the shard's primary)."""
+        publish the catalog (one CAS; refused if someone changed the shard's primary).
+        promoted(), if given, runs once `to` is a primary (a test fault hook)."""
         others = [r for r in shard.replicas if r != to]
         conn = await connect(to)
         try:
@@ -265,6 +287,8 @@ class FailoverManager:
                                          f"{PROMOTE_WAIT}s")
         finally:
             await close(conn)
+        if promoted is not None:
+            promoted()
         if shard.sync_quorum and others:
             names = [n for n in (self._app_name(r) for r in others) if n]
             await self.set_sync_standbys(to, min(shard.sync_quorum, len(names)) or 1, names)
