@@ -16,6 +16,9 @@ CAS_RETRIES = 10
 class JobStore:
     def __init__(self, store: MetadataStore):
         self.store = store
+        # {key: (revision, job)}: a record read again unchanged is not decoded again (a job
+        # holds two rings of every vnode; progress polls read it many times a second).
+        self._decoded: dict[str, tuple[int, Job]] = {}
 
     @staticmethod
     def key(job_id: str) -> str:
@@ -27,12 +30,22 @@ class JobStore:
         kv = await self.store.get(self.key(job_id))
         if kv is None:
             return None
-        return Job.from_json(json.loads(kv.value)), kv.revision
+        return self._decode(kv), kv.revision
 
     async def list(self) -> list[Job]:
         """Every job, oldest first."""
-        jobs = [Job.from_json(json.loads(kv.value)) for kv in await self.store.list(JOBS_PREFIX)]
+        jobs = [self._decode(kv) for kv in await self.store.list(JOBS_PREFIX)]
         return sorted(jobs, key=lambda j: (j.created_at, j.id))
+
+    def _decode(self, kv) -> Job:
+        hit = self._decoded.get(kv.key)
+        if hit is not None and hit[0] == kv.revision:
+            return hit[1]
+        job = Job.from_json(json.loads(kv.value))
+        if len(self._decoded) > 1000:
+            self._decoded.clear()
+        self._decoded[kv.key] = (kv.revision, job)
+        return job
 
     async def active(self) -> list[Job]:
         return [j for j in await self.list() if j.state not in FINAL_STATES]

@@ -243,13 +243,19 @@ class ReshardService:
         for src in job.sources:
             conn = await conns.get(src)
             await capture.start(conn, job.slot, [t for t, _ in catalog.tables])
-            share = sum(m.size for m in job.moves_from(src)) / max(
-                sum(r.size for r in job.old_ring.ranges(src)), 1)
             for t, _ in catalog.tables:
-                est = await conn.fetchval("SELECT greatest(reltuples, 0)::bigint FROM pg_class "
-                                          "WHERE oid = $1::regclass", q.qualified(t))
-                total += int((est or 0) * share)
+                total += await self._estimate(conn, job, src, t)
         return await self._advance(job, "copy", rows_total=total)
+
+    @staticmethod
+    async def _estimate(conn, job: Job, src: str, table: str) -> int:
+        """About how many of the table's rows on src lie in the ranges moving from it (the
+        planner's row count times the ranges' share of src's tokens)."""
+        share = sum(m.size for m in job.moves_from(src)) / max(
+            sum(r.size for r in job.old_ring.ranges(src)), 1)
+        est = await conn.fetchval("SELECT greatest(reltuples, 0)::bigint FROM pg_class "
+                                  "WHERE oid = $1::regclass", q.qualified(table))
+        return int((est or 0) * share)
 
     async def _copy(self, conns, job: Job) -> Job:
         infos = await self._describe(conns, job)
@@ -264,15 +270,23 @@ class ReshardService:
                 # Token indexes on both sides keep the verifications short.
                 spans = job.moves_from(src)
                 conn = await conns.get(src)
+                t0 = time.monotonic()
                 await tables.ensure_token_index(conn, table, info.key, job.id)
-                n, at_copy = await rows.copy_rows(
+                log.debug("job %s: token index on %s took %.3fs", job.id, done_key,
+                          time.monotonic() - t0)
+                t0 = time.monotonic()
+                # The copy is checked against the very snapshot it was read from, outside the
+                # fence (inside it only the rows changed since need checking): both sides'
+                # totals at once, one pass over each table (the destination has no token
+                # index: hashing its rows once costs less than indexing them).
+                n, at_copy, at_dst = await rows.copy_rows(
                     conn, dst, info, spans, indexed=True,
-                    summarize=lambda c, info=info, spans=spans: verify.summary(c, info, spans, True))
-                await tables.ensure_token_index(dst, table, info.key, job.id)
-                # The copy checked against the very snapshot it was read from, outside the
-                # fence; inside it only the rows changed since need checking.
-                problems = verify.mismatches(info, spans, at_copy,
-                                             await verify.summary(dst, info, spans, True))
+                    est_rows=await self._estimate(conn, job, src, table),
+                    summarize=lambda c, info=info, spans=spans: verify.total(c, info, spans, True),
+                    alongside=lambda info=info, spans=spans: verify.total(dst, info, spans))
+                log.debug("job %s: %s copied %d rows and checked both sides in %.3fs",
+                          job.id, done_key, n, time.monotonic() - t0)
+                problems = verify.total_mismatch(info, at_copy, at_dst)
                 if problems:
                     raise JobError("the copy does not match the source: " +
                                    "; ".join(problems[:5]))
@@ -386,11 +400,13 @@ class ReshardService:
             spans = job.moves_from(src)
             conn = await conns.get(src)
             for info in infos[src].values():
-                indexed = (await tables.has_token_index(conn, info.name, job.id)
-                           and await tables.has_token_index(dst, info.name, job.id))
-                # Both sides at once: this runs inside the fence.
-                a, b = await asyncio.gather(verify.summary(conn, info, spans, indexed),
-                                            verify.summary(dst, info, spans, indexed))
+                # Each side through the job's token index where it has one (the source);
+                # both at once: this runs inside the fence.
+                a, b = await asyncio.gather(
+                    verify.summary(conn, info, spans,
+                                   await tables.has_token_index(conn, info.name, job.id)),
+                    verify.summary(dst, info, spans,
+                                   await tables.has_token_index(dst, info.name, job.id)))
                 problems += verify.mismatches(info, spans, a, b)
         if problems:
             raise JobError("verification failed: " + "; ".join(problems[:5]))
@@ -424,7 +440,13 @@ class ReshardService:
         for src in job.sources:
             conn = await conns.get(src)
             for info in infos[src].values():
-                await rows.delete_rows(conn, info, job.moves_from(src), bypass_guard=True)
+                t0 = time.monotonic()
+                n = await rows.delete_rows(conn, info, job.moves_from(src), bypass_guard=True,
+                                           job_id=job.id,
+                                           est_rows=await self._estimate(conn, job, src,
+                                                                         info.name))
+                log.debug("job %s: deleted %d moved rows of %s from %s in %.3fs", job.id, n,
+                          info.name, src, time.monotonic() - t0)
                 await conn.execute(q.drop_guard(info.name, job.id))
                 await conn.execute(q.drop_token_index(info.name, job.id))
                 await (await conns.get(job.target)).execute(
@@ -469,7 +491,7 @@ class ReshardService:
                     await conn.execute(q.drop_token_index(table, job.id))
                 if await tables.exists(dst, table):
                     info = tables.TableInfo(table, key, (), (), ())
-                    await rows.delete_rows(dst, info, job.moves_from(src))
+                    await rows.delete_rows(dst, info, job.moves_from(src), job_id=job.id)
                     await dst.execute(q.drop_token_index(table, job.id))
             await conn.execute(q.drop_guard_function(job.id))
             await capture.stop(conn, job.slot)

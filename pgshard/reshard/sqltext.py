@@ -46,17 +46,27 @@ def column_list(columns: Sequence[str]) -> str:
     return ", ".join(ident(c) for c in columns)
 
 
+def in_ranges_indexed(key_column: str, spans: Iterable[TokenSpan]) -> str:
+    """in_ranges as range conditions a token index answers (a bitmap scan, no hash)."""
+    return " OR ".join(f"({token_of(key_column)} > {s.lo} AND {token_of(key_column)} <= {s.hi})"
+                       for s in spans)
+
+
 def select_ranges(table: str, columns: Sequence[str], key: str, spans,
                   indexed: bool = False) -> str:
     """The rows of the spans (what the copy sends, COPY (…) TO STDOUT); indexed: as range
     conditions a token index answers (a bitmap scan that hashes no key)."""
-    where = in_ranges(key, spans) if not indexed else " OR ".join(
-        f"({token_of(key)} > {s.lo} AND {token_of(key)} <= {s.hi})" for s in spans)
+    where = in_ranges(key, spans) if not indexed else in_ranges_indexed(key, spans)
     return f"SELECT {column_list(columns)} FROM {qualified(table)} WHERE {where}"
 
 
 def delete_ranges(table: str, key: str, spans) -> str:
     return f"DELETE FROM {qualified(table)} WHERE {in_ranges(key, spans)}"
+
+
+def delete_ranges_indexed(table: str, key: str, spans) -> str:
+    """One cleanup batch through the job's token index (run with sequential scans off)."""
+    return f"DELETE FROM {qualified(table)} WHERE {in_ranges_indexed(key, spans)}"
 
 
 def delete_ranges_in_pages(table: str, key: str, spans, first_page: int, end_page: int) -> str:
@@ -75,6 +85,17 @@ def checksum(table: str, columns: Sequence[str], key: str, spans: Sequence[Token
             f"coalesce(sum(hashtextextended(x, 0)::numeric), 0)::text "
             f"FROM (SELECT {token_of(key)} AS t, {row} AS x FROM {qualified(table)} "
             f"OFFSET 0) s WHERE t <@ {multirange(spans)} GROUP BY 1 ORDER BY 1")
+
+
+def checksum_total(table: str, columns: Sequence[str], key: str, spans: Sequence[TokenSpan],
+                   indexed: bool) -> str:
+    """checksum() over all the spans at once, in one pass over the table: row count and the
+    sum of each row's hash. indexed: through the job's token index (a bitmap scan, no hash
+    computed per row; run with sequential scans off), else hashing each row's key."""
+    where = in_ranges_indexed(key, spans) if indexed else in_ranges(key, spans)
+    row = f"ROW({column_list(columns)})::text"
+    return (f"SELECT count(*), coalesce(sum(hashtextextended({row}, 0)::numeric), 0)::text "
+            f"FROM {qualified(table)} WHERE {where}")
 
 
 def upsert(table: str, columns: Sequence[str], types: Sequence[str], pk: Sequence[str]) -> str:
@@ -135,8 +156,11 @@ $fn$"""
 def create_guard(table: str, key: str, job_id: str) -> str:
     """A trigger on the source refusing writes to the moving ranges (40001), so that no
     router serving an old catalog can write a row there once the final catch-up began."""
+    # The bypass is tested in WHEN too: the cleanup's deletes then call no function per row.
     return (f"CREATE TRIGGER {ident(guard_name(job_id))} BEFORE INSERT OR UPDATE OR DELETE "
-            f"ON {qualified(table)} FOR EACH ROW EXECUTE FUNCTION "
+            f"ON {qualified(table)} FOR EACH ROW "
+            "WHEN (current_setting('pgshard.reshard_bypass', true) IS DISTINCT FROM 'on') "
+            "EXECUTE FUNCTION "
             f"pgshard.{ident(guard_name(job_id))}({literal(key)})")
 
 

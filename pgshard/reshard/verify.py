@@ -27,6 +27,26 @@ async def summary(conn: asyncpg.Connection, info: TableInfo, spans: Sequence[Tok
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
+async def total(conn: asyncpg.Connection, info: TableInfo, spans: Sequence[TokenSpan],
+                indexed: bool = False) -> tuple[int, str]:
+    """(rows, checksum) of all the spans together, in one pass over the table; indexed:
+    through the job's token index."""
+    async with conn.transaction():
+        if indexed:
+            await conn.execute("SET LOCAL enable_seqscan = off")
+        row = await conn.fetchrow(q.checksum_total(info.name, info.columns, info.key, spans,
+                                                   indexed))
+    return row[0], row[1]
+
+
+def total_mismatch(info: TableInfo, src: tuple[int, str], dst: tuple[int, str]) -> list[str]:
+    """What differs between two totals (empty: they agree)."""
+    if src == dst:
+        return []
+    return [f"{info.name}, the moving ranges: source {src[0]} rows, destination {dst[0]} rows"
+            + ("" if src[0] != dst[0] else ", checksums differ")]
+
+
 def mismatches(info: TableInfo, spans: Sequence[TokenSpan], src: dict, dst: dict) -> list[str]:
     """What differs, one line per range (empty: the copy is exact)."""
     out = []
