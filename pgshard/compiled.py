@@ -1,0 +1,112 @@
+"""The per-query modules built with Cython: which run compiled, and PGSHARD_PURE to run none.
+
+The same .py sources are compiled when the build has Cython and a C compiler (setup.py reads
+HOT_MODULES from here) and run as plain Python otherwise. `PGSHARD_PURE=1` at build time
+builds no extension; at run time it makes pgshard import the .py sources even where compiled
+modules are installed beside them. In a source checkout a compiled module older than its .py
+is ignored (status() lists it as stale), so an edit is never shadowed by an old build.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec, SourceFileLoader
+from pathlib import Path
+
+# The modules on the per-query path, in the order setup.py compiles them.
+HOT_MODULES = (
+    "pgshard.protocol.framing",
+    "pgshard.protocol.messages",
+    "pgshard.protocol.replies",
+    "pgshard.proxy.backend",
+    "pgshard.proxy.client",
+    "pgshard.proxy.units",
+    "pgshard.proxy.statements",
+    "pgshard.ring.hashing",
+    "pgshard.ring.ring",
+    "pgshard.sql.fastkey",
+    "pgshard.sql.lex",
+    "pgshard.sql.textmemo",
+)
+
+PURE_ENV = "PGSHARD_PURE"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def pure_requested() -> bool:
+    return os.environ.get(PURE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _source_checkout() -> bool:
+    """True when pgshard runs from its source tree (an editable install), not a wheel."""
+    return (_PACKAGE_DIR.parent / "setup.py").is_file()
+
+
+def _paths(name: str) -> tuple[Path, list[Path]]:
+    """The module's .py and any compiled files beside it."""
+    rel = Path(*name.split(".")[1:])
+    base = _PACKAGE_DIR / rel
+    return base.with_suffix(".py"), [base.with_name(base.name + s) for s in EXTENSION_SUFFIXES
+                                     if base.with_name(base.name + s).is_file()]
+
+
+def stale(name: str) -> bool:
+    """A compiled file of name is older than its .py (in a source checkout only)."""
+    source, built = _paths(name)
+    if not built or not source.is_file() or not _source_checkout():
+        return False
+    return any(b.stat().st_mtime < source.stat().st_mtime for b in built)
+
+
+def needs_build() -> list[str]:
+    """Hot modules with no compiled file beside their .py, or an older one."""
+    return [n for n in HOT_MODULES if not _paths(n)[1] or stale(n)]
+
+
+class _SourceFinder:
+    """A meta path finder that imports the hot modules from their .py sources."""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+
+    def find_spec(self, fullname: str, path=None, target=None) -> ModuleSpec | None:
+        if fullname not in self.names:
+            return None
+        source, _ = _paths(fullname)
+        if not source.is_file():
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname, source, loader=SourceFileLoader(fullname, str(source)))
+
+
+def install_finder() -> None:
+    """Called by pgshard/__init__: route PGSHARD_PURE and stale compiled modules to .py."""
+    names = set(HOT_MODULES) if pure_requested() else {n for n in HOT_MODULES if stale(n)}
+    if names:
+        sys.meta_path.insert(0, _SourceFinder(names))
+
+
+def is_compiled(module) -> bool:
+    origin = getattr(getattr(module, "__spec__", None), "origin", None) or ""
+    return any(origin.endswith(s) for s in EXTENSION_SUFFIXES)
+
+
+def status() -> dict:
+    """{"compiled": any hot module runs compiled, "modules": those, "stale": compiled files
+    ignored as older than their source, "pure": PGSHARD_PURE}.
+
+    Imports the hot modules (the proxy imports them all anyway)."""
+    compiled = [name for name in HOT_MODULES if is_compiled(importlib.import_module(name))]
+    return {"compiled": bool(compiled), "modules": compiled, "pure": pure_requested(),
+            "stale": [n for n in HOT_MODULES if n not in compiled and stale(n)]}
+
+
+def describe() -> str:
+    """One line for `pgshard --version`."""
+    s = status()
+    if s["compiled"]:
+        return f"compiled core: yes ({len(s['modules'])}/{len(HOT_MODULES)} modules)"
+    return "compiled core: no (PGSHARD_PURE)" if s["pure"] else "compiled core: no"

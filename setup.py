@@ -1,0 +1,45 @@
+"""Build: the per-query modules (pgshard.compiled.HOT_MODULES) compiled with Cython.
+
+Pure-Python mode: the same .py sources become extension modules when Cython and a C
+compiler are there, and stay plain Python otherwise (each extension is optional: a failed
+compile warns and the .py is used). PGSHARD_PURE=1 builds no extension at all.
+"""
+
+import os
+import re
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+ROOT = Path(__file__).resolve().parent
+# Directives: Python semantics kept as they are (annotations are not C types; only what a
+# module declares through the `cython` shadow module or a .pxd beside it is typed).
+DIRECTIVES = {
+    "language_level": 3,
+    "annotation_typing": False,
+    "binding": True,
+    "embedsignature": True,
+}
+
+
+def hot_modules() -> list[str]:
+    """HOT_MODULES read from pgshard/compiled.py's text (the package is not importable yet)."""
+    text = (ROOT / "pgshard" / "compiled.py").read_text()
+    block = re.search(r"HOT_MODULES = \((.*?)\)", text, re.S).group(1)
+    return re.findall(r'"([\w.]+)"', block)
+
+
+def extensions() -> list:
+    if os.environ.get("PGSHARD_PURE", "").strip().lower() not in ("", "0", "false", "no"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("pgshard: Cython not found, building without compiled modules")
+        return []
+    exts = [Extension(name, [str(Path(*name.split(".")).with_suffix(".py"))], optional=True)
+            for name in hot_modules()]
+    return cythonize(exts, compiler_directives=DIRECTIVES, quiet=True)
+
+
+setup(ext_modules=extensions())
