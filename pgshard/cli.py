@@ -118,6 +118,15 @@ def _setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
+def _print_version(ctx: click.Context, param, value: bool) -> None:
+    """`pgshard --version`: the version and whether the Cython-compiled core is loaded."""
+    if not value or ctx.resilient_parsing:
+        return
+    from pgshard.compiled import describe
+    click.echo(f"pgshard, version {__version__}\n{describe()}")
+    ctx.exit()
+
+
 def _run(coro) -> None:
     try:
         import uvloop
@@ -127,7 +136,9 @@ def _run(coro) -> None:
 
 
 @click.group(cls=_Group)
-@click.version_option(__version__, prog_name="pgshard")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Show the version (and whether the compiled core "
+              "is loaded) and exit.")
 @click.option("--api", metavar="URL", envvar="PGSHARD_API",
               help=f"Sidecar URL [env PGSHARD_API; default: the URL saved by login, "
                    f"else {DEFAULT_API}].")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from pgshard.compiled import status as compiled_status
 from pgshard.config import Config
 from pgshard.control.audit import AuditLog
 from pgshard.control.auth import TokenIssuer
@@ -54,6 +55,11 @@ class ControlPlane:
         from pgshard.control.ha_status import degraded_summary, shard_states
         shards = shard_states(self.proxy, self.failover)
         degraded = degraded_summary(shards)
+        gate = getattr(self.proxy, "lease_gate", None)
+        routing = gate is None or not gate.closed
+        if not routing:
+            degraded.insert(0, "not routing statements (57P03): the lease in the metadata "
+                               "store may have lapsed")
         if not reachable:
             degraded.insert(0, f"metadata store unreachable: {self.status.last_error}")
         # Warnings do not degrade the status: only cross-shard commits are affected.
@@ -70,9 +76,11 @@ class ControlPlane:
             "catalog_version": catalog.version if catalog is not None else None,
             "store": {"backend": self.config.store.split("://", 1)[0], **self.status.to_json()},
             "serving_last_known_catalog": not reachable,
+            "routing": routing,
             "leader": self.membership.is_leader,
             "proxy": {"port": self.proxy.port, "clients": len(self.proxy.clients)},
             "uptime_seconds": round(time.time() - self.started_at, 1),
+            "compiled": compiled_status(),
         }
 
     def metrics_status(self) -> dict:
