@@ -241,3 +241,25 @@ async def test_rest_execute_enters_through_either_worker(pg_cluster):
             assert body["rows"] == [{"n": i}], body
         after = per_worker(await scrape(proxy), "pgshard_worker_client_connections_accepted_total")
         assert all(after[w] > before.get(w, 0) for w in ("0", "1")), (before, after)
+
+
+async def test_console_reload_reloads_every_worker(pg_cluster):
+    cfg = workers_config(pg_cluster, admin_users=["ops"])
+    cfg["users"] = [*cfg["users"], {"name": "ops", "password": "ops-secret"}]
+    with ProxyProcess(cfg) as proxy:
+        await all_workers_up(proxy)
+        cfg["users"] = [*cfg["users"], {"name": "later", "password": "later-secret"}]
+        proxy.config_path.write_text(to_toml(cfg))
+        console = await asyncpg.connect(proxy.dsn("ops", "ops-secret", database="pgshard"))
+        try:
+            await console.execute("RELOAD")   # on the worker this connection landed on
+        finally:
+            await console.close()
+
+        async def reloaded():   # there, then on the other one through the parent
+            return proxy.log().count("user later: added") >= 2
+        await wait_until(reloaded, what="both workers reloaded")
+        for _ in range(20):
+            c = await asyncpg.connect(proxy.dsn("later", "later-secret"))
+            assert await c.fetchval("SELECT 1") == 1
+            await c.close()
