@@ -108,11 +108,14 @@ class Runtime:
         await proxy.start()
 
         status = StoreStatus()
+        from pgshard.control.lease_gate import LeaseGate
+        proxy.lease_gate = gate = LeaseGate(proxy, config.store, status)
         membership = Membership(store, status, self.node_id, role=self.role,
-                                ttl=config.lease_ttl, campaign=manager, info={})
+                                ttl=config.lease_ttl, campaign=manager, info={}, gate=gate)
         membership.catalog_version = catalog.version
         follower = CatalogFollower(store, proxy, status, revision,
                                    on_applied=lambda c: membership.serving(c.version))
+        gate.reload = follower.fetch
         plane = ControlPlane(config=config, role=self.role, node_id=self.node_id, store=store,
                              proxy=proxy, status=status, membership=membership,
                              follower=follower, metrics=None)

@@ -83,10 +83,14 @@ class CatalogFollower:
         except (ValueError, TypeError) as exc:
             log.error("ignoring an unreadable catalog at revision %d: %s", revision, exc)
             return False
-        current = self.proxy.catalog
+        gate = getattr(self.proxy, "lease_gate", None)
+        current = gate.served() if gate is not None else self.proxy.catalog
         if current is not None and catalog.version <= current.version:
             return False
-        self.proxy.set_catalog(catalog)
+        if gate is not None:
+            gate.apply(catalog)   # kept aside while the router's lease is lapsed
+        else:
+            self.proxy.set_catalog(catalog)
         self.applied_at = time.time()
         log.info("applied catalog version %d (%d shards)", catalog.version, len(catalog.shards))
         self.on_applied(catalog)
@@ -119,6 +123,14 @@ class CatalogFollower:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
             await self._reload()
+
+    async def fetch(self) -> Catalog | None:
+        """The store's catalog now (StoreError if it does not answer), also applied."""
+        kv = await self.store.get(CATALOG_KEY)
+        if kv is None:
+            return None
+        self.apply(kv.value, kv.revision)
+        return decode_catalog(kv.value)
 
     async def _reload(self) -> None:
         try:

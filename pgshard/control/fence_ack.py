@@ -46,6 +46,9 @@ class FenceAcker:
     async def _run(self) -> None:
         while True:
             cat = self.proxy.catalog
+            gate = getattr(self.proxy, "lease_gate", None)
+            if gate is not None and gate.closed:
+                cat = None   # routing nothing; acknowledged once open with the store's catalog
             if cat is not None and cat.fences and cat.version > self.acked_version:
                 try:
                     await self.acknowledge(cat)

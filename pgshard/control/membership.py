@@ -3,10 +3,11 @@ catalog version it serves) and, for a manager, holds the `leader` key; plus the 
 whether the store answers.
 
 Strategy: a single lease per process, refreshed every ttl/3. When a refresh fails the process
-keeps serving; leadership is given up locally once the lease may have lapsed in the store
+keeps serving until the lease may lapse (pgshard.control.lease_gate: then its router refuses
+statements); leadership is given up locally once the lease may have lapsed in the store
 (ttl after the last good refresh), so two managers never both believe they lead. When the
 store answers again the lease is refreshed, or, if it expired meanwhile, a new one is granted
-and the registration (and the candidacy) is written again.
+and the registration (and the candidacy) is written again, after the catalog is re-read.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Membership:
     """Keeps `routers/<node_id>` alive and, if `campaign`, competes for `leader`."""
 
     def __init__(self, store: MetadataStore, status: StoreStatus, node_id: str, *,
-                 role: str, ttl: float, campaign: bool, info: dict):
+                 role: str, ttl: float, campaign: bool, info: dict, gate=None):
         self.store = store
         self.status = status
         self.node_id = node_id
@@ -64,6 +65,7 @@ class Membership:
         self.ttl = ttl
         self.campaign = campaign
         self.info = dict(info)
+        self.gate = gate   # pgshard.control.lease_gate.LeaseGate: routing stops with the lease
         self.catalog_version: int | None = None
         self.started_at = time.time()
         self._lease: Lease | None = None
@@ -71,6 +73,8 @@ class Membership:
         self._last_refresh = 0.0
         self._registered_version: int | None = None
         self._wake = asyncio.Event()
+        if gate is not None:
+            gate.on_close = self._wake.set   # closed: try the store again at once
         self._runner = Background(self._run, "pgshard-membership")
 
     @property
@@ -88,6 +92,8 @@ class Membership:
 
     async def stop(self) -> None:
         await self._runner.stop()
+        if self.gate is not None:
+            self.gate.disarm()
         if self._lease is not None:
             try:
                 # Revoking deletes routers/<id> and leader at once instead of after the TTL.
@@ -98,6 +104,7 @@ class Membership:
 
     async def beat(self) -> None:
         """One round: get a lease if needed, refresh it, register, campaign."""
+        sent = time.monotonic()
         if self._lease is None:
             self._lease = await self.store.grant_lease(self.ttl)
             self._registered_version = None
@@ -105,6 +112,10 @@ class Membership:
         else:
             await self._lease.refresh()
         self._last_refresh = time.monotonic()
+        if self.gate is not None:
+            self.gate.arm(sent, self.ttl)
+            # A router that stopped routing re-reads the catalog before it registers again.
+            await self.gate.reopen()
         if self._registered_version != self.catalog_version or self._registered_version is None:
             await self.store.put(f"{ROUTERS_PREFIX}/{self.node_id}", self._record(),
                                  lease=self._lease)
@@ -129,6 +140,8 @@ class Membership:
                 if self._leader:
                     log.warning("this node (%s) is no longer the active manager", self.node_id)
                 self._lease, self._leader = None, False
+                if self.gate is not None:
+                    self.gate.close()
                 continue
             except StoreError as exc:
                 self.status.failed(exc)
@@ -143,6 +156,7 @@ class Membership:
     def _record(self) -> bytes:
         return json.dumps({
             "id": self.node_id, "role": self.role, "catalog_version": self.catalog_version,
+            "lease_ttl": self.ttl,
             "started_at": _iso(self.started_at), "updated_at": _iso(time.time()),
             "hostname": socket.gethostname(), "pid": os.getpid(), **self.info,
         }).encode()

@@ -4,7 +4,8 @@ held longer, it fails with SQLSTATE 40001. What the acknowledgement waits for (t
 open on the fenced ranges' shards) is also decided here.
 
 The routing path calls `hold_if_fenced` (pgshard.proxy.targeting) while the catalog has
-fences. It raises `FenceHeld`, which the session treats like NeedColumns: it awaits the hold
+fences. A router whose store lease lapsed (pgshard.control.lease_gate) serves a catalog with
+the whole ring fenced, so every statement comes here and is refused (57P03). It raises `FenceHeld`, which the session treats like NeedColumns: it awaits the hold
 (pgshard.proxy.fanout._learn_columns) and dispatches the message again, so a held statement
 neither fails nor blocks other clients.
 """
@@ -44,6 +45,11 @@ class Hold(tuple):
         started = time.monotonic()
         metrics = getattr(self.proxy, "fence_metrics", None)
         while fenced(self.proxy.catalog, self.tokens) is not None:
+            gate = getattr(self.proxy, "lease_gate", None)
+            if gate is not None and gate.closed:
+                if metrics is not None:
+                    metrics.fence_hold(time.monotonic() - started)
+                raise gate.error()
             if time.monotonic() >= self.deadline:
                 if metrics is not None:
                     metrics.fence_hold(time.monotonic() - started)
@@ -114,6 +120,10 @@ def hold_if_fenced(session, plan: r.Plan, bind, st, sql: str | None) -> None:
     cat = session.proxy.catalog
     if not cat.fences:
         return
+    gate = getattr(session.proxy, "lease_gate", None)
+    if gate is not None and gate.closed:
+        # The lease lapsed (pgshard.control.lease_gate): its catalog may be stale.
+        raise gate.error()
     s = session.server
     if s is not None and s.txn_status != b"I":
         return

@@ -1,6 +1,12 @@
 """What a resharding job waits for from the routers: that every live router (listed under
 `routers/`) serves a catalog version, or acknowledged a fence version
-(`fence_acks/<node id>`, written by pgshard.control.fence_ack)."""
+(`fence_acks/<node id>`, written by pgshard.control.fence_ack).
+
+A router cut off from the store neither acknowledges nor leaves the list until its lease
+expires in the store; by then it has stopped routing (pgshard.control.lease_gate), so it is
+counted gone only once its lease is over, never before. Each wait lasts at least as long
+as the longest lease of a listed router (plus a margin), so such a router is waited out
+rather than failing the job."""
 
 from __future__ import annotations
 
@@ -16,11 +22,22 @@ from pgshard.store import MetadataStore
 POLL = 0.02
 
 
+LEASE_MARGIN = 1.0
+
+
+def _extend(deadline: float, started: float, live: list[dict]) -> float:
+    """The deadline, pushed past the lease of every listed router."""
+    ttl = max((r.get("lease_ttl") or 0 for r in live), default=0)
+    return max(deadline, started + ttl + LEASE_MARGIN) if ttl else deadline
+
+
 async def wait_acks(store: MetadataStore, version: int, timeout: float) -> None:
     """Until every live router acknowledged fence version `version` (or a newer one)."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
         live, _ = await list_routers(store)
+        deadline = _extend(deadline, started, live)
         missing = []
         for r in live:
             kv = await store.get(f"{FENCE_ACKS_PREFIX}/{r['id']}")
@@ -37,9 +54,11 @@ async def wait_acks(store: MetadataStore, version: int, timeout: float) -> None:
 
 async def wait_serving(store: MetadataStore, version: int, timeout: float) -> None:
     """Until every live router serves catalog version `version` or a newer one."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
         live, _ = await list_routers(store)
+        deadline = _extend(deadline, started, live)
         behind = [r["id"] for r in live if (r.get("catalog_version") or 0) < version]
         if not behind:
             return

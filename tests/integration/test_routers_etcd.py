@@ -1,5 +1,6 @@
 """Routers sharing one etcd: they converge on a catalog change within a second, register with
-the version they serve, elect one manager, and keep serving when etcd goes away."""
+the version they serve, elect one manager, and stop routing when etcd goes away (once their
+lease may have lapsed), routing again once it is back."""
 
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ async def test_routers_converge_register_and_survive_etcd_loss(pg_cluster, etcd)
             assert all(r["up_to_date"] for r in body["routers"])
             assert c.proxy.catalog.key_column("conv_t") == "id"
 
-            # etcd goes away: every router keeps serving its catalog and says so.
+            # etcd goes away: every router serves its catalog until its lease may have
+            # lapsed, then refuses statements (57P03, pgshard.control.lease_gate), and says so.
             etcd.kill()
             try:
                 async def degraded():
@@ -117,8 +119,20 @@ async def test_routers_converge_register_and_survive_etcd_loss(pg_cluster, etcd)
                 assert hc["catalog_version"] == version and hc["serving_last_known_catalog"]
                 async with session.get(c.api_url + "/metrics") as resp:
                     assert "pgshard_store_reachable 0.0" in await resp.text()
-                for port in (c.proxy.port, b.port, a.proxy.port):
-                    assert await query(port, "SELECT 7 /* shard: shard1 */") == 7
+                async def refused():
+                    for port in (c.proxy.port, b.port, a.proxy.port):
+                        try:
+                            await query(port, "SELECT 7 /* shard: shard1 */")
+                            return False
+                        except asyncpg.PostgresError as exc:
+                            assert exc.sqlstate == "57P03", exc
+                            assert etcd.endpoint in exc.message
+                    return True
+
+                await eventually(refused, 10, 0.2)
+                _, hc = await get_json(session, c.api_url + "/health")
+                assert hc["routing"] is False
+                assert any("lease" in d for d in hc["degraded"])
                 # Management calls that need the store fail cleanly.
                 status, problem, _ = await api.request("GET", "/api/v1/shards", role="admin")
                 assert status == 503 and problem["status"] == 503
@@ -135,6 +149,17 @@ async def test_routers_converge_register_and_survive_etcd_loss(pg_cluster, etcd)
 
             body = await eventually(recovered, 15, 0.2)
             assert sum(1 for r in body["routers"] if r["leader"]) == 1
+
+            async def serving():
+                for port in (c.proxy.port, b.port, a.proxy.port):
+                    try:
+                        assert await query(port, "SELECT 7 /* shard: shard1 */") == 7
+                    except asyncpg.PostgresError:
+                        return False
+                return True
+
+            await eventually(serving, 10, 0.2)
+            assert (await get_json(session, c.api_url + "/health"))[1]["routing"] is True
         finally:
             b.stop()
 
