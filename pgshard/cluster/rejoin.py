@@ -21,10 +21,13 @@ from pgshard.cluster.process import ClusterError, log_tail, run, running_as_root
 
 AUTO_CONF = "postgresql.auto.conf"
 CONNECT_TIMEOUT = 5
-# Settings of the old primary's postgresql.auto.conf that a standby must not keep: its
-# upstream (written anew) and the read-only fence a switchover's demotion may have set
-# (a rejoined replica promoted later must take writes).
-DROPPED_SETTINGS = ("primary_conninfo", "default_transaction_read_only")
+# Settings of the old primary's postgresql.auto.conf (ALTER SYSTEM) that a standby must not
+# keep, since a rejoined replica promoted later must take writes: its upstream (written
+# anew), the read-only fence a switchover's demotion may have set, and the synchronous
+# standbys it waited for as a primary (promoted, it would wait for servers that are gone
+# or are its own primary; the manager names its standbys when it promotes it).
+DROPPED_SETTINGS = ("primary_conninfo", "default_transaction_read_only",
+                    "synchronous_standby_names")
 REWIND, CLONE = "rewind", "clone"
 
 

@@ -34,16 +34,21 @@ def test_rejoin_rewinds_after_a_kill_and_after_a_switchover():
         b.psql("INSERT INTO t VALUES (2, 'two')")
         a.start()
         a.psql("INSERT INTO t VALUES (99, 'lost')")
+        # As a manager's rejoin of another server would have set on it as a primary.
+        a.psql("ALTER SYSTEM SET synchronous_standby_names = 'ANY 1 (gone)'")
         a.kill()
         assert cluster.rejoin(a, b) == "rewind"
         assert marker.stat().st_ino == inode  # the same data directory, not a fresh copy
         assert streaming(a) and rows(a) == ["one", "two"]
+        auto = (a.data_dir / "postgresql.auto.conf").read_text()
+        assert "synchronous_standby_names" not in auto and "primary_conninfo" in auto
         b.psql("INSERT INTO t VALUES (3, 'three')")
         cluster.wait_replicas()
         assert rows(a) == ["one", "two", "three"]
         assert cluster.shards[0].primary is b
 
-        # Switchover: the primary stopped cleanly, the replica promoted and written to.
+        # Switchover: the primary stopped cleanly, the replica promoted and written to (its
+        # commits wait for no standby left over from its time as a primary).
         b.stop("fast")
         a.promote()
         a.psql("INSERT INTO t VALUES (4, 'four')")
