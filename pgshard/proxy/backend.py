@@ -325,7 +325,8 @@ class ServerConnection(asyncio.Protocol):
         if have == want:   # the common case (both empty): nothing to send
             self.synced = owner
             return
-        stmts = [f"SET {k} TO {v}" for k, v in want.items() if have.get(k) != v]
+        stmts = [f"SET {k} TO {v}" if type(v) is str else v.replay(k)
+                 for k, v in want.items() if have.get(k) != v]
         stmts += [f"RESET {k}" if have[k] != UNSURE else _reset_if_known(k)
                   for k in have if k not in want]
         if stmts:

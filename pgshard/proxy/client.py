@@ -415,11 +415,13 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self._release_if_idle()   # a server held by a flushed Describe does not pin it
         attached = self.server is not None
         if self.txn.multi is not None and kind not in LOCAL_KINDS:
-            if plan.sticky:
-                raise _sticky_fanout(plan)
-            return self._guard(self._multi_query(raw, sql, plan), True)
+            if self.txn.multi.failed or not self._own_object(plan, sql):
+                return self._guard(self._multi_query(raw, sql, plan), True)   # sticky: home
+            return None
         if self.txn.failed and kind not in (r.COMMIT, r.ROLLBACK):
             raise _aborted()
+        if self._own_object(plan, sql):
+            return None
         if kind in TXN_KINDS and not attached and self.pool_mode == "transaction":
             self._local_txn(kind, sql)
             self.write(m.ready_for_query(self._status()))
@@ -569,8 +571,12 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def _send_query(self, s, raw: bytes, plan: r.Plan) -> None:
         self._track(s, plan)
-        if plan.kind == r.TXN_INNER and plan.first_word in ("SAVEPOINT", "RELEASE"):
-            self.txn.savepoint(m.decode_query(raw[5:]), plan.first_word)
+        if plan.kind == r.TXN_INNER:
+            if plan.first_word in ("SAVEPOINT", "RELEASE"):
+                self.txn.savepoint(m.decode_query(raw[5:]), plan.first_word)
+            elif plan.first_word == "SET" and self.txn.begun is not None:
+                # SET TRANSACTION ISOLATION LEVEL …: shards that join later open with it
+                self.txn.begun += "; " + m.decode_query(raw[5:]).strip().rstrip(";")
         if plan.sticky:
             self._pin(s, plan)
         self._t0 = time.monotonic()

@@ -18,10 +18,50 @@ from pgshard.proxy.backend import X_QUERY
 from pgshard.proxy.copyin import CopyFanout
 from pgshard.sql import classify as r
 from pgshard.sql.copy_stmt import CopyIn, copy_columns_sql, parse_copy_in
+from pgshard.sql.own_objects import OwnObject, may_name_own, own_object
+
+
+class _DiscardCopy:
+    """The rows of a COPY into one of pgshard's own tables, restored from a dump: read
+    and dropped (the cluster keeps its own, some differ per shard)."""
+
+    in_response = m.frame(b"G", b"\x00\x00\x00")   # text, no column formats
+
+    async def data(self, payload: bytes) -> None:
+        return None
+
+    async def done(self) -> int:
+        return 0
+
+    async def fail(self, reason: str) -> None:
+        return None
 
 
 class CopySplitMixin:
-    copy_sink: CopyFanout | None = None
+    copy_sink: CopyFanout | _DiscardCopy | None = None
+
+    def _own_object(self, plan: r.Plan, sql: str) -> bool:
+        """A statement on one of pgshard's own objects (sql.own_objects): answered here
+        (True) — skipped with a NOTICE, or a drop refused — rather than run."""
+        if not (plan.is_ddl or plan.first_word == "COPY") or not may_name_own(sql):
+            return False
+        own: OwnObject | None = own_object(sql)
+        if own is None:
+            return False
+        if own.drop:
+            raise PgError(f"{own.what} belongs to pgshard (its hash function, id spaces and "
+                          "triggers on every shard) and cannot be dropped through the proxy",
+                          sqlstate="42501", hint="remove pgshard from a server on that "
+                          "server directly, not through the proxy")
+        note = m.error_response("00000", f"pgshard: skipped {own.tag} of {own.what}: "
+                                "pgshard keeps its own objects on every shard",
+                                severity="NOTICE", notice=True)
+        if own.copy_in:
+            self.copy_sink = _DiscardCopy()
+            self.write(note + _DiscardCopy.in_response)
+            return True
+        self.write(note + m.command_complete(own.tag) + m.ready_for_query(self._status()))
+        return True
 
     def _copy_to_split(self, plan: r.Plan, sql: str) -> CopyIn | None:
         """The COPY FROM STDIN this Query is, when it must be split by key (a sharded table,

@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import ActiveSqlTransaction, FeatureNotSupported, PgError
+from pgshard.protocol.errors import ActiveSqlTransaction, PgError
 from pgshard.proxy import fanread, read_filter, scatter
 from pgshard.proxy.backend import (
     X_BIND,
@@ -71,12 +71,19 @@ class FanoutMixin:
     async def _multi_query(self, raw: bytes, sql: str, plan: r.Plan) -> None:
         kind = plan.kind
         if plan.sticky:
-            # Its servers go back to the pool when the transaction ends: state left on
-            # them (a lock, a temp table) would reach other clients.
-            raise FeatureNotSupported(
-                f"{plan.sticky} leaves session state on its server, and this transaction "
-                "runs on several shards", hint="run it outside the transaction, or in a "
-                "transaction on one shard")
+            # State of the session (pg_dump's SQL PREPAREs, a temp table): on the
+            # transaction's first shard, whose server then stays this client's (parked
+            # when the transaction ends, see MultiTxn.release), as the statements that
+            # touch no shard's rows (EXECUTE) go there too (_any_shard).
+            multi = self.txn.multi
+            if multi.failed:
+                raise PgError("current transaction is aborted, commands ignored until end "
+                              "of transaction block", sqlstate="25P02")
+            home = multi.shards[0]
+            await multi.ensure([home])
+            self._pin(multi.servers[home][1], plan)
+            await self._fanout(Fanout("one", [home], None), [(raw, X_QUERY)], sql, True)
+            return
         if kind in (r.COMMIT, r.ROLLBACK):
             out = await self._multi_end(kind)
             self.write(out + m.ready_for_query(b"I"))
@@ -86,11 +93,11 @@ class FanoutMixin:
                 "there is already a transaction in progress"))
                        + m.command_complete("BEGIN") + m.ready_for_query(self._status()))
             return
-        if kind in (r.SET, r.RESET, r.SET_LOCAL, r.TXN_INNER, r.DISCARD_ALL):
+        if kind in (r.SET, r.RESET, r.SET_LOCAL, r.TXN_INNER, r.DISCARD_ALL) or plan.config:
             if self.txn.multi.failed and kind != r.TXN_INNER:
                 raise PgError("current transaction is aborted, commands ignored until end of "
                               "transaction block", sqlstate="25P02")
-            if kind == r.SET and plan.value is not None:
+            if (kind == r.SET or plan.config) and plan.value is not None:
                 self._set_var(plan.name, plan.value)
             elif kind in (r.RESET, r.SET):
                 self._reset_var(plan.name, None)
@@ -148,10 +155,12 @@ class FanoutMixin:
                 s.push(kind, swallow)
             s.forget_unnamed()
 
-        if self.txn.multi is None and self.txn.pending is not None and fan.kind == "ddl":
+        if self.txn.multi is None and self.txn.pending is not None and fan.kind in ("ddl", "lock"):
             await self._open_multi()
         t0 = time.monotonic()
-        if fan.kind == "read" or (fan.kind == "one" and self.txn.multi is not None):
+        if fan.kind == "explain":
+            return await self._explain(fan, emit)
+        if fan.kind in ("read", "copy_out") or (fan.kind == "one" and self.txn.multi is not None):
             try:
                 ok = await self._stream_read(fan, emit, hide_desc)
             finally:
@@ -180,7 +189,7 @@ class FanoutMixin:
             return None
         if fan.kind in ("insert", "write"):
             return scatter.merge_counts(replies)
-        if fan.kind in ("one", "all"):
+        if fan.kind in ("one", "all", "lock"):
             return scatter.agree(fan.shards, replies)
         self.proxy.forget_key_positions()
         self.proxy.statements.invalidate()
@@ -189,16 +198,33 @@ class FanoutMixin:
     async def _stream_read(self, fan: Fanout, emit, hide_desc: int | None) -> bool:
         budget = self.proxy.config.proxy.fanout_buffer_bytes
         spec = fan.analysis.merge if fan.kind == "read" and fan.analysis is not None else None
+        header = fan.kind == "copy_out" and fan.analysis.option == "header"
         if self.txn.multi is not None:
             # In a multi-shard transaction: its held servers; a statement for one of them
             # ("one") is relayed as that server answers it.
             await self.txn.multi.ensure(fan.shards)
             servers = [self.txn.multi.servers[sh] for sh in fan.shards]
             return await fanread.stream_read(self, fan.shards, servers, emit, spec, hide_desc,
-                                             budget, relay=fan.kind == "one")
+                                             budget, relay=fan.kind == "one",
+                                             copy_header=header)
         async with scatter.servers_for(self, fan.shards) as servers:
             return await fanread.stream_read(self, fan.shards, servers, emit, spec, hide_desc,
-                                             budget)
+                                             budget, copy_header=header)
+
+    async def _explain(self, fan: Fanout, emit) -> bytes | None:
+        """EXPLAIN on several shards: each shard's plan, in shard order (text: under a line
+        naming the shard)."""
+        if self.txn.multi is not None:
+            replies = await self.txn.multi.run(fan.shards, emit)
+        else:
+            replies = await scatter.run_on_shards(self, fan.shards, emit)
+        err = scatter.first_error(fan.shards, replies)
+        if err is not None:
+            if self.txn.multi is not None:
+                self.txn.multi.failed = True
+            self.write(err)
+            return None
+        return scatter.explain_rows(fan.shards, replies, fan.analysis.option == "text")
 
     def _fan_metrics(self, fan: Fanout, t0: float) -> None:
         metrics = self.proxy.metrics

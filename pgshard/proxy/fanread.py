@@ -36,6 +36,7 @@ from pgshard.sql.merge import Merger, row_description
 FLUSH_BYTES = 64 * 1024          # output is written to the client in pieces of about this
 MIN_SHARD_BUDGET = 64 * 1024     # a shard's stream holds at least this much before pausing
 _COMPLETE, _SUSPENDED, _NO_DATA = 0x43, 0x73, 0x6E
+_COPY_OUT, _COPY_DATA, _COPY_DONE = 0x48, 0x64, 0x63
 
 
 ENDED = object()   # _peek: the shard's reply is over
@@ -94,13 +95,15 @@ class _Output:
 
 
 async def stream_read(session, shards: list[str], servers, emit, spec: MergeSpec | None,
-                      hide_desc: int | None, budget: int, relay: bool = False) -> bool:
+                      hide_desc: int | None, budget: int, relay: bool = False,
+                      copy_header: bool = False) -> bool:
     """Run a read on servers [(pool, server)] (one per shard, in order) and stream the
     merged reply (no ReadyForQuery) to the session. emit(server, i) queues the messages
     for shards[i]. hide_desc: the ordinal (0-based, among RowDescription/NoData replies)
     of a description the client did not ask for. relay: one server whose reply goes to
     the client as it is (any statement, nothing to merge). True when the result went
-    out, False when an error was sent instead (or the client left)."""
+    out, False when an error was sent instead (or the client left). copy_header: a
+    COPY … TO STDOUT whose first CopyData of each shard is a header line (sent once)."""
     wake = Wakeup()
     per_shard = max(MIN_SHARD_BUDGET, budget // max(1, len(servers)))
     streams = []
@@ -112,6 +115,7 @@ async def stream_read(session, shards: list[str], servers, emit, spec: MergeSpec
         emit(s, i)
         s.flush()
     walk = _Walk(session, shards, streams, spec or MergeSpec(), hide_desc, wake, relay)
+    walk.copy_header = copy_header
     try:
         return await walk.run()
     finally:
@@ -120,6 +124,8 @@ async def stream_read(session, shards: list[str], servers, emit, spec: MergeSpec
 
 
 class _Walk:
+    copy_header = False
+
     def __init__(self, session, shards, streams: list[ShardStream], spec: MergeSpec,
                  hide_desc: int | None, wake: Wakeup, relay: bool = False):
         if relay and len(streams) != 1:
@@ -196,6 +202,9 @@ class _Walk:
                     self.out.add(row_description(frames[0][5:], self.spec.hidden))
                 descs += 1
                 continue
+            if t == _COPY_OUT:
+                await self._copy_out(live)
+                continue
             if t == D_ROW or (rows_due and t in (_COMPLETE, _SUSPENDED)):
                 if cols is None:
                     raise FeatureNotSupported("cannot merge rows whose columns were never "
@@ -271,6 +280,55 @@ class _Walk:
             await self.out.flush()
             return   # more may have arrived meanwhile: the caller looks again
         await self.wake.wait()
+
+    # -- COPY … TO STDOUT ----------------------------------------------------------------
+
+    async def _copy_out(self, live: list[int]) -> None:
+        """Every shard's COPY data, concatenated as it arrives: one CopyOutResponse, the
+        header line once, one CopyDone and a tag with the rows of all shards."""
+        streams = self.streams
+        frames = [streams[i].pop() for i in live]
+        bad = next((self.shards[i] for i, f in zip(live, frames, strict=True)
+                    if f != frames[0]), None)
+        if bad is not None:
+            raise FeatureNotSupported(
+                f"shards answer this COPY with different columns ({self.shards[live[0]]} vs "
+                f"{bad})", hint="the shards' schemas differ; run the DDL through pgshard")
+        self.out.add(frames[0])
+        active = set(live)
+        first = {i: True for i in live}
+        while active:
+            moved = False
+            for i in sorted(active):
+                t = self._peek(i)
+                if t is None:
+                    continue
+                moved = True
+                if t is ENDED or t != _COPY_DATA:
+                    active.discard(i)   # at its CopyDone (or cut short: the walk sees it)
+                    continue
+                st = streams[i]
+                if first[i]:
+                    first[i] = False
+                    if self.copy_header and i != live[0]:
+                        st.pop()   # the same header line again
+                        continue
+                run, _ = st.pop_rows(None, _COPY_DATA)
+                await self.out.row(run)
+            if not moved and active:
+                await self._wait()
+        total, done = 0, None
+        for i in live:
+            t = await self._head(i)
+            if t == _COPY_DONE:
+                done = streams[i].pop()
+                t = await self._head(i)
+            if t == _COMPLETE:
+                tag = m.decode_query(streams[i].pop()[5:])   # a C string, as a Query is
+                total += int(tag.rsplit(" ", 1)[-1]) if tag[-1:].isdigit() else 0
+        if done is not None:
+            self.out.add(done)
+        self.out.add(m.command_complete(f"COPY {total}"))
 
     # -- the rows ---------------------------------------------------------------------------
 

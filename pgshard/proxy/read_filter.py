@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.replies import X_PARSE, X_QUERY
+from pgshard.sql.copy_out import restricted
 from pgshard.sql.restrict import restrict_cached
 
 
@@ -18,7 +19,7 @@ def per_shard(session, fan, parts):
     """parts unchanged, or {shard: parts} with the Query/Parse SQL of each listed shard
     restricted to its own ranges (fan.shards widened to every serving shard)."""
     cat = session.proxy.catalog
-    if fan.kind != "read" or not cat.filter_reads or isinstance(parts, dict):
+    if fan.kind not in ("read", "copy_out") or not cat.filter_reads or isinstance(parts, dict):
         return parts
     shards = sorted(set(fan.shards) | set(cat.serving_shards()))
     fan.shards = shards
@@ -29,7 +30,10 @@ def per_shard(session, fan, parts):
             continue
         mine = []
         for msg, kind, swallow in parts:
-            if kind == X_QUERY:
+            if kind == X_QUERY and fan.kind == "copy_out":   # as COPY (SELECT … restricted)
+                sql = m.decode_query(msg[5:])
+                msg = m.query(restricted(sql, lambda q, sh=sh: restrict_cached(q, cat, sh)))
+            elif kind == X_QUERY:
                 sql = m.decode_query(msg[5:])
                 msg = m.query(restrict_cached(sql, cat, sh))
             elif kind == X_PARSE:

@@ -242,3 +242,26 @@ def split_insert(sql: str, groups: dict[str, list[int]]) -> dict[str, str]:
 def agree(shards: list[str], replies) -> bytes:
     """The client's reply to a unit run everywhere (DDL): the first shard's, minus its Z."""
     return b"".join(raw for t, raw in replies[0] if t != 0x5A)
+
+
+def explain_rows(shards: list[str], replies, text: bool) -> bytes:
+    """Every shard's EXPLAIN output as one result: its RowDescription once, then each
+    shard's rows in shard order (text format: after a row naming the shard, indented),
+    and one CommandComplete; replies are [(type, frame)] up to ReadyForQuery."""
+    out: list[bytes] = []
+    desc = next((raw for t, raw in replies[0] if t == 0x54), None)
+    if desc is not None:
+        out.append(desc)
+    for name, frames in zip(shards, replies, strict=True):
+        rows = [raw for t, raw in frames if t == 0x44]
+        if text:
+            out.append(m.data_row([f"Shard {name}".encode()]))
+            for raw in rows:
+                value = decode_row(raw[5:])[0]
+                out.append(m.data_row([b"  " + (value or b"")]))
+        else:
+            out.extend(rows)
+    # Anything else a shard said (notices, the tag) as the first shard said it.
+    tag = next((raw for t, raw in replies[0] if t == 0x43), m.command_complete("EXPLAIN"))
+    out.append(tag)
+    return b"".join(out)

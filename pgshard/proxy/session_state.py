@@ -13,7 +13,7 @@ class SessionStateMixin:
     def _track(self, s, plan: r.Plan) -> None:
         """Session state a statement changes, kept to replay it on other servers."""
         kind = plan.kind
-        if kind == r.SET or kind == r.RESET:
+        if kind == r.SET or kind == r.RESET or plan.config:
             txn = self.txn
             if s.txn_status != b"I":
                 if txn.snapshot is None:
@@ -24,7 +24,7 @@ class SessionStateMixin:
                 # SET's own, say a bad value) undoes it.
                 txn.undo = (dict(self.vars), dict(s.vars), s)
                 txn.undo_failed = False
-            if kind == r.SET and plan.value is not None:
+            if (kind == r.SET or plan.config) and plan.value is not None:
                 self._set_var(plan.name, plan.value)
                 s.note_setting(plan.name, plan.value)
                 self.param_watch.add(plan.name)

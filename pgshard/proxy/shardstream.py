@@ -113,9 +113,10 @@ class ShardStream(ServerClient):
         self._advance(chunk, end, end - pos)
         return frame
 
-    def pop_rows(self, most: int | None) -> tuple[bytes, int]:
-        """Consecutive DataRow frames from the front, as one slice, and how many (at most
-        `most`, None: no limit); (b"", 0) if the next frame is not a DataRow."""
+    def pop_rows(self, most: int | None, kind: int = D_ROW) -> tuple[bytes, int]:
+        """Consecutive DataRow frames (or frames of another kind: CopyData) from the front,
+        as one slice, and how many (at most `most`, None: no limit); (b"", 0) if the next
+        frame is not one."""
         if not self._chunks:
             return b"", 0
         chunk = self._chunks[0]
@@ -123,7 +124,7 @@ class ShardStream(ServerClient):
         size = len(chunk)
         n = 0
         unpack = _I32.unpack_from
-        while pos < size and chunk[pos] == D_ROW and (most is None or n < most):
+        while pos < size and chunk[pos] == kind and (most is None or n < most):
             pos += 1 + unpack(chunk, pos + 1)[0]
             n += 1
         if not n:

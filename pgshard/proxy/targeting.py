@@ -21,6 +21,9 @@ class TargetingMixin:
         so that no one shard is needed by everyone."""
         if self.session_shard:
             return self.session_shard
+        multi = self.txn.multi
+        if multi is not None and multi.shards:   # a transaction on several shards: its first
+            return multi.shards[0]
         if self.unit_shard is not None:   # a pipeline already bound to a shard stays there
             return self.unit_shard
         if self.server is not None:       # so does a client that holds a server
@@ -136,6 +139,14 @@ class TargetingMixin:
                        for k in a.keys
                        if k.param is None or k.param > len(params) or params[k.param - 1] is not None})
 
+    @staticmethod
+    def _explain_fanout(a, shards: list[str]) -> Fanout:
+        """EXPLAIN of a statement that runs on several shards: every shard's plan."""
+        if a.refuse:
+            raise FeatureNotSupported(a.refuse, hint="EXPLAIN without ANALYZE shows every "
+                                      "shard's plan; give the key to run it on its shard")
+        return Fanout("explain", shards, a)
+
     def _role_for(self, shard: str, plan: r.Plan, sql: str) -> str:
         """primary, or replica:<i> for a read under eventual/session consistency (also a
         whole BEGIN READ ONLY transaction: a write in it gets the replica's own error)."""
@@ -193,6 +204,8 @@ class TargetingMixin:
                 return self._any_shard()
             if len(owners) == 1:
                 return owners[0]
+            if a.kind == sp.EXPLAIN:
+                return self._explain_fanout(a, owners)
             if a.kind == sp.SELECT and not a.locking:
                 if a.refuse:
                     raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
@@ -235,6 +248,17 @@ class TargetingMixin:
                 return Fanout("read", list(cat.serving_shards()), a)
             if a.kind == sp.DDL:
                 return Fanout("ddl", [sh.name for sh in cat.shards], a)
+            if a.kind == sp.LOCK:
+                if self.txn.pending is None and self.txn.multi is None and (
+                        self.server is None or self.server.txn_status == b"I"):
+                    return self._any_shard()   # outside a transaction: PostgreSQL's own error
+                return Fanout("lock", list(cat.serving_shards()), a)
+            if a.kind == sp.COPY_OUT:
+                if a.refuse:
+                    raise FeatureNotSupported(a.refuse)
+                return Fanout("copy_out", list(cat.serving_shards()), a)
+            if a.kind == sp.EXPLAIN:
+                return self._explain_fanout(a, list(cat.serving_shards()))
             if a.kind in (sp.UPDATE, sp.DELETE):
                 if self.proxy.twophase is not None:
                     # No key: every shard that may hold rows runs it, in one transaction.

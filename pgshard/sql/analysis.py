@@ -29,6 +29,7 @@ __all__ = ["Analysis", "KeyRef", "MergeSpec", "analyze"]
 
 SELECT, INSERT, UPDATE, DELETE = "select", "insert", "update", "delete"
 DDL, UTILITY, OTHER, UNPARSED = "ddl", "utility", "other", "unparsed"
+LOCK, COPY_OUT, EXPLAIN = "lock", "copy_out", "explain"   # run on every shard when keyless
 
 _UTILITY = frozenset({
     "TransactionStmt", "VariableSetStmt", "VariableShowStmt", "DiscardStmt", "ListenStmt",
@@ -57,6 +58,8 @@ class Analysis:
     merge: MergeSpec | None = None
     shard_sql: str | None = None
     locking: bool = False                       # SELECT … FOR UPDATE/SHARE on a sharded table
+    option: str | None = None                   # COPY_OUT: "header" when it has one;
+    #                                             EXPLAIN: its format (text, json, xml, yaml)
 
 
 def analyze(sql: str, tables: Mapping[str, str] | tuple[tuple[str, str], ...],
@@ -108,6 +111,15 @@ def _statement(node, tables: dict[str, str], positions: dict[str, int] | None = 
     elif isinstance(node, ast.InsertStmt | ast.UpdateStmt | ast.DeleteStmt):
         conf.statement(node)
         kind = conf.writes[0]
+    elif isinstance(node, ast.LockStmt):
+        conf.statement(node)
+        return Analysis(LOCK, tuple(dict.fromkeys(conf.rte_tables)))
+    elif isinstance(node, ast.CopyStmt) and not node.is_from and node.query is None \
+            and node.filename is None and not node.is_program:
+        conf.statement(node)
+        return _copy_out(node, tuple(dict.fromkeys(conf.rte_tables)))
+    elif isinstance(node, ast.ExplainStmt):
+        return _explain(node, _statement(node.query, tables, positions))
     elif name in _UTILITY:
         conf.statement(node)
         return Analysis(UTILITY, tuple(dict.fromkeys(conf.rte_tables)))
@@ -131,6 +143,47 @@ def _statement(node, tables: dict[str, str], positions: dict[str, int] | None = 
         refuse = f"{name.removesuffix('Stmt').upper()} cannot run across shards"
     return Analysis(kind, names, keys, conf.insert_rows, refuse, conf.updates_key, merge,
                     shard_sql, conf.locking)
+
+
+def _options(node) -> dict[str, str | bool]:
+    """A statement's DefElem options: name → value (True for a bare option)."""
+    out: dict[str, str | bool] = {}
+    for o in node.options or ():
+        arg = o.arg
+        v = getattr(arg, "sval", None) if arg is not None else None
+        if v is None and arg is not None:
+            v = str(getattr(arg, "ival", getattr(arg, "boolval", "")))
+        out[o.defname] = True if arg is None else str(v).lower()
+    return out
+
+
+def _true(v) -> bool:
+    return v is True or v in ("true", "on", "1", "yes")
+
+
+def _copy_out(node, names: tuple[str, ...]) -> Analysis:
+    """COPY table TO STDOUT: on every shard, its rows concatenated (text and CSV)."""
+    opts = _options(node)
+    refuse = None
+    if opts.get("format") == "binary":
+        refuse = ("binary COPY TO STDOUT cannot be combined across shards (every shard's "
+                  "output has its own header and trailer); use text or CSV, or a shard key")
+    header = _true(opts.get("header", False))
+    return Analysis(COPY_OUT, names, refuse=refuse, option="header" if header else None)
+
+
+def _explain(node, inner: Analysis) -> Analysis:
+    """EXPLAIN: where its statement would go. Keyless, every shard shows its own plan; an
+    EXPLAIN ANALYZE (which runs the statement) of a keyless write is refused."""
+    opts = _options(node)
+    refuse = None
+    if _true(opts.get("analyze", False)) and inner.kind not in (SELECT, UTILITY) \
+            and inner.keys is None and inner.tables:
+        refuse = ("EXPLAIN ANALYZE runs the statement, and this write has no shard key: it "
+                  "would run on every shard outside a transaction")
+    fmt = opts.get("format", "text")
+    return Analysis(EXPLAIN, inner.tables, inner.keys, refuse=refuse, locking=inner.locking,
+                    option=fmt if isinstance(fmt, str) else "text")
 
 
 def _combine(results: list[Analysis]) -> Analysis:

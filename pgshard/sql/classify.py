@@ -71,6 +71,8 @@ class Plan:
     multi: bool = False                 # more than one statement in the string
     sticky: str | None = None           # why it leaves session state the proxy cannot
     #                                     replay (the session then pins its server)
+    config: bool = False                # SELECT set_config('name', 'value', false): tracked
+    #                                     like a SET of name to value (a ConfigValue)
 
     @property
     def is_read(self) -> bool:
@@ -135,6 +137,10 @@ def _plan(sql: str) -> Plan:
     # standard_conforming_strings off. Trust only what both readings agree on.
     alt = lx.scan(sql, backslash_escapes=True) if sc.ambiguous else None
     p = _classify(sql, sc, alt)
+    if p.config:
+        if alt is None:
+            return p   # replayed like a SET: nothing pins
+        p = replace(p, config=False, name=None, value=None)
     why = sticky.reason(sql, sc.statements)
     if why is None and alt is not None:
         why = sticky.reason(sql, alt.statements, backslash_escapes=True)
@@ -183,6 +189,10 @@ def _classify(sql: str, sc: lx.Scan, alt: lx.Scan | None) -> Plan:
         return _deallocate([first, *islice(it, 3)], kw)
     if word == "PREPARE":
         return Plan(STATEMENT, word, name=_prepared_name(next(it, None)), **kw)
+    if word == "SELECT" and "set_config" in sql.lower():
+        call = ss.set_config_call([first, *it])
+        if call is not None:
+            return Plan(STATEMENT, word, name=call[0], value=call[1], config=True, **kw)
     return Plan(STATEMENT, word, **kw)
 
 

@@ -278,3 +278,41 @@ def _code_point(cp: int) -> str:
     if cp == 0 or cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
         raise SqlSyntaxError("invalid Unicode escape value")
     return chr(cp)
+
+
+# ------------------------------------------------------------ set_config(…, false)
+
+class ConfigValue(str):
+    """A setting's value as `set_config(name, value, false)` gave it (the str is the
+    value as an SQL literal): replayed with set_config, not SET, because the two differ
+    (`SET search_path TO ''` names the schema "", set_config makes the path empty)."""
+
+    def replay(self, name: str) -> str:
+        return f"SELECT pg_catalog.set_config({quote(name)}, {self}, false)"
+
+
+def quote(v: str) -> str:
+    return "'" + v.replace("'", "''") + "'"
+
+
+def set_config_call(toks: list[lx.Token]) -> tuple[str, ConfigValue] | None:
+    """(name, value) for exactly `SELECT [pg_catalog.]set_config('name', 'value', false)`
+    with plain literals (pg_dump's first statement): a session setting the proxy can
+    track and replay like a SET. Anything else (other arguments, more in the SELECT)
+    is None and stays a statement that pins its server."""
+    words = [t.text.lower() if t.kind == lx.IDENT else t.text for t in toks]
+    if words[:3] == ["select", "pg_catalog", "."]:
+        words, toks = words[2:], toks[2:]
+    if len(words) not in (9, 10) or words[1:3] != ["set_config", "("] \
+            or words[4] != "," or words[6] != "," or words[7] != "false" or words[8] != ")" \
+            or (len(words) == 10 and words[9] != ";"):
+        return None
+    name_t, value_t = toks[3], toks[5]
+    if name_t.kind != lx.STRING or value_t.kind != lx.STRING \
+            or name_t.flavor not in ("", "E", "$") or value_t.flavor not in ("", "E", "$"):
+        return None
+    name = _string_value(name_t).lower()
+    if not name or not re.fullmatch(r"[a-z_][a-z0-9_$]*(\.[a-z_][a-z0-9_$]*)?", name) \
+            or name.startswith("pgshard."):
+        return None
+    return name, ConfigValue(quote(_string_value(value_t)))

@@ -161,7 +161,7 @@ KEY_CASES = [
     ("INSERT INTO logs (msg) VALUES ('x')", "insert", None),
     ("SELECT 1", "select", None),
     # other statements
-    ("EXPLAIN SELECT * FROM users WHERE id = 1", "other", ["1"]),
+    ("EXPLAIN SELECT * FROM users WHERE id = 1", "explain", ["1"]),
     ("COPY (SELECT * FROM users WHERE id = 1) TO STDOUT", "other", ["1"]),
     ("COPY users FROM STDIN", "other", None),
     ("MERGE INTO users u USING orders o ON u.id = o.user_id WHEN MATCHED THEN DO NOTHING",
@@ -209,7 +209,7 @@ CLASSIFY_CASES = [
     ("DEALLOCATE ALL", "utility", ()),
     ("BEGIN; COMMIT", "utility", ()),
     ("", "utility", ()),
-    ("LOCK TABLE users", "other", ("users",)),
+    ("LOCK TABLE users", "lock", ("users",)),
     ("selec * from users", "unparsed", ()),
     ("SELECT * FROM users WHERE", "unparsed", ()),
     ("SELECT 'unterminated", "unparsed", ()),
@@ -262,7 +262,7 @@ REFUSE_CASES = [
     ("SELECT id FROM users UNION ALL (SELECT id FROM users UNION SELECT 1)", "UNION"),
     ("SELECT id FROM users UNION ALL SELECT id FROM users ORDER BY lower(name)",
      "output column"),
-    ("COPY users TO STDOUT", "COPY"),
+    ("COPY users TO '/tmp/users.txt'", "COPY"),   # a server file on each shard
     ("SELECT * FROM users WHERE id = 1; SELECT * FROM users", "several statements"),
 ]
 

@@ -7,8 +7,10 @@ import pytest
 from pgshard.sql import classify as r
 
 PINS = [
-    ("SELECT set_config('search_path', '', false)", "set_config()"),
-    ("SELECT pg_catalog.set_config('a', 'b', false)", "set_config()"),
+    ("SELECT set_config('search_path', '', false), 1", "set_config()"),
+    ("SELECT pg_catalog.set_config('a', current_user, false)", "set_config()"),
+    ("SELECT set_config($1, 'x', false)", "set_config()"),
+    ("SELECT set_config('pgshard.shard', 'shard0', false)", "set_config()"),
     ('SELECT "set_config"(\'a\', \'b\', false)', "set_config()"),
     ("select pg_advisory_lock(1)", "pg_advisory_lock()"),
     ("SELECT pg_try_advisory_lock_shared(1, 2)", "pg_try_advisory_lock_shared()"),
@@ -57,6 +59,28 @@ def test_pins(sql, why):
 @pytest.mark.parametrize("sql", FREE)
 def test_does_not_pin(sql):
     assert r.plan(sql).sticky is None
+
+
+# set_config(…, false) with plain literals is tracked like a SET (pg_dump's first statement)
+CONFIG = [
+    ("SELECT set_config('search_path', '', false)", "search_path", "''"),
+    ("SELECT pg_catalog.set_config('search_path', '', false);", "search_path", "''"),
+    ("select Set_Config('Work_Mem', '4MB', FALSE)", "work_mem", "'4MB'"),
+    ("SELECT set_config('myapp.x', 'it''s', false)", "myapp.x", "'it''s'"),
+    ("SELECT set_config('a.b', $$v$$, false)", "a.b", "'v'"),
+]
+
+
+@pytest.mark.parametrize("sql,name,value", CONFIG)
+def test_set_config_is_tracked(sql, name, value):
+    p = r.plan(sql)
+    assert (p.config, p.sticky, p.name, p.value) == (True, None, name, value)
+    assert p.value.replay(name) == f"SELECT pg_catalog.set_config('{name}', {value}, false)"
+
+
+def test_set_config_local_is_neither_tracked_nor_pinned():
+    p = r.plan("SELECT set_config('work_mem', '4MB', true)")
+    assert not p.config and p.sticky == "set_config()"   # pins, as before: errs on the safe side
 
 
 @pytest.mark.parametrize("sql,name", [("PREPARE p AS SELECT 1", "p"),
