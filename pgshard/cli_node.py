@@ -12,7 +12,7 @@ import click
 from pgshard.cluster import rejoin as steps
 from pgshard.cluster.process import ClusterError, find_pg_bindir, run
 from pgshard.config import dsn_address
-from pgshard.control.rest_client import RestClient, path
+from pgshard.control.rest_client import ApiError, RestClient, path
 
 OPERATION_TIMEOUT = 180.0
 
@@ -78,8 +78,14 @@ def register(main: click.Group, pass_session, json_option, cli_error) -> None:
             raise cli_error(str(exc)) from None
         reply = {"how": how, "streaming_from": up.address, "replayed": lsn}
         if client is not None:
-            reply |= client.post(path("/api/v1/shards", shard) + "/rejoin",
-                                 {"dsn": target, "rejoined": True})
+            try:
+                reply |= client.post(path("/api/v1/shards", shard) + "/rejoin",
+                                     {"dsn": target, "rejoined": True})
+            except ApiError as exc:
+                raise cli_error(f"{data_dir} streams from {up.address}, but the control "
+                                f"plane did not list it as a replica of {shard}: {exc} (run "
+                                "the same command again once the manager answers; pg_rewind "
+                                "will find nothing to do)") from None
             reply["how"] = how
             say(f"shard {shard}: {target} is a replica again (catalog version "
                 f"{reply.get('catalog_version')})")
