@@ -236,29 +236,34 @@ class AdminConsole:
             note += " (after a restart: " + "; ".join(restart) + ")"
         return Result("RELOAD", notice=note)
 
-    def _target(self, name: str | None) -> str | None:
-        """None (everything) for no name or the logical database, else a shard name."""
+    def _target(self, name: str | None) -> tuple[str, str] | None:
+        """None (everything) for no name, or the logical database when it is the only one;
+        ("database", name) for one of several; ("shard", name)."""
         if name is None:
             return None
         name = name.strip('"')
-        if name == self.proxy.config.proxy.database:
-            return None
+        cfg = self.proxy.config
+        names = [cfg.proxy.database, *(d.name for d in cfg.databases)]
+        if name in names:
+            return None if len(names) == 1 else ("database", name)
         cat = self.proxy.catalog
         if cat is None or name not in cat.shard_names():
             raise AdminError(f'no database or shard "{name}"',
-                             hint=f'the database is "{self.proxy.config.proxy.database}"; '
-                                  "SHOW SHARDS lists the shards")
-        return name
+                             hint=f"the databases are {', '.join(names)}; SHOW SHARDS lists "
+                                  "the shards")
+        return ("shard", name)
 
     async def _pause(self, verb: str, name: str | None) -> Result:
         target = self._target(name)
         gate = PauseGate.of(self.proxy)
         if verb == "resume":
             gate.resume(target)
-            log.info("admin console: %s resumed %s", self.session.user_name, target or "all")
+            log.info("admin console: %s resumed %s", self.session.user_name,
+                     " ".join(target) if target else "all")
             return Result("RESUME")
         gate.pause(target)
-        log.info("admin console: %s paused %s", self.session.user_name, target or "all")
+        log.info("admin console: %s paused %s", self.session.user_name,
+                 " ".join(target) if target else "all")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PAUSE_WAIT
         while gate.busy(target) and loop.time() < deadline and not self.session.closed:

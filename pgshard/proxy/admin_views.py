@@ -58,16 +58,21 @@ def pools(proxy) -> Table:
             mode = (u.pool_mode if u and u.pool_mode else mode)
         rows.append([db, key.client or key.user, key.shard, key.role, by_pool.get(id(p), 0),
                      len(p.waiters), p.active, len(p.idle), p.connecting, p.settings.pool_size,
-                     mode, _paused(proxy, key.shard)])
+                     mode, _paused(proxy, key)])
     return Table([("database", TEXT), ("user", TEXT), ("shard", TEXT), ("role", TEXT),
                   ("cl_active", INT8), ("cl_waiting", INT8), ("sv_active", INT8),
                   ("sv_idle", INT8), ("sv_login", INT8), ("pool_size", INT8),
                   ("pool_mode", TEXT), ("paused", BOOL)], rows)
 
 
-def _paused(proxy, shard: str) -> bool:
+def _paused(proxy, key) -> bool:
     gate = getattr(proxy, "admin_pause", None)
-    return gate is not None and gate.paused(shard)
+    return gate is not None and gate.paused(key)
+
+
+def _shard_paused(proxy, shard: str) -> bool:
+    gate = getattr(proxy, "admin_pause", None)
+    return gate is not None and (gate.everything or shard in gate.shards)
 
 
 def clients(proxy) -> Table:
@@ -134,7 +139,7 @@ def shards(proxy) -> Table:
                          ", ".join(dsn_address(r) for r in sh.replicas),
                          counts.get(sh.name, 0),
                          sh.name in cat.ring.shards(), sh.hold or None,
-                         _paused(proxy, sh.name), cat.version])
+                         _shard_paused(proxy, sh.name), cat.version])
     return Table([("name", TEXT), ("status", TEXT), ("primary", TEXT), ("replicas", TEXT),
                   ("vnodes", INT8), ("owns_ranges", BOOL), ("hold", TEXT), ("paused", BOOL),
                   ("catalog_version", INT8)], rows)

@@ -19,6 +19,7 @@ class PauseGate:
         self.inner = proxy.failover_hold
         self.everything = False
         self.shards: set[str] = set()
+        self.databases: set[str] = set()   # logical databases (the main one, [[databases]])
         self._resumed = asyncio.Event()
         proxy.failover_hold = self
         self._repoint()
@@ -45,36 +46,46 @@ class PauseGate:
         self._repoint()
 
     async def acquire(self, pool):
-        while self.paused(pool.key.shard):
+        while self.paused(pool.key):
             await self._resumed.wait()
         return await self.inner.acquire(pool)
 
-    # ---- the console's commands
+    # ---- the console's commands; a target is None (everything), ("shard", name) or
+    # ("database", logical name)
 
-    def paused(self, shard: str) -> bool:
-        return self.everything or shard in self.shards
+    def paused(self, key) -> bool:
+        return self.everything or key.shard in self.shards or (
+            bool(self.databases) and self.proxy.database_of(key) in self.databases)
 
-    def pause(self, shard: str | None = None) -> None:
-        if shard is None:
+
+    def pause(self, target: tuple[str, str] | None = None) -> None:
+        if target is None:
             self.everything = True
         else:
-            self.shards.add(shard)
+            (self.shards if target[0] == "shard" else self.databases).add(target[1])
         self._repoint()
 
-    def resume(self, shard: str | None = None) -> None:
-        if shard is None:
+    def resume(self, target: tuple[str, str] | None = None) -> None:
+        if target is None:
             self.everything = False
             self.shards.clear()
+            self.databases.clear()
         else:
-            self.shards.discard(shard)
+            (self.shards if target[0] == "shard" else self.databases).discard(target[1])
         self._repoint()
         resumed, self._resumed = self._resumed, asyncio.Event()
         resumed.set()
 
-    def busy(self, shard: str | None = None) -> int:
+    def busy(self, target: tuple[str, str] | None = None) -> int:
         """Servers of paused primary pools still in use (transactions that may finish)."""
+        def hit(k) -> bool:
+            if target is None:
+                return True
+            if target[0] == "shard":
+                return k.shard == target[1]
+            return self.proxy.database_of(k) == target[1]
         return sum(p.active for k, p in self.proxy.pools.items()
-                   if k.role == "primary" and (shard is None or k.shard == shard))
+                   if k.role == "primary" and hit(k))
 
     def _repoint(self) -> None:
         for pool in self.proxy.pools.values():
@@ -89,4 +100,4 @@ class PauseGate:
         held = False
         if cat is not None and pool.key.shard in cat.shard_names():
             held = bool(cat.shard(pool.key.shard).hold)
-        pool.paused = held or self.paused(pool.key.shard)
+        pool.paused = held or self.paused(pool.key)
