@@ -181,8 +181,10 @@ class Runtime:
                                          plane.catalog_ops, plane.ha_metrics)
         plane.ha_metrics.failover = plane.failover
         from pgshard.reshard.runner import ReshardService
-        plane.reshard = ReshardService(self.store, plane.catalog_ops,
-                                       lambda: plane.membership.is_leader)
+        plane.reshard = ReshardService(
+            self.store, plane.catalog_ops, lambda: plane.membership.is_leader,
+            # A job moves the rows of every logical database: the ring is one for all.
+            databases=lambda: tuple(d.server_database for d in self.proxy.config.databases))
         plane.executor = executor_cls(self.proxy, exec_password, pool_size=sc.execute_pool_size,
                                       timeout=sc.execute_timeout, max_rows=sc.execute_max_rows)
         password = os.environ.get(ADMIN_PASSWORD_ENV) or sc.admin_password

@@ -10,6 +10,7 @@ it, the runner can only go forward (cleanup is retried until it succeeds).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -59,7 +60,11 @@ class Job:
     rows_copied: int = 0
     rows_total: int = 0
     lag_bytes: int = 0
-    copied: tuple[str, ...] = ()          # "<source>/<table>" pairs whose copy is complete
+    copied: tuple[str, ...] = ()          # "<source>/<table>" (in a [[databases]] database:
+                                          # "<source>/<dbname>/<table>") copies complete
+    # The [[databases]] databases (their names on the shards) whose rows move too, besides
+    # the shard DSNs' own database: the ring is one for all of them.
+    databases: tuple[str, ...] = ()
     fence_version: int | None = None      # the catalog version that put up the fence
     fence_started: float | None = None    # wall-clock time the fence went up
     write_pause_ms: float | None = None
@@ -94,6 +99,17 @@ class Job:
     def slot(self) -> str:
         """The name of the job's replication slot and publication on each source."""
         return f"pgshard_{self.id}"
+
+    def slot_in(self, database: str | None) -> str:
+        """The slot (and publication) in one database of a source (slot names are one
+        namespace per server; None: the shard DSN's own database)."""
+        if database is None:
+            return self.slot
+        return f"{self.slot}_{hashlib.md5(database.encode()).hexdigest()[:8]}"
+
+    @staticmethod
+    def copy_key(src: str, database: str | None, table: str) -> str:
+        return f"{src}/{table}" if database is None else f"{src}/{database}/{table}"
 
     def moves_from(self, src: str) -> tuple[RangeMove, ...]:
         return tuple(m for m in self.moves if m.src == src)
@@ -149,6 +165,7 @@ class Job:
             "state": self.state, "step": self.step, "cancel_requested": self.cancel_requested,
             "rows_copied": self.rows_copied, "rows_total": self.rows_total,
             "lag_bytes": self.lag_bytes, "copied": list(self.copied),
+            "databases": list(self.databases),
             "fence_version": self.fence_version, "fence_started": self.fence_started,
             "write_pause_ms": self.write_pause_ms, "error": self.error,
             "rollback_step": self.rollback_step,
@@ -162,6 +179,7 @@ class Job:
         d["old_ring"] = Ring.from_json(d["old_ring"])
         d["new_ring"] = Ring.from_json(d["new_ring"])
         d["copied"] = tuple(d.get("copied", ()))
+        d["databases"] = tuple(d.get("databases", ()))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -180,12 +198,13 @@ class Job:
             "write_pause_seconds": (None if self.write_pause_ms is None
                                     else self.write_pause_ms / 1000),
             "moves": len(self.moves), "sources": list(self.sources),
+            "databases": list(self.databases),
             "created_at": _iso(self.created_at), "updated_at": _iso(self.updated_at),
         }
 
 
 def plan(catalog: Catalog, kind: str, source: str | None, target: str,
-         job_id: str | None = None) -> Job:
+         job_id: str | None = None, databases: tuple[str, ...] = ()) -> Job:
     """A new pending job for a request, checked against the catalog (JobError if refused)."""
     if kind not in KINDS:
         raise JobError(f"kind must be one of {', '.join(KINDS)}", status=422)
@@ -220,7 +239,8 @@ def plan(catalog: Catalog, kind: str, source: str | None, target: str,
     if not moves:
         raise JobError("the plan moves nothing")
     return Job(id=job_id or new_id(), kind=kind, source=source, target=target,
-               moves=tuple(moves), old_ring=ring, new_ring=new_ring)
+               moves=tuple(moves), old_ring=ring, new_ring=new_ring,
+               databases=tuple(databases))
 
 
 def new_id() -> str:

@@ -37,6 +37,9 @@ from pgshard.store import MetadataStore, StoreError
 
 log = logging.getLogger("pgshard.reshard")
 
+# Where rows move from: a source shard and a database on it (None: the one its DSN names).
+Place = tuple[str, str | None]
+
 POLL_INTERVAL = 0.5
 CATCHUP_LAG_BYTES = 512 * 1024   # the lag below which the fence goes up
 CATCHUP_MAX_ROUNDS = 2000
@@ -55,19 +58,22 @@ class ReshardService:
     """Job requests (REST) and the runner (leader only)."""
 
     def __init__(self, store: MetadataStore, catalog_ops, is_leader: Callable[[], bool], *,
-                 poll: float = POLL_INTERVAL, ack_timeout: float = ACK_TIMEOUT):
+                 poll: float = POLL_INTERVAL, ack_timeout: float = ACK_TIMEOUT,
+                 databases: Callable[[], tuple[str, ...]] = tuple):
         self.store = store
         self.jobs = JobStore(store)
         self.catalog_ops = catalog_ops
         self.is_leader = is_leader
         self.poll = poll
         self.ack_timeout = ack_timeout
+        # The [[databases]] dbnames whose rows a new job moves too (read at its creation).
+        self.databases = databases
         self._runner = Background(self._run, "pgshard-reshard")
         self._wake = asyncio.Event()
         self.running: dict[str, Job] = {}   # the jobs this runner drives, for /metrics
-        # Per job, for the length of one drive(): {(source, table): primary keys of the
-        # moving rows changed since that table's verified copy (None: all of them)}.
-        self._fresh: dict[str, dict[tuple[str, str], set | None]] = {}
+        # Per job, for the length of one drive(): {(source, database, table): primary keys
+        # of the moving rows changed since that table's verified copy (None: all of them)}.
+        self._fresh: dict[str, dict[tuple, set | None]] = {}
 
     def start(self) -> None:
         self._runner.start()
@@ -80,15 +86,14 @@ class ReshardService:
     async def create(self, kind: str, source: str | None, target: str) -> Job:
         """A new job, checked (JobError 404/409/422) and persisted as pending."""
         catalog, _ = await self.catalog_ops.current()
-        job = jobs.plan(catalog, kind, source, target)
+        job = jobs.plan(catalog, kind, source, target, databases=tuple(self.databases()))
         for other in await self.jobs.active():
             if other.shards & job.shards:
                 raise JobError(f"job {other.id} ({other.kind}) is still {other.state} on "
                                f"shards {', '.join(sorted(other.shards & job.shards))}",
                                job=other.id)
         async with Connections(catalog) as conns:
-            await self._describe(conns, job, catalog)
-            await conns.get(job.target)
+            await self._check_target(conns, job, await self._describe(conns, job, catalog))
         await self.jobs.create(job)
         log.info("resharding job created", extra={"job": job.id, "kind": kind,
                                                   "source": source, "target": target})
@@ -207,29 +212,58 @@ class ReshardService:
     # -- steps ---------------------------------------------------------------------------
 
     async def _describe(self, conns, job: Job, catalog: Catalog | None = None
-                        ) -> dict[str, dict[str, tables.TableInfo]]:
-        """{source: {table: info}}, checking the preconditions on every source."""
+                        ) -> dict[Place, dict[str, tables.TableInfo]]:
+        """{(source, database): {table: info}}, checking the preconditions on every source,
+        for each place that has sharded tables: the shard DSNs' own database (database None,
+        where every sharded table must exist) and each of the job's [[databases]] present on
+        the source (its tables that exist there)."""
         catalog = catalog or (await self.catalog_ops.current())[0]
         out = {}
         for src in job.sources:
-            conn = await conns.get(src)
-            out[src] = {t: await tables.describe(conn, t, key, src) for t, key in catalog.tables}
+            for db in (None, *job.databases):
+                if not await conns.has_database(src, db):
+                    continue   # not on this shard: no rows of it to move
+                conn = await conns.get(src, db)
+                where = src if db is None else f"{src} (database {db})"
+                got = {}
+                for t, key in catalog.tables:
+                    if db is not None and not await tables.exists(conn, t):
+                        continue   # a table this database does not have
+                    got[t] = await tables.describe(conn, t, key, where)
+                if got or db is None:
+                    out[(src, db)] = got
         return out
+
+    async def _check_target(self, conns, job: Job, infos) -> None:
+        """The target answers and has every database whose sharded tables move."""
+        await conns.get(job.target)
+        for db in sorted({db for (_, db), got in infos.items() if db is not None and got}):
+            if not await conns.has_database(job.target, db):
+                raise JobError(f'database "{db}" holds sharded tables on the source but does '
+                               f"not exist on target shard {job.target}: create it there "
+                               "first", database=db)
 
     async def _preconditions(self, conns, job: Job) -> Job:
         catalog, _ = await self.catalog_ops.current()
         if catalog.ring != job.old_ring:
             raise JobError("the ring changed since the job was planned")
-        await self._describe(conns, job, catalog)
-        await conns.get(job.target)
+        await self._check_target(conns, job, await self._describe(conns, job, catalog))
         return await self._advance(job, "schema")
 
     async def _schema(self, conns, job: Job) -> Job:
-        dst = await conns.get(job.target)
-        await tables.install_hash(dst)
-        catalog, _ = await self.catalog_ops.current()
-        for table, _key in catalog.tables:
-            await tables.copy_definition(await conns.get(job.sources[0]), dst, table)
+        infos = await self._describe(conns, job)
+        for db in (None, *job.databases):
+            dst = None
+            for (src, sdb), got in infos.items():
+                if sdb != db or not got:
+                    continue
+                if dst is None:
+                    dst = await conns.get(job.target, db)
+                    await tables.install_hash(dst)
+                for table in got:
+                    await tables.copy_definition(await conns.get(src, db), dst, table)
+            if db is None and dst is None:
+                await tables.install_hash(await conns.get(job.target))
         return await self._advance(job, "capture")
 
     async def _capture(self, conns, job: Job) -> Job:
@@ -240,10 +274,12 @@ class ReshardService:
             else cat.evolve(filter_reads=(*cat.filter_reads, *job.shards)))
         await self._wait_routers(catalog.version)
         total = 0
-        for src in job.sources:
-            conn = await conns.get(src)
-            await capture.start(conn, job.slot, [t for t, _ in catalog.tables])
-            for t, _ in catalog.tables:
+        for (src, db), got in (await self._describe(conns, job, catalog)).items():
+            if not got:
+                continue
+            conn = await conns.get(src, db)
+            await capture.start(conn, job.slot_in(db), list(got))
+            for t in got:
                 total += await self._estimate(conn, job, src, t)
         return await self._advance(job, "copy", rows_total=total)
 
@@ -259,17 +295,17 @@ class ReshardService:
 
     async def _copy(self, conns, job: Job) -> Job:
         infos = await self._describe(conns, job)
-        dst = await conns.get(job.target)
-        for src in job.sources:
-            for table, info in infos[src].items():
-                done_key = f"{src}/{table}"
+        for (src, db), got in infos.items():
+            dst = await conns.get(job.target, db) if got else None
+            for table, info in got.items():
+                done_key = Job.copy_key(src, db, table)
                 if done_key in job.copied:
                     continue
                 if (await self.jobs.get(job.id))[0].cancel_requested:
                     return job
-                # Token indexes on both sides keep the verifications short.
+                # A token index on the source keeps the copy and the verifications short.
                 spans = job.moves_from(src)
-                conn = await conns.get(src)
+                conn = await conns.get(src, db)
                 t0 = time.monotonic()
                 await tables.ensure_token_index(conn, table, info.key, job.id)
                 log.debug("job %s: token index on %s took %.3fs", job.id, done_key,
@@ -283,14 +319,15 @@ class ReshardService:
                     conn, dst, info, spans, indexed=True,
                     est_rows=await self._estimate(conn, job, src, table),
                     summarize=lambda c, info=info, spans=spans: verify.total(c, info, spans, True),
-                    alongside=lambda info=info, spans=spans: verify.total(dst, info, spans))
+                    alongside=lambda info=info, spans=spans, dst=dst: verify.total(dst, info,
+                                                                                   spans))
                 log.debug("job %s: %s copied %d rows and checked both sides in %.3fs",
                           job.id, done_key, n, time.monotonic() - t0)
                 problems = verify.total_mismatch(info, at_copy, at_dst)
                 if problems:
                     raise JobError("the copy does not match the source: " +
                                    "; ".join(problems[:5]))
-                self._fresh.setdefault(job.id, {})[(src, table)] = set()
+                self._fresh.setdefault(job.id, {})[(src, db, table)] = set()
                 job = await self._advance(job, "copy", copied=(*job.copied, done_key),
                                           rows_copied=job.rows_copied + n)
         return await self._advance(job, "catchup",
@@ -299,26 +336,29 @@ class ReshardService:
     async def _apply_round(self, conns, job: Job, infos, upto: dict[str, int] | None) -> bool:
         """One batch from every source's slot applied; True when each source is caught up
         (below the lag threshold, or at its upto LSN)."""
-        dst = await conns.get(job.target)
         caught_up = True
         lag_total = 0
-        for src in job.sources:
-            conn = await conns.get(src)
-            batch = await capture.read(conn, job.slot, upto.get(src) if upto else None)
-            applier = Applier(infos[src].values(), job.moves_from(src))
+        for (src, db), got in infos.items():
+            if not got:
+                continue
+            conn, dst, slot = await conns.get(src, db), await conns.get(job.target, db), \
+                job.slot_in(db)
+            batch = await capture.read(conn, slot, upto.get(src) if upto else None)
+            applier = Applier(got.values(), job.moves_from(src))
             statements = applier.statements(batch.events)
             fresh = self._fresh.get(job.id)
             for table, keys in applier.touched.items():
-                if fresh is not None and fresh.get((src, table)) is not None:
-                    fresh[(src, table)] = None if keys is None else fresh[(src, table)] | keys
+                k = (src, db, table)
+                if fresh is not None and fresh.get(k) is not None:
+                    fresh[k] = None if keys is None else fresh[k] | keys
             await apply_statements(dst, statements)
             if batch.end_lsn is not None:
-                await capture.advance(conn, job.slot, batch.end_lsn)
+                await capture.advance(conn, slot, batch.end_lsn)
             if upto is not None:
                 if batch.end_lsn is not None and batch.end_lsn < upto[src]:
                     caught_up = False
             else:
-                lag = await capture.lag_bytes(conn, job.slot)
+                lag = await capture.lag_bytes(conn, slot)
                 lag_total += lag
                 if batch.end_lsn is not None and len(batch.events) >= capture.BATCH_CHANGES:
                     caught_up = False
@@ -354,12 +394,14 @@ class ReshardService:
                                   fence_started=started)
         await self._wait_acks(catalog.version)
         infos = await self._describe(conns, job)
-        for src in job.sources:
-            conn = await conns.get(src)
+        for (src, db), got in infos.items():
+            if not got:
+                continue
+            conn = await conns.get(src, db)
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = '{GUARD_LOCK_TIMEOUT}'")
                 await conn.execute(q.guard_function(job.id, job.moves_from(src)))
-                for info in infos[src].values():
+                for info in got.values():
                     await conn.execute(q.drop_guard(info.name, job.id))
                     await conn.execute(q.create_guard(info.name, info.key, job.id))
         return await self._advance(job, "final_catchup")
@@ -382,24 +424,26 @@ class ReshardService:
 
     async def _verify(self, conns, job: Job) -> Job:
         infos = await self._describe(conns, job)
-        dst = await conns.get(job.target)
         problems = []
         fresh = self._fresh.get(job.id) or {}
-        if all(fresh.get((src, t)) is not None for src in job.sources for t in infos[src]):
+        keys = [(src, db, t) for (src, db), got in infos.items() for t in got]
+        if all(fresh.get(k) is not None for k in keys):
             # Each copy matched its snapshot; the rows changed since are compared by key.
-            for src in job.sources:
-                conn = await conns.get(src)
-                for table, info in infos[src].items():
-                    problems += await verify.touched(conn, dst, info, fresh[(src, table)])
+            for (src, db), got in infos.items():
+                for table, info in got.items():
+                    problems += await verify.touched(
+                        await conns.get(src, db), await conns.get(job.target, db), info,
+                        fresh[(src, db, table)])
             log.debug("job %s: verified %d changed rows by key", job.id,
-                      sum(len(fresh[(s, t)]) for s in job.sources for t in infos[s]))
+                      sum(len(fresh[k]) for k in keys))
             if problems:
                 raise JobError("verification failed: " + "; ".join(problems[:5]))
             return await self._advance(job, "flip")
-        for src in job.sources:
+        for (src, db), got in infos.items():
             spans = job.moves_from(src)
-            conn = await conns.get(src)
-            for info in infos[src].values():
+            conn = await conns.get(src, db)
+            dst = await conns.get(job.target, db) if got else None
+            for info in got.values():
                 # Each side through the job's token index where it has one (the source);
                 # both at once: this runs inside the fence.
                 a, b = await asyncio.gather(
@@ -437,9 +481,9 @@ class ReshardService:
         # reach.
         await self._wait_routers((await self.catalog_ops.current())[0].version)
         infos = await self._describe(conns, job)
-        for src in job.sources:
-            conn = await conns.get(src)
-            for info in infos[src].values():
+        for (src, db), got in infos.items():
+            conn = await conns.get(src, db)
+            for info in got.values():
                 t0 = time.monotonic()
                 n = await rows.delete_rows(conn, info, job.moves_from(src), bypass_guard=True,
                                            job_id=job.id,
@@ -449,10 +493,10 @@ class ReshardService:
                           info.name, src, time.monotonic() - t0)
                 await conn.execute(q.drop_guard(info.name, job.id))
                 await conn.execute(q.drop_token_index(info.name, job.id))
-                await (await conns.get(job.target)).execute(
+                await (await conns.get(job.target, db)).execute(
                     q.drop_token_index(info.name, job.id))
             await conn.execute(q.drop_guard_function(job.id))
-            await capture.stop(conn, job.slot)
+            await capture.stop(conn, job.slot_in(db))
 
         def finish(cat: Catalog) -> Catalog | None:
             changes = {}
@@ -482,19 +526,23 @@ class ReshardService:
 
         await self.catalog_ops.update(lift)
         catalog, _ = await self.catalog_ops.current()
-        dst = await conns.get(job.target)
         for src in job.sources:
-            conn = await conns.get(src)
-            for table, key in catalog.tables:
-                if await tables.exists(conn, table):
-                    await conn.execute(q.drop_guard(table, job.id))
-                    await conn.execute(q.drop_token_index(table, job.id))
-                if await tables.exists(dst, table):
-                    info = tables.TableInfo(table, key, (), (), ())
-                    await rows.delete_rows(dst, info, job.moves_from(src), job_id=job.id)
-                    await dst.execute(q.drop_token_index(table, job.id))
-            await conn.execute(q.drop_guard_function(job.id))
-            await capture.stop(conn, job.slot)
+            for db in (None, *job.databases):
+                if not await conns.has_database(src, db):
+                    continue
+                conn = await conns.get(src, db)
+                dst = (await conns.get(job.target, db)
+                       if await conns.has_database(job.target, db) else None)
+                for table, key in catalog.tables:
+                    if await tables.exists(conn, table):
+                        await conn.execute(q.drop_guard(table, job.id))
+                        await conn.execute(q.drop_token_index(table, job.id))
+                    if dst is not None and await tables.exists(dst, table):
+                        info = tables.TableInfo(table, key, (), (), ())
+                        await rows.delete_rows(dst, info, job.moves_from(src), job_id=job.id)
+                        await dst.execute(q.drop_token_index(table, job.id))
+                await conn.execute(q.drop_guard_function(job.id))
+                await capture.stop(conn, job.slot_in(db))
         await self.catalog_ops.update(
             lambda cat: cat.evolve(filter_reads=tuple(set(cat.filter_reads) - job.shards))
             if set(cat.filter_reads) & job.shards else None)

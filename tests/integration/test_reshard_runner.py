@@ -207,7 +207,7 @@ def test_guard_refuses_source_writes_to_moving_ranges_until_rollback(cluster):
         # per range and in the one-pass totals the copy is checked with.
         infos = await svc._describe(cs_conns := Connections(cat0), job)
         async with cs_conns:
-            for info in infos["shard0"].values():
+            for info in infos[("shard0", None)].values():
                 src_c, dst_c = await cs_conns.get("shard0"), await cs_conns.get("shard2")
                 assert await tables.has_token_index(src_c, info.name, job.id)
                 assert not await tables.has_token_index(dst_c, info.name, job.id)
@@ -219,7 +219,7 @@ def test_guard_refuses_source_writes_to_moving_ranges_until_rollback(cluster):
                 assert await verify.total(src_c, info, job.moves, True) == total
                 assert await verify.total(dst_c, info, job.moves) == total
             # The by-key comparison the fence uses after a verified copy.
-            acct = infos["shard0"]["acct"]
+            acct = infos[("shard0", None)]["acct"]
             src_c, dst_c = await cs_conns.get("shard0"), await cs_conns.get("shard2")
             keys = [(str(r[0]),) for r in await dst_c.fetch("SELECT id FROM acct LIMIT 5")]
             assert keys and await verify.touched(src_c, dst_c, acct, keys + [("-1",)]) == []
