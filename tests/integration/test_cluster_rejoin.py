@@ -61,3 +61,24 @@ def test_rejoin_rewinds_after_a_kill_and_after_a_switchover():
         assert b.psql("SHOW port") == str(b.port)
         assert b.psql("SHOW cluster_name") == b.name
         assert not (b.data_dir / "server.log").exists() and b.log_path.is_file()
+
+
+def test_rejoin_clones_only_when_pg_rewind_fails_and_cloning_is_allowed():
+    from pgshard.cluster.rejoin import RejoinError, Upstream, rewind_or_clone
+
+    with temp_cluster(shards=1, replicas=1, durable=True) as cluster:
+        a, b = cluster.shards[0].primary, cluster.shards[0].replicas[0]
+        a.psql("CREATE TABLE t (id int PRIMARY KEY, phase text); INSERT INTO t VALUES (1, 'one')")
+        cluster.wait_replicas()
+        a.kill()
+        b.promote()
+        b.psql("INSERT INTO t VALUES (2, 'two')")
+        (a.data_dir / "global" / "pg_control").unlink()   # beyond pg_rewind's repair
+        up = Upstream(b.host, b.port, cluster.user, cluster.password,
+                      application_name=a.name)
+        with pytest.raises(RejoinError, match="pass --clone-if-needed"):
+            rewind_or_clone(cluster.bindir, a.data_dir, up, clone_if_needed=False, timeout=60)
+        assert not a.is_running() and (a.data_dir / "PG_VERSION").is_file()
+        assert cluster.rejoin(a, b) == "clone"
+        assert streaming(a) and rows(a) == ["one", "two"]
+        assert a.psql("SHOW port") == str(a.port)   # its own settings, not the source's
