@@ -137,7 +137,8 @@ def _supervise(workers: list[_Worker], argv: list[str], env: dict, info: WorkerI
                 # A socket left behind: it was ready (killed before this loop looked).
                 w.ever_ready = w.ever_ready or info.socket_path(w.index).exists()
                 if stopping is not None:
-                    if code != 0:
+                    # -SIGTERM: stopped by the forwarded signal before it had set its handlers.
+                    if code not in (0, -signal.SIGTERM):
                         status = 1
                         log.warning("worker %d (pid %d) exited with status %s", w.index, pid,
                                     code)
