@@ -263,3 +263,15 @@ async def test_console_reload_reloads_every_worker(pg_cluster):
             c = await asyncpg.connect(proxy.dsn("later", "later-secret"))
             assert await c.fetchval("SELECT 1") == 1
             await c.close()
+
+
+async def test_workers_stop_when_the_parent_is_killed(pg_cluster):
+    with ProxyProcess(workers_config(pg_cluster)) as proxy:
+        await all_workers_up(proxy)
+        pids = worker_pids(proxy)
+        proxy.proc.kill()
+        proxy.proc.wait(10)
+
+        async def all_gone():
+            return all(gone(pid) for pid in pids)
+        await wait_until(all_gone, what="the workers to stop after their parent")
