@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,7 @@ class WorkerLink:
         self.proxy = proxy
         self.render = render          # () -> bytes: this worker's metrics text
         self._server: asyncio.AbstractServer | None = None
+        self._parent = os.getppid()
 
     async def start(self) -> None:
         path = self.info.socket_path()
@@ -90,6 +92,8 @@ class WorkerLink:
             self._server.close()
             self._server = None
             self.info.socket_path().unlink(missing_ok=True)
+        if os.getppid() != self._parent:   # the parent was killed: nobody else cleans up
+            shutil.rmtree(self.info.run_dir, ignore_errors=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -269,9 +269,14 @@ async def test_workers_stop_when_the_parent_is_killed(pg_cluster):
     with ProxyProcess(workers_config(pg_cluster)) as proxy:
         await all_workers_up(proxy)
         pids = worker_pids(proxy)
+        env = Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0")
+        run_dir = Path(next(e for e in env if e.startswith(b"PGSHARD_WORKER_DIR="))
+                       .split(b"=", 1)[1].decode())
+        assert (run_dir / "worker-1.sock").exists()
         proxy.proc.kill()
         proxy.proc.wait(10)
 
         async def all_gone():
             return all(gone(pid) for pid in pids)
         await wait_until(all_gone, what="the workers to stop after their parent")
+        assert not run_dir.exists()   # the orphaned workers removed the parent's directory
