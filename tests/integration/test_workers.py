@@ -1,5 +1,5 @@
 """`pgshard serve --workers 2` as a real subprocess: connections land on both workers, a
-CancelRequest reaches the session's worker whichever worker the kernel gives it to, /metrics
+CancelRequest (psql, psycopg, asyncpg) reaches the session's worker whichever worker the kernel gives it to, /metrics
 sums both workers, SIGHUP reloads both, a killed worker is restarted and SIGTERM drains and
 stops them all."""
 
@@ -17,8 +17,9 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pgshard.cluster import find_pg_bindir
 from pgshard.config import to_toml
-from tests.fixtures.proxy import ProxyProcess
+from tests.fixtures.proxy import ProxyProcess, env_without_pg
 from tests.integration.conftest import _shards
 
 pytestmark = pytest.mark.integration
@@ -122,6 +123,23 @@ async def _asyncpg_cancel(dsn: str, primary: str) -> None:
         await conn.close()
 
 
+async def _psql_cancel(dsn: str, primary: str) -> None:
+    """psql sends a CancelRequest on SIGINT (Ctrl-C) and reports the cancelled statement."""
+    psql = str(find_pg_bindir() / "psql")
+    proc = await asyncio.create_subprocess_exec(
+        psql, dsn, "-X", "-c", SLEEP, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env_without_pg())
+    try:
+        await _running(primary)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert b"canceling statement due to user request" in err, err
+
+
 async def _running(primary: str, count: int = 1) -> None:
     direct = await asyncpg.connect(primary)
     try:
@@ -142,12 +160,10 @@ async def test_cancel_reaches_the_owning_worker(pg_cluster):
         rounds = 0
         # Each cancel lands on a worker chosen by the kernel: repeat until both the local
         # and the forwarded path were taken (and at least 8 times).
-        while rounds < 8 or min(paths.get("local", 0), paths.get("forwarded", 0)) == 0:
+        while rounds < 9 or min(paths.get("local", 0), paths.get("forwarded", 0)) == 0:
             assert rounds < 40, paths
-            if rounds % 2:
-                await _asyncpg_cancel(proxy.dsn(), primary)
-            else:
-                await _psycopg_cancel(proxy.dsn(), primary)
+            cancel = (_psycopg_cancel, _asyncpg_cancel, _psql_cancel)[rounds % 3]
+            await cancel(proxy.dsn(), primary)
             rounds += 1
             metrics = await scrape(proxy)
             paths = {dict(labels)["path"]: v for (n, labels), v in metrics.items()
