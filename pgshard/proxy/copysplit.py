@@ -77,6 +77,9 @@ class CopySplitMixin:
         return stmt if cat.key_column(stmt.table) is not None else None
 
     async def _copy_split(self, sql: str, stmt: CopyIn) -> None:
+        gate = getattr(self.proxy, "lease_gate", None)
+        if gate is not None and gate.closed:
+            raise gate.error()   # rows routed by a ring that may be stale (control.lease_gate)
         cat = self.proxy.catalog
         key = cat.key_column(stmt.table)
         shards = list(cat.serving_shards())

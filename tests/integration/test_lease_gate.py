@@ -91,9 +91,13 @@ async def test_cut_off_router_refuses_then_recovers(pg_cluster, etcd):
     fwd = Forwarder(etcd.client_port)
     port = await fwd.start()
     cluster = f"g{uuid.uuid4().hex[:10]}"
-    cfg = runtime_config(pg_cluster, store=etcd.url, cluster=cluster, lease_ttl=TTL)
+    for s in pg_cluster.shards:
+        s.primary.psql("CREATE TABLE IF NOT EXISTS gate_t (id bigint PRIMARY KEY)")
+    tables = [{"name": "gate_t", "shard_key": "id"}]
+    cfg = runtime_config(pg_cluster, store=etcd.url, cluster=cluster, lease_ttl=TTL,
+                         tables=tables)
     rcfg = runtime_config(pg_cluster, store=f"etcd://127.0.0.1:{port}", cluster=cluster,
-                          lease_ttl=TTL)
+                          lease_ttl=TTL, tables=tables)
     try:
         async with running_runtime(cfg) as mgr, running_runtime(rcfg, role="router") as rt:
             gate: LeaseGate = rt.proxy.lease_gate
@@ -132,6 +136,10 @@ async def test_cut_off_router_refuses_then_recovers(pg_cluster, etcd):
                 assert err.value.sqlstate == "57P03"
                 assert f"127.0.0.1:{port}" in err.value.message
                 assert "lost its lease" in err.value.message
+                # A COPY split by key over the shards is refused too.
+                with pytest.raises(asyncpg.PostgresError) as err:
+                    await conn.copy_records_to_table("gate_t", records=[(1,), (2,), (3,)])
+                assert err.value.sqlstate == "57P03"
                 assert rt.proxy.catalog.version < fenced.version   # it never saw the fence
 
                 # The manager's wait ends only once the router's lease is over in the store,
@@ -156,6 +164,9 @@ async def test_cut_off_router_refuses_then_recovers(pg_cluster, etcd):
                 assert kv is not None and f'"catalog_version": {lifted.version}'.encode() \
                     in kv.value
                 assert (await conn.fetchval("SELECT count(*) FROM pg_class")) > 0
+                await conn.execute("DELETE FROM gate_t")
+                await conn.copy_records_to_table("gate_t", records=[(1,), (2,), (3,)])
+                assert await conn.fetchval("SELECT count(*) FROM gate_t") == 3
             finally:
                 with contextlib.suppress(Exception):
                     await conn.close()
