@@ -34,12 +34,20 @@ def extensions() -> list:
         return []
     try:
         from Cython.Build import cythonize
+        from Cython.Compiler import Options
     except ImportError:
         print("pgshard: Cython not found, building without compiled modules")
         return []
-    exts = [Extension(name, [str(Path(*name.split(".")).with_suffix(".py"))], optional=True)
-            for name in hot_modules()]
-    return cythonize(exts, compiler_directives=DIRECTIVES, quiet=True)
+    # A name Python would look up at run time (and maybe fail on) is no compile error.
+    Options.error_on_unknown_names = False
+    out = []
+    for name in hot_modules():
+        ext = Extension(name, [str(Path(*name.split(".")).with_suffix(".py"))], optional=True)
+        try:
+            out += cythonize([ext], compiler_directives=DIRECTIVES, quiet=True)
+        except Exception as exc:   # Cython's CompileError: this module stays plain Python
+            print(f"pgshard: {name} not compiled ({exc}); it runs as Python")
+    return out
 
 
 setup(ext_modules=extensions())
