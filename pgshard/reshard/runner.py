@@ -314,16 +314,20 @@ class ReshardService:
                 # The copy is checked against the very snapshot it was read from, outside the
                 # fence (inside it only the rows changed since need checking): both sides'
                 # totals at once, one pass over each table (the destination has no token
-                # index: hashing its rows once costs less than indexing them).
+                # index: hashing its rows once costs less than indexing them). A split's
+                # target holds nothing but this copy (it owned no range, only this job's one
+                # source writes to it, nothing is applied before the copy is checked): its
+                # whole table is summed, with no hash at all.
+                whole = job.kind == "split"
                 n, at_copy, at_dst = await rows.copy_rows(
                     conn, dst, info, spans, indexed=True,
                     est_rows=await self._estimate(conn, job, src, table),
                     summarize=lambda c, info=info, spans=spans: verify.total(c, info, spans, True),
-                    alongside=lambda info=info, spans=spans, dst=dst: verify.total(dst, info,
-                                                                                   spans))
+                    alongside=lambda info=info, spans=spans, dst=dst, whole=whole: verify.total(
+                        dst, info, None if whole else spans))
                 log.debug("job %s: %s copied %d rows and checked both sides in %.3fs",
                           job.id, done_key, n, time.monotonic() - t0)
-                problems = verify.total_mismatch(info, at_copy, at_dst)
+                problems = verify.total_mismatch(info, at_copy, at_dst, whole)
                 if problems:
                     raise JobError("the copy does not match the source: " +
                                    "; ".join(problems[:5]))

@@ -87,15 +87,19 @@ def checksum(table: str, columns: Sequence[str], key: str, spans: Sequence[Token
             f"OFFSET 0) s WHERE t <@ {multirange(spans)} GROUP BY 1 ORDER BY 1")
 
 
-def checksum_total(table: str, columns: Sequence[str], key: str, spans: Sequence[TokenSpan],
-                   indexed: bool) -> str:
+def checksum_total(table: str, columns: Sequence[str], key: str,
+                   spans: Sequence[TokenSpan] | None, indexed: bool) -> str:
     """checksum() over all the spans at once, in one pass over the table: row count and the
     sum of each row's hash. indexed: through the job's token index (a bitmap scan, no hash
-    computed per row; run with sequential scans off), else hashing each row's key."""
-    where = in_ranges_indexed(key, spans) if indexed else in_ranges(key, spans)
+    computed per row; run with sequential scans off), else hashing each row's key; spans
+    None: the whole table."""
     row = f"ROW({column_list(columns)})::text"
-    return (f"SELECT count(*), coalesce(sum(hashtextextended({row}, 0)::numeric), 0)::text "
-            f"FROM {qualified(table)} WHERE {where}")
+    sql = (f"SELECT count(*), coalesce(sum(hashtextextended({row}, 0)::numeric), 0)::text "
+           f"FROM {qualified(table)}")
+    if spans is None:
+        return sql
+    return sql + " WHERE " + (in_ranges_indexed(key, spans) if indexed
+                              else in_ranges(key, spans))
 
 
 def upsert(table: str, columns: Sequence[str], types: Sequence[str], pk: Sequence[str]) -> str:

@@ -27,10 +27,10 @@ async def summary(conn: asyncpg.Connection, info: TableInfo, spans: Sequence[Tok
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
-async def total(conn: asyncpg.Connection, info: TableInfo, spans: Sequence[TokenSpan],
+async def total(conn: asyncpg.Connection, info: TableInfo, spans: Sequence[TokenSpan] | None,
                 indexed: bool = False) -> tuple[int, str]:
     """(rows, checksum) of all the spans together, in one pass over the table; indexed:
-    through the job's token index."""
+    through the job's token index; spans None: of the whole table."""
     async with conn.transaction():
         if indexed:
             await conn.execute("SET LOCAL enable_seqscan = off")
@@ -39,12 +39,16 @@ async def total(conn: asyncpg.Connection, info: TableInfo, spans: Sequence[Token
     return row[0], row[1]
 
 
-def total_mismatch(info: TableInfo, src: tuple[int, str], dst: tuple[int, str]) -> list[str]:
-    """What differs between two totals (empty: they agree)."""
+def total_mismatch(info: TableInfo, src: tuple[int, str], dst: tuple[int, str],
+                   whole_table: bool = False) -> list[str]:
+    """What differs between two totals (empty: they agree); whole_table: dst's is of its
+    whole table (which should hold only the copied rows)."""
     if src == dst:
         return []
-    return [f"{info.name}, the moving ranges: source {src[0]} rows, destination {dst[0]} rows"
-            + ("" if src[0] != dst[0] else ", checksums differ")]
+    where = "the whole table, which should hold only the copied rows" if whole_table \
+        else "the moving ranges"
+    return [f"{info.name}: source {src[0]} rows in the moving ranges, destination {dst[0]} "
+            f"rows in {where}" + ("" if src[0] != dst[0] else ", checksums differ")]
 
 
 def mismatches(info: TableInfo, spans: Sequence[TokenSpan], src: dict, dst: dict) -> list[str]:

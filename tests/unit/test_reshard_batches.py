@@ -40,6 +40,7 @@ def test_checksum_total_indexed_and_hashed():
                               'ROW("id", "v")::text, 0)::numeric), 0)::text FROM "s"."t" WHERE')
     hashed = q.checksum_total("t", ["id"], "id", spans, False)
     assert "<@ '{(-1,10],(20,30]}'::int8multirange" in hashed
+    assert q.checksum_total("t", ["id"], "id", None, False).endswith("FROM \"t\"")
 
 
 def test_guard_trigger_skips_its_function_when_bypassed():
