@@ -3,10 +3,12 @@
 CPU time on a shared 2-core box is noisy; an instruction count is not. One pgshard runs under
 callgrind with instrumentation off; for each pgbench -M mode the script runs pgbench -S twice
 (-t short, -t long, one client) with instrumentation on and takes the difference, so the
-connection's start-up (SCRAM, the first Parse) cancels out; the health checks and the
-two-phase commit recovery rounds, whose cost is per second rather than per query, are spaced
-out to once an hour. The lowest of --reps pairs is kept. Prints instructions per query and
-the functions that spent the most of them (self cost per query) and writes the figures as JSON.
+connection's start-up (SCRAM, the first Parse) cancels out. Counted: the socket-read handlers
+(client and server protocols and all they call), or with --whole-process everything (the
+health checks and two-phase commit recovery rounds, whose cost is per second rather than per
+query, are then spaced out to once an hour). The lowest of --reps pairs is kept. Prints
+instructions per query, the functions that spent the most of them (self cost per query) and
+the compiled pgshard functions with their callees, and writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ DEFAULT_OUT = Path(__file__).with_name("results-instructions.json")
 _LINE = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*)$")
 
 
-def annotate(path: Path) -> tuple[int, dict[str, int]]:
-    """(total Ir, {function: self Ir}) of one callgrind dump, via callgrind_annotate."""
-    out = subprocess.run(["callgrind_annotate", "--threshold=100", "--inclusive=no", "--auto=no",
-                          str(path)],
+def annotate(path: Path, inclusive: bool = False) -> tuple[int, dict[str, int]]:
+    """(total Ir, {function: self Ir}) of one callgrind dump, via callgrind_annotate
+    (inclusive: each function's cost with its callees')."""
+    out = subprocess.run(["callgrind_annotate", "--threshold=100",
+                          f"--inclusive={'yes' if inclusive else 'no'}", "--auto=no", str(path)],
                          capture_output=True, text=True, check=True).stdout
     return parse_annotate(out)
 
@@ -71,9 +74,20 @@ def parse_annotate(text: str) -> tuple[int, dict[str, int]]:
 
 
 def short_name(name: str) -> str:
-    """'file:function' with Cython's mangling trimmed (__pyx_pw_7pgshard_8protocol_...)."""
+    """'file:function' with Cython's mangling undone: pgshard_5proxy_6client_13ClientSession_
+    5data_received -> client.c:proxy.client.ClientSession.data_received."""
     path, _, func = name.rpartition(":")
-    func = re.sub(r"^__pyx_(?:pw|pf|f|fuse_\d+)_(?:\d+[A-Za-z_]\w*?)*?_?\d*", "", func) or func
+    if "pgshard_" in func:
+        rest, parts = func.split("pgshard_", 1)[1], []
+        while (m := re.match(r"\d+", rest)) is not None:
+            n, body = int(m.group()), rest[m.end():]
+            if len(body) > n and body[n] == "_":
+                parts.append(body[:n])
+                rest = body[n + 1:]
+            else:   # the last piece: a counter, then the function's name
+                parts.append(body)
+                break
+        func = ".".join(parts) or func
     return f"{Path(path).name}:{func}" if path else func
 
 
@@ -110,6 +124,7 @@ class Callgrind:
         """(total Ir, {function: self Ir}, seconds) of action() run instrumented."""
         path, elapsed = self.measure(action)
         total, funcs = annotate(path)
+        _, self.last_inclusive = annotate(path, inclusive=True)
         return total, funcs, elapsed
 
 
@@ -141,12 +156,15 @@ def compiled_state() -> dict:
               help="short/long pairs per mode; the lowest difference is kept")
 @click.option("--idle", "idle_seconds", type=click.FloatRange(1), default=5, show_default=True,
               help="seconds of idle profile (background work per second, a check)")
+@click.option("--whole-process", is_flag=True,
+              help="count the whole proxy process (event loop, timers and background work "
+                   "too: not repeatable on a busy box), not only its socket-read handlers")
 @click.option("--top", type=click.IntRange(1), default=15, show_default=True,
               help="functions listed per mode")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True)
-def main(n_short: int, n_long: int, modes_text: str, reps: int, idle_seconds: float, top: int,
-         out: Path) -> None:
+def main(n_short: int, n_long: int, modes_text: str, reps: int, idle_seconds: float,
+         whole_process: bool, top: int, out: Path) -> None:
     """Proxy instructions per query for pgbench -S in -M simple, extended and prepared."""
     if n_long <= n_short:
         raise click.BadParameter("--long must be greater than --short")
@@ -175,7 +193,16 @@ def main(n_short: int, n_long: int, modes_text: str, reps: int, idle_seconds: fl
         text = text.replace("\n", "\nlease_ttl = 600\n", 1) + "\n[ha]\ncheck_interval = 3600\n"
         config.write_text(text)
         python = sys.executable   # the venv's link (not a shim script): valgrind runs it
-        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+        # By default only what runs inside uvloop's socket-read callback is counted (where
+        # the proxy's protocols handle client and server bytes, and what they call), not
+        # inside asyncpg's (the background connections): no timers, no background tasks,
+        # so the figure repeats to within 0.1 % on a busy box.
+        handlers_only = not whole_process
+        toggles = (["--toggle-collect=*uv_stream_on_read",
+                    "--toggle-collect=*asyncpg*BaseProtocol*data_received"]
+                   if handlers_only else [])
+        doc["handlers_only"] = handlers_only
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", *toggles,
                 f"--callgrind-out-file={work}/callgrind.out.%p", python, "-m", "pgshard",
                 "serve", "--config", str(config), "--log-level", "WARNING"]
         print("starting pgshard under callgrind (slow) ...", flush=True)
@@ -197,20 +224,31 @@ def main(n_short: int, n_long: int, modes_text: str, reps: int, idle_seconds: fl
             pairs = []
             for _ in range(reps):
                 a = cg.profile(lambda m=mode: pgbench_fixed(endpoint, m, n_short))
+                a_incl = cg.last_inclusive
                 b = cg.profile(lambda m=mode: pgbench_fixed(endpoint, m, n_long))
-                pairs.append(((b[0] - a[0]) / n, a, b))
+                pairs.append(((b[0] - a[0]) / n, a, b, a_incl, cg.last_inclusive))
             # The lowest difference: a rare event (a server login) in one run is left out.
-            per_query, a, b = min(pairs, key=lambda p: p[0])
+            per_query, a, b, a_incl, b_incl = min(pairs, key=lambda p: p[0])
+            # Compiled pgshard functions, with their callees: a per-function profile.
+            own = {f: (b_incl.get(f, 0) - a_incl.get(f, 0)) / n
+                   for f in set(a_incl) | set(b_incl) if "pgshard_" in f and "__Pyx" not in f}
+            own_ranked = sorted(own.items(), key=lambda kv: -kv[1])[:top]
             doc.setdefault("all_runs", {})[mode] = [p[0] for p in pairs]
             funcs = {f: (b[1].get(f, 0) - a[1].get(f, 0)) / n for f in set(a[1]) | set(b[1])}
             ranked = sorted(funcs.items(), key=lambda kv: -kv[1])[:top]
             doc["modes"][mode] = {"instructions_per_query": per_query,
-                                  "top": [{"function": f, "per_query": v} for f, v in ranked]}
+                                  "top": [{"function": f, "per_query": v} for f, v in ranked],
+                                  "pgshard_inclusive": [{"function": f, "per_query": v}
+                                                        for f, v in own_ranked]}
             runs = ", ".join(f"{p[0]:,.0f}" for p in pairs)
             print(f"\n-M {mode}: {per_query:,.0f} instructions/query in the proxy "
                   f"(pairs: {runs})")
             for f, v in ranked:
                 print(f"  {v:10,.0f}  {100 * v / per_query:5.1f}%  {short_name(f)}")
+            if own_ranked:
+                print("  compiled pgshard functions, inclusive (with their callees):")
+                for f, v in own_ranked:
+                    print(f"  {v:10,.0f}  {100 * v / per_query:5.1f}%  {short_name(f)}")
     except (BenchSetupError, ClusterError, subprocess.CalledProcessError) as exc:
         print(f"failed: {exc}", file=sys.stderr)
         if server is not None:

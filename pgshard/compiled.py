@@ -3,7 +3,7 @@
 The same .py sources are compiled when the build has Cython and a C compiler (setup.py reads
 HOT_MODULES from here) and run as plain Python otherwise. `PGSHARD_PURE=1` at build time
 builds no extension; at run time it makes pgshard import the .py sources even where compiled
-modules are installed beside them. In a source checkout a compiled module older than its .py
+modules are installed beside them (`PGSHARD_PURE=client,backend`: just those). In a source checkout a compiled module older than its .py
 is ignored (status() lists it as stale), so an edit is never shadowed by an old build.
 """
 
@@ -36,8 +36,21 @@ PURE_ENV = "PGSHARD_PURE"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def pure_modules() -> set[str]:
+    """The hot modules PGSHARD_PURE asks to run from source: all for 1/true/yes, else a
+    comma-separated list of module names (full, or their last part: client,backend)."""
+    value = os.environ.get(PURE_ENV, "").strip()
+    if value.lower() in ("", "0", "false", "no"):
+        return set()
+    if value.lower() in ("1", "true", "yes", "all"):
+        return set(HOT_MODULES)
+    wanted = {w.strip() for w in value.split(",") if w.strip()}
+    return {n for n in HOT_MODULES if n in wanted or n.rsplit(".", 1)[1] in wanted}
+
+
 def pure_requested() -> bool:
-    return os.environ.get(PURE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    """PGSHARD_PURE set: every hot module (or the ones it lists) runs from source."""
+    return bool(pure_modules())
 
 
 def _source_checkout() -> bool:
@@ -84,7 +97,7 @@ class _SourceFinder:
 
 def install_finder() -> None:
     """Called by pgshard/__init__: route PGSHARD_PURE and stale compiled modules to .py."""
-    names = set(HOT_MODULES) if pure_requested() else {n for n in HOT_MODULES if stale(n)}
+    names = pure_modules() | {n for n in HOT_MODULES if stale(n)}
     if names:
         sys.meta_path.insert(0, _SourceFinder(names))
 
