@@ -7,9 +7,12 @@ compile warns and the .py is used). PGSHARD_PURE=1 builds no extension at all.
 
 import os
 import re
+import shutil
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 # Directives: Python semantics kept as they are (annotations are not C types; only what a
@@ -50,4 +53,17 @@ def extensions() -> list:
     return out
 
 
-setup(ext_modules=extensions())
+class BuildExt(build_ext):
+    """build_ext whose in-place copy replaces a compiled module atomically: a running
+    pgshard has the old file mapped, and overwriting it in place could crash it."""
+
+    def copy_file(self, infile, outfile, *args, **kwargs):
+        if not str(outfile).endswith(tuple(EXTENSION_SUFFIXES)):
+            return super().copy_file(infile, outfile, *args, **kwargs)
+        tmp = f"{outfile}.tmp-{os.getpid()}"
+        shutil.copyfile(infile, tmp)
+        os.replace(tmp, outfile)
+        return outfile, True
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -67,11 +67,13 @@ def _paths(name: str) -> tuple[Path, list[Path]]:
 
 
 def stale(name: str) -> bool:
-    """A compiled file of name is older than its .py (in a source checkout only)."""
+    """A compiled file of name is older than its .py or .pxd (in a source checkout only)."""
     source, built = _paths(name)
     if not built or not source.is_file() or not _source_checkout():
         return False
-    return any(b.stat().st_mtime < source.stat().st_mtime for b in built)
+    decl = source.with_suffix(".pxd")   # Cython declarations beside the .py, if any
+    newest = max(source.stat().st_mtime, decl.stat().st_mtime if decl.is_file() else 0)
+    return any(b.stat().st_mtime < newest for b in built)
 
 
 def needs_build() -> list[str]:

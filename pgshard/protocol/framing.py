@@ -163,11 +163,10 @@ class FrameBuffer:
         end = len(data)
         frames = []
         pos = start
-        check = self._check
         while end - pos >= 5:
             mtype = data[pos]
             (length,) = _I32.unpack_from(data, pos + 1)
-            check(mtype, length)
+            self._check(mtype, length)
             nxt = pos + 1 + length
             if nxt > end:
                 break
