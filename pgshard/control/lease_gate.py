@@ -8,8 +8,10 @@ time the request was sent plus a share of the TTL; the store counts the TTL from
 received the request, so the router always stops before the store can expire the lease.
 Closing swaps the proxy's catalog for a copy with one fence over the whole ring (the same
 version: the follower never takes it for a newer one), which sends every statement through
-the fence gate (pgshard.proxy.fence), where it is refused. Catalogs that arrive while closed
-are kept aside; reopening reads the store's catalog first, then serves it.
+the fence gate (pgshard.proxy.fence): a statement arriving there waits up to GRACE for the
+gate to open again (a late answer from the store, an event loop held up), running nowhere
+meanwhile, and is then refused. Catalogs that arrive while closed are kept aside; reopening
+reads the store's catalog first, then serves it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ log = logging.getLogger("pgshard.control")
 
 LAPSED_JOB = "lease-lapsed"
 SERVE_SHARE = 0.9   # of the TTL after a good refresh was sent: the router serves until then
+# How long a statement arriving while closed waits for the gate to open again (a store that
+# answers late, an event loop held up) before it is refused; it runs nowhere meanwhile.
+GRACE = 1.0
 
 
 class StoreLost(PgError, code="57P03"):
@@ -62,6 +67,8 @@ class LeaseGate:
         self._timer: asyncio.TimerHandle | None = None
         self.on_close: Callable[[], None] | None = None   # the membership tries again at once
         self.serve_until: float | None = None   # monotonic
+        self._opened = asyncio.Event()
+        self._opened.set()
 
     @property
     def closed(self) -> bool:
@@ -83,15 +90,18 @@ class LeaseGate:
             self._timer = None
 
     def _expired(self) -> None:
+        # No refresh re-armed the timer (arm cancels it): close. (Not a check of the clock:
+        # the loop may run a timer a clock tick early, and it would then never close.)
         self._timer = None
-        if self.serve_until is not None and time.monotonic() >= self.serve_until:
-            self.close()
+        self.close()
 
     def close(self) -> None:
         """Stop routing (idempotent)."""
         if self.closed:
             return
         self.closed_since = time.time()
+        self._closed_at = time.monotonic()
+        self._opened.clear()
         self.real = self.proxy.catalog
         if self.real is not None:
             self.proxy.set_catalog(sentinel(self.real))
@@ -123,9 +133,23 @@ class LeaseGate:
         self.closed_since = None
         if self.real is not None:
             self.proxy.set_catalog(self.real)
+        self._opened.set()
         log.warning("registered again in the metadata store after %.1fs; routing statements "
                     "with catalog version %s", took,
                     self.real.version if self.real is not None else "?")
+
+    def grace_left(self) -> float:
+        """Seconds a statement arriving now may still wait for the gate to open."""
+        if not self.closed:
+            return 0.0
+        return max(0.0, self._closed_at + GRACE - time.monotonic())
+
+    async def wait_open(self, timeout: float) -> None:
+        """Until the gate is open again, or timeout seconds."""
+        try:
+            await asyncio.wait_for(self._opened.wait(), timeout)
+        except TimeoutError:
+            pass
 
     def error(self) -> StoreLost:
         cause = ""
@@ -139,5 +163,15 @@ class LeaseGate:
             hint="retry shortly, or through another pgshard router")
 
 
-def gate_of(proxy) -> LeaseGate | None:
-    return getattr(proxy, "lease_gate", None)
+class GateHold(tuple):
+    """A statement waiting for the gate to open (carried like a fence's Hold: an empty
+    tuple with a wait(), pgshard.proxy.fence); dispatched again after, it runs or, the
+    grace spent, is refused."""
+
+    def __new__(cls, gate: LeaseGate):
+        self = super().__new__(cls)
+        self.gate = gate
+        return self
+
+    async def wait(self) -> None:
+        await self.gate.wait_open(self.gate.grace_left())

@@ -46,7 +46,7 @@ class Hold(tuple):
         metrics = getattr(self.proxy, "fence_metrics", None)
         while fenced(self.proxy.catalog, self.tokens) is not None:
             gate = getattr(self.proxy, "lease_gate", None)
-            if gate is not None and gate.closed:
+            if gate is not None and gate.closed and gate.grace_left() <= 0:
                 if metrics is not None:
                     metrics.fence_hold(time.monotonic() - started)
                 raise gate.error()
@@ -122,7 +122,11 @@ def hold_if_fenced(session, plan: r.Plan, bind, st, sql: str | None) -> None:
         return
     gate = getattr(session.proxy, "lease_gate", None)
     if gate is not None and gate.closed:
-        # The lease lapsed (pgshard.control.lease_gate): its catalog may be stale.
+        # The lease may have lapsed (pgshard.control.lease_gate): the catalog may be stale.
+        # The statement waits a moment for the lease to come back, then is refused.
+        if gate.grace_left() > 0:
+            from pgshard.control.lease_gate import GateHold
+            raise FenceHeld(GateHold(gate))
         raise gate.error()
     s = session.server
     if s is not None and s.txn_status != b"I":

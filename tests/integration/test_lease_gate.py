@@ -15,7 +15,7 @@ import uuid
 import asyncpg
 import pytest
 
-from pgshard.control.lease_gate import SERVE_SHARE, LeaseGate, sentinel
+from pgshard.control.lease_gate import GRACE, SERVE_SHARE, LeaseGate, sentinel
 from pgshard.reshard import routers
 from pgshard.ring.catalog import Fence
 from tests.fixtures.etcd import running_etcd
@@ -117,20 +117,33 @@ async def test_cut_off_router_refuses_then_recovers(pg_cluster, etcd):
                     await asyncio.sleep(0.02)
                 assert await select_one(conn) == 1
 
+                # Closed for a moment (as when the event loop was held up past the refresh):
+                # a statement waits, running nowhere, until the lease is renewed and the
+                # catalog re-read, then runs.
+                gate.close()
+                assert gate.closed
+                assert await select_one(conn) == 1
+                assert not gate.closed
+
                 cut_at = time.monotonic()
                 fwd.sever()
                 fenced = await mgr.plane.catalog_ops.update(
                     lambda c: c.evolve(fences=(Fence(0, 1000, "testjob"),)))
-                # Until the lease may lapse the router serves; after, it refuses.
-                first_refusal = None
-                while time.monotonic() - cut_at < TTL + 1:
+                # Until the lease may lapse the router serves; after, it refuses: no statement
+                # that reached it later ran (each waits GRACE for the lease, then fails).
+                first_refusal, last_ok = None, None
+                while time.monotonic() - cut_at < TTL + GRACE + 1:
+                    started = time.monotonic()
                     got = await select_one(conn)
                     if got != 1:
                         assert got == "57P03", got
                         first_refusal = time.monotonic() - cut_at
                         break
+                    last_ok = started - cut_at
                     await asyncio.sleep(0.05)
-                assert first_refusal is not None and first_refusal <= TTL * SERVE_SHARE + 0.3
+                assert first_refusal is not None
+                assert first_refusal <= TTL * SERVE_SHARE + GRACE + 0.5
+                assert last_ok is None or last_ok <= TTL * SERVE_SHARE + 0.05
                 with pytest.raises(asyncpg.PostgresError) as err:
                     await conn.fetchval("SELECT count(*) FROM pg_class")
                 assert err.value.sqlstate == "57P03"

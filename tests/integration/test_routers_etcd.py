@@ -119,17 +119,26 @@ async def test_routers_converge_register_and_survive_etcd_loss(pg_cluster, etcd)
                 assert hc["catalog_version"] == version and hc["serving_last_known_catalog"]
                 async with session.get(c.api_url + "/metrics") as resp:
                     assert "pgshard_store_reachable 0.0" in await resp.text()
+                seen: dict[int, str] = {}
+
                 async def refused():
                     for port in (c.proxy.port, b.port, a.proxy.port):
+                        if seen.get(port) == "57P03":
+                            continue   # once refusing, a router refuses until etcd is back
                         try:
                             await query(port, "SELECT 7 /* shard: shard1 */")
-                            return False
+                            seen[port] = "served"
                         except asyncpg.PostgresError as exc:
                             assert exc.sqlstate == "57P03", exc
                             assert etcd.endpoint in exc.message
-                    return True
+                            seen[port] = exc.sqlstate
+                    return all(v == "57P03" for v in seen.values()) and len(seen) == 3
 
-                await eventually(refused, 10, 0.2)
+                try:
+                    await eventually(refused, 10, 0.2)
+                except AssertionError:
+                    raise AssertionError(f"not refused by every router: {seen}; the "
+                                         f"subprocess router's log: {b.log()[-3000:]}") from None
                 _, hc = await get_json(session, c.api_url + "/health")
                 assert hc["routing"] is False
                 assert any("lease" in d for d in hc["degraded"])
