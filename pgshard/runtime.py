@@ -175,7 +175,9 @@ class Runtime:
         plane.tokens = TokenIssuer(await load_jwt_secret(self.store, sc.jwt_secret), sc.token_ttl)
         plane.users = UserDirectory(self.store)
         plane.audit = AuditLog(self.store, self.node_id)
-        plane.catalog_ops = CatalogService(self.store)
+        plane.catalog_ops = CatalogService(
+            self.store, databases=lambda: tuple(d.server_database
+                                                for d in self.proxy.config.databases))
         from pgshard.control.failover import FailoverManager
         plane.failover = FailoverManager(self.config.ha, self.proxy, plane.membership,
                                          plane.catalog_ops, plane.ha_metrics)

@@ -62,9 +62,12 @@ class Change:
 
 
 class CatalogService:
-    def __init__(self, store: MetadataStore, connect_timeout: float = CONNECT_TIMEOUT):
+    def __init__(self, store: MetadataStore, connect_timeout: float = CONNECT_TIMEOUT,
+                 databases: Callable[[], tuple[str, ...]] = tuple):
         self.store = store
         self.connect_timeout = connect_timeout
+        # The [[databases]] dbnames: their rows count as much as the main database's.
+        self.databases = databases
 
     async def current(self) -> tuple[Catalog, int]:
         kv = await self.store.get(CATALOG_KEY)
@@ -258,28 +261,33 @@ class CatalogService:
             return []
         found: set[str] = set()
 
-        async def scan(shard: Shard) -> None:
+        async def scan(shard: Shard, db: str | None) -> None:
+            extra = {"database": db} if db is not None else {}
+            where = "" if db is None else f" (database {db})"
             try:
                 conn = await asyncio.wait_for(
-                    asyncpg.connect(shard.primary, timeout=self.connect_timeout),
+                    asyncpg.connect(shard.primary, timeout=self.connect_timeout, **extra),
                     self.connect_timeout + 1)
+            except asyncpg.InvalidCatalogNameError:
+                return   # a [[databases]] entry this shard lacks: no rows there
             except Exception as exc:
                 log.warning("cannot tell whether shard %s holds rows: %s", shard.name, exc)
-                found.add(f"unknown: shard {shard.name} unreachable")
+                found.add(f"unknown: shard {shard.name}{where} unreachable")
                 return
             try:
                 for table in tables:
                     try:
                         if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {_qualified(table)})"):
-                            found.add(table)
+                            found.add(table + where)
                     except asyncpg.UndefinedTableError:
                         pass
                     except asyncpg.PostgresError as exc:
-                        found.add(f"{table} (unreadable: {exc})")
+                        found.add(f"{table}{where} (unreadable: {exc})")
             finally:
                 await _close(conn)
 
-        await asyncio.gather(*(scan(s) for s in catalog.shards))
+        await asyncio.gather(*(scan(s, db) for s in catalog.shards
+                               for db in (None, *self.databases())))
         return sorted(found)
 
 

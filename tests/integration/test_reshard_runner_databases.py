@@ -1,6 +1,7 @@
 """The resharding runner with a second logical database, driven directly (no proxy): a job
 cancelled after its copy leaves no slot, publication or copied row in either database;
-a split then moves the rows of both databases, each row once, on its new owner."""
+a split then moves the rows of both databases, each row once, on its new owner. A shard
+added while only the second database holds rows owns nothing until a job moves them."""
 
 from __future__ import annotations
 
@@ -54,7 +55,14 @@ async def leftovers(by_db) -> list:
     return out
 
 
-def test_cancel_and_split_with_two_databases():
+@pytest.fixture(scope="module")
+def cluster():
+    with temp_cluster(shards=3, replicas=0) as c:
+        c.add_database("extra")
+        yield c
+
+
+def test_cancel_and_split_with_two_databases(cluster):
     async def body(cluster):
         desc = cluster.describe()["shards"]
         cat = Catalog.initial([Shard(s["name"], s["primary"]) for s in desc[:2]], TABLES,
@@ -103,6 +111,37 @@ def test_cancel_and_split_with_two_databases():
             for c in conns.values():
                 await c.close()
 
-    with temp_cluster(shards=3, replicas=0) as cluster:
-        cluster.add_database("extra")
-        asyncio.run(body(cluster))
+    asyncio.run(body(cluster))
+
+
+def test_a_shard_added_while_only_another_database_holds_rows_owns_nothing(cluster):
+    """Rows in a [[databases]] database count: the new shard gets no vnodes at once (that
+    would strand them), a job has to move them."""
+    async def body():
+        desc = cluster.describe()["shards"]
+        cat = Catalog.initial([Shard(s["name"], s["primary"]) for s in desc[:2]], TABLES,
+                              vnodes_per_shard=32)
+        main, extra = await connect_all(desc, None), await connect_all(desc, "extra")
+        for conns in (main, extra):
+            for c in conns.values():
+                await c.execute("DROP TABLE IF EXISTS acct, tag")
+                for d in DDL:
+                    await c.execute(d)
+        await extra["shard0"].execute("INSERT INTO acct VALUES (1, 'o', 1, 'x')")
+        for with_extra, owns in ((False, True), (True, False)):
+            store = await open_store(
+                f"sqlite:///{tempfile.mkdtemp(prefix='pgshard-meta-')}/m.db", cluster="t")
+            await load_or_seed(store, cat)
+            ops = CatalogService(store, databases=(lambda: ("extra",)) if with_extra
+                                 else tuple)
+            change = await ops.add_shard("shard2", desc[2]["primary"], [])
+            assert change.notes["owns_ranges"] is owns, change.notes
+            if not owns:
+                assert "acct (database extra)" in change.notes["message"]
+            await store.close()
+        for conns in (main, extra):
+            for c in conns.values():
+                await c.execute("DROP TABLE IF EXISTS acct, tag")
+                await c.close()
+
+    asyncio.run(body())
