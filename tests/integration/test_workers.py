@@ -1,7 +1,8 @@
 """`pgshard serve --workers 2` as a real subprocess: connections land on both workers, a
-CancelRequest (psql, psycopg, asyncpg) reaches the session's worker whichever worker the kernel gives it to, /metrics
-sums both workers, SIGHUP reloads both, a killed worker is restarted and SIGTERM drains and
-stops them all."""
+CancelRequest (psql, psycopg, asyncpg) reaches the session's worker whichever worker the
+kernel gives it to, /metrics sums both workers, SIGHUP and the console's RELOAD reload both,
+a killed worker is restarted, SIGTERM drains and stops them all, and so does kill -9 of the
+parent."""
 
 from __future__ import annotations
 
