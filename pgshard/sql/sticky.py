@@ -14,8 +14,6 @@ false negative would leak one client's state to another.
 
 from __future__ import annotations
 
-import re
-
 from pgshard.sql import lex as lx
 from pgshard.sql import settings as ss
 
@@ -35,13 +33,19 @@ _FIRST_WORDS = {
 }
 # What a plain SELECT/INSERT/UPDATE/DELETE must contain to pin: a text without any of
 # these is decided without tokenizing (the classifier's hot path).
-_MAYBE_DML = re.compile(r"set_config|advisory_lock|dblink_connect|temp", re.I)
+# Substring tests of the lowered text: a case-insensitive regex search of four alternatives
+# cost ~30k instructions on a 55-character pgbench query (a fifth of the proxy's work for it).
+_MAYBE_DML_WORDS = ("temp", "set_config", "advisory_lock", "dblink_connect")
 _SET_WORDS = frozenset({"SET", "RESET"})
 
 
 def maybe_dml(sql: str) -> bool:
     """False when a plain DML statement surely pins nothing (a cheap text test)."""
-    return _MAYBE_DML.search(sql) is not None
+    low = sql.lower()
+    for word in _MAYBE_DML_WORDS:
+        if word in low:
+            return True
+    return False
 
 
 def untracked_set(sql: str, statements: tuple[tuple[int, int], ...]) -> str | None:
