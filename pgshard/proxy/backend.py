@@ -100,6 +100,7 @@ class ServerConnection(asyncio.Protocol):
         self.secret = 0
         self.server_params: dict[str, str] = {}
         self.prepared: set[str] = set()   # global names of statements Parsed here
+        self.sql_names: dict[str, str] = {}   # SQL PREPAREs made here: name -> PREPARE text
         self.unnamed_owner: object | None = None
         self.vars: dict[str, str] = {}    # session settings applied beyond startup
         self.synced: tuple | None = None  # (client, vars generation) last replayed here
@@ -357,6 +358,7 @@ class ServerConnection(asyncio.Protocol):
         """After DISCARD ALL: no statement, no setting is left here."""
         self.sticky = None
         self.prepared.clear()
+        self.sql_names.clear()
         self.vars = {}
         self.unnamed_owner = None
 

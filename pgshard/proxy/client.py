@@ -61,6 +61,7 @@ from pgshard.proxy.units import (
     quote_literal,
 )
 from pgshard.sql import classify as r
+from pgshard.sql.sql_prepare import execute_call, prepared_statement
 
 log = logging.getLogger("pgshard.client")
 
@@ -132,7 +133,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.shard: str | None = None
         self.txn = TxnState()
         self.stmts: dict[str, object] = {}
-        self.sql_prepared: set[str] = set()          # names of SQL PREPAREs (on the server)
+        self.sql_prepared: dict[str, str] = {}       # SQL PREPAREs: name -> its PREPARE text
         # servers holding state of this client the proxy cannot replay (sql.sticky), put
         # aside while the client runs elsewhere: (shard, role) -> server
         self.parked: dict[tuple[str, str], object] = {}
@@ -578,7 +579,14 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 # SET TRANSACTION ISOLATION LEVEL …: shards that join later open with it
                 self.txn.begun += "; " + m.decode_query(raw[5:]).strip().rstrip(";")
         if plan.sticky:
-            self._pin(s, plan)
+            self._pin(s, plan, m.decode_query(raw[5:]))
+        elif plan.first_word == "EXECUTE" and self.sql_prepared:
+            self._replay_sql_prepare(s, m.decode_query(raw[5:]))
+        elif plan.kind == r.DEALLOCATE:
+            if plan.name is None:
+                s.sql_names.clear()
+            else:
+                s.sql_names.pop(plan.name, None)
         self._t0 = time.monotonic()
         self._qkind = _query_kind(plan)
         self._qsql = raw
@@ -809,6 +817,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         unit = target
         if target is None:
             target = self._any_shard()
+            if self.sql_prepared:   # a look-only SQL EXECUTE: described where it will run
+                st = next((op[1] for op in ops if op[0] in (OP_PARSE, OP_DESC_STMT)
+                           and op[1].plan.first_word == "EXECUTE"), None)
+                if st is not None:
+                    target = self._sql_prepared_route(st.plan, st.sql)
         executes = any(op[0] == OP_BIND or (op[0] == OP_RAW and op[2] == X_EXEC) for op in ops)
         if executes and self.txn.failed:
             raise _aborted()   # the held-back transaction failed: nothing runs until its end
@@ -845,6 +858,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def _emit_ops(self, s, ops) -> None:
         push, send = s.push, s.send
+        if self.sql_prepared and not s.unsynced:   # SQL EXECUTEs: their PREPAREs first
+            for op in ops:
+                if op[0] in (OP_BIND, OP_PARSE, OP_DESC_STMT) \
+                        and op[1].plan.first_word == "EXECUTE":
+                    self._replay_sql_prepare(s, op[1].sql)
         last = None   # the plan of the unit's last Bind, for the metrics kind
         last_sql = None
         for op in ops:
@@ -861,7 +879,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 if st.plan.kind != r.STATEMENT or st.plan.is_ddl:
                     self._track(s, st.plan)   # after the Bind: it applies to what follows
                 if st.plan.sticky:
-                    self._pin(s, st.plan)
+                    self._pin(s, st.plan, st.sql)
             elif k == OP_RAW:
                 send(op[1])
                 push(op[2])
@@ -1239,11 +1257,29 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     # ------------------------------------------------------------ state pinned to a server
 
-    def _pin(self, s, plan: r.Plan) -> None:
-        """plan leaves state on s the proxy cannot replay: s stays this client's."""
+    def _pin(self, s, plan: r.Plan, sql: str | None = None) -> None:
+        """plan leaves state on s the proxy cannot replay: s stays this client's. An SQL
+        PREPARE is remembered, to be made again on another shard an EXECUTE goes to."""
         s.sticky = plan.sticky
         if plan.first_word == "PREPARE" and plan.name:
-            self.sql_prepared.add(plan.name)
+            got = prepared_statement(sql) if sql is not None else None
+            name = got[0] if got else plan.name
+            self.sql_prepared[name] = sql or ""
+            s.sql_names[name] = sql or ""
+
+    def _replay_sql_prepare(self, s, sql: str) -> None:
+        """Before an EXECUTE on s: the PREPARE it names, if s does not have it (the EXECUTE
+        was routed to another shard than the PREPARE ran on)."""
+        call = execute_call(sql)
+        text = self.sql_prepared.get(call[0]) if call is not None else None
+        if not text or s.sql_names.get(call[0]) == text:
+            return
+        name = call[0]
+        if name in s.sql_names:   # an older definition under that name
+            s.query('DEALLOCATE "' + name.replace('"', '""') + '"', swallow=True)
+        s.query(text, swallow=True)
+        s.sql_names[name] = text
+        s.sticky = s.sticky or "SQL PREPARE"
 
     def _take_parked(self, shard: str, role: str):
         s = self.parked.pop((shard, role), None)
@@ -1272,7 +1308,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             return True
         if name in self.stmts:
             return False
-        self.sql_prepared.discard(name)
+        self.sql_prepared.pop(name, None)
         return self.server is not None and self.server.sticky is not None or bool(self.parked)
 
     def server_error(self, body: bytes) -> None:

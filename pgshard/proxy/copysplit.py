@@ -13,7 +13,7 @@ from __future__ import annotations
 from pgshard.protocol import messages as m
 from pgshard.protocol.copyrows import CopySplitter
 from pgshard.protocol.errors import PgError
-from pgshard.proxy import scatter
+from pgshard.proxy import fence, scatter
 from pgshard.proxy.backend import X_QUERY
 from pgshard.proxy.copyin import CopyFanout
 from pgshard.sql import classify as r
@@ -81,6 +81,16 @@ class CopySplitMixin:
         if gate is not None and gate.closed:
             raise gate.error()   # rows routed by a ring that may be stale (control.lease_gate)
         cat = self.proxy.catalog
+        if cat.fences and self.txn.multi is None and (
+                self.server is None or self.server.txn_status == b"I"):
+            # Resharding fences ranges: its rows may fall in them, so the COPY waits for the
+            # flip as a statement would (fence.py), then routes by the new ring. (In an open
+            # transaction it goes on: the fence's acknowledgement waits for that one.)
+            timeout = getattr(self.proxy.config.proxy, "fence_timeout",
+                              fence.DEFAULT_FENCE_TIMEOUT)
+            await fence.Hold(self.proxy, [f.hi for f in cat.fences], cat.fences[0].job,
+                             timeout).wait()
+            cat = self.proxy.catalog
         key = cat.key_column(stmt.table)
         shards = list(cat.serving_shards())
         multi = await self._copy_txn()

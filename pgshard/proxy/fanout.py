@@ -7,7 +7,7 @@ import asyncio
 import time
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import ActiveSqlTransaction, PgError
+from pgshard.protocol.errors import ActiveSqlTransaction, FeatureNotSupported, PgError
 from pgshard.proxy import fanread, read_filter, scatter
 from pgshard.proxy.backend import (
     X_BIND,
@@ -61,6 +61,11 @@ class FanoutMixin:
 
             if self.txn.multi is not None:   # the table may exist only in this transaction
                 replies = await self.txn.multi.run(self.txn.multi.shards[:1], emit)
+            elif (self.server is not None and not self.server.expect
+                  and not self.server.unsynced) or (self.server is None and self.parked):
+                # On a server this client holds: taking another from its pool could wait
+                # for the one it holds itself (a pool of one, a pinned session).
+                replies = [await self._on_own_server(emit)]
             else:
                 replies = await scatter.run_on_shards(self, [self._any_shard()], emit)
             names = [scatter.decode_row(raw[5:])[0] for t, raw in replies[0] if t == 0x44]
@@ -68,22 +73,23 @@ class FanoutMixin:
             self.proxy.set_key_position(table, names.index(key) if key in names else -1,
                                         database=self.database)
 
+    async def _on_own_server(self, emit) -> list[tuple[int, bytes]]:
+        """Run emit's unit on the server the client holds (idle, no unit open on it) or one
+        it keeps parked; its reply frames. The server stays the client's."""
+        s = self.server if self.server is not None else next(iter(self.parked.values()))
+        c = scatter.Collector(s.pool)
+        s.link(c)
+        try:
+            self.sync_vars_on(s)
+            emit(s, 0)
+            s.flush()
+            await c.done
+        finally:
+            s.link(self)
+        return c.frames()
+
     async def _multi_query(self, raw: bytes, sql: str, plan: r.Plan) -> None:
         kind = plan.kind
-        if plan.sticky:
-            # State of the session (pg_dump's SQL PREPAREs, a temp table): on the
-            # transaction's first shard, whose server then stays this client's (parked
-            # when the transaction ends, see MultiTxn.release), as the statements that
-            # touch no shard's rows (EXECUTE) go there too (_any_shard).
-            multi = self.txn.multi
-            if multi.failed:
-                raise PgError("current transaction is aborted, commands ignored until end "
-                              "of transaction block", sqlstate="25P02")
-            home = multi.shards[0]
-            await multi.ensure([home])
-            self._pin(multi.servers[home][1], plan)
-            await self._fanout(Fanout("one", [home], None), [(raw, X_QUERY)], sql, True)
-            return
         if kind in (r.COMMIT, r.ROLLBACK):
             out = await self._multi_end(kind)
             self.write(out + m.ready_for_query(b"I"))
@@ -110,6 +116,22 @@ class FanoutMixin:
             except NeedColumns as nc:
                 await self._learn_columns(nc.tables)
                 fan = self._multi_target(plan, sql)
+            if plan.sticky:
+                # State of the session (pg_dump's SQL PREPAREs, a temp table) made on one
+                # shard of the transaction (statements that touch no rows go to its first
+                # shard): that server then stays the client's (parked when the transaction
+                # ends, see MultiTxn.release). On several shards it is refused: their
+                # servers would each hold a part of it.
+                if fan.kind != "one":
+                    raise FeatureNotSupported(
+                        f"{plan.sticky} leaves session state on its server, and this "
+                        "statement runs on several shards", hint="pin it to one shard with "
+                        "/* shard: <name> */ or a /* shard_key: … */ hint")
+                await self.txn.multi.ensure(fan.shards)
+                self._pin(self.txn.multi.servers[fan.shards[0]][1], plan, sql)
+            elif plan.first_word == "EXECUTE" and self.sql_prepared and fan.kind == "one":
+                await self.txn.multi.ensure(fan.shards)   # its PREPARE there first
+                self._replay_sql_prepare(self.txn.multi.servers[fan.shards[0]][1], sql)
         await self._fanout(fan, [(raw, X_QUERY)], sql, True)
 
 

@@ -125,7 +125,13 @@ class MultiTxn:
         pools = [self.session.proxy.pool_for(sh, self.session.user,
                                              database=self.session.database)
                  for sh in new]
-        got = await asyncio.gather(*(p.acquire() for p in pools), return_exceptions=True)
+        # A server the client keeps parked (its session state) serves its shard here: one
+        # from the pool could wait for that very server (a pool of one).
+        parked = getattr(self.session, "parked", None) or {}
+        mine = [parked.pop((sh, "primary"), None) for sh in new]
+        got = await asyncio.gather(*(p.acquire() if m is None else _ready(m)
+                                     for p, m in zip(pools, mine, strict=True)),
+                                   return_exceptions=True)
         for sh, pool, s in zip(new, pools, got, strict=True):
             if not isinstance(s, BaseException):
                 self.servers[sh] = (pool, s)
@@ -193,6 +199,10 @@ class MultiTxn:
                 continue
             pool.release(s)
         self.servers = {}
+
+
+async def _ready(server):
+    return server
 
 
 def first_error(shards: list[str], replies) -> bytes | None:

@@ -11,6 +11,7 @@ from pgshard.sql import analysis as sp
 from pgshard.sql import classify as r
 from pgshard.sql import fastkey
 from pgshard.sql.relations import user_relations
+from pgshard.sql.sql_prepare import NOT_CONSTANT, execute_call, prepared_statement
 
 
 class TargetingMixin:
@@ -22,8 +23,8 @@ class TargetingMixin:
         if self.session_shard:
             return self.session_shard
         multi = self.txn.multi
-        if multi is not None and multi.shards:   # a transaction on several shards: its first
-            return multi.shards[0]
+        if multi is not None and multi.shards and not multi.implicit:
+            return multi.shards[0]   # the client's transaction on several shards: its first
         if self.unit_shard is not None:   # a pipeline already bound to a shard stays there
             return self.unit_shard
         if self.server is not None:       # so does a client that holds a server
@@ -87,7 +88,48 @@ class TargetingMixin:
             return cat.shards[0].name
         if plan.kind != r.STATEMENT:
             return self._any_shard()
+        if plan.first_word in ("PREPARE", "EXECUTE") and not plan.multi:
+            return self._sql_prepared_route(plan, sql if sql is not None else st.sql)
         return self._auto_route(sql if sql is not None else st.sql, bind, st)
+
+    def _sql_prepared_route(self, plan: r.Plan, sql: str) -> str:
+        """An SQL PREPARE defines a statement and touches no row: the client's own shard
+        (its server keeps it). An EXECUTE goes where its statement would with its
+        arguments (the PREPARE is made there too, see ClientSession._replay_sql_prepare)."""
+        if plan.first_word == "PREPARE":
+            return self._any_shard()
+        call = execute_call(sql)
+        text = self.sql_prepared.get(call[0]) if call is not None else None
+        got = prepared_statement(text) if text else None
+        if got is None:
+            return self._any_shard()   # unknown here: the server answers (26000)
+        name, args = call
+        a = self._analyze(got[1])
+        if not a.tables:
+            return self._any_shard()
+        if a.keys is None:
+            raise FeatureNotSupported(
+                f"EXECUTE {name}: its statement has no shard key on {', '.join(a.tables)}, "
+                "and an SQL-prepared statement runs on one shard",
+                hint="run the statement itself (it fans out), or use the driver's prepared "
+                     "statements (protocol level)")
+        if any(k.param is not None and k.param <= len(args) and args[k.param - 1] is NOT_CONSTANT
+               for k in a.keys):
+            raise FeatureNotSupported(
+                f"EXECUTE {name}: the shard key argument must be a constant",
+                hint="pass the key as a literal, or use the driver's prepared statements")
+        params = tuple(b"" if v is NOT_CONSTANT else v for v in args)
+        ring = self.proxy.catalog.ring
+        owners = sorted({ring.owner(hashing.token(k.resolve(params, (), ())))
+                         for k in a.keys
+                         if k.param is None or k.param > len(params) or params[k.param - 1] is not None})
+        if not owners:
+            return self._any_shard()
+        if len(owners) > 1:
+            raise r.CrossShardTransaction(
+                f"EXECUTE {name}: its arguments name keys on {len(owners)} shards "
+                f"({', '.join(owners)})", hint="execute it once per shard's keys")
+        return owners[0]
 
     def _explicit(self, shard: str, how: str, plan: r.Plan, bind, st, sql: str | None) -> str:
         """An explicit choice of shard, checked for writes: a row the SQL names by its key

@@ -103,3 +103,29 @@ async def test_hold_release_timeout_and_ack(cluster):
         assert holds and float(holds[0].split()[1]) >= 3
         for c in (conn, other, side):
             await c.close()
+
+
+async def test_a_copy_split_waits_for_the_fence(cluster):
+    """COPY … FROM STDIN split by key starts only once the fence lifts (its rows may fall in
+    the fenced range: written to the old owner after the final catch-up they would be lost),
+    and waiting past fence_timeout gives 40001."""
+    cfg = runtime_config(cluster, tables=[{"name": "kv", "shard_key": "id"}],
+                         proxy={"fence_timeout": 3})
+    async with running_runtime(cfg) as rt:
+        dsn = f"postgresql://app:app-secret@127.0.0.1:{rt.proxy.port}/app"
+        conn = await asyncpg.connect(dsn)
+        await conn.execute("DELETE FROM kv WHERE id >= 1000")
+        await fence_key(rt, 7)
+        rows = [(i, "copied") for i in range(1000, 1010)]
+        copy = asyncio.create_task(conn.copy_records_to_table("kv", records=rows))
+        await asyncio.sleep(0.5)
+        assert not copy.done()   # held
+        await lift(rt)
+        assert await asyncio.wait_for(copy, 10) == "COPY 10"
+        assert await conn.fetchval("SELECT count(*) FROM kv WHERE id >= 1000") == 10
+        await fence_key(rt, 7)
+        with pytest.raises(asyncpg.SerializationError):
+            await conn.copy_records_to_table("kv", records=[(2000, "late")])
+        await lift(rt)
+        await conn.execute("DELETE FROM kv WHERE id >= 1000")
+        await conn.close()
