@@ -74,7 +74,18 @@ def reason(sql: str, statements: tuple[tuple[int, int], ...], backslash_escapes:
 
 
 def _statement(sql: str, s: int, e: int, several: bool, esc: bool) -> str | None:
-    toks = list(lx.tokens(sql, s, e, esc))
+    # The first word (after any opening parentheses) and the one after it decide most
+    # statements; the rest is tokenized only when the text may hold what the loop below
+    # looks for (every word it returns on contains one of _MAYBE_DML_WORDS) or for DECLARE.
+    it = lx.tokens(sql, s, e, esc)
+    toks = []
+    for t in it:
+        toks.append(t)
+        if not (t.kind == lx.OP and t.text == "("):
+            break
+    after = next(it, None)
+    if after is not None:
+        toks.append(after)
     i = 0
     while i < len(toks) and toks[i].kind == lx.OP and toks[i].text == "(":
         i += 1
@@ -88,6 +99,9 @@ def _statement(sql: str, s: int, e: int, several: bool, esc: bool) -> str | None
         if several:
             return f"{first} in a string of several statements"
         return None
+    if first != "DECLARE" and not maybe_dml(sql[s:e]):
+        return None
+    toks.extend(it)
     if first == "DECLARE" and any(ss.word(t) == "HOLD" for t in toks):
         return "a WITH HOLD cursor"
     prev = None
