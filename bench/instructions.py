@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from bench.runner import MODES
+from bench.runner import MODES, write_hinted_scripts
 from bench.targets import (
     BENCH_PASSWORD,
     BENCH_USER,
@@ -128,9 +128,11 @@ class Callgrind:
         return total, funcs, elapsed
 
 
-def pgbench_fixed(endpoint: Endpoint, mode: str, transactions: int) -> None:
-    """pgbench -S -c 1 -t transactions -M mode; raises when it fails."""
-    argv = [str(pgbench_binary()), "-n", "-S", "-M", mode, "-c", "1", "-j", "1",
+def pgbench_fixed(endpoint: Endpoint, mode: str, transactions: int,
+                  scripts: dict[str, Path] | None = None) -> None:
+    """pgbench -S (or the mode's script) -c 1 -t transactions -M mode; raises when it fails."""
+    work = ["-S"] if scripts is None else ["-f", str(scripts[mode]), "-D", "scale=1"]
+    argv = [str(pgbench_binary()), "-n", *work, "-M", mode, "-c", "1", "-j", "1",
             "-t", str(transactions), *connect_args(endpoint), endpoint.database]
     proc = subprocess.run(argv, capture_output=True, text=True, env=pgbench_env(endpoint),
                           timeout=1200)
@@ -159,12 +161,17 @@ def compiled_state() -> dict:
 @click.option("--whole-process", is_flag=True,
               help="count the whole proxy process (event loop, timers and background work "
                    "too: not repeatable on a busy box), not only its socket-read handlers")
+@click.option("--shards", type=click.IntRange(1), default=1, show_default=True,
+              help="shards of the cluster behind the proxy (each holds every row)")
+@click.option("--hinted", is_flag=True,
+              help="make bench's hinted select-only script (shard_key / shard_key_param "
+                   "comment) instead of pgbench -S")
 @click.option("--top", type=click.IntRange(1), default=15, show_default=True,
               help="functions listed per mode")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True)
 def main(n_short: int, n_long: int, modes_text: str, reps: int, idle_seconds: float,
-         whole_process: bool, top: int, out: Path) -> None:
+         whole_process: bool, shards: int, hinted: bool, top: int, out: Path) -> None:
     """Proxy instructions per query for pgbench -S in -M simple, extended and prepared."""
     if n_long <= n_short:
         raise click.BadParameter("--long must be greater than --short")
@@ -174,12 +181,15 @@ def main(n_short: int, n_long: int, modes_text: str, reps: int, idle_seconds: fl
             sys.exit(f"{tool} not found (apt-get install valgrind)")
     work = Path(tempfile.mkdtemp(prefix="pgshard-instr-"))
     work.chmod(0o755)
-    cluster = LocalCluster(work / "cluster", shards=1, replicas=0)
+    cluster = LocalCluster(work / "cluster", shards=shards, replicas=0)
+    scripts = write_hinted_scripts(work) if hinted else None
     server = None
-    doc = {"short": n_short, "long": n_long, "compiled": compiled_state(), "modes": {}}
+    doc = {"short": n_short, "long": n_long, "compiled": compiled_state(), "shards": shards,
+           "hinted": hinted, "modes": {}}
     try:
         cluster.create()
-        load_pgbench_data(cluster.shards[0].primary, 1)
+        for shard in cluster.shards:   # every shard holds all rows (select-only)
+            load_pgbench_data(shard.primary, 1)
         port = free_port()
         config = work / "pgshard.toml"
         # Health checks (a login to each server every check_interval: SCRAM's PBKDF2) cost
@@ -209,7 +219,7 @@ def main(n_short: int, n_long: int, modes_text: str, reps: int, idle_seconds: fl
         server = ServerProcess("pgshard", argv, work / "pgshard.log", port)
         server.start(timeout=900)
         endpoint = Endpoint("127.0.0.1", port, BENCH_USER, BENCH_PASSWORD, cluster.database)
-        pgbench_fixed(endpoint, "simple", 50)     # warm-up: pool, caches
+        pgbench_fixed(endpoint, "simple", 50, scripts)     # warm-up: pool, caches
         cg = Callgrind(server.proc.pid, work)
         # What the proxy does per second with no client (timers, background tasks): the
         # long run lasts longer than the short one, so this much per second is in the
@@ -219,13 +229,13 @@ def main(n_short: int, n_long: int, modes_text: str, reps: int, idle_seconds: fl
         doc["idle_instructions_per_second"] = idle_total / idle_s
         print(f"idle: {idle_total / idle_s:,.0f} instructions/s", flush=True)
         for mode in modes:
-            pgbench_fixed(endpoint, mode, 20)
+            pgbench_fixed(endpoint, mode, 20, scripts)
             n = n_long - n_short
             pairs = []
             for _ in range(reps):
-                a = cg.profile(lambda m=mode: pgbench_fixed(endpoint, m, n_short))
+                a = cg.profile(lambda m=mode: pgbench_fixed(endpoint, m, n_short, scripts))
                 a_incl = cg.last_inclusive
-                b = cg.profile(lambda m=mode: pgbench_fixed(endpoint, m, n_long))
+                b = cg.profile(lambda m=mode: pgbench_fixed(endpoint, m, n_long, scripts))
                 pairs.append(((b[0] - a[0]) / n, a, b, a_incl, cg.last_inclusive))
             # The lowest difference: a rare event (a server login) in one run is left out.
             per_query, a, b, a_incl, b_incl = min(pairs, key=lambda p: p[0])
