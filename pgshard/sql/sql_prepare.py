@@ -14,28 +14,25 @@ from pgshard.sql.textmemo import text_memo
 @text_memo(2 * 1024 * 1024, 64 * 1024)
 def prepared_statement(sql: str) -> tuple[str, str] | None:
     """(name, the statement's SQL) of `PREPARE name [(types)] AS statement`, else None."""
-    try:
-        stmts = parse_sql(sql)
-    except ParseError:
-        return None
-    if len(stmts) != 1 or not isinstance(stmts[0].stmt, ast.PrepareStmt):
-        return None
-    node = stmts[0].stmt
-    return node.name, RawStream()(node.query)
+    node = _single(sql, ast.PrepareStmt)
+    return None if node is None else (node.name, RawStream()(node.query))
 
 
 @text_memo(2 * 1024 * 1024, 64 * 1024)
 def execute_call(sql: str) -> tuple[str, tuple[bytes | None | object, ...]] | None:
     """(name, arguments) of `EXECUTE name [(args)]`: each argument as text bytes for a
     constant (None for NULL), or NOT_CONSTANT for an expression; None if sql is not one."""
+    node = _single(sql, ast.ExecuteStmt)
+    return None if node is None else (node.name, tuple(_constant(p) for p in node.params or ()))
+
+
+def _single(sql: str, cls):
+    """The one statement of sql if it is a cls node, else None."""
     try:
         stmts = parse_sql(sql)
     except ParseError:
         return None
-    if len(stmts) != 1 or not isinstance(stmts[0].stmt, ast.ExecuteStmt):
-        return None
-    node = stmts[0].stmt
-    return node.name, tuple(_constant(p) for p in node.params or ())
+    return stmts[0].stmt if len(stmts) == 1 and isinstance(stmts[0].stmt, cls) else None
 
 
 NOT_CONSTANT = object()
