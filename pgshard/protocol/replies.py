@@ -56,7 +56,7 @@ class ReplyMatcher:
         self.skipping = False
         self.events: list[tuple] = []
 
-    def push(self, kind: int, swallow: bool = False, fake=None):
+    def push(self, kind: int, swallow: bool = False, fake=None, bare: bool = False):
         """Record that a reply to one request is due. An X_FAKE with nothing owed before it
         is returned at once, for the caller to write; otherwise None.
 
@@ -64,7 +64,9 @@ class ReplyMatcher:
         of an X_PARSE; the statement of an X_DESC_STMT; for an X_SYNC or X_QUERY, the status
         the client is in while it holds a BEGIN back (T or E): a server that only looked
         then reports I, and the client is told its own status instead (E once an error
-        went by)."""
+        went by). bare: the error this request makes is the proxy's own, raised through
+        the server (a DO block, so that the server's transaction fails too): forwarded
+        without the CONTEXT line PL/pgSQL adds, as PostgreSQL's own errors look."""
         if kind == X_FAKE:
             if not self.expect:
                 return fake
@@ -75,7 +77,7 @@ class ReplyMatcher:
                 self.unsynced = 1
         else:
             self.unsynced = 0
-        self.expect.append([kind, swallow, fake])
+        self.expect.append([kind, swallow, fake, bare] if bare else [kind, swallow, fake])
         return None
 
     def feed(self, frames, data) -> tuple[object, int]:
@@ -115,6 +117,11 @@ class ReplyMatcher:
             elif t == 0x45:  # ErrorResponse: always forwarded
                 events.append(("error", bytes(data[s + 5:e])))
                 self.unit_failed = True
+                if len(expect[0]) > 3:   # the proxy's own error: without PL/pgSQL's CONTEXT
+                    if span < s:
+                        out.append(data[span:s])
+                    span = e
+                    out.append(_without_context(bytes(data[s + 5:e])))
                 if expect[0][0] != X_QUERY:
                     # The server now skips everything up to the next Sync: the failed request
                     # and every one after it.
@@ -172,3 +179,11 @@ class ReplyMatcher:
         self.expect.clear()
         self.events.clear()
         self.unsynced = 0
+
+
+def _without_context(body: bytes) -> bytes:
+    """An ErrorResponse frame of body's fields but the CONTEXT (W) and the source location
+    (F, L, R) of the PL/pgSQL RAISE that made it."""
+    fields = [f for f in body.split(b"\0") if f and f[:1] not in (b"W", b"F", b"L", b"R")]
+    payload = b"".join(f + b"\0" for f in fields) + b"\0"
+    return b"E" + (len(payload) + 4).to_bytes(4, "big") + payload

@@ -377,9 +377,9 @@ class ServerConnection(asyncio.Protocol):
         if self.state != CLOSED:
             self._set_state(CLOSED)
 
-    def push(self, kind: int, swallow: bool = False, fake=None) -> None:
+    def push(self, kind: int, swallow: bool = False, fake=None, bare: bool = False) -> None:
         """Record that a reply to one request is due, in order (see ReplyMatcher.push)."""
-        now = self.replies.push(kind, swallow, fake)
+        now = self.replies.push(kind, swallow, fake, bare)
         if now is not None:
             self.client.write(now)
 

@@ -1199,12 +1199,12 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             sql = _raise_sql(exc)
             if simple:
                 s.send(m.query(sql))
-                s.push(X_QUERY, fake=self.txn.held())
+                s.push(X_QUERY, fake=self.txn.held(), bare=True)
             else:
                 s.send(m.parse("", sql) + m.bind("", "") + m.execute())
                 s.push(X_PARSE, swallow=True)
                 s.push(X_BIND, swallow=True)
-                s.push(X_EXEC)
+                s.push(X_EXEC, bare=True)
                 if synced:
                     s.send(m.SYNC)
                     s.push(X_SYNC, fake=self.txn.held())

@@ -377,3 +377,20 @@ def test_server_skipping_to_sync_is_never_pooled(env):
                                 _query("SELECT 1")], reads=1)
         for shard in ("shard0", "shard1"):
             assert _next_client_works(proxy, keys[shard][2]) == 0
+
+
+@pytest.mark.parametrize("prepare", [False, True], ids=["simple", "extended"])
+def test_a_refusal_inside_a_transaction_looks_like_postgresql(env, prepare):
+    """A refusal inside a transaction on a server fails the server's transaction too (it is
+    raised there), yet reads like PostgreSQL's own error: no PL/pgSQL CONTEXT line."""
+    proxy, cluster, keys = env
+    a = keys["shard0"][5]
+    with psycopg.connect(proxy.dsn(), autocommit=True) as c:
+        c.execute("BEGIN")
+        c.execute(f"SELECT count(*) FROM accounts WHERE id = {a}")
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute(f"UPDATE accounts SET id = id + 1 WHERE id = {a}", prepare=prepare)
+        assert e.value.diag.context is None and e.value.diag.source_function is None
+        assert "shard key column" in e.value.diag.message_primary
+        assert c.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        c.execute("ROLLBACK")
