@@ -211,3 +211,25 @@ def test_requests_sent_after_an_error_are_skipped_up_to_the_sync():
     r.push(X_QUERY)
     assert feed(r, Z(b"I")) == (Z(b"E"), 0)
     assert feed(r, SELECT1 + Z(b"I")) == (SELECT1 + Z(b"I"), AT_IDLE)
+
+
+RAISED = _frame(b"E", b"SERROR\0VERROR\0C0A000\0Mno key\0HGive one\0WPL/pgSQL function "
+                b"inline_code_block line 1 at RAISE\0Fpl_exec.c\0L3911\0Rexec_stmt_raise\0\0")
+
+
+@pytest.mark.parametrize("kind", [X_QUERY, X_EXEC])
+def test_the_proxys_own_error_loses_the_plpgsql_context(kind):
+    r = ReplyMatcher()
+    r.push(kind, bare=True)
+    if kind == X_EXEC:
+        r.push(X_SYNC)
+    got, state = feed(r, RAISED + Z(b"E"))
+    want = _frame(b"E", b"SERROR\0VERROR\0C0A000\0Mno key\0HGive one\0\0") + Z(b"E")
+    assert (got, state) == (want, AT_IDLE)
+    assert r.events == [("error", RAISED[5:])]
+
+
+def test_other_errors_keep_their_context():
+    r = ReplyMatcher()
+    r.push(X_QUERY)
+    assert feed(r, RAISED + Z(b"E"))[0] == RAISED + Z(b"E")
