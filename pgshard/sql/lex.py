@@ -130,6 +130,13 @@ class Scan:
 def scan(sql: str, backslash_escapes: bool = False) -> Scan:
     """Comment and statement spans of a SQL text. backslash_escapes: read '…' strings as
     with standard_conforming_strings = off."""
+    if "'" not in sql and '"' not in sql and "$" not in sql and "-" not in sql:
+        return _scan_plain(sql)
+    return _scan(sql, backslash_escapes)
+
+
+def _scan(sql: str, backslash_escapes: bool) -> Scan:
+    """scan() of any text: plain code taken a run at a time, each special start read."""
     comments: list[tuple[int, int]] = []
     statements: list[tuple[int, int]] = []
     ambiguous = False
@@ -193,6 +200,43 @@ def scan(sql: str, backslash_escapes: bool = False) -> Scan:
     if has_code:
         statements.append((stmt_start, n))
     return Scan(tuple(comments), tuple(statements), ambiguous)
+
+
+def _scan_plain(sql: str) -> Scan:
+    """scan() of a text without quotes, dollars or dashes (no string, quoted identifier,
+    dollar quote or line comment can start): only ';' and /* */ matter, found with
+    str.find (each found position is kept until passed, so the text is read once)."""
+    comments: list[tuple[int, int]] = []
+    statements: list[tuple[int, int]] = []
+    n = len(sql)
+    pos = stmt_start = 0
+    has_code = False
+    semi = sql.find(";")
+    mark = sql.find("/*")
+    while True:
+        floor = pos
+        if 0 <= semi < pos:
+            semi = sql.find(";", pos)
+        if 0 <= mark < pos:
+            mark = sql.find("/*", pos)
+        p = min(semi if semi >= 0 else n, mark if mark >= 0 else n)
+        if not has_code and p > floor and _NOT_SPACE.search(sql, floor, p) is not None:
+            has_code = True
+        if p >= n:
+            break
+        if p == semi:
+            if has_code:
+                statements.append((stmt_start, p))
+            pos = stmt_start = p + 1
+            has_code = False
+        else:
+            end = skip_block_comment(sql, p)
+            if end <= n:   # an unterminated comment is a syntax error, not a hint
+                comments.append((p, end))
+            pos = end
+    if has_code:
+        statements.append((stmt_start, n))
+    return Scan(tuple(comments), tuple(statements), False)
 
 
 def comment_body(sql: str, span: tuple[int, int]) -> str | None:
