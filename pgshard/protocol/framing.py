@@ -23,7 +23,7 @@ GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
 
 # Frontend message types the proxy may receive from a client.
-FRONTEND_TYPES = frozenset(b"QPBDECSHXdcfp")
+FRONTEND_TYPES = frozenset(b"QPBDECSHXdcfpF")   # F: a fastpath FunctionCall
 # Backend message types the proxy may receive from a server.
 BACKEND_TYPES = frozenset(b"RSKZETDCIs123tnGHWdcNAvV")
 

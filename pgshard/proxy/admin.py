@@ -87,7 +87,7 @@ class AdminConsole:
             out.append(m.parameter_status(k, v))
         out += [m.backend_key_data(s.pid, s.secret), m.ready_for_query(b"I")]
         s.write(b"".join(out))
-        s.buf.allowed = FRONTEND_TYPES
+        s.buf.allowed = FRONTEND_TYPES - {0x46}   # no fastpath calls: nothing to call
         log.info("admin console: %s connected from %s", s.user_name, s.peer)
         while True:
             msg = s.buf.next_message()

@@ -339,6 +339,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                     s.flush()
                     if s.write_paused:
                         return s.drain()
+            elif t == 0x46:    # FunctionCall (fastpath: libpq's large-object API)
+                return self._function_call(raw)
             elif t == 0x58:    # Terminate
                 raise _Terminate()
             else:
@@ -346,7 +348,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         except PgError as exc:
             if exc.fatal:
                 raise
-            self._fail(exc, simple=(t == 0x51), synced=(t == 0x53))
+            self._fail(exc, simple=(t == 0x51 or t == 0x46), synced=(t == 0x53))
         except NeedColumns as nc:
             return self._guard(self._learn_then_dispatch(nc.tables, t, raw), t == 0x51)
         return None
@@ -501,6 +503,48 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         p = self.txn.pending
         return p is not None and (";" in p or len(self.proxy.catalog.shards) == 1
                                   or "transaction" in sql.lower() or p.strip().upper() != "BEGIN")
+
+    def _function_call(self, raw: bytes):
+        """A fastpath FunctionCall runs on the client's server, inside its transaction, and
+        is answered like a Query (FunctionCallResponse or an error, then ReadyForQuery).
+        Only between units: one inside an extended-protocol unit closes the connection
+        (08P01), and with several shards the client must name its shard first (its large
+        objects live on one shard)."""
+        s = self.server
+        if self.ops or (s is not None and (s.unsynced or s.expect)):
+            raise ProtocolViolation("a fastpath function call inside an extended-protocol "
+                                    "unit is not supported")
+        if self.txn.multi is not None:
+            raise FeatureNotSupported(
+                "a fastpath function call inside a transaction on several shards",
+                hint="call the function with SELECT, or keep the transaction on one shard")
+        if self.txn.failed:
+            raise _aborted()
+        cat = self.proxy.catalog
+        if len(cat.shards) > 1 and self.session_shard is None:
+            raise FeatureNotSupported(
+                "a fastpath function call (large objects) needs its shard: the cluster has "
+                f"{len(cat.shards)}", hint="SET pgshard.shard = '<name>' first, or call the "
+                "function with SELECT")
+        shard = self.shard if s is not None else self._any_shard()
+        role = self.role if s is not None else "primary"
+        got = self._attach_now(shard, True, role)
+        if got is None:
+            return self._guard(self._call_slow(raw, shard, role), True)
+        self._send_call(got, raw)
+        return None
+
+    async def _call_slow(self, raw: bytes, shard: str, role: str) -> None:
+        self._send_call(await self._attach(shard, True, role), raw)
+
+    def _send_call(self, s, raw: bytes) -> None:
+        self._t0 = time.monotonic()
+        self._qkind = "other"
+        self._qsql = None
+        s.forget_unnamed()
+        s.send(raw)
+        s.push(X_QUERY, fake=self.txn.held())   # answered like a Query: …, ReadyForQuery
+        s.flush()
 
     def server_param(self, s, name: str, value: str) -> None:
         """The server reports the value a setting of this client now has (DateStyle after

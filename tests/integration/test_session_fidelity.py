@@ -10,6 +10,7 @@ import pytest
 
 from tests.fixtures.proxy import ProxyProcess
 from tests.integration.conftest import USERS, _shards
+from tests.integration.test_proxy_psql_pgbench import psql
 
 ONE = {"name": "one", "password": "one-secret", "pool_size": 1}
 SESSION = {"name": "sone", "password": "sone-secret", "pool_size": 1, "pool_mode": "session"}
@@ -83,6 +84,39 @@ async def test_failed_set_leaves_no_error_behind(env):
             await c.fetchval("SHOW custom.my_guc")
     finally:
         await c.close()
+
+
+def test_large_objects_with_fastpath_calls(env, tmp_path):
+    """psql's \\lo_import / \\lo_export / \\lo_unlink use libpq's fastpath FunctionCall."""
+    _, dsn = env
+    src = tmp_path / "blob.bin"
+    src.write_bytes(bytes(range(256)) * 300)
+    out = psql(dsn, "-c", f"\\lo_import '{src}'").stdout.split()
+    oid = int(out[-1])
+    dst = tmp_path / "back.bin"
+    psql(dsn, "-c", f"\\lo_export {oid} '{dst}'")
+    assert dst.read_bytes() == src.read_bytes()
+    psql(dsn, "-c", f"\\lo_unlink {oid}")
+    left = psql(dsn, "-c", f"SELECT count(*) FROM pg_largeobject_metadata WHERE oid = {oid}")
+    assert left.stdout.strip() == "0"
+
+
+def test_fastpath_calls_on_several_shards_need_a_shard(pg_cluster, tmp_path):
+    """With two shards a large object lives on one: the call is refused (the session goes
+    on) until SET pgshard.shard names it; then it runs there."""
+    cfg = {"proxy": {"database": "app", "pool_size": 2}, "users": USERS,
+           "shards": _shards(pg_cluster)}
+    src = tmp_path / "blob.bin"
+    src.write_bytes(b"x" * 5000)
+    with ProxyProcess(cfg) as proxy:
+        bad = psql(proxy.dsn(), "-c", f"\\lo_import '{src}'", check=False)
+        assert bad.returncode != 0 and "SET pgshard.shard" in bad.stderr
+        got = psql(proxy.dsn(), "-c", "SET pgshard.shard = 'shard1'", "-c",
+                   f"\\lo_import '{src}'").stdout.split()
+        oid = int(got[-1])
+    node = next(s.primary for s in pg_cluster.shards if s.name == "shard1")
+    assert node.psql(f"SELECT length(lo_get({oid}))") == "5000"
+    node.psql(f"SELECT lo_unlink({oid})")
 
 
 def test_commit_and_chain(env):

@@ -199,7 +199,8 @@ class Fuzz:
             view = wf.proxy_view(data, MAX_MESSAGE)
         if seq.tail == "terminate":
             data += wf.TERMINATE
-        may_close = view.end == "fatal" or any(t in b"Xp" for t in view.types) \
+        # F (a fastpath call) inside an extended-protocol unit closes the connection (08P01)
+        may_close = view.end == "fatal" or any(t in b"XpF" for t in view.types) \
             or seq.tail == "terminate"
         token = f"fz-probe-{ctx['worker']}-{i}"
         if view.end != "fatal":
