@@ -247,7 +247,9 @@ async def test_cancel_reaches_every_shard_of_a_fanout(refusal_proxy, pg_cluster)
     conn = await asyncpg.connect(refusal_proxy.dsn())
     try:
         for k in keys:
-            await conn.execute(f"INSERT INTO {TABLE} VALUES ({k}, 'c') ON CONFLICT DO NOTHING")
+            # (DO UPDATE: the fuzz before may have left these keys with another value)
+            await conn.execute(f"INSERT INTO {TABLE} VALUES ({k}, 'c') "
+                               "ON CONFLICT (id) DO UPDATE SET v = 'c'")
         with pytest.raises(TimeoutError):   # asyncpg sends a CancelRequest on its timeout
             await conn.fetch(f"SELECT pg_sleep(20) FROM {TABLE} WHERE v = 'c'", timeout=1)
         # Cancelled, the shards answer at once; uncancelled, they sleep on for 20 s.
