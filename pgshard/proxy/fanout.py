@@ -61,10 +61,9 @@ class FanoutMixin:
 
             if self.txn.multi is not None:   # the table may exist only in this transaction
                 replies = await self.txn.multi.run(self.txn.multi.shards[:1], emit)
-            elif (self.server is not None and not self.server.expect
-                  and not self.server.unsynced) or (self.server is None and self.parked):
-                # On a server this client holds: taking another from its pool could wait
-                # for the one it holds itself (a pool of one, a pinned session).
+            elif self._own_idle_server() is not None:
+                # On a server this client keeps (its session state pins it): taking another
+                # from its pool could wait for that very one (a pool of one).
                 replies = [await self._on_own_server(emit)]
             else:
                 replies = await scatter.run_on_shards(self, [self._any_shard()], emit)
@@ -73,10 +72,17 @@ class FanoutMixin:
             self.proxy.set_key_position(table, names.index(key) if key in names else -1,
                                         database=self.database)
 
+    def _own_idle_server(self):
+        """A pinned server of this client that is usable and idle (no unit open on it)."""
+        s = self.server
+        if s is not None:
+            ok = s.sticky and s.usable and not s.expect and not s.unsynced
+            return s if ok else None
+        return next((p for p in self.parked.values() if p.usable), None)
+
     async def _on_own_server(self, emit) -> list[tuple[int, bytes]]:
-        """Run emit's unit on the server the client holds (idle, no unit open on it) or one
-        it keeps parked; its reply frames. The server stays the client's."""
-        s = self.server if self.server is not None else next(iter(self.parked.values()))
+        """Run emit's unit on _own_idle_server(); its reply frames. It stays the client's."""
+        s = self._own_idle_server()
         c = scatter.Collector(s.pool)
         s.link(c)
         try:
@@ -85,7 +91,8 @@ class FanoutMixin:
             s.flush()
             await c.done
         finally:
-            s.link(self)
+            if s.usable:
+                s.link(self)
         return c.frames()
 
     async def _multi_query(self, raw: bytes, sql: str, plan: r.Plan) -> None:
