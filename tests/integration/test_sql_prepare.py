@@ -10,10 +10,9 @@ import asyncpg
 import psycopg
 import pytest
 
-from pgshard.ring import hashing
-from pgshard.ring.ring import Ring
 from tests.fixtures.proxy import ProxyProcess
 from tests.integration.conftest import _shards
+from tests.integration.test_txn_integrity import _keys
 
 TABLE = "sqlprep_items"
 DDL = f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, v text)"
@@ -25,13 +24,7 @@ def env(pg_cluster):
     for s in pg_cluster.shards:
         s.primary.psql(DDL)
         s.primary.psql(f"TRUNCATE {TABLE}")
-    names = [s.name for s in pg_cluster.shards]
-    ring = Ring.build(names)
-    keys: dict[str, list[int]] = {n: [] for n in names}
-    k = 100
-    while min(len(v) for v in keys.values()) < 3:
-        keys[ring.owner(hashing.token(hashing.canonical_key(k)))].append(k)
-        k += 1
+    keys = _keys([s.name for s in pg_cluster.shards], start=100)
     cfg = {"proxy": {"database": "app", "pool_mode": "transaction"}, "users": [ONE],
            "shards": _shards(pg_cluster), "tables": [{"name": TABLE, "shard_key": "id"}]}
     with ProxyProcess(cfg) as p:
