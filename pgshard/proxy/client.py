@@ -548,10 +548,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def server_param(self, s, name: str, value: str) -> None:
         """The server reports the value a setting of this client now has (DateStyle after
-        SET datestyle TO ymd is 'ISO, YMD', not 'ymd'): that value is what is replayed."""
+        SET datestyle TO ymd is 'ISO, YMD', not 'ymd'): that value is what is replayed.
+        The last report of the unit counts (the watch ends at its idle point): a replay of
+        the setting sent before the SET reports too, and first."""
         key = name.lower()
         if s is self.server and key in self.param_watch and key in self.vars:
-            self.param_watch.discard(key)
             v = quote_literal(value)
             s.vars[key] = v
             if self.vars[key] != v:
@@ -1172,6 +1173,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if self.unit_wrote and s.txn_status == b"I":
             self.last_write[self.shard] = time.monotonic()
             self.unit_wrote = False
+        if self.param_watch:
+            self.param_watch.clear()
         if self.txn.undo is not None:
             self._settle_undo(s)
         snap = self.txn.snapshot
@@ -1310,6 +1313,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             name = got[0] if got else plan.name
             self.sql_prepared[name] = sql or ""
             s.sql_names[name] = sql or ""
+        elif plan.first_word == "LOAD" and sql:
+            self._loaded(s, sql)
 
     def _replay_sql_prepare(self, s, sql: str) -> None:
         """Before an EXECUTE on s: the PREPARE it names, if s does not have it (the EXECUTE

@@ -7,6 +7,7 @@ from pgshard.protocol import messages as m
 from pgshard.protocol.errors import InvalidSqlStatementName, NoActiveSqlTransaction, PgError
 from pgshard.proxy.units import quote_literal
 from pgshard.sql import classify as r
+from pgshard.sql.settings import loaded_prefix
 
 
 class SessionStateMixin:
@@ -104,6 +105,20 @@ class SessionStateMixin:
             if s is not None:
                 s.note_setting(name, None)
         self.vars_gen += 1
+
+    def _loaded(self, s, sql: str) -> None:
+        """LOAD 'library' on s removes the placeholder settings of the prefix the library
+        reserves: no longer tracked here nor on s (a failed LOAD keeps them on s, which
+        stays pinned to this client and is reset with DISCARD ALL when released)."""
+        prefix = loaded_prefix(sql)
+        if prefix is None:
+            return
+        gone = [k for k in self.vars if k.startswith(prefix + ".")]
+        for k in gone:
+            del self.vars[k]
+            s.note_setting(k, None)
+        if gone:
+            self.vars_gen += 1
 
     def _deallocate(self, name: str | None) -> None:
         if name is None:

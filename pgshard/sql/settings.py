@@ -316,3 +316,19 @@ def set_config_call(toks: list[lx.Token]) -> tuple[str, ConfigValue] | None:
             or name.startswith("pgshard."):
         return None
     return name, ConfigValue(quote(_string_value(value_t)))
+
+
+def loaded_prefix(sql: str) -> str | None:
+    """The custom-setting prefix `LOAD 'library'` reserves, by convention the library's
+    base name ('$libdir/plpgsql.so' -> "plpgsql"): loading it removes the session's
+    placeholder settings of that prefix (PostgreSQL warns "removing it"). None when the
+    text is not one LOAD of a string literal."""
+    toks = list(lx.tokens(sql, 0, min(len(sql), 4096)))
+    while toks and toks[-1].kind == lx.OP and toks[-1].text == ";":
+        toks.pop()
+    if len(toks) != 2 or word(toks[0]) != "LOAD" or toks[1].kind != lx.STRING:
+        return None
+    base = _string_value(toks[1]).rsplit("/", 1)[-1]
+    if base.endswith(".so"):
+        base = base[:-3]
+    return base.lower() or None

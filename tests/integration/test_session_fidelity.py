@@ -73,6 +73,35 @@ async def test_partial_datestyle_is_replayed_as_the_server_reported_it(env):
         await a.close()
 
 
+async def test_set_after_a_replay_keeps_its_own_value(env):
+    """A SET sent right after the replay of the client's settings on a server another
+    client had: both report the setting; the SET's value (the last report) is the one
+    replayed later, not the replay's (regress timestamptz/horology, 4 parallel clients)."""
+    proxy, _ = env
+    dsn = proxy.dsn(user="one", password="one-secret")   # a pool of one: a, b alternate
+    a = await asyncpg.connect(dsn, server_settings={"timezone": "PST8PDT",
+                                                    "datestyle": "Postgres, MDY"})
+    b = await asyncpg.connect(dsn)
+    try:
+        for tz, offset, style, shown in [("'+02:00'", "-02", "ISO", "1999-01-08"),
+                                         ("'-13:00'", "+13", "German", "08.01.1999")]:
+            assert await b.fetchval("SELECT 1") == 1      # the server has b's settings
+            await a.execute(f"SET timezone = {tz}")       # a's replayed first, then this
+            assert await b.fetchval("SELECT 1") == 1
+            assert await a.fetchval("SELECT to_char(now(), 'OF')") == offset
+            assert await b.fetchval("SELECT 1") == 1
+            await a.execute(f"SET datestyle = {style}")
+            assert await b.fetchval("SELECT 1") == 1
+            assert await a.fetchval("SELECT date '1999-01-08'::text") == shown
+        await a.execute("RESET timezone")
+        assert await b.fetchval("SELECT 1") == 1
+        assert await a.fetchval("SHOW timezone") == "PST8PDT"
+        assert await b.fetchval("SHOW timezone") != "PST8PDT"
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_failed_set_leaves_no_error_behind(env):
     _, dsn = env
     c = await asyncpg.connect(dsn)
@@ -84,6 +113,29 @@ async def test_failed_set_leaves_no_error_behind(env):
             await c.fetchval("SHOW custom.my_guc")
     finally:
         await c.close()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+async def test_load_removes_placeholder_settings(pg_cluster, mode):
+    """guc.sql: a placeholder SET in a library's namespace, then LOAD of that library (which
+    removes it), then a SET of it that fails: the next statement gets its own answer only
+    (the proxy replayed the removed placeholder and its error showed on the next SHOW).
+    A proxy of its own: its server is new, so plpgsql is not loaded there yet."""
+    cfg = {"proxy": {"database": "app", "pool_size": 1, "pool_mode": mode},
+           "users": USERS, "shards": _shards(pg_cluster, {"shard0"})}
+    with ProxyProcess(cfg) as proxy:
+        c = await asyncpg.connect(proxy.dsn())
+        try:
+            await c.execute("SET plpgsql.extra_foo_warnings = true")
+            await c.execute("LOAD 'plpgsql'")
+            with pytest.raises(asyncpg.PostgresError, match="reserved prefix"):
+                await c.execute("SET plpgsql.extra_foo_warnings = true")
+            with pytest.raises(asyncpg.UndefinedObjectError,
+                               match="unrecognized configuration parameter"):
+                await c.fetchval("SHOW plpgsql.extra_foo_warnings")
+            assert await c.fetchval("SELECT 1") == 1
+        finally:
+            await c.close()
 
 
 def test_large_objects_with_fastpath_calls(env, tmp_path):
