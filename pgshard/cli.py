@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -13,6 +12,16 @@ from pathlib import Path
 import click
 
 from pgshard import __version__
+from pgshard.cli_output import (
+    answer,
+    echo_fields,
+    echo_json,
+    echo_notes,
+    echo_table,
+    flatten,
+    item,
+    items,
+)
 from pgshard.control.rest_client import (
     DEFAULT_API,
     DEFAULT_TIMEOUT,
@@ -39,7 +48,6 @@ EXIT_CODES: dict[type[ApiError], int] = {
     NotFound: 6,
     Conflict: 7,
 }
-ROLES = ("admin", "operator", "viewer", "app")
 SHARD_COLUMNS = ["name", "status", "weight", "vnodes", "ownership", "primary", "replicas"]
 
 
@@ -296,7 +304,7 @@ def login(session: Session, user: str, password_stdin: bool, as_json: bool) -> N
                        role=str(reply.get("role", "")), expires_at=reply.get("expires_at"))
     target = save_login(saved)
     if as_json:
-        _echo_json({k: v for k, v in reply.items() if k != "token"} | {"token_file": str(target)})
+        echo_json({k: v for k, v in reply.items() if k != "token"} | {"token_file": str(target)})
         return
     role = f" ({saved.role})" if saved.role else ""
     until = f", valid until {saved.expires_at}" if saved.expires_at else ""
@@ -320,7 +328,7 @@ def status(session: Session, as_json: bool) -> None:
     if saved and saved.api == session.api:
         login = {"user": saved.user, "role": saved.role, "expires_at": saved.expires_at}
     if as_json:
-        _echo_json({"api": session.api, "health": health, "login": login})
+        echo_json({"api": session.api, "health": health, "login": login})
     else:
         if session.token_option:
             who = "token from --token / PGSHARD_TOKEN"
@@ -329,7 +337,7 @@ def status(session: Session, as_json: bool) -> None:
             who += f", token valid until {login['expires_at']}" if login["expires_at"] else ""
         else:
             who = "none (run `pgshard login --user NAME`)"
-        _echo_fields({"api": session.api, **_flatten(health), "login": who})
+        echo_fields({"api": session.api, **flatten(health), "login": who})
         for warning in health.get("warnings") or ():
             click.echo(f"warning: {warning}", err=True)
     if not healthy:
@@ -348,22 +356,22 @@ def catalog_show(session: Session, as_json: bool) -> None:
     """Show the current catalog (--json prints the full document, ring included)."""
     doc = session.client().get("/api/v1/catalog")
     if as_json:
-        _echo_json(doc)
+        echo_json(doc)
         return
     doc = doc if isinstance(doc, dict) else {}
     click.echo(f"catalog version {doc.get('version', '?')}: {len(doc.get('ring') or [])} "
                f"vnodes ({doc.get('vnodes_per_shard', '?')} per shard)")
     click.echo()
-    _echo_table(doc.get("shards"), SHARD_COLUMNS, empty="no shards")
+    echo_table(doc.get("shards"), SHARD_COLUMNS, empty="no shards")
     click.echo()
     tables = doc.get("tables") or {}
     if isinstance(tables, dict):
         tables = [{"table": t, "shard_key": k} for t, k in tables.items()]
-    _echo_table(tables, ["table", "shard_key"], empty="no sharded tables")
+    echo_table(tables, ["table", "shard_key"], empty="no sharded tables")
     fences = doc.get("fences") or []
     if fences:
         click.echo()
-        _echo_table(fences, ["lo", "hi", "job"])
+        echo_table(fences, ["lo", "hi", "job"])
 
 
 @main.group()
@@ -385,10 +393,8 @@ def init_sql() -> None:
 def shards_list(session: Session, as_json: bool) -> None:
     """List the shards."""
     reply = session.client().get("/api/v1/shards")
-    if as_json:
-        _echo_json(reply)
-    else:
-        _echo_table(_items(reply, "shards"), SHARD_COLUMNS, empty="no shards")
+    answer(reply, as_json, lambda r: echo_table(items(r, "shards"), SHARD_COLUMNS,
+                                                empty="no shards"))
 
 
 @shards.command("show")
@@ -398,10 +404,7 @@ def shards_list(session: Session, as_json: bool) -> None:
 def shards_show(session: Session, name: str, as_json: bool) -> None:
     """Show one shard."""
     reply = session.client().get(path("/api/v1/shards", name))
-    if as_json:
-        _echo_json(reply)
-    else:
-        _echo_fields(_item(reply, "shard"))
+    answer(reply, as_json, lambda r: echo_fields(item(r, "shard")))
 
 
 @shards.command("add")
@@ -421,10 +424,10 @@ def shards_add(session: Session, name: str, primary: str, replicas: tuple[str, .
     reply = session.client().post("/api/v1/shards",
                                   {"name": name, "primary": primary, "replicas": list(replicas)})
     if as_json:
-        _echo_json(reply)
+        echo_json(reply)
         return
     click.echo(f"added shard {name}")
-    _echo_notes(reply)
+    echo_notes(reply)
 
 
 @shards.command("remove")
@@ -434,223 +437,18 @@ def shards_add(session: Session, name: str, primary: str, replicas: tuple[str, .
 def shards_remove(session: Session, name: str, as_json: bool) -> None:
     """Remove a shard that owns no hash ranges (one that does is refused: exit 7)."""
     reply = session.client().delete(path("/api/v1/shards", name))
-    if as_json:
-        _echo_json(reply)
-    else:
-        click.echo(f"removed shard {name}")
-
-
-@main.group()
-def tables() -> None:
-    """Sharded tables and their shard key columns."""
-
-
-@tables.command("list")
-@json_option
-@pass_session
-def tables_list(session: Session, as_json: bool) -> None:
-    """List the sharded tables."""
-    reply = session.client().get("/api/v1/tables")
-    if as_json:
-        _echo_json(reply)
-        return
-    rows = _items(reply, "tables")
-    if isinstance(rows, dict):
-        rows = [{"name": t, "shard_key": k} for t, k in rows.items()]
-    _echo_table(rows, ["name", "shard_key"], empty="no sharded tables")
-
-
-@tables.command("add")
-@click.argument("name")
-@click.option("--shard-key", required=True, metavar="COLUMN", help="The shard key column.")
-@json_option
-@pass_session
-def tables_add(session: Session, name: str, shard_key: str, as_json: bool) -> None:
-    """Declare a table sharded by a column (or change its shard key)."""
-    reply = session.client().put(path("/api/v1/tables", name), {"shard_key": shard_key})
-    if as_json:
-        _echo_json(reply)
-    else:
-        click.echo(f"table {name} is sharded by {shard_key}")
-
-
-@tables.command("remove")
-@click.argument("name")
-@json_option
-@pass_session
-def tables_remove(session: Session, name: str, as_json: bool) -> None:
-    """Stop treating a table as sharded (its rows are not touched)."""
-    reply = session.client().delete(path("/api/v1/tables", name))
-    if as_json:
-        _echo_json(reply)
-    else:
-        click.echo(f"table {name} is no longer sharded")
-
-
-@main.group()
-def users() -> None:
-    """Users of the REST API and their roles (admin only)."""
-
-
-@users.command("list")
-@json_option
-@pass_session
-def users_list(session: Session, as_json: bool) -> None:
-    """List the users."""
-    reply = session.client().get("/api/v1/users")
-    if as_json:
-        _echo_json(reply)
-    else:
-        _echo_table(_items(reply, "users"), ["name", "role", "created_at"], empty="no users")
-
-
-@users.command("add")
-@click.argument("name")
-@click.option("--role", required=True, type=click.Choice(ROLES),
-              help="admin: everything; operator: shards and jobs; viewer: read-only; "
-                   "app: /v1/execute only.")
-@click.option("--password-stdin", is_flag=True,
-              help="Read the password from the first line of stdin instead of prompting.")
-@json_option
-@pass_session
-def users_add(session: Session, name: str, role: str, password_stdin: bool,
-              as_json: bool) -> None:
-    """Create a user; the password is prompted for (twice) unless --password-stdin."""
-    password = _read_password(password_stdin, f"Password for {name}", confirm=True)
-    reply = session.client().post("/api/v1/users",
-                                  {"name": name, "password": password, "role": role})
-    if as_json:
-        _echo_json(reply)
-    else:
-        click.echo(f"added user {name} ({role})")
-
-
-@users.command("remove")
-@click.argument("name")
-@json_option
-@pass_session
-def users_remove(session: Session, name: str, as_json: bool) -> None:
-    """Delete a user."""
-    reply = session.client().delete(path("/api/v1/users", name))
-    if as_json:
-        _echo_json(reply)
-    else:
-        click.echo(f"removed user {name}")
-
-
-@main.command()
-@json_option
-@pass_session
-def routers(session: Session, as_json: bool) -> None:
-    """List the live routers and the catalog version each one serves."""
-    reply = session.client().get("/api/v1/routers")
-    if as_json:
-        _echo_json(reply)
-    else:
-        if isinstance(reply, dict) and "catalog_version" in reply:
-            click.echo(f"catalog version {reply['catalog_version']}, "
-                       f"active manager {reply.get('leader') or 'none'}")
-        _echo_table(_items(reply, "routers"),
-                    ["id", "role", "catalog_version", "up_to_date", "leader", "proxy", "api",
-                     "updated_at"], empty="no routers registered")
-
-
-@main.command()
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
-@click.option("--actor", help="Only calls made by this user.")
-@click.option("--action", help="Only this action, e.g. shard.add, user.remove, auth.login.")
-@json_option
-@pass_session
-def audit(session: Session, limit: int, actor: str | None, action: str | None,
-          as_json: bool) -> None:
-    """Show the audit trail of mutating API calls, newest first."""
-    reply = session.client().get("/api/v1/audit",
-                                 {"limit": limit, "actor": actor, "action": action})
-    if as_json:
-        _echo_json(reply)
-    else:
-        _echo_table(_items(reply, "records"),
-                    ["time", "actor", "role", "action", "target", "result", "status", "detail"],
-                    empty="no audit records")
-
-
-# ---- output --------------------------------------------------------------------------------
-
-def _items(reply, key: str):
-    """The list in a reply that is either the list itself or {key: list, ...}."""
-    if isinstance(reply, dict) and key in reply:
-        return reply[key]
-    return reply if isinstance(reply, list | dict) else []
-
-
-def _item(reply, key: str) -> dict:
-    if isinstance(reply, dict) and isinstance(reply.get(key), dict):
-        return reply[key]
-    return reply if isinstance(reply, dict) else {"value": reply}
-
-
-def _echo_json(doc) -> None:
-    click.echo(json.dumps(doc, indent=2))
-
-
-def _echo_notes(reply) -> None:
-    # The sidecar explains follow-ups (e.g. that a rebalance job is needed) in these fields.
-    if isinstance(reply, dict):
-        for key in ("message", "detail", "note", "warning"):
-            if isinstance(reply.get(key), str) and reply[key]:
-                click.echo(reply[key])
-
-
-def _cell(key: str, value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, list | tuple):
-        return ", ".join(_cell(key, v) for v in value) or "-"
-    if isinstance(value, dict):
-        return json.dumps(value, separators=(",", ":"))
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if key == "ownership" and isinstance(value, int | float):
-        return f"{100 * value:.1f}%"
-    return str(value)
-
-
-def _echo_table(rows, columns: list[str] | None, *, empty: str = "none") -> None:
-    """Rows of dicts as an aligned text table; columns the rows lack are left out."""
-    rows = [r if isinstance(r, dict) else {"value": r} for r in rows or []]
-    if not rows:
-        click.echo(f"({empty})")
-        return
-    seen = list(dict.fromkeys(k for r in rows for k in r))
-    columns = [c for c in columns if c in seen] if columns else seen
-    cells = [[_cell(c, r.get(c)) for c in columns] for r in rows]
-    headers = [c.upper().replace("_", " ") for c in columns]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
-    for line in [headers, *cells]:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
-
-
-def _echo_fields(obj: dict) -> None:
-    width = max((len(k) for k in obj), default=0)
-    for key, value in obj.items():
-        click.echo(f"{key.ljust(width)}  {_cell(key, value)}")
-
-
-def _flatten(obj: dict, prefix: str = "") -> dict:
-    """Nested objects as dotted keys: {"store": {"reachable": true}} → {"store.reachable": true}."""
-    out = {}
-    for key, value in obj.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    answer(reply, as_json, f"removed shard {name}")
 
 
 # `pgshard reshard …` and `pgshard jobs …` (pgshard/cli_reshard.py).
 from pgshard.cli_reshard import register as _register_reshard  # noqa: E402
 
 _register_reshard(main, pass_session, json_option)
+
+# `pgshard tables|users …`, `pgshard routers`, `pgshard audit` (pgshard/cli_catalog.py).
+from pgshard.cli_catalog import register as _register_catalog  # noqa: E402
+
+_register_catalog(main, pass_session, json_option, _read_password)
 
 # `pgshard shards failover|switchover|rejoin` (pgshard/cli_ha.py).
 from pgshard.cli_ha import register as _register_ha  # noqa: E402

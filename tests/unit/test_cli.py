@@ -10,7 +10,9 @@ import stat
 import pytest
 from click.testing import CliRunner
 
-from pgshard.cli import Session, _cell, _flatten, main
+from pgshard.cli import Session, main
+from pgshard.cli_output import cell as _cell
+from pgshard.cli_output import flatten as _flatten
 from pgshard.control import rest_client
 from pgshard.control.rest_client import (
     ApiError,
