@@ -23,47 +23,25 @@ never breaks co-location.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from pglast import ast
 from pglast.enums import A_Expr_Kind, BoolExprType, JoinType, SetOperation
 
+from pgshard.sql.confine_scope import (
+    Item,
+    Scope,
+    Sub,
+    all_ctes,
+    and_terms,
+    from_values,
+    has_star,
+    pin_size,
+    ref_name,
+    rename_exports,
+    table_name,
+    union_refs,
+)
 from pgshard.sql.keys import KeyRef, key_value, normalize_table
 from pgshard.sql.nodes import has_aggregate, has_window, walk_expr
-
-
-@dataclass(slots=True)
-class _Item:
-    """A FROM entry visible at one level: its name, table (if a table) and key columns."""
-
-    alias: str
-    table: str | None                           # normalized table name (base tables only)
-    keys: dict[str, int]                        # key column name -> rte
-
-
-@dataclass(slots=True)
-class _Sub:
-    """What a (sub)query exposes to the level around it."""
-
-    row_local: bool
-    exports: dict[str, int]                     # output column name -> rte of a key column
-    rtes: frozenset[int] = frozenset()
-
-
-@dataclass(slots=True)
-class _Scope:
-    parent: _Scope | None
-    items: list[_Item] = field(default_factory=list)
-    ctes: dict[str, _Sub | None] = field(default_factory=dict)   # None: recursive self-ref
-    rtes: set[int] = field(default_factory=set)
-
-    def cte(self, name: str):
-        s = self
-        while s is not None:
-            if name in s.ctes:
-                return True, s.ctes[name]
-            s = s.parent
-        return False, None
 
 
 class Confinement:
@@ -97,7 +75,7 @@ class Confinement:
             if len(roots) != 1:
                 continue
             (root,) = roots
-            keys = _union(k for _, ks in alts for k in ks)
+            keys = union_refs(k for _, ks in alts for k in ks)
             if root not in pinned or len(keys) < len(pinned[root]):
                 pinned[root] = keys
         changed = True
@@ -110,7 +88,7 @@ class Confinement:
                     changed = True
         if not comps <= pinned.keys():
             return None
-        return _union(k for c in sorted(comps) for k in pinned[c])
+        return union_refs(k for c in sorted(comps) for k in pinned[c])
 
     def refusal(self) -> str | None:
         """Why running this statement on several shards and merging would be wrong."""
@@ -129,14 +107,14 @@ class Confinement:
                     groups[c] = a
         distinct = {id(g): g for g in groups.values()}
         if len(distinct) > 1:
-            names = _union(self.rte_tables)
+            names = union_refs(self.rte_tables)
             return ("sharded tables " + ", ".join(names) + " are joined or nested other "
                     "than on equal shard keys, so no single shard holds matching rows")
         return None
 
     # -- statements --------------------------------------------------------------------
 
-    def statement(self, node, scope: _Scope | None = None) -> _Sub:
+    def statement(self, node, scope: Scope | None = None) -> Sub:
         """Walk a SELECT/INSERT/UPDATE/DELETE (also nested); other nodes are scanned for
         sharded tables only."""
         if isinstance(node, ast.SelectStmt):
@@ -148,10 +126,10 @@ class Confinement:
         if isinstance(node, ast.DeleteStmt):
             return self._delete(node, scope)
         self._scan(node, scope)
-        return _Sub(False, {})
+        return Sub(False, {})
 
-    def select(self, stmt: ast.SelectStmt, parent: _Scope | None) -> _Sub:
-        scope = _Scope(parent)
+    def select(self, stmt: ast.SelectStmt, parent: Scope | None) -> Sub:
+        scope = Scope(parent)
         self._with(stmt.withClause, scope)
         before = len(self.rte_tables)
         if stmt.op != SetOperation.SETOP_NONE:
@@ -164,10 +142,10 @@ class Confinement:
             local = (stmt.op == SetOperation.SETOP_UNION and stmt.all and left.row_local
                      and right.row_local and stmt.limitCount is None
                      and stmt.limitOffset is None)
-            return _Sub(local, {}, self._since(before))
+            return Sub(local, {}, self._since(before))
         if stmt.valuesLists:
             self._walk(stmt.valuesLists, scope)
-            return _Sub(True, {}, self._since(before))
+            return Sub(True, {}, self._since(before))
         for item in stmt.fromClause or ():
             self._from(item, scope, strong=True, nullable=False)
         self._conjuncts(stmt.whereClause, scope, strong=True)
@@ -181,13 +159,13 @@ class Confinement:
                      or stmt.windowClause or has_aggregate((stmt.targetList, stmt.sortClause))
                      or has_window(stmt.targetList))
         exports = self._exports(stmt.targetList, scope) if local else {}
-        return _Sub(local, exports, self._since(before))
+        return Sub(local, exports, self._since(before))
 
-    def _insert(self, stmt: ast.InsertStmt, parent: _Scope | None) -> _Sub:
+    def _insert(self, stmt: ast.InsertStmt, parent: Scope | None) -> Sub:
         self.writes.append("insert")
-        scope = _Scope(parent)
+        scope = Scope(parent)
         self._with(stmt.withClause, scope)
-        table = _table_name(stmt.relation)
+        table = table_name(stmt.relation)
         key = self.tables.get(table)
         rte = self._new_rte(table, scope) if key else None
         cols = [c.name for c in stmt.cols or ()]
@@ -204,42 +182,42 @@ class Confinement:
             if rte is not None and pos is not None:
                 refs = [key_value(row[pos]) if pos < len(row) else None for row in rows]
                 if all(r is not None for r in refs):
-                    self._pins.append(((rte, _union(refs)),))
+                    self._pins.append(((rte, union_refs(refs)),))
                     if len(refs) > 1 and parent is None:   # the statement's own rows
                         self.insert_rows = tuple((r, i) for i, r in enumerate(refs))
         elif sel is not None:
             sub = self.select(sel, scope)
             if rte is not None and pos is not None and isinstance(sel, ast.SelectStmt) \
                     and sel.op == SetOperation.SETOP_NONE and sel.targetList \
-                    and pos < len(sel.targetList) and not _has_star(sel.targetList):
+                    and pos < len(sel.targetList) and not has_star(sel.targetList):
                 val = sel.targetList[pos].val
                 ref = key_value(val)
-                rows = _from_values(sel, val)
+                rows = from_values(sel, val)
                 if ref is not None and not sel.fromClause:
                     self._pins.append(((rte, (ref,)),))
                 elif rows is not None and all(key_value(v) is not None for v in rows):
                     # INSERT … SELECT … FROM (VALUES …) AS v(…) (SQLAlchemy's
                     # insertmanyvalues): the keys are the VALUES rows' own.
-                    self._pins.append(((rte, _union([key_value(v) for v in rows])),))
+                    self._pins.append(((rte, union_refs([key_value(v) for v in rows])),))
                 elif sub.row_local and isinstance(val, ast.ColumnRef):
-                    src = sub.exports.get(_ref_name(val, sel.targetList[pos].name))
+                    src = sub.exports.get(ref_name(val, sel.targetList[pos].name))
                     if src is not None:
                         self._union(rte, src)
         occ = stmt.onConflictClause
         if occ is not None:
-            items = [_Item(stmt.relation.alias.aliasname if stmt.relation.alias else
+            items = [Item(stmt.relation.alias.aliasname if stmt.relation.alias else
                            stmt.relation.relname, table, {key: rte} if key else {}),
-                     _Item("excluded", None, {})]
+                     Item("excluded", None, {})]
             scope.items.extend(items)
             if key and any(t.name == key for t in occ.targetList or ()):
                 self.updates_key = True
             self._walk((occ.targetList, occ.whereClause, occ.infer), scope)
         self._walk(stmt.returningClause, scope)
-        return _Sub(False, {}, frozenset({rte}) if rte is not None else frozenset())
+        return Sub(False, {}, frozenset({rte}) if rte is not None else frozenset())
 
-    def _update(self, stmt: ast.UpdateStmt, parent: _Scope | None) -> _Sub:
+    def _update(self, stmt: ast.UpdateStmt, parent: Scope | None) -> Sub:
         self.writes.append("update")
-        scope = _Scope(parent)
+        scope = Scope(parent)
         self._with(stmt.withClause, scope)
         before = len(self.rte_tables)
         item = self._relation(stmt.relation, scope, target=True)
@@ -250,11 +228,11 @@ class Confinement:
             self._from(f, scope, strong=True, nullable=False)
         self._conjuncts(stmt.whereClause, scope, strong=True)
         self._walk((stmt.targetList, stmt.whereClause, stmt.returningClause), scope)
-        return _Sub(False, {}, self._since(before))
+        return Sub(False, {}, self._since(before))
 
-    def _delete(self, stmt: ast.DeleteStmt, parent: _Scope | None) -> _Sub:
+    def _delete(self, stmt: ast.DeleteStmt, parent: Scope | None) -> Sub:
         self.writes.append("delete")
-        scope = _Scope(parent)
+        scope = Scope(parent)
         self._with(stmt.withClause, scope)
         before = len(self.rte_tables)
         self._relation(stmt.relation, scope, target=True)
@@ -262,9 +240,9 @@ class Confinement:
             self._from(f, scope, strong=True, nullable=False)
         self._conjuncts(stmt.whereClause, scope, strong=True)
         self._walk((stmt.whereClause, stmt.returningClause), scope)
-        return _Sub(False, {}, self._since(before))
+        return Sub(False, {}, self._since(before))
 
-    def _with(self, with_clause, scope: _Scope) -> None:
+    def _with(self, with_clause, scope: Scope) -> None:
         if with_clause is None:
             return
         for cte in with_clause.ctes:
@@ -272,9 +250,9 @@ class Confinement:
                 scope.ctes[cte.ctename] = None
             sub = self.statement(cte.ctequery, scope)
             if with_clause.recursive:
-                sub = _Sub(False, {}, sub.rtes)
+                sub = Sub(False, {}, sub.rtes)
             elif cte.aliascolnames:
-                sub = _Sub(sub.row_local, _rename(sub.exports, cte.ctequery,
+                sub = Sub(sub.row_local, rename_exports(sub.exports, cte.ctequery,
                                                   [c.sval for c in cte.aliascolnames]), sub.rtes)
             scope.ctes[cte.ctename] = sub
 
@@ -282,7 +260,7 @@ class Confinement:
         """Record the sharded tables a utility statement names (COPY, EXPLAIN, LOCK, DDL)."""
         def visit(n):
             if isinstance(n, ast.RangeVar):
-                table = _table_name(n)
+                table = table_name(n)
                 if table in self.tables and table not in self.rte_tables:
                     self.rte_tables.append(table)
                     self._uf.append(len(self._uf))
@@ -303,34 +281,34 @@ class Confinement:
 
     # -- FROM --------------------------------------------------------------------------
 
-    def _new_rte(self, table: str, scope: _Scope) -> int:
+    def _new_rte(self, table: str, scope: Scope) -> int:
         rte = len(self.rte_tables)
         self.rte_tables.append(table)
         self._uf.append(rte)
         scope.rtes.add(rte)
         return rte
 
-    def _relation(self, rv: ast.RangeVar, scope: _Scope, target: bool = False) -> _Item:
+    def _relation(self, rv: ast.RangeVar, scope: Scope, target: bool = False) -> Item:
         alias = rv.alias.aliasname if rv.alias else rv.relname
         if not rv.schemaname and not target:
             is_cte, sub = scope.cte(rv.relname)
             if is_cte:
-                item = _Item(alias, None, {})
+                item = Item(alias, None, {})
                 if sub is not None and sub.rtes and not sub.row_local:
                     self._refuse_subquery(f"CTE {rv.relname} over a sharded table aggregates, "
                                           "limits or deduplicates rows, which needs all shards")
                 if sub is not None and sub.row_local:
-                    item.keys = _rename(sub.exports, None, rv.alias.colnames) \
+                    item.keys = rename_exports(sub.exports, None, rv.alias.colnames) \
                         if rv.alias and rv.alias.colnames else dict(sub.exports)
                 scope.items.append(item)
                 return item
-        table = _table_name(rv)
+        table = table_name(rv)
         key = self.tables.get(table)
-        item = _Item(alias, table, {key: self._new_rte(table, scope)} if key else {})
+        item = Item(alias, table, {key: self._new_rte(table, scope)} if key else {})
         scope.items.append(item)
         return item
 
-    def _from(self, node, scope: _Scope, strong: bool, nullable: bool) -> list[_Item]:
+    def _from(self, node, scope: Scope, strong: bool, nullable: bool) -> list[Item]:
         """Add a FROM entry's items to scope; strong: its ON pins filter the level's rows."""
         if isinstance(node, ast.RangeVar):
             item = self._relation(node, scope)
@@ -363,7 +341,7 @@ class Confinement:
             return left + right
         if isinstance(node, ast.RangeSubselect):
             lateral_scope = scope if node.lateral else scope.parent
-            sub = self.statement(node.subquery, _Scope(lateral_scope, ctes=_all_ctes(scope)))
+            sub = self.statement(node.subquery, Scope(lateral_scope, ctes=all_ctes(scope)))
             alias = node.alias.aliasname if node.alias else ""
             # A LATERAL subquery correlated on a shard key runs per outer row, on its shard.
             correlated = any(i in sub.rtes and o not in sub.rtes for o, i in self._directed)
@@ -371,15 +349,15 @@ class Confinement:
                 self._refuse_subquery("a subquery in FROM over a sharded table aggregates, "
                                       "limits or deduplicates rows, which needs all shards")
             keys = {} if nullable or not sub.row_local else (
-                _rename(sub.exports, node.subquery, [c.sval for c in node.alias.colnames])
+                rename_exports(sub.exports, node.subquery, [c.sval for c in node.alias.colnames])
                 if node.alias and node.alias.colnames else dict(sub.exports))
-            item = _Item(alias, None, keys)
+            item = Item(alias, None, keys)
             scope.items.append(item)
             return [item]
         # Functions, JSON_TABLE, XMLTABLE: scanned for subqueries, no sharded rows of their own.
         self._walk(node, scope)
         alias = getattr(node, "alias", None)
-        item = _Item(alias.aliasname if alias else "", None, {})
+        item = Item(alias.aliasname if alias else "", None, {})
         scope.items.append(item)
         return [item]
 
@@ -389,8 +367,8 @@ class Confinement:
 
     # -- predicates --------------------------------------------------------------------
 
-    def _conjuncts(self, expr, scope: _Scope, strong: bool) -> None:
-        for c in _and_terms(expr):
+    def _conjuncts(self, expr, scope: Scope, strong: bool) -> None:
+        for c in and_terms(expr):
             if strong:
                 pin = self._pin(c, scope)
                 if pin:
@@ -398,16 +376,16 @@ class Confinement:
                     continue
             self._edge(c, scope)
 
-    def _pin(self, expr, scope: _Scope):
+    def _pin(self, expr, scope: Scope):
         """The pin alternatives ((rte, keys), …) a predicate imposes, or None."""
         if isinstance(expr, ast.BoolExpr):
             if expr.boolop == BoolExprType.OR_EXPR:
                 alts = []
                 for branch in expr.args:
                     best = None
-                    for c in _and_terms(branch):
+                    for c in and_terms(branch):
                         p = self._pin(c, scope)
-                        if p and (best is None or _size(p) < _size(best)):
+                        if p and (best is None or pin_size(p) < pin_size(best)):
                             best = p
                     if best is None:
                         return None
@@ -415,7 +393,7 @@ class Confinement:
                 return tuple(alts)
             if expr.boolop == BoolExprType.AND_EXPR:
                 pins = [p for c in expr.args if (p := self._pin(c, scope))]
-                return min(pins, key=_size) if pins else None
+                return min(pins, key=pin_size) if pins else None
             return None
         if not isinstance(expr, ast.A_Expr) or not expr.name or len(expr.name) != 1 \
                 or expr.name[0].sval != "=":
@@ -435,10 +413,10 @@ class Confinement:
             if rte is not None and vals:
                 refs = [key_value(v) for v in vals]
                 if all(r is not None for r in refs):
-                    return ((rte, _union(refs)),)
+                    return ((rte, union_refs(refs)),)
         return None
 
-    def _edge(self, expr, scope: _Scope) -> None:
+    def _edge(self, expr, scope: Scope) -> None:
         if not (isinstance(expr, ast.A_Expr) and expr.kind in (
                 A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_NOT_DISTINCT)
                 and expr.name and len(expr.name) == 1 and expr.name[0].sval == "="):
@@ -456,10 +434,10 @@ class Confinement:
         elif b_here:
             self._directed.append((a, b))
 
-    def _exported(self, rte: int, scope: _Scope) -> bool:
+    def _exported(self, rte: int, scope: Scope) -> bool:
         return any(rte in i.keys.values() for i in scope.items)
 
-    def _key_rte(self, node, scope: _Scope, local: bool) -> int | None:
+    def _key_rte(self, node, scope: Scope, local: bool) -> int | None:
         """The rte whose key column node names; local: only this level's FROM."""
         if not isinstance(node, ast.ColumnRef):
             return None
@@ -487,7 +465,7 @@ class Confinement:
 
     # -- expressions -------------------------------------------------------------------
 
-    def _walk(self, node, scope: _Scope) -> None:
+    def _walk(self, node, scope: Scope) -> None:
         """Find subqueries and window calls inside expressions."""
         def visit(n):
             if isinstance(n, ast.SubLink):
@@ -502,7 +480,7 @@ class Confinement:
             return False
         walk_expr(node, visit)
 
-    def _exports(self, targets, scope: _Scope) -> dict[str, int]:
+    def _exports(self, targets, scope: Scope) -> dict[str, int]:
         out: dict[str, int] = {}
         for t in targets or ():
             v = t.val
@@ -539,79 +517,3 @@ class Confinement:
 
     def _since(self, before: int) -> frozenset[int]:
         return frozenset(range(before, len(self.rte_tables)))
-
-
-def _table_name(rv: ast.RangeVar) -> str:
-    return normalize_table(f"{rv.schemaname}.{rv.relname}" if rv.schemaname else rv.relname)
-
-
-def _and_terms(expr):
-    if expr is None:
-        return []
-    if isinstance(expr, ast.BoolExpr) and expr.boolop == BoolExprType.AND_EXPR:
-        return [t for a in expr.args for t in _and_terms(a)]
-    return [expr]
-
-
-def _size(pin) -> int:
-    return sum(len(ks) for _, ks in pin)
-
-
-def _union(refs) -> tuple:
-    return tuple(dict.fromkeys(refs))
-
-
-def _ref_name(col: ast.ColumnRef, alias: str | None) -> str:
-    return alias or col.fields[-1].sval
-
-
-def _from_values(sel: ast.SelectStmt, val) -> list | None:
-    """INSERT … SELECT a::int, b FROM (VALUES (…), …) AS v(a, b, …): the node each VALUES row
-    gives the select-list column val, else None."""
-    if not sel.fromClause or len(sel.fromClause) != 1 or sel.whereClause is not None \
-            or sel.groupClause or sel.havingClause is not None or sel.distinctClause \
-            or sel.limitCount is not None or sel.limitOffset is not None:
-        return None
-    rs = sel.fromClause[0]
-    if not isinstance(rs, ast.RangeSubselect) or rs.lateral or rs.alias is None \
-            or not rs.alias.colnames:
-        return None
-    sub = rs.subquery
-    if not isinstance(sub, ast.SelectStmt) or not sub.valuesLists:
-        return None
-    if isinstance(val, ast.TypeCast):
-        val = val.arg
-    if not isinstance(val, ast.ColumnRef) or not 1 <= len(val.fields) <= 2 \
-            or not all(isinstance(f, ast.String) for f in val.fields):
-        return None
-    if len(val.fields) == 2 and val.fields[0].sval != rs.alias.aliasname:
-        return None
-    names = [c.sval for c in rs.alias.colnames]
-    if val.fields[-1].sval not in names:
-        return None
-    k = names.index(val.fields[-1].sval)
-    return [row[k] if k < len(row) else None for row in sub.valuesLists]
-
-
-def _has_star(targets) -> bool:
-    return any(isinstance(t.val, ast.ColumnRef) and isinstance(t.val.fields[-1], ast.A_Star)
-               for t in targets or ())
-
-
-def _all_ctes(scope: _Scope) -> dict:
-    """A FROM subquery sees the CTEs of its level (and, through parents, the outer ones)."""
-    return dict(scope.ctes)
-
-
-def _rename(exports: dict[str, int], query, colnames) -> dict[str, int]:
-    """Exports of a subquery whose output columns are renamed by an alias column list."""
-    names = [c if isinstance(c, str) else c.sval for c in colnames]
-    if not isinstance(query, ast.SelectStmt) or query.op != SetOperation.SETOP_NONE \
-            or _has_star(query.targetList):
-        return {}
-    out = {}
-    for i, t in enumerate(query.targetList or ()):
-        name = t.name or (t.val.fields[-1].sval if isinstance(t.val, ast.ColumnRef) else None)
-        if name in exports:
-            out[names[i] if i < len(names) else name] = exports[name]
-    return out
