@@ -13,6 +13,8 @@ TEXT, INT8, BOOL, FLOAT8 = 25, 20, 16, 701
 
 @dataclasses.dataclass(frozen=True)
 class Table:
+    """One admin console SHOW answer: its columns (name, type oid) and rows."""
+
     columns: list[tuple[str, int]]
     rows: list[list]
 

@@ -56,6 +56,9 @@ def find_cycle(edges: dict[int, set[int]]) -> list[int] | None:
 
 
 class DeadlockDetector:
+    """Finds wait cycles across shards (a transaction waiting on one shard for another that
+    waits on it elsewhere) and cancels the newest transaction of each cycle."""
+
     def __init__(self, proxy, interval: float = 1.0, timeout: float = 2.0):
         self.proxy = proxy
         self.interval = interval

@@ -39,6 +39,8 @@ def make_gid(router: str, txn_id: int, shard: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class GidParts:
+    """A pgshard two-phase gid split: the router that made it, its transaction id, the shard."""
+
     router: str
     txn_id: int
     shard: str

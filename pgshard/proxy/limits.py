@@ -58,6 +58,8 @@ def admission(admitted: int, refusing: int, max_client_conn: int, budget: int) -
 
 @dataclass(frozen=True)
 class Timeouts:
+    """The client timeouts the reaper enforces, in seconds (0: off)."""
+
     login: float = 15.0        # 0 = off
     idle: float = 0.0
     idle_txn: float = 0.0

@@ -33,6 +33,9 @@ _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 
 
 class Proxy:
+    """The proxy of one process: the listening socket, its client sessions, the server pools
+    per (shard, role, user, database), the catalog it routes by and the shared caches."""
+
     def __init__(self, config: Config, catalog: Catalog | None = None):
         self.config = config
         self.catalog: Catalog | None = catalog or config.catalog

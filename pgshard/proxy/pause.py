@@ -14,6 +14,9 @@ import asyncio
 
 
 class PauseGate:
+    """PAUSE/RESUME of the admin console: every pool's hold in the FailoverHold's place; the
+    paused shards' (or logical databases') primary pools hand out no server until RESUME."""
+
     def __init__(self, proxy):
         self.proxy = proxy
         self.inner = proxy.failover_hold

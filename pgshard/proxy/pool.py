@@ -21,6 +21,8 @@ class PoolTimeout(PgError, code="53000"):
 
 @dataclass(frozen=True, slots=True)
 class PoolKey:
+    """Which pool a server connection belongs to."""
+
     shard: str
     role: str        # "primary" | "replica:<n>"
     user: str        # server user

@@ -11,6 +11,9 @@ from pgshard.sql.settings import loaded_prefix
 
 
 class SessionStateMixin:
+    """The session's settings: SET/RESET/DISCARD tracked and replayed on whichever server
+    serves it, and the pgshard.* settings the proxy answers itself."""
+
     def _track(self, s, plan: r.Plan) -> None:
         """Session state a statement changes, kept to replay it on other servers."""
         kind = plan.kind

@@ -24,6 +24,9 @@ _STARTUP_SKIP = frozenset({"user", "database", "replication", "options"})
 
 
 class StartupMixin:
+    """The session's startup: SSL negotiation, cancel requests, authentication and the
+    greeting (ParameterStatus, BackendKeyData, the first ReadyForQuery)."""
+
     # The logical database the client logged in to ([proxy] database or a [[databases]]
     # name); sessions pass it to Proxy.pool_for. None until startup: the main one.
     database: str | None = None
