@@ -93,7 +93,7 @@ def apply(proxy, config: Config, log_level: str | None = None) -> None:
     pc = config.proxy
     proxy.limits.timeouts = Timeouts(pc.client_login_timeout, pc.client_idle_timeout,
                                      pc.idle_transaction_timeout)
-    proxy._pool_cache = (None, {})   # pools are looked up again with the new users
+    proxy.pool_registry.forget_lookups()   # pools are looked up again with the new users
     if log_level:
         logging.getLogger().setLevel(log_level.upper())
 

@@ -1,6 +1,6 @@
 """The data plane's top object: listens for clients (admitting each socket against the
-client limits at accept), owns the pools, the catalog snapshot and the registry of sessions
-that cancel requests are matched against.
+client limits at accept) and holds the catalog snapshot, the pool registry, the session
+registry and the shared caches.
 """
 
 from __future__ import annotations
@@ -8,20 +8,20 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import secrets
 import socket
 
-from pgshard.config import Config, UserConfig, parse_dsn
+from pgshard.config import Config
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import InvalidCatalogName, PgError
+from pgshard.protocol.errors import PgError
 from pgshard.proxy.client import ClientSession
 from pgshard.proxy.limits import ADMIT, REFUSE, ClientLimits
 from pgshard.proxy.pool import BackendPool, PoolKey, PoolSettings
+from pgshard.proxy.pool_registry import PoolRegistry
+from pgshard.proxy.sessions import SessionRegistry
 from pgshard.proxy.statements import StatementCache
 from pgshard.ring.catalog import Catalog
 from pgshard.sql import classify
 from pgshard.tls import server_context
-from pgshard.worker_link import new_pid, worker_of
 
 log = logging.getLogger("pgshard.proxy")
 
@@ -42,17 +42,25 @@ class Proxy:
         pc = config.proxy
         self.settings = PoolSettings.of(pc)
         classify.configure_cache(pc.plan_cache_bytes)
-        self.pools: dict[PoolKey, BackendPool] = {}
+        # The server pools (pool_registry.py) and the sessions cancel requests find
+        # (sessions.py), each in a home of its own; the hot lookups are bound here.
+        self.pool_registry = PoolRegistry(self)
+        self.pools: dict[PoolKey, BackendPool] = self.pool_registry.pools
+        self.pool_for = self.pool_registry.pool_for
+        self.database_of = self.pool_registry.database_of
+        self.server_params = self.pool_registry.server_params
+        self.sessions = SessionRegistry(self)
+        self.clients: dict[int, ClientSession] = self.sessions.clients
+        self.register = self.sessions.register
+        self.unregister = self.sessions.unregister
+        self.cancel = self.sessions.cancel
         self.statements = StatementCache(pc.statement_cache_bytes)
-        self.clients: dict[int, ClientSession] = {}
         self.ssl_context = server_context(pc.tls_cert, pc.tls_key) if pc.tls_cert else None
         self.closing = False
         self.limits = ClientLimits(self)
         self._listeners: list[socket.socket] = []
         self._handoffs: set[asyncio.Task] = set()
         self._janitor: asyncio.Task | None = None
-        self._server_params: dict[str, str] | None = None
-        self._pool_cache: tuple[Catalog | None, dict] = (None, {})
         # Key column ordinals of sharded tables (INSERT without a column list), learned
         # from the shards and forgotten after any DDL.
         self.key_positions: dict[str, int] = {}
@@ -84,7 +92,7 @@ class Proxy:
         self.deadlocks.start()
         for sock in self._listeners:
             loop.add_reader(sock.fileno(), self._on_acceptable, sock)
-        self._janitor = loop.create_task(self._maintain())
+        self._janitor = loop.create_task(self.pool_registry.maintain())
         if any(sh.replicas for sh in (self.catalog.shards if self.catalog else ())):
             from pgshard.proxy.replicas import ReplicaMonitor
             self.replicas = ReplicaMonitor(lambda: self.catalog,
@@ -177,15 +185,6 @@ class Proxy:
                 conn.close()
         task.add_done_callback(done)
 
-    async def _maintain(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            for pool in list(self.pools.values()):
-                try:
-                    await pool.maintain()
-                except Exception:
-                    log.exception("pool maintenance failed for %s", pool.key)
-
     def set_catalog(self, catalog: Catalog) -> None:
         """Swap the snapshot by reference; sessions read it per statement. Pools of a shard
         the new catalog no longer has are closed (their busy servers close when released)."""
@@ -193,11 +192,7 @@ class Proxy:
         self.forget_key_positions()
         # Pools to a moved primary or replica are closed; waiting statements follow it.
         self.failover_hold.catalog_changed(old, catalog)
-        names = set(catalog.shard_names())
-        for key, pool in list(self.pools.items()):
-            if key.shard not in names:
-                pool.close()
-                del self.pools[key]
+        self.pool_registry.drop_missing(set(catalog.shard_names()))
 
     def key_positions_of(self, database: str | None) -> tuple[dict[str, int], tuple]:
         """(table -> key ordinal, its hashable form) learned in a logical database (None or
@@ -220,129 +215,6 @@ class Proxy:
         self.key_positions = {}
         self.key_positions_key = ()
         self._other_key_positions = {}
-
-    # ------------------------------------------------------------ pools
-
-    def pool_for(self, shard: str, user: UserConfig | None, role: str = "primary",
-                 database: str | None = None) -> BackendPool:
-        """The pool serving (shard, role) for this user in a logical database (None or
-        [proxy] database: the main one, on the shard DSN's database; else a [[databases]]
-        name); cached per catalog snapshot."""
-        if database == self.config.proxy.database:
-            database = None
-        ck = (shard, role, user.name if user else None, database)
-        cache = self._pool_cache
-        if cache[0] is self.catalog:
-            pool = cache[1].get(ck)
-            if pool is not None and not pool.closed:
-                return pool
-        else:
-            self._pool_cache = cache = (self.catalog, {})
-        pool = self._pool_for(shard, user, role, database)
-        cache[1][ck] = pool
-        return pool
-
-    def _pool_for(self, shard: str, user: UserConfig | None, role: str,
-                  database: str | None = None) -> BackendPool:
-        cat = self.catalog
-        sh = cat.shard(shard)
-        dsn = parse_dsn(sh.primary if role == "primary" else sh.replicas[int(role.split(":")[1])])
-        db = None
-        if database is not None:
-            db = self.config.database(database)
-            if db is None:   # dropped from the config by a reload
-                raise InvalidCatalogName(f'database "{database}" does not exist')
-            if db.server_database == dsn.database:
-                raise InvalidCatalogName(
-                    f'database "{database}" is configured on dbname "{db.server_database}", '
-                    f"which shard {shard}'s DSN names for the main database",
-                    hint="give the [[databases]] entry a dbname of its own")
-        server_user = (user.server_user if user and user.server_user else dsn.user)
-        password = (user.server_password if user and user.server_password else dsn.password)
-        key = PoolKey(shard, role, server_user, db.server_database if db else dsn.database,
-                      user.name if user and user.pool_size else None)
-        pool = self.pools.get(key)
-        if pool is None or (pool.host, pool.port) != (dsn.host, dsn.port):
-            if pool is not None:
-                pool.close()
-            pool = BackendPool(key, dsn.host, dsn.port, password, self.settings.serving(user, db))
-            self.failover_hold.adopt(pool, sh)
-            self.pools[key] = pool
-        return pool
-
-    def database_of(self, key: PoolKey) -> str:
-        """The logical database a pool serves (its [[databases]] name, else [proxy]'s)."""
-        for d in self.config.databases:
-            if d.server_database == key.database:
-                return d.name
-        return self.config.proxy.database
-
-    async def server_params(self, user: UserConfig | None,
-                            database: str | None = None) -> dict[str, str]:
-        """ParameterStatus values to greet clients with, learned from a real server. A
-        logical database's first login also connects to it (on the first shard), so one
-        missing there is refused at login, as PostgreSQL does."""
-        if database is not None and database != self.config.proxy.database:
-            await self._check_database(user, database)
-        if self._server_params is not None:
-            return self._server_params
-        last: PgError | None = None
-        for sh in self.catalog.shards:
-            pool = self.pool_for(sh.name, user)
-            if pool.server_params is None:
-                try:
-                    s = await pool.acquire()
-                except PgError as exc:
-                    last = exc
-                    continue
-                pool.release(s)
-            self._server_params = {k: v for k, v in pool.server_params.items()
-                                   if k not in ("is_superuser", "session_authorization")}
-            return self._server_params
-        raise PgError(f"no shard is reachable: {last.message if last else 'no shards'}",
-                      sqlstate="08006", severity="FATAL")
-
-    async def _check_database(self, user: UserConfig | None, database: str) -> None:
-        sh = self.catalog.shards[0]
-        pool = self.pool_for(sh.name, user, database=database)
-        if pool.server_params is None:
-            pool.release(await pool.acquire())
-
-    # ------------------------------------------------------------ sessions
-
-    def register(self, client: ClientSession) -> tuple[int, int]:
-        while True:
-            if self.workers == 1:
-                pid = secrets.randbits(31) or 1
-            else:   # the worker index is pid % workers: a cancel finds its way back here
-                pid = new_pid(self.worker_index, self.workers)
-            if pid not in self.clients:
-                break
-        self.clients[pid] = client
-        return pid, secrets.randbits(31)
-
-    def unregister(self, client: ClientSession) -> None:
-        if self.clients.get(client.pid) is client:
-            del self.clients[client.pid]
-
-    async def cancel(self, pid: int, secret: int, forwarded: bool = False) -> None:
-        """A CancelRequest: the session's running statement is cancelled when the key
-        matches; with several workers, one for another worker's session is handed to it."""
-        if self.workers > 1:
-            owner = worker_of(pid, self.workers)
-            if self.metrics is not None and not forwarded:   # counted where it came in
-                self.metrics.cancel_request("local" if owner == self.worker_index
-                                            else "forwarded")
-            if owner != self.worker_index:
-                if not forwarded and self.link is not None:
-                    await self.link.forward_cancel(owner, pid, secret)
-                return
-        c = self.clients.get(pid)
-        if c is None or not secrets.compare_digest(c.secret.to_bytes(4, "big"),
-                                                    secret.to_bytes(4, "big", signed=True)
-                                                    if secret < 0 else secret.to_bytes(4, "big")):
-            return
-        await c.cancel_running()
 
     # ------------------------------------------------------------ metrics hooks
 
