@@ -10,7 +10,14 @@ import logging
 import re
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.protocol.errors import (
+    AdminShutdown,
+    FeatureNotSupported,
+    InvalidAuthorization,
+    InvalidSqlStatementName,
+    ObjectNotInPrerequisiteState,
+    PgError,
+)
 from pgshard.protocol.framing import FRONTEND_TYPES
 from pgshard.proxy import admin_views as views
 from pgshard.proxy.drain import close_client
@@ -71,10 +78,9 @@ class AdminConsole:
     async def run(self, params: dict[str, str]) -> None:
         s, proxy = self.session, self.proxy
         if s.user_name not in proxy.config.proxy.admin_users:
-            raise PgError(f'user "{s.user_name}" may not use the admin console',
-                          sqlstate="28000", severity="FATAL",
-                          hint='[proxy] admin_users lists who may connect to database '
-                               f'"{ADMIN_DATABASE}"')
+            raise InvalidAuthorization(
+                f'user "{s.user_name}" may not use the admin console', severity="FATAL",
+                hint=f'[proxy] admin_users lists who may connect to database "{ADMIN_DATABASE}"')
         s.admin = self
         s.startup_vars = {"application_name": params.get("application_name", "")}
         s.pid, s.secret = proxy.register(s)
@@ -121,16 +127,16 @@ class AdminConsole:
                 if any(f == 1 for f in b.result_formats):
                     raise FeatureNotSupported("the admin console answers in text format only")
                 if b.statement not in self.statements:
-                    raise PgError(f'prepared statement "{b.statement}" does not exist',
-                                  sqlstate="26000")
+                    raise InvalidSqlStatementName(
+                        f'prepared statement "{b.statement}" does not exist')
                 self.portals[b.portal] = self.statements[b.statement]
                 s.write(m.BIND_COMPLETE)
             elif t == 0x44:      # Describe
                 kind, name = m.decode_describe(body)
                 sql = (self.statements if kind == b"S" else self.portals).get(name)
                 if sql is None:
-                    raise PgError(f'{"prepared statement" if kind == b"S" else "portal"} '
-                                  f'"{name}" does not exist', sqlstate="26000")
+                    what = "prepared statement" if kind == b"S" else "portal"
+                    raise InvalidSqlStatementName(f'{what} "{name}" does not exist')
                 if kind == b"S":
                     s.write(m.parameter_description(()))
                 table = self._describe(sql)
@@ -225,8 +231,8 @@ class AdminConsole:
 
     def _reload(self) -> Result:
         if self.proxy.reload is None:
-            raise PgError("this process was not started from a config file: nothing to reload",
-                          sqlstate="55000")
+            raise ObjectNotInPrerequisiteState(
+                "this process was not started from a config file: nothing to reload")
         try:
             applied, restart = self.proxy.reload()
         except Exception as exc:   # a bad file: reported, nothing applied
@@ -278,9 +284,8 @@ class AdminConsole:
         client = self.proxy.clients.get(int(arg))
         if client is None:
             raise AdminError(f"no client with pid {arg}", sqlstate="42704")
-        close_client(client, PgError("terminating connection due to administrator command "
-                                     "(KILL from the admin console)", sqlstate="57P01",
-                                     severity="FATAL"))
+        close_client(client, AdminShutdown("terminating connection due to administrator command "
+                                           "(KILL from the admin console)", severity="FATAL"))
         log.info("admin console: %s killed client %s (%s)", self.session.user_name, arg,
                  client.peer)
         return Result("KILL")

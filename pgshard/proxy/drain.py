@@ -8,7 +8,7 @@ import logging
 import time
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import PgError
+from pgshard.protocol.errors import AdminShutdown, PgError
 from pgshard.proxy.limits import _waiting_for_client
 
 log = logging.getLogger("pgshard.proxy")
@@ -17,8 +17,8 @@ TICK = 0.05
 
 
 def _shutdown_error() -> PgError:
-    return PgError("terminating connection due to administrator command: pgshard is shutting "
-                   "down", sqlstate="57P01", severity="FATAL")
+    return AdminShutdown("terminating connection due to administrator command: pgshard is shutting "
+                         "down", severity="FATAL")
 
 
 def idle_outside_txn(session) -> bool:

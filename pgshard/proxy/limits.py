@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pgshard.background import Background
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import PgError, TooManyConnections
+from pgshard.protocol.errors import PgError, ProtocolViolation, TooManyConnections
 
 log = logging.getLogger("pgshard.limits")
 
@@ -83,10 +83,9 @@ def expiry(t: Timeouts, *, age: float, logged_in: bool, refusal: PgError | None,
         return refusal if age >= min(t.login or REFUSAL_TIMEOUT, REFUSAL_TIMEOUT) else None
     if not logged_in:
         if t.login and age >= t.login:
-            return PgError("canceling authentication due to timeout", sqlstate="08P01",
-                           severity="FATAL",
-                           detail=f"startup and authentication did not complete within "
-                                  f"client_login_timeout = {t.login:g} s")
+            return ProtocolViolation("canceling authentication due to timeout", severity="FATAL",
+                                     detail=f"startup and authentication did not complete within "
+                                            f"client_login_timeout = {t.login:g} s")
         return None
     if idle_for is None:
         return None

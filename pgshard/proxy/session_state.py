@@ -4,7 +4,11 @@ serves the client, and the proxy's own pgshard.* settings."""
 from __future__ import annotations
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import InvalidSqlStatementName, NoActiveSqlTransaction, PgError
+from pgshard.protocol.errors import (
+    InvalidSqlStatementName,
+    NoActiveSqlTransaction,
+    UndefinedObject,
+)
 from pgshard.proxy.units import quote_literal
 from pgshard.sql import classify as r
 from pgshard.sql.settings import loaded_prefix
@@ -48,9 +52,9 @@ class SessionStateMixin:
     def _set_pgshard(self, plan: r.Plan) -> str:
         name = plan.name
         if name not in r.PGSHARD_SETTINGS:
-            raise PgError(f'unrecognized configuration parameter "pgshard.{name}"',
-                          sqlstate="42704", hint="pgshard settings: " + ", ".join(
-                              "pgshard." + n for n in r.PGSHARD_SETTINGS))
+            raise UndefinedObject(f'unrecognized configuration parameter "pgshard.{name}"',
+                                  hint="pgshard settings: " + ", ".join(
+                                      "pgshard." + n for n in r.PGSHARD_SETTINGS))
         if plan.kind == r.RESET_PGSHARD:
             if name == "shard_key":
                 self.session_key = self.local_key = None
@@ -87,8 +91,9 @@ class SessionStateMixin:
             return self.session_shard
         if name == "consistency":
             return self.consistency
-        raise PgError(f'unrecognized configuration parameter "pgshard.{name}"', sqlstate="42704",
-                      hint="pgshard settings: " + ", ".join("pgshard." + n for n in r.PGSHARD_SETTINGS))
+        raise UndefinedObject(f'unrecognized configuration parameter "pgshard.{name}"',
+                              hint="pgshard settings: " + ", ".join(
+                                  "pgshard." + n for n in r.PGSHARD_SETTINGS))
 
     def _set_var(self, name: str, value: str) -> None:
         self.vars[name] = value

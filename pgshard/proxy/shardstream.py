@@ -7,7 +7,7 @@ import asyncio
 from collections import deque
 from struct import Struct
 
-from pgshard.protocol.errors import PgError
+from pgshard.protocol.errors import ConnectionFailure, PgError
 from pgshard.proxy.backend import ServerClient
 
 _I32 = Struct("!i")
@@ -86,7 +86,7 @@ class ShardStream(ServerClient):
         self.wakeup.set()
 
     def server_lost(self, server, reason: str) -> None:
-        self.lost = PgError(f"lost the server connection: {reason}", sqlstate="08006")
+        self.lost = ConnectionFailure(f"lost the server connection: {reason}")
         self.idle = True
         self.wakeup.set()
 

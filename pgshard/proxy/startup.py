@@ -11,9 +11,9 @@ import secrets
 from pgshard.protocol import messages as m
 from pgshard.protocol.auth import SCRAM, ScramServer, md5_response, scram_verifier
 from pgshard.protocol.errors import (
+    CannotConnectNow,
     InvalidCatalogName,
     InvalidPassword,
-    PgError,
     ProtocolViolation,
 )
 from pgshard.protocol.framing import CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_3_0, SSL_REQUEST
@@ -90,7 +90,7 @@ class StartupMixin:
         self.user_name = params["user"]
         database = params.get("database") or self.user_name
         if proxy.closing:
-            raise PgError("the proxy is shutting down", sqlstate="57P03", severity="FATAL")
+            raise CannotConnectNow("the proxy is shutting down", severity="FATAL")
         await self._authenticate()
         if database == ADMIN_DATABASE and database != proxy.config.proxy.database:
             from pgshard.proxy.admin import AdminConsole
@@ -103,7 +103,7 @@ class StartupMixin:
             raise InvalidCatalogName(f'database "{database}" does not exist',
                                      hint=f"pgshard serves the database(s) {served}")
         if proxy.catalog is None or not proxy.catalog.shards:
-            raise PgError("pgshard has no shards configured", sqlstate="57P03", severity="FATAL")
+            raise CannotConnectNow("pgshard has no shards configured", severity="FATAL")
         self.database = database
         self.pool_mode = (self.user.pool_mode if self.user and self.user.pool_mode
                           else logical.pool_mode if logical and logical.pool_mode

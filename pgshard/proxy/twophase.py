@@ -36,7 +36,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import PgError
+from pgshard.protocol.errors import (
+    ConnectionFailure,
+    ObjectNotInPrerequisiteState,
+    PgError,
+    ProtocolViolation,
+)
 from pgshard.proxy.decisions import DecisionLog, make_gid, quote_gid, router_part
 from pgshard.store import CasFailed, StoreError, StoreUnavailable
 
@@ -242,8 +247,7 @@ async def run_quietly(run: Run, stmts: dict[str, str]) -> dict[str, Result]:
     except PgError as exc:
         return dict.fromkeys(stmts, exc)
     except OSError as exc:   # TimeoutError included
-        return dict.fromkeys(stmts, PgError(f"lost the server connection: {exc}",
-                                            sqlstate="08006"))
+        return dict.fromkeys(stmts, ConnectionFailure(f"lost the server connection: {exc}"))
 
 
 def _is_tag(result: Result, tag: str) -> bool:
@@ -261,10 +265,10 @@ def _prepare_error(shards: list[str], failed: dict[str, Result]) -> PgError:
         return PgError(f"{sh}: the transaction was aborted on this shard and has been "
                        f"rolled back", sqlstate="40000", detail=where)
     if r.sqlstate == "55000" and DISABLED_MESSAGE in r.message:
-        return PgError(
+        return ObjectNotInPrerequisiteState(
             f"{sh}: cannot commit a transaction that wrote on several shards: prepared "
             f"transactions are disabled on this shard (max_prepared_transactions = 0)",
-            sqlstate="55000", detail=where,
+            detail=where,
             hint=f"set max_prepared_transactions (at least max_connections) on {sh}'s primary "
                  f"and replicas and restart them, or set two_phase_commit = false to refuse "
                  f"cross-shard transactions")
@@ -286,8 +290,8 @@ def make_run(multi) -> Run:
         for sh, sql in stmts.items():
             pool, s = multi.servers[sh]
             if not s.usable:    # lost already: nothing would ever answer
-                out[sh] = PgError(f"lost the server connection: {s.closed_reason or 'closed'}",
-                                  sqlstate="08006")
+                out[sh] = ConnectionFailure(
+                    f"lost the server connection: {s.closed_reason or 'closed'}")
                 continue
             c = Collector(pool)
             collectors[sh] = c
@@ -301,7 +305,7 @@ def make_run(multi) -> Run:
             if isinstance(outcome, PgError):
                 out[sh] = outcome
             elif isinstance(outcome, BaseException):
-                out[sh] = PgError(f"lost the server connection: {outcome}", sqlstate="08006")
+                out[sh] = ConnectionFailure(f"lost the server connection: {outcome}")
             else:
                 out[sh] = reply_result(c.frames())
         return out
@@ -318,5 +322,5 @@ def reply_result(frames: list[tuple[int, bytes]]) -> Result:
         if t == 0x43:
             tag = m.decode_query(raw[5:])
     if tag is None:
-        return PgError("the server answered without a command tag", sqlstate="08P01")
+        return ProtocolViolation("the server answered without a command tag", severity="ERROR")
     return tag

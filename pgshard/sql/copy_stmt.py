@@ -10,7 +10,11 @@ from pglast import parse_sql
 from pglast.parser import ParseError
 
 from pgshard.protocol.copyrows import CopyFormat, unsupported_option
-from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.protocol.errors import (
+    FeatureNotSupported,
+    InvalidParameterValue,
+    SyntaxError_,
+)
 from pgshard.sql.keys import normalize_table
 
 # What a COPY without a column list reads, in order: the table's columns that are neither
@@ -63,7 +67,7 @@ def parse_copy_in(sql: str) -> CopyIn:
     try:
         stmts = parse_sql(sql)
     except ParseError as exc:
-        raise PgError(str(exc), sqlstate="42601") from None
+        raise SyntaxError_(str(exc)) from None
     if len(stmts) != 1 or type(stmts[0].stmt).__name__ != "CopyStmt":
         raise ValueError("not a single COPY statement")
     st = stmts[0].stmt
@@ -83,7 +87,7 @@ def parse_copy_in(sql: str) -> CopyIn:
         opts[o.defname] = o.arg
     kind = _string(opts.pop("format", None), "format", "text").lower()
     if kind not in ("text", "csv", "binary"):
-        raise PgError(f'COPY format "{kind}" not recognized', sqlstate="22023")
+        raise InvalidParameterValue(f'COPY format "{kind}" not recognized')
     force_null = _names(opts.pop("force_null", None))
     force_not_null = _names(opts.pop("force_not_null", None))
     header = _header(opts.pop("header", False))
@@ -100,15 +104,15 @@ def parse_copy_in(sql: str) -> CopyIn:
         raise unsupported_option(f"option {', '.join(sorted(unknown)).upper()}")
     if kind == "binary":
         if fields or header:
-            raise PgError("cannot specify DELIMITER, NULL, QUOTE, ESCAPE or HEADER in BINARY "
-                          "mode", sqlstate="42601")
+            raise SyntaxError_("cannot specify DELIMITER, NULL, QUOTE, ESCAPE or HEADER in BINARY "
+                               "mode")
         return CopyIn(table, columns, CopyFormat.binary())
     for name in ("delimiter", "quote", "escape"):
         if name in fields and len(fields[name]) != 1:
             raise unsupported_option(f"with a {name.upper()} that is not one single-byte "
                                      "character")
     if kind == "text" and ("quote" in fields or "escape" in fields):
-        raise PgError("COPY quote and escape are available only in CSV mode", sqlstate="0A000")
+        raise FeatureNotSupported("COPY quote and escape are available only in CSV mode")
     fmt = (CopyFormat.csv(header=header, **fields) if kind == "csv"
            else CopyFormat.text(header=header, **fields))
     return CopyIn(table, columns, fmt, force_null, force_not_null)
@@ -119,7 +123,7 @@ def _string(arg, name: str, default: str) -> str:
         return default
     value = getattr(arg, "sval", None)
     if value is None:
-        raise PgError(f"{name} requires a string value", sqlstate="42601")
+        raise SyntaxError_(f"{name} requires a string value")
     return value
 
 
@@ -138,7 +142,7 @@ def _header(arg) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise PgError("header requires a Boolean value or \"match\"", sqlstate="22023")
+    raise InvalidParameterValue("header requires a Boolean value or \"match\"")
 
 
 def _names(arg) -> tuple[str, ...]:

@@ -9,7 +9,12 @@ import re
 
 from pglast.keywords import RESERVED_KEYWORDS
 
-from pgshard.protocol.errors import FeatureNotSupported, InvalidParameterValue, PgError
+from pgshard.protocol.errors import (
+    CharacterNotInRepertoire,
+    FeatureNotSupported,
+    InvalidParameterValue,
+    PgError,
+)
 from pgshard.sql import lex as lx
 
 _INT4_MAX = 2**31 - 1
@@ -130,7 +135,7 @@ def single_value(sql: str, toks: list[lx.Token], i: int, name: str) -> str | Non
         raise InvalidParameterValue(f"SET pgshard.{name} takes only one argument")
     value = _decode_value(got[0], toks[i + 1] if i + 1 < len(toks) else None)
     if "\x00" in value:
-        raise PgError("invalid byte sequence for encoding \"UTF8\": 0x00", sqlstate="22021")
+        raise CharacterNotInRepertoire("invalid byte sequence for encoding \"UTF8\": 0x00")
     return value
 
 
