@@ -12,12 +12,8 @@ import time
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import (
-    ActiveSqlTransaction,
     ConnectionFailure,
     FeatureNotSupported,
-    InFailedSqlTransaction,
-    InvalidSqlStatementName,
-    MalformedMessage,
     NoActiveSqlTransaction,
     PgError,
     ProtocolViolation,
@@ -29,9 +25,6 @@ from pgshard.protocol.framing import (
 from pgshard.proxy import scatter
 from pgshard.proxy.backend import (
     X_BIND,
-    X_CLOSE,
-    X_DESC_PORTAL,
-    X_DESC_STMT,
     X_EXEC,
     X_FAKE,
     X_PARSE,
@@ -40,17 +33,16 @@ from pgshard.proxy.backend import (
     ServerClient,
 )
 from pgshard.proxy.copysplit import CopySplitMixin
+from pgshard.proxy.extended import ExtendedPipeline, query_kind
 from pgshard.proxy.fanout import FanoutMixin
 from pgshard.proxy.pipelines import PipelineMixin
+from pgshard.proxy.refusals import aborted, already_in_txn, listen_error, raise_sql, sticky_fanout
 from pgshard.proxy.session_state import SessionStateMixin
 from pgshard.proxy.startup import StartupMixin
 from pgshard.proxy.targeting import TargetingMixin
 from pgshard.proxy.txn import TxnState
 from pgshard.proxy.units import (
     LOCAL_KINDS,
-    OP_BIND,
-    OP_DESC_STMT,
-    OP_FAKE,
     OP_FLUSH,
     OP_PARSE,
     OP_RAW,
@@ -66,16 +58,7 @@ from pgshard.sql.sql_prepare import execute_call, prepared_statement
 log = logging.getLogger("pgshard.client")
 
 ORPHAN_TIMEOUT = 10.0   # seconds a server left by its client may take to reach an idle point
-
-
-def _raise_sql(exc: PgError) -> str:
-    """A statement that makes a server raise exc, so its transaction state follows."""
-    parts = [f"ERRCODE = {quote_literal(exc.sqlstate)}", f"MESSAGE = {quote_literal(exc.message)}"]
-    if exc.hint:
-        parts.append(f"HINT = {quote_literal(exc.hint)}")
-    if exc.detail:
-        parts.append(f"DETAIL = {quote_literal(exc.detail)}")
-    return f"DO $pgshard$ BEGIN RAISE EXCEPTION USING {', '.join(parts)}; END $pgshard$"
+_AND_CHAIN = re.compile(r"\bAND\s+CHAIN\b", re.I)
 
 
 class _Terminate(Exception):
@@ -132,22 +115,14 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.server = None
         self.shard: str | None = None
         self.txn = TxnState()
-        self.stmts: dict[str, object] = {}
         self.sql_prepared: dict[str, str] = {}       # SQL PREPAREs: name -> its PREPARE text
         # servers holding state of this client the proxy cannot replay (sql.sticky), put
         # aside while the client runs elsewhere: (shard, role) -> server
         self.parked: dict[tuple[str, str], object] = {}
         self.fan_servers: list = []       # a fan-out's servers while it runs (cancel_running)
-        self.local_portals: dict[str, object] = {}   # portals of pgshard.* statements
-        self.ops: list[tuple] = []
-        self.unit_shard: str | None = None
-        self.unit_fanout: Fanout | None = None
-        self.unit_split = False        # this unit's Binds go to several shards (pipelines.py)
         self._t0 = 0.0                 # when the unit now on the server was sent (metrics)
         self._qkind = "read"
         self._qsql = None              # the statement now on the server (slow-query log)
-        self._owe_z = False
-        self.skip_until_sync = False
         self._lost_error: bytes | None = None   # 08006 owed at the next Sync (server_lost)
         self.session_key: bytes | None = None
         self.local_key: bytes | None = None
@@ -155,7 +130,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.any_pick: str | None = None    # the shard _any_shard chose for this statement
         self.consistency = "strong"
         self.role = "primary"               # role of the attached server
-        self.unit_role = "primary"
         self.unit_wrote = False
         self.last_write: dict[str, float] = {}   # shard -> when this client's last write ended
         # session settings replayed on whichever server serves this client
@@ -163,6 +137,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.vars: dict[str, str] = {}
         self.vars_gen = 0
         self.param_watch: set[str] = set()   # SET just sent: adopt the value it reports
+        # the extended protocol (its prepared statements and the unit being queued);
+        # stmts is the same dict, for the settings code (DEALLOCATE, DISCARD ALL)
+        self.ext = ExtendedPipeline(self)
+        self.stmts = self.ext.stmts
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -295,41 +273,42 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 return aw
 
     def _dispatch(self, t: int, raw: bytes):
-        if self.skip_until_sync and t != 0x53:
+        ext = self.ext
+        if ext.skip_until_sync and t != 0x53:
             return None
         try:
             if t == 0x51:      # Query
                 return self._query(raw)
             if t == 0x50:      # Parse
-                self._parse(raw)
+                ext.parse(raw)
             elif t == 0x42:    # Bind
-                self._bind(raw)
+                ext.bind(raw)
             elif t == 0x45:    # Execute
-                if self.local_portals and self._local_execute(raw):
+                if ext.local_portals and ext.local_execute(raw):
                     return None
-                self.ops.append((OP_RAW, raw, X_EXEC))
+                ext.ops.append((OP_RAW, raw, X_EXEC))
             elif t == 0x44:    # Describe
-                self._describe(raw)
+                ext.describe(raw)
             elif t == 0x43:    # Close
-                self._close(raw)
+                ext.close(raw)
             elif t == 0x53:    # Sync
-                self.skip_until_sync = False
+                ext.skip_until_sync = False
                 if self._lost_error is not None:
                     err, self._lost_error = self._lost_error, None
-                    self.ops = []
-                    self.unit_shard = self.unit_fanout = None
-                    self.unit_split = False
+                    ext.ops = []
+                    ext.unit_shard = ext.unit_fanout = None
+                    ext.unit_split = False
                     self._reply(err + m.ready_for_query(self._status()))
                     return None
                 if len(raw) != 5:
-                    return self._bad_unit_end(sync=True)
-                self.ops.append((OP_SYNC,))
-                return self._flush_ops(sync=True)
+                    return ext.bad_unit_end(sync=True)
+                ext.ops.append((OP_SYNC,))
+                return ext.flush_ops(sync=True)
             elif t == 0x48:    # Flush
                 if len(raw) != 5:
-                    return self._bad_unit_end(sync=False)
-                self.ops.append((OP_FLUSH,))
-                return self._flush_ops(sync=False)
+                    return ext.bad_unit_end(sync=False)
+                ext.ops.append((OP_FLUSH,))
+                return ext.flush_ops(sync=False)
             elif t in (0x64, 0x63, 0x66):  # CopyData / CopyDone / CopyFail
                 if self.copy_sink is not None:   # a COPY split by key (copysplit.py)
                     return self._copy_message(t, raw)
@@ -352,26 +331,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         except NeedColumns as nc:
             return self._guard(self._learn_then_dispatch(nc.tables, t, raw), t == 0x51)
         return None
-
-    def _bad_unit_end(self, sync: bool):
-        """A Sync or Flush with a body: what came before it runs, then an ERROR 08P01 (and
-        at a Sync, ReadyForQuery), as PostgreSQL answers."""
-        exc = MalformedMessage("invalid message format")
-        if self.ops:
-            self.ops.append((OP_FLUSH,))   # what came before is answered before the error
-        aw = self._flush_ops(sync=False) if self.ops else None
-        if sync:   # the unit ends here, as at any Sync
-            self.unit_shard = self.unit_fanout = None
-            self.unit_split = False
-            self.unit_role = "primary"
-        if aw is not None:
-            return self._guard(self._then_fail(aw, exc, sync), False, sync)
-        self._fail(exc, simple=False, synced=sync)
-        return None
-
-    async def _then_fail(self, aw, exc: PgError, sync: bool) -> None:
-        await aw
-        self._fail(exc, simple=False, synced=sync)
 
     async def _guard(self, coro, simple: bool, synced: bool = False) -> None:
         """Run a step that had to wait; its routing errors are reported like the rest.
@@ -397,18 +356,19 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.write(data)
 
     def _query(self, raw: bytes):
-        if self.ops:
+        ext = self.ext
+        if ext.ops:
             # Extended messages before it run first, and are answered at once (a Flush):
             # the Query may go to another server.
-            self.ops.append((OP_FLUSH,))
-            aw = self._flush_ops(sync=False)
+            ext.ops.append((OP_FLUSH,))
+            aw = ext.flush_ops(sync=False)
             if aw is not None:
                 return self._guard(self._then_query(aw, raw), True)
         # A simple Query destroys the unnamed statement and portal, as in PostgreSQL.
-        if self.stmts:
-            self.stmts.pop("", None)
-        if self.local_portals:
-            self.local_portals.pop("", None)
+        if ext.stmts:
+            ext.stmts.pop("", None)
+        if ext.local_portals:
+            ext.local_portals.pop("", None)
         sql = m.decode_query(raw[5:])
         plan = r.plan(sql)
         kind = plan.kind
@@ -422,7 +382,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 return self._guard(self._multi_query(raw, sql, plan), True)   # sticky: home
             return None
         if self.txn.failed and kind not in (r.COMMIT, r.ROLLBACK):
-            raise _aborted()
+            raise aborted()
         if self._own_object(plan, sql):
             return None
         if kind in TXN_KINDS and not attached and self.pool_mode == "transaction":
@@ -474,7 +434,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             return self._guard(self._query_elsewhere(raw, sql, plan), True)
         if isinstance(shard, Fanout):
             if plan.sticky:
-                raise _sticky_fanout(plan)
+                raise sticky_fanout(plan)
             return self._guard(self._fanout(shard, [(raw, X_QUERY)], sql, simple=True), True)
         begin = kind != r.SHOW or self._show_in_txn(sql)
         role = self._role_for(shard, plan, sql) if self.proxy.replicas is not None else "primary"
@@ -511,7 +471,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         (08P01), and with several shards the client must name its shard first (its large
         objects live on one shard)."""
         s = self.server
-        if self.ops or (s is not None and (s.unsynced or s.expect)):
+        if self.ext.ops or (s is not None and (s.unsynced or s.expect)):
             raise ProtocolViolation("a fastpath function call inside an extended-protocol "
                                     "unit is not supported")
         if self.txn.multi is not None:
@@ -519,7 +479,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 "a fastpath function call inside a transaction on several shards",
                 hint="call the function with SELECT, or keep the transaction on one shard")
         if self.txn.failed:
-            raise _aborted()
+            raise aborted()
         cat = self.proxy.catalog
         if len(cat.shards) > 1 and self.session_shard is None:
             raise FeatureNotSupported(
@@ -632,7 +592,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             else:
                 s.sql_names.pop(plan.name, None)
         self._t0 = time.monotonic()
-        self._qkind = _query_kind(plan)
+        self._qkind = query_kind(plan)
         self._qsql = raw
         s.forget_unnamed()
         s.send(raw)
@@ -643,14 +603,14 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         """LISTEN pins the client to its server (sql.sticky); with several shards its
         NOTIFYs could run on another, so the client must pin a shard first."""
         if len(self.proxy.catalog.shards) > 1 and self.session_shard is None:
-            raise _listen_error()
+            raise listen_error()
 
     def _local_txn(self, kind: str, sql: str) -> None:
         """BEGIN/COMMIT/ROLLBACK with no server attached: the transaction starts on the
         shard of its first routed statement, so BEGIN is held back until then."""
         if kind == r.BEGIN:
             if self.txn.pending is not None:
-                self.write(m.warning_from(_already_in_txn()))
+                self.write(m.warning_from(already_in_txn()))
             else:
                 self.txn.hold(sql)
             self.write(m.command_complete("BEGIN"))
@@ -675,341 +635,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.vars = snap[0]
             self.vars_gen += 1
         self.write(m.command_complete(tag))
-
-    # ------------------------------------------------------------ extended protocol
-
-    def _parse(self, raw: bytes) -> None:
-        if self.unit_fanout is not None:
-            raise FeatureNotSupported(
-                "a statement that needs several shards cannot share a pipeline with other "
-                "statements", hint="send a Sync before and after it")
-        pm = m.decode_parse(raw[5:])
-        named = pm.name != ""
-        if named and pm.name in self.stmts:
-            raise PgError(f'prepared statement "{pm.name}" already exists', sqlstate="42P05")
-        st = self.proxy.statements.get(pm.sql, pm.oids, named)
-        if st.plan.first_word == "LISTEN" and self.pool_mode == "transaction":
-            self._check_listen()
-        self._check_failed_txn(st.plan)
-        if named:
-            self.stmts[pm.name] = st
-        else:
-            self.stmts[""] = st
-        if st.plan.kind in PGSHARD_KINDS:   # answered here, never sent to a server
-            self.ops.append((OP_FAKE, m.PARSE_COMPLETE))
-            return
-        self.ops.append((OP_PARSE, st, raw, pm.name))
-
-    def _lookup(self, name: str):
-        st = self.stmts.get(name)
-        if st is None:
-            if name == "":
-                raise InvalidSqlStatementName("unnamed prepared statement does not exist")
-            raise InvalidSqlStatementName(f'prepared statement "{name}" does not exist')
-        return st
-
-    def _bind(self, raw: bytes) -> None:
-        name, _ = m.bind_statement_name(raw[5:])
-        st = self._lookup(name)
-        plan = st.plan
-        if plan.kind in PGSHARD_KINDS:
-            self.local_portals[m.decode_cstr(raw[5:])] = st
-            self.ops.append((OP_FAKE, m.BIND_COMPLETE))
-            return
-        if self.local_portals:   # this Bind replaces a pgshard.* portal of the same name
-            self.local_portals.pop(m.decode_cstr(raw[5:]), None)
-        self._check_failed_txn(plan)
-        if plan.kind in TXN_KINDS and self.unit_shard is None:
-            self._release_if_idle()
-        multi = len(self.proxy.catalog.shards) > 1
-        bind = m.decode_bind(raw[5:]) if plan.key_param or multi else None
-        if plan.kind in TXN_KINDS and self.server is None and self.pool_mode == "transaction":
-            shard = None
-        elif self.txn.multi is not None:
-            shard = self._multi_target(plan, st.sql, bind, st)
-            if shard.kind == "one" and self.unit_fanout is None:
-                shard = shard.shards[0]
-                self._split_mode()
-        else:
-            shard = self._target(plan, bind, st)
-        if self.unit_split and (shard is None or not isinstance(shard, Fanout)):
-            if st.global_name:
-                raw = m.rewrite_bind_statement(raw[5:], st.global_name)
-            self.ops.append((OP_BIND, st, raw, bind, shard))
-            return
-        if isinstance(shard, Fanout):
-            if plan.sticky:
-                raise _sticky_fanout(plan)
-            if self.unit_shard is not None or self.unit_fanout is not None \
-                    or any(op[0] == OP_BIND for op in self.ops):
-                raise FeatureNotSupported(
-                    "a statement that needs several shards cannot share a pipeline with other "
-                    "statements", hint="send a Sync before and after it")
-            self.unit_fanout = shard
-            self.ops.append((OP_BIND, st, raw, bind))
-            return
-        if self.unit_fanout is not None:
-            raise FeatureNotSupported(
-                "a statement that needs several shards cannot share a pipeline with other "
-                "statements", hint="send a Sync before and after it")
-        if shard is not None:
-            if self.unit_shard is not None and shard != self.unit_shard:
-                # One pipeline, several shards: one transaction on all of them.
-                if self.proxy.twophase is None:
-                    raise r.CrossShardTransaction(
-                        f"statement routes to shard {shard} but this pipeline already runs "
-                        f"on shard {self.unit_shard}, and two-phase commit is off "
-                        "(two_phase_commit = false)",
-                        hint="send a Sync between statements for different shards")
-                self._split_mode()
-                if st.global_name:
-                    raw = m.rewrite_bind_statement(raw[5:], st.global_name)
-                self.ops.append((OP_BIND, st, raw, bind, shard))
-                return
-            if self.unit_shard is None:
-                self.unit_role = (self._role_for(shard, plan, st.sql)
-                                  if self.proxy.replicas is not None else "primary")
-            elif self.unit_role != "primary":
-                self.unit_role = "primary"   # a pipeline of several statements: keep it simple
-            if self.unit_role == "primary" and not plan.is_read:
-                self.unit_wrote = True
-            self.unit_shard = shard
-        if st.global_name:
-            raw = m.rewrite_bind_statement(raw[5:], st.global_name)
-        self.ops.append((OP_BIND, st, raw))
-
-    def _split_mode(self) -> None:
-        """From here the unit's Binds are routed one by one (pipelines.py): the ones queued
-        so far go to the unit's shard, or are BEGIN/COMMIT/ROLLBACK answered here."""
-        if self.unit_split:
-            return
-        self.unit_split = True
-        self.ops = [(OP_BIND, op[1], op[2], None,
-                     None if op[1].plan.kind in TXN_KINDS else self.unit_shard)
-                    if op[0] == OP_BIND else op for op in self.ops]
-
-    def _describe(self, raw: bytes) -> None:
-        kind, name = m.decode_target(raw[5:])
-        if kind == b"S":
-            st = self._lookup(name)
-            if st.plan.kind in PGSHARD_KINDS:
-                self.ops.append((OP_FAKE, m.parameter_description(()) + _local_columns(st.plan)))
-                return
-            self.ops.append((OP_DESC_STMT, st))
-        elif name in self.local_portals:
-            self.ops.append((OP_FAKE, _local_columns(self.local_portals[name].plan)))
-        else:
-            self.ops.append((OP_RAW, raw, X_DESC_PORTAL))
-
-    def _local_execute(self, raw: bytes) -> bool:
-        """Execute of a pgshard.* statement's portal: run it here, queue its reply."""
-        st = self.local_portals.get(m.decode_cstr(raw[5:]))
-        if st is None:
-            return False
-        plan = st.plan
-        if plan.kind == r.SHOW_PGSHARD:
-            value = self._show_pgshard(plan.name)
-            reply = m.data_row([None if value is None else value.encode()]) + \
-                m.command_complete("SHOW")
-        else:
-            reply = m.command_complete(self._set_pgshard(plan))
-        self.ops.append((OP_FAKE, reply))
-        return True
-
-    def _close(self, raw: bytes) -> None:
-        kind, name = m.decode_target(raw[5:])
-        if kind == b"S":
-            # Global statements stay on the servers; only this client's name goes away.
-            self.stmts.pop(name, None)
-            self.ops.append((OP_FAKE, m.CLOSE_COMPLETE))
-        else:
-            self.local_portals.pop(name, None)
-            self.ops.append((OP_RAW, raw, X_CLOSE))
-
-    def _flush_ops(self, sync: bool):
-        ops = self.ops
-        self.ops = []
-        if self._owe_z:
-            # A unit already ran to a Sync of its own on the servers: the client's Sync is
-            # answered here, or by the unit it ends.
-            srv = self.server
-            if all(op[0] in (OP_SYNC, OP_FLUSH) for op in ops) and (
-                    srv is None or not (srv.expect or srv.unsynced)):
-                if sync:
-                    self._owe_z = False
-                    self._reply(m.ready_for_query(self._status()))
-                return None
-            # Otherwise a server has work of this unit since: its Sync answers the client.
-            if sync:
-                self._owe_z = False
-        if self.unit_split or (self.txn.multi is not None and self.txn.multi.implicit and sync):
-            self.unit_split = False
-            self.unit_shard = None
-            return self._guard(self._split_unit(ops, sync), False, sync)
-        if self.txn.multi is not None and self.unit_fanout is None:
-            return self._guard(self._multi_unit(ops, sync), False, sync)
-        fan = self.unit_fanout
-        if fan is not None:
-            self.unit_fanout = None
-            self.unit_shard = None
-            return self._guard(self._fanout_ext(fan, ops, sync), False, sync)
-        target = self.unit_shard
-        if sync:
-            self.unit_shard = None
-        if self.server is None and self._local_unit(ops):
-            return
-        unit = target
-        if target is None:
-            target = self._any_shard()
-            if self.sql_prepared:   # a look-only SQL EXECUTE: described where it will run
-                st = next((op[1] for op in ops if op[0] in (OP_PARSE, OP_DESC_STMT)
-                           and op[1].plan.first_word == "EXECUTE"), None)
-                if st is not None:
-                    target = self._sql_prepared_route(st.plan, st.sql)
-        executes = any(op[0] == OP_BIND or (op[0] == OP_RAW and op[2] == X_EXEC) for op in ops)
-        if executes and self.txn.failed:
-            raise _aborted()   # the held-back transaction failed: nothing runs until its end
-        if unit is not None:
-            role = self.unit_role
-        elif self.server is not None:
-            role = self.role
-        else:
-            role = "primary"
-        if sync:
-            self.unit_role = "primary"
-        s = self._attach_now(target, executes, role)
-        if s is None:
-            if self.server is not None and self._txn_elsewhere(target):
-                return self._guard(self._flush_elsewhere(ops, target, executes, role, sync),
-                                   False, sync)
-            return self._guard(self._flush_slow(ops, target, executes, role), False, sync)
-        self._emit_ops(s, ops)
-        return None
-
-    async def _flush_slow(self, ops, target: str, executes: bool, role: str = "primary") -> None:
-        s = await self._attach(target, executes, role)
-        self._emit_ops(s, ops)
-
-    async def _flush_elsewhere(self, ops, target: str, executes: bool, role: str,
-                               sync: bool) -> None:
-        """A unit for another shard than the transaction's: the transaction spans both."""
-        if not await self._join_multi():
-            await self._flush_slow(ops, target, executes, role)
-            return
-        ops = [(OP_BIND, op[1], op[2], m.decode_bind(op[2][5:]))
-               if op[0] == OP_BIND and len(op) == 3 else op for op in ops]
-        await self._fanout_ext(Fanout("one", [target], None), ops, sync)
-
-    def _emit_ops(self, s, ops) -> None:
-        push, send = s.push, s.send
-        if self.sql_prepared and not s.unsynced:   # SQL EXECUTEs: their PREPAREs first
-            for op in ops:
-                if op[0] in (OP_BIND, OP_PARSE, OP_DESC_STMT) \
-                        and op[1].plan.first_word == "EXECUTE":
-                    self._replay_sql_prepare(s, op[1].sql)
-        last = None   # the plan of the unit's last Bind, for the metrics kind
-        last_sql = None
-        for op in ops:
-            k = op[0]
-            if k == OP_PARSE:
-                s.parse(op[1], op[2], op[3])
-            elif k == OP_BIND:
-                st = op[1]
-                last = st.plan
-                last_sql = st.sql
-                s.ensure_prepared(st)
-                send(op[2])
-                push(X_BIND)
-                if st.plan.kind != r.STATEMENT or st.plan.is_ddl:
-                    self._track(s, st.plan)   # after the Bind: it applies to what follows
-                if st.plan.sticky:
-                    self._pin(s, st.plan, st.sql)
-            elif k == OP_RAW:
-                send(op[1])
-                push(op[2])
-            elif k == OP_DESC_STMT:
-                st = op[1]
-                s.ensure_prepared(st)
-                send(m.describe(b"S", st.global_name))
-                push(X_DESC_STMT, fake=st)
-            elif k == OP_FAKE:
-                push(X_FAKE, fake=op[1])
-            elif k == OP_SYNC:
-                send(m.SYNC)
-                push(X_SYNC, fake=self.txn.held())
-                self._t0 = time.monotonic()
-            elif k == OP_FLUSH:
-                send(m.FLUSH)
-        self._qkind = _query_kind(last) if last is not None else "other"
-        self._qsql = last_sql
-        s.flush()
-
-    def _local_unit(self, ops) -> bool:
-        """Answer locally a pipeline of only BEGIN/COMMIT/ROLLBACK (see _local_txn), or of
-        only named Parses when no server is free at once.
-
-        Strategy: a client such as pgbench prepares statements with a blocking Parse+Sync
-        while its other connections hold servers in open transactions; waiting for a
-        server there can deadlock the client against its own pool. Statements already
-        parsed successfully somewhere are answered from the cache; others are checked on a
-        free server when there is one, else on first use (Bind/Describe)."""
-        if self.pool_mode != "transaction":
-            return False
-        if all(op[0] in (OP_SYNC, OP_FLUSH, OP_FAKE)
-               or (op[0] == OP_PARSE and op[1].global_name) for op in ops):
-            parses = [op[1] for op in ops if op[0] == OP_PARSE]
-            if not parses:   # only replies made here (pgshard.* settings, Close)
-                for op in ops:
-                    if op[0] == OP_FAKE:
-                        self.write(op[1])
-                    elif op[0] == OP_SYNC:
-                        self.write(m.ready_for_query(self._status()))
-                return True
-            if parses and (all(st.validated for st in parses)
-                           or self._attach_now(self._any_shard(), begin=False) is None):
-                for op in ops:
-                    if op[0] == OP_PARSE:
-                        self.write(m.PARSE_COMPLETE)
-                    elif op[0] == OP_FAKE:
-                        self.write(op[1])
-                    elif op[0] == OP_SYNC:
-                        self.write(m.ready_for_query(self._status()))
-                return True
-            return False
-        out = []
-        current = None
-        for op in ops:
-            k = op[0]
-            if k == OP_PARSE:
-                if op[1].plan.kind not in TXN_KINDS:
-                    return False
-                out.append(("fake", m.PARSE_COMPLETE))
-            elif k == OP_BIND:
-                if op[1].plan.kind not in TXN_KINDS:
-                    return False
-                current = op[1]
-                out.append(("fake", m.BIND_COMPLETE))
-            elif k == OP_RAW:
-                if op[2] == X_EXEC and current is not None:
-                    out.append(("txn", current))
-                elif op[2] == X_DESC_PORTAL and current is not None:
-                    out.append(("fake", m.NO_DATA))
-                else:
-                    return False
-            elif k == OP_DESC_STMT:
-                return False
-            elif k == OP_FAKE:
-                out.append(("fake", op[1]))
-            elif k == OP_SYNC:
-                out.append(("sync", None))
-        for what, val in out:
-            if what == "fake":
-                self.write(val)
-            elif what == "txn":
-                self._local_txn(val.plan.kind, val.sql)
-            else:
-                self.write(m.ready_for_query(self._status()))
-        return True
 
     # ------------------------------------------------------------ attach / release
 
@@ -1224,7 +849,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             # Mid extended-protocol unit (a Parse/Describe flushed, say): the error answers
             # the client's next Sync, as a server's would, not a request it never made.
             self._lost_error = err
-            self.skip_until_sync = True
+            self.ext.skip_until_sync = True
 
     # ------------------------------------------------------------ errors
 
@@ -1232,15 +857,14 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         """Report a routing error as PostgreSQL would, keeping transaction state true.
         The unit it ends runs nowhere; at a Sync (synced) the client also gets its Z."""
         s = self.server
-        ops, self.ops = self.ops, []
-        self.unit_shard = self.unit_fanout = None
-        self.unit_split = False
-        self.unit_role = "primary"
+        ext = self.ext
+        ops = ext.ops
+        ext.reset_unit()
         if s is not None and (s.txn_status != b"I" or s.unsynced == 2):
             # The server's transaction (an explicit one, or the implicit one of a unit it
             # has run part of) must fail too, so the server raises the error itself;
             # counted when its error passes by.
-            sql = _raise_sql(exc)
+            sql = raise_sql(exc)
             if simple:
                 s.send(m.query(sql))
                 s.push(X_QUERY, fake=self.txn.held(), bare=True)
@@ -1253,7 +877,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                     s.send(m.SYNC)
                     s.push(X_SYNC, fake=self.txn.held())
                 else:
-                    self.skip_until_sync = True
+                    ext.skip_until_sync = True
             s.forget_unnamed()
             s.flush()
             return
@@ -1264,16 +888,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if simple or synced:
             out.append(m.ready_for_query(self._status()))
         else:
-            self.skip_until_sync = True
+            ext.skip_until_sync = True
         # After whatever a server that only looked still owes the client.
         self._reply(b"".join(out))
         if simple or synced:
             self._release_if_idle()
-
-    def _check_failed_txn(self, plan: r.Plan) -> None:
-        if self.txn.failed \
-                and plan.kind not in (r.COMMIT, r.ROLLBACK):
-            raise _aborted()
 
     def _give_back(self, s) -> None:
         """The client left: return a server of its to the pool, clean."""
@@ -1347,10 +966,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if name is None:
             if not self.sql_prepared:
                 return False
-            self.stmts.clear()
+            self.ext.stmts.clear()
             self.sql_prepared.clear()
             return True
-        if name in self.stmts:
+        if name in self.ext.stmts:
             return False
         self.sql_prepared.pop(name, None)
         return self.server is not None and self.server.sticky is not None or bool(self.parked)
@@ -1364,7 +983,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def parse_failed(self, client_name: str | None) -> None:
         if client_name:
-            self.stmts.pop(client_name, None)
+            self.ext.stmts.pop(client_name, None)
 
     # ------------------------------------------------------------ teardown
 
@@ -1398,49 +1017,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         proxy.metrics_client_disconnected(self)
-
-
-PGSHARD_KINDS = frozenset({r.SET_PGSHARD, r.RESET_PGSHARD, r.SHOW_PGSHARD})
-
-
-def _local_columns(plan: r.Plan) -> bytes:
-    """RowDescription (SHOW) or NoData (SET/RESET) of a pgshard.* statement."""
-    if plan.kind == r.SHOW_PGSHARD:
-        return m.row_description([(f"pgshard.{plan.name}", 25)])
-    return m.NO_DATA
-
-
-def _query_kind(plan: r.Plan) -> str:
-    """The kind label of /metrics query counters: read, write, ddl or other."""
-    if plan.kind != r.STATEMENT:
-        return "other"
-    return "read" if plan.is_read else "ddl" if plan.is_ddl else "write"
-
-
-def _already_in_txn() -> PgError:
-    return ActiveSqlTransaction("there is already a transaction in progress")
-
-
-def _aborted() -> PgError:
-    return InFailedSqlTransaction("current transaction is aborted, commands ignored until end "
-                                  "of transaction block")
-
-
-def _sticky_fanout(plan: r.Plan) -> PgError:
-    return FeatureNotSupported(
-        f"{plan.sticky} leaves session state on its server, and this statement runs on "
-        "several shards",
-        hint="pin it to one shard with /* shard: <name> */ or a /* shard_key: … */ hint")
-
-
-_AND_CHAIN = re.compile(r"\bAND\s+CHAIN\b", re.I)
-
-
-def _listen_error() -> PgError:
-    return FeatureNotSupported(
-        "LISTEN on a cluster of several shards needs the shard its NOTIFYs run on",
-        hint="SET pgshard.shard = '<name>' first (here and where NOTIFY runs), or connect "
-             "as a user with pool_mode = \"session\"")
 
 
 __all__ = ["ClientSession", "ConnectionFailure", "FeatureNotSupported"]

@@ -289,7 +289,7 @@ class FanoutMixin:
     async def _multi_unit(self, ops, sync: bool) -> None:
         """A unit with no routed Bind inside a multi-shard transaction: COMMIT/ROLLBACK
         sent with the extended protocol, or a Parse/Describe (run on one held shard)."""
-        self.unit_shard = None
+        self.ext.unit_shard = None
         txn = [op[1] for op in ops if op[0] == OP_BIND and op[1].plan.kind in TXN_KINDS]
         if txn:
             end = await self._multi_end(txn[0].plan.kind) if txn[0].plan.kind != r.BEGIN \
@@ -449,7 +449,7 @@ class FanoutMixin:
             # The servers must reach an idle point to be released; the client's own Sync
             # comes later and is answered here.
             parts.append((m.SYNC, X_SYNC, False))
-            self._owe_z = True
+            self.ext.owe_z = True
         out = await self._run_fanout(
             fan, read_filter.per_shard(self, fan, [p for p in parts if p[1] != X_FAKE]), hide)
         await self._end_ext_unit(out, sync)
@@ -467,7 +467,7 @@ class FanoutMixin:
             if sync:
                 self.write(m.ready_for_query(self._status()))
             else:
-                self.skip_until_sync = True
+                self.ext.skip_until_sync = True
             return
         self.write(out + (m.ready_for_query(self._status()) if sync else b""))
 

@@ -147,7 +147,7 @@ class PipelineMixin:
         ok = True
         if shards:
             def emit(s, i):
-                self._emit_ops(s, per[shards[i]] + [(OP_SYNC,)])
+                self.ext.emit_ops(s, per[shards[i]] + [(OP_SYNC,)])
             try:
                 replies = await multi.run(shards, emit)
             except PgError:
@@ -188,7 +188,7 @@ class PipelineMixin:
         if sync:
             out.append(m.ready_for_query(self._status()))
         elif not ok:
-            self.skip_until_sync = True
+            self.ext.skip_until_sync = True
         self.write(b"".join(out))
 
     async def _insert_ext(self, fan, ops, sync: bool) -> None:
@@ -227,7 +227,7 @@ class PipelineMixin:
                 msgs.append((m.SYNC, X_SYNC, False))
             per[sh] = msgs
         if not sync:
-            self._owe_z = True
+            self.ext.owe_z = True
         shards = sorted(per)
         out = await self._run_fanout(type(fan)("insert", shards, fan.analysis, groups), per)
         await self._end_ext_unit(out, sync)

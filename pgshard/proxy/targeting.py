@@ -25,8 +25,8 @@ class TargetingMixin:
         multi = self.txn.multi
         if multi is not None and multi.shards and not multi.implicit:
             return multi.shards[0]   # the client's transaction on several shards: its first
-        if self.unit_shard is not None:   # a pipeline already bound to a shard stays there
-            return self.unit_shard
+        if self.ext.unit_shard is not None:   # a pipeline already bound to a shard stays there
+            return self.ext.unit_shard
         if self.server is not None:       # so does a client that holds a server
             return self.shard
         if self.parked:                   # or whose state a server keeps
