@@ -23,6 +23,7 @@ from pgshard.protocol.framing import (
     FrameBuffer,
 )
 from pgshard.proxy import scatter
+from pgshard.proxy.attachment import ServerAttachment
 from pgshard.proxy.backend import (
     X_BIND,
     X_EXEC,
@@ -30,7 +31,6 @@ from pgshard.proxy.backend import (
     X_PARSE,
     X_QUERY,
     X_SYNC,
-    ServerClient,
 )
 from pgshard.proxy.copysplit import CopySplitMixin
 from pgshard.proxy.extended import ExtendedPipeline, query_kind
@@ -53,35 +53,15 @@ from pgshard.proxy.units import (
     quote_literal,
 )
 from pgshard.sql import classify as r
-from pgshard.sql.sql_prepare import execute_call, prepared_statement
+from pgshard.sql.sql_prepare import execute_call
 
 log = logging.getLogger("pgshard.client")
 
-ORPHAN_TIMEOUT = 10.0   # seconds a server left by its client may take to reach an idle point
 _AND_CHAIN = re.compile(r"\bAND\s+CHAIN\b", re.I)
 
 
 class _Terminate(Exception):
     """The client sent Terminate."""
-
-
-class _Orphan(ServerClient):
-    """Stands in for a client that left while its server finishes a rollback."""
-
-    def __init__(self, pool):
-        self.pool = pool
-        self.failed = False
-
-    def write(self, data):
-        pass
-
-    def server_error(self, body: bytes) -> None:
-        self.failed = True   # the rollback or reset did not happen: never reuse the server
-
-    def server_idle(self, server):
-        if self.failed:
-            server.sticky = "its reset after the client left failed"
-        self.pool.release(server)   # closes it when sticky
 
 
 class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin,
@@ -92,7 +72,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.buf = FrameBuffer(max_size=proxy.config.proxy.max_message_size)
         self.closed = False
         self._waiter: asyncio.Future | None = None
-        self._idle_waiter: asyncio.Future | None = None
         self._reading_paused = False
         self._serving = False
         self._pending = None
@@ -116,9 +95,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.shard: str | None = None
         self.txn = TxnState()
         self.sql_prepared: dict[str, str] = {}       # SQL PREPAREs: name -> its PREPARE text
-        # servers holding state of this client the proxy cannot replay (sql.sticky), put
-        # aside while the client runs elsewhere: (shard, role) -> server
-        self.parked: dict[tuple[str, str], object] = {}
         self.fan_servers: list = []       # a fan-out's servers while it runs (cancel_running)
         self._t0 = 0.0                 # when the unit now on the server was sent (metrics)
         self._qkind = "read"
@@ -137,6 +113,12 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.vars: dict[str, str] = {}
         self.vars_gen = 0
         self.param_watch: set[str] = set()   # SET just sent: adopt the value it reports
+        # the server side: attaching, releasing and parking servers (attachment.py);
+        # parked is the same dict, for MultiTxn.ensure and the admin console's SHOW CLIENTS
+        self.att = att = ServerAttachment(self)
+        self.parked = att.parked
+        self._attach_now = att.attach_now   # bound once: on every statement's path
+        self._detach = att.detach
         # the extended protocol (its prepared statements and the unit being queued);
         # stmts is the same dict, for the settings code (DEALLOCATE, DISCARD ALL)
         self.ext = ExtendedPipeline(self)
@@ -182,9 +164,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def connection_lost(self, exc):
         self.closed = True
-        for w in (self._waiter, self._idle_waiter):
-            if w is not None and not w.done():
-                w.set_result(None)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        self.att.wake()
 
     def pause_writing(self):
         # The client reads slower than the server sends: stop reading the server (or, in
@@ -405,11 +388,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self._reply(m.command_complete(tag) + m.ready_for_query(self._status()))
             return
         if kind == r.DISCARD_ALL and self._status() == b"I":
-            if self.server is None and not self.parked:
+            if self.server is None and not self.att.parked:
                 self._discard_all()   # no server holds anything of this client
                 self._reply(m.command_complete("DISCARD ALL") + m.ready_for_query(b"I"))
                 return
-            self._discard_parked()   # and the attached server runs it (see _track)
+            self.att.discard_parked()   # and the attached server runs it (see _track)
         if kind == r.EMPTY:
             self._reply(m.EMPTY_QUERY + m.ready_for_query(self._status()))
             return
@@ -495,7 +478,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         return None
 
     async def _call_slow(self, raw: bytes, shard: str, role: str) -> None:
-        self._send_call(await self._attach(shard, True, role), raw)
+        self._send_call(await self.att.attach(shard, True, role), raw)
 
     def _send_call(self, s, raw: bytes) -> None:
         self._t0 = time.monotonic()
@@ -532,7 +515,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         """Once the server has answered: if the client's transaction is still open on it,
         make it a multi-shard transaction holding this server (True), else False."""
         while self.server is not None and self.server.expect:
-            await self._wait_idle_point()
+            await self.att.wait_idle_point()
         s = self.server
         if s is None or s.txn_status == b"I":
             return False
@@ -565,13 +548,9 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if aw is not None:
             await aw
 
-    def _keep_parked(self, shard: str, s) -> None:
-        s.link(self)
-        self.parked[(shard, "primary")] = s
-
     async def _query_slow(self, raw: bytes, plan: r.Plan, shard: str, begin: bool,
                           role: str = "primary") -> None:
-        s = await self._attach(shard, begin, role)
+        s = await self.att.attach(shard, begin, role)
         self._send_query(s, raw, plan)
 
     def _send_query(self, s, raw: bytes, plan: r.Plan) -> None:
@@ -583,7 +562,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 # SET TRANSACTION ISOLATION LEVEL …: shards that join later open with it
                 self.txn.begun += "; " + m.decode_query(raw[5:]).strip().rstrip(";")
         if plan.sticky:
-            self._pin(s, plan, m.decode_query(raw[5:]))
+            self.att.pin(s, plan, m.decode_query(raw[5:]))
         elif plan.first_word == "EXECUTE" and self.sql_prepared:
             self._replay_sql_prepare(s, m.decode_query(raw[5:]))
         elif plan.kind == r.DEALLOCATE:
@@ -636,151 +615,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.vars_gen += 1
         self.write(m.command_complete(tag))
 
-    # ------------------------------------------------------------ attach / release
-
-    def _attach_now(self, shard: str, begin: bool = True, role: str = "primary"):
-        """The server for shard if it can be had without waiting, else None. With
-        begin=False a held-back BEGIN stays held back (the unit only looks, e.g. a Parse
-        or Describe, so it must not pin the transaction to this shard)."""
-        s = self.server
-        if s is not None:
-            if self.shard != shard or self.role != role:
-                return None
-            if s.synced != (self, self.vars_gen):
-                self._sync_vars(s)
-            if begin and self.txn.pending is not None:
-                self._send_begin(s)
-            return s
-        if self.closed:
-            return None
-        s = self._take_parked(shard, role) if self.parked else None
-        if s is None:
-            s = self.proxy.pool_for(shard, self.user, role, database=self.database).try_acquire()
-        if s is None:
-            return None
-        self._link(s, shard, begin)
-        self.role = role
-        return s
-
-    def _link(self, s, shard: str, begin: bool = True) -> None:
-        s.link(self)
-        self.server = s
-        self.shard = shard
-        self._sync_vars(s)
-        if self.txn.pending is not None and begin:
-            self._send_begin(s)
-
-    def _send_begin(self, s) -> None:
-        """Open the held-back transaction on s, ahead of the statement that runs in it,
-        whichever message first attached s (a flushed Parse/Describe only looks)."""
-        if s.unsynced:
-            # End the look-only unit first: a Query inside it would be part of it.
-            s.send(m.SYNC)
-            s.push(X_SYNC, swallow=True)
-        s.query(self.txn.pending, swallow=True)
-        self.txn.begun = self.txn.pending
-        snap = self.txn.snapshot
-        if snap is not None and snap[2] is None:
-            # SETs held back with the BEGIN run inside it: ROLLBACK undoes them here too.
-            self.txn.snapshot = (snap[0], dict(s.vars), s)
-            s.restore_settings(dict(self.vars))
-        self.txn.opened()
-
-    async def _attach(self, shard: str, begin: bool = True, role: str = "primary"):
-        """The server this client's next request goes to, acquiring one if needed."""
-        while self.server is not None and (self.shard != shard or self.role != role):
-            s = self.server
-            if s.expect:
-                await self._wait_idle_point()
-                continue
-            if s.unsynced == 2:
-                raise r.CrossShardTransaction(
-                    f"statement routes to shard {shard} but this pipeline already runs on "
-                    f"shard {self.shard}",
-                    hint="send a Sync between statements for different shards")
-            if s.txn_status != b"I":
-                raise r.CrossShardTransaction(
-                    f"this transaction runs on shard {self.shard}; a statement for shard "
-                    f"{shard} cannot join it (cross-shard transactions are not supported yet)",
-                    hint="commit first, or keep a transaction's statements on one shard key")
-            self._detach()
-        if self.closed:
-            raise ConnectionError("client gone")
-        s = self.server
-        if s is None and self.parked:
-            s = self._take_parked(shard, role)
-            if s is not None:
-                self._link(s, shard, begin)
-                self.role = role
-                return s
-        if s is None:
-            pool = self.proxy.pool_for(shard, self.user, role, database=self.database)
-            s = pool.try_acquire()
-            if s is None:
-                try:
-                    s = await pool.acquire()
-                except PgError as exc:
-                    if role == "primary" and isinstance(exc, ConnectionFailure):
-                        other = self._other_shard(shard)
-                        if other is not None:   # the statement needs no particular shard
-                            return await self._attach(other, begin, role)
-                    if role == "primary" or self.proxy.replicas is None:
-                        raise
-                    # A replica that cannot be reached is banned; the primary serves.
-                    self.proxy.replicas.ban(shard, int(role.split(":")[1]), exc.message)
-                    return await self._attach(shard, begin, "primary")
-                if self.closed:
-                    pool.release(s)
-                    raise ConnectionError("client gone")
-            self._link(s, shard, begin)
-            self.role = role
-        else:
-            if s.synced != (self, self.vars_gen):
-                self._sync_vars(s)
-            if begin and self.txn.pending is not None:
-                self._send_begin(s)
-        return s
-
-    async def _wait_idle_point(self) -> None:
-        self._idle_waiter = asyncio.get_running_loop().create_future()
-        await self._idle_waiter
-        self._idle_waiter = None
-        if self.closed:
-            raise ConnectionError("client gone")
-
-    def _detach(self) -> None:
-        s = self.server
-        shard = self.shard
-        self.server = None
-        self.shard = None
-        self.local_key = None
-        if s is not None:
-            if s.sticky and s.usable and not self.closed:
-                self.parked[(shard, self.role)] = s   # keeps this client's state: kept
-            elif s.unsynced and s.usable and not s.expect:
-                self._end_unit_then_release(s)
-            else:
-                s.pool.release(s)
-
-    @staticmethod
-    def _end_unit_then_release(s, sql: tuple[str, ...] = ()) -> None:
-        """Give s back to the pool once it is idle with nothing outstanding: end a pending
-        extended-protocol unit with a Sync (only look-only units reach here, or a client
-        that is gone, whose Bind/Execute must not be committed: see _cleanup), then run
-        sql (ROLLBACK / DISCARD ALL) if given; replies go nowhere."""
-        orphan = s.client = _Orphan(s.pool)
-        if s.unsynced:
-            s.send(m.SYNC)
-            s.push(X_SYNC, swallow=True)
-        for one in sql or ():   # separately: DISCARD ALL refuses to run in a multi-statement string
-            s.query(one, swallow=True)
-        s.flush()
-
-        def check() -> None:   # never let a server that does not come back hold a pool slot
-            if s.client is orphan and s.usable:
-                s.abort("did not come back to an idle point after its client left")
-        asyncio.get_running_loop().call_later(ORPHAN_TIMEOUT, check)
-
     def server_idle(self, s) -> None:
         """Called by the server connection when every request has been answered."""
         if s is not self.server:
@@ -814,16 +648,15 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.txn.savepoints = []
             if self.pool_mode == "transaction" and not s.sticky:
                 self._detach()
-        w = self._idle_waiter
+        w = self.att.idle_waiter
         if w is not None and not w.done():
             w.set_result(None)
 
     def server_drained(self, s) -> None:
         """Every request sent to s has been answered, short of a Sync: a statement that
         waits to go to another shard (see _attach) may now take s off."""
-        w = self._idle_waiter
-        if s is self.server and w is not None and not w.done():
-            w.set_result(None)
+        if s is self.server:
+            self.att.wake()
 
     def server_lost(self, s, reason: str) -> None:
         """The server died under this client. If it said FATAL, the client has seen that
@@ -835,9 +668,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.server = None
         self.shard = None
         self.local_key = None
-        w = self._idle_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self.att.wake()
         if s.fatal_sent:
             if self.transport is not None:
                 self.transport.close()
@@ -894,42 +725,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if simple or synced:
             self._release_if_idle()
 
-    def _give_back(self, s) -> None:
-        """The client left: return a server of its to the pool, clean."""
-        if self.pool_mode == "session" \
-                and self.proxy.config.proxy.session_server_reset == "close":
-            s.sticky = "its session ended (session_server_reset = close)"
-            s.pool.release(s)   # closed: the next client gets a new backend
-            return
-        if s.usable and not s.expect and s.unsynced != 2:
-            if s.txn_status == b"I" and self.pool_mode == "transaction" and not s.unsynced \
-                    and not s.sticky:
-                s.pool.release(s)
-            else:
-                # Never hand a dirty server to another client: end its unit, roll back
-                # (and, in session mode or holding state of this client, reset) first.
-                sql = ("ROLLBACK",) if s.txn_status != b"I" else ()
-                if self.pool_mode == "session" or s.sticky:
-                    sql += ("DISCARD ALL",)
-                    s.forget_session()
-                self._end_unit_then_release(s, sql)
-        else:
-            # A request in flight, or a Bind/Execute not yet ended by a Sync: a Sync would
-            # commit what the client never finished. Close the server instead.
-            s.abort("client disconnected in the middle of a request")
-
-    # ------------------------------------------------------------ state pinned to a server
-
-    def _pin(self, s, plan: r.Plan, sql: str | None = None) -> None:
-        """plan leaves state on s the proxy cannot replay: s stays this client's. An SQL
-        PREPARE is remembered, to be made again on another shard an EXECUTE goes to."""
-        s.sticky = plan.sticky
-        if plan.first_word == "PREPARE" and plan.name:
-            got = prepared_statement(sql) if sql is not None else None
-            name = got[0] if got else plan.name
-            self.sql_prepared[name] = sql or ""
-            s.sql_names[name] = sql or ""
-
     def _replay_sql_prepare(self, s, sql: str) -> None:
         """Before an EXECUTE on s: the PREPARE it names, if s does not have it (the EXECUTE
         was routed to another shard than the PREPARE ran on)."""
@@ -944,23 +739,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         s.sql_names[name] = text
         s.sticky = s.sticky or "SQL PREPARE"
 
-    def _take_parked(self, shard: str, role: str):
-        s = self.parked.pop((shard, role), None)
-        if s is not None and not s.usable:
-            s.pool.release(s)   # closes it
-            raise ConnectionFailure(
-                f"lost the server connection of shard {shard} that held this session's "
-                "state (temporary tables, advisory locks, SQL prepared statements, …)",
-                sqlstate="08006")
-        return s
-
-    def _discard_parked(self) -> None:
-        """DISCARD ALL: the servers put aside are reset and go back to the pool."""
-        for s in self.parked.values():
-            s.forget_session()
-            self._end_unit_then_release(s, ("DISCARD ALL",))
-        self.parked = {}
-
     def _deallocate_on_server(self, name: str | None) -> bool:
         """DEALLOCATE of an SQL PREPARE (or ALL, with some): the server answers it."""
         if name is None:
@@ -972,7 +750,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if name in self.ext.stmts:
             return False
         self.sql_prepared.pop(name, None)
-        return self.server is not None and self.server.sticky is not None or bool(self.parked)
+        return self.server is not None and self.server.sticky is not None or bool(self.att.parked)
 
     def server_error(self, body: bytes) -> None:
         """An ErrorResponse reached the client: a held-back transaction is now failed."""
@@ -1001,19 +779,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         proxy = self.proxy
         proxy.unregister(self)
         proxy.limits.release(self)
-        s = self.server
-        self.server = None
-        if s is not None:
-            self._give_back(s)
-        for s in self.parked.values():
-            self._give_back(s)
-        self.parked = {}
-        multi = self.txn.multi
-        if multi is not None:   # rolled back; a prepared one is left to recovery
-            self.txn.multi = None
-            for _, s in multi.servers.values():
-                self._give_back(s)
-            multi.servers = {}
+        self.att.give_back_all()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         proxy.metrics_client_disconnected(self)

@@ -79,7 +79,7 @@ class ExtendedPipeline:
         self.skip_until_sync = False   # after an error: the client's messages up to its Sync
         self.owe_z = False             # a unit ran to a Sync of its own: the client's is ours
         self._target = session._target
-        self._attach_now = session._attach_now
+        self._attach_now = session.att.attach_now
         self._reply = session._reply
         self._guard = session._guard
         self.write = session.write
@@ -330,7 +330,7 @@ class ExtendedPipeline:
         return None
 
     async def _flush_slow(self, ops, target: str, executes: bool, role: str = "primary") -> None:
-        s = await self.session._attach(target, executes, role)
+        s = await self.session.att.attach(target, executes, role)
         self.emit_ops(s, ops)
 
     async def _flush_elsewhere(self, ops, target: str, executes: bool, role: str,
@@ -369,7 +369,7 @@ class ExtendedPipeline:
                 if st.plan.kind != r.STATEMENT or st.plan.is_ddl:
                     session._track(s, st.plan)   # after the Bind: it applies to what follows
                 if st.plan.sticky:
-                    session._pin(s, st.plan, st.sql)
+                    session.att.pin(s, st.plan, st.sql)
             elif k == OP_RAW:
                 send(op[1])
                 push(op[2])

@@ -78,7 +78,7 @@ class FanoutMixin:
         if s is not None:
             ok = s.sticky and s.usable and not s.expect and not s.unsynced
             return s if ok else None
-        return next((p for p in self.parked.values() if p.usable), None)
+        return next((p for p in self.att.parked.values() if p.usable), None)
 
     async def _on_own_server(self, emit) -> list[tuple[int, bytes]]:
         """Run emit's unit on _own_idle_server(); its reply frames. It stays the client's."""
@@ -135,7 +135,7 @@ class FanoutMixin:
                         "statement runs on several shards", hint="pin it to one shard with "
                         "/* shard: <name> */ or a /* shard_key: … */ hint")
                 await self.txn.multi.ensure(fan.shards)
-                self._pin(self.txn.multi.servers[fan.shards[0]][1], plan, sql)
+                self.att.pin(self.txn.multi.servers[fan.shards[0]][1], plan, sql)
             elif plan.first_word == "EXECUTE" and self.sql_prepared and fan.kind == "one":
                 await self.txn.multi.ensure(fan.shards)   # its PREPARE there first
                 self._replay_sql_prepare(self.txn.multi.servers[fan.shards[0]][1], sql)
@@ -153,7 +153,7 @@ class FanoutMixin:
         # A server still answering the client's previous request (pipelined) is let go
         # once it has answered, unless a transaction keeps it.
         while self.server is not None and self.server.expect:
-            await self._wait_idle_point()
+            await self.att.wait_idle_point()
         self._release_if_idle()
         if self.server is not None and not await self._join_multi() \
                 and self.server is not None:
@@ -352,7 +352,7 @@ class FanoutMixin:
                 # (or was cancelled) in the middle of it.
                 if not t.cancelled():
                     t.exception()
-                multi.release(keep=None if self.closed else self._keep_parked)
+                multi.release(keep=None if self.closed else self.att.keep_parked)
             task.add_done_callback(done)
             try:
                 await asyncio.shield(task)
@@ -374,7 +374,7 @@ class FanoutMixin:
                 else:
                     done.append(sh)
         finally:
-            multi.release(abort=bool(failed), keep=self._keep_parked)
+            multi.release(abort=bool(failed), keep=self.att.keep_parked)
         if failed:
             return m.error_response(
                 "XX000", f"COMMIT failed on {', '.join(failed)}",

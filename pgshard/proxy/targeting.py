@@ -29,8 +29,8 @@ class TargetingMixin:
             return self.ext.unit_shard
         if self.server is not None:       # so does a client that holds a server
             return self.shard
-        if self.parked:                   # or whose state a server keeps
-            return next(reversed(self.parked))[0]
+        if self.att.parked:                   # or whose state a server keeps
+            return next(reversed(self.att.parked))[0]
         cat = self.proxy.catalog
         shards = cat.serving_shards() or cat.shard_names()   # a new shard may lack the schema
         n = len(shards)
