@@ -10,7 +10,7 @@ from pgshard.protocol import messages as m
 from pgshard.protocol.errors import ConnectionFailure, PgError
 from pgshard.proxy.backend import X_SYNC, ServerClient
 from pgshard.sql import classify as r
-from pgshard.sql.sql_prepare import prepared_statement
+from pgshard.sql.sql_prepare import execute_call, prepared_statement
 
 ORPHAN_TIMEOUT = 10.0   # seconds a server left by its client may take to reach an idle point
 
@@ -243,6 +243,20 @@ class ServerAttachment:
             name = got[0] if got else plan.name
             self.session.sql_prepared[name] = sql or ""
             s.sql_names[name] = sql or ""
+
+    def replay_sql_prepare(self, s, sql: str) -> None:
+        """Before an EXECUTE on s: the PREPARE it names, if s does not have it (the EXECUTE
+        was routed to another shard than the PREPARE ran on)."""
+        call = execute_call(sql)
+        text = self.session.sql_prepared.get(call[0]) if call is not None else None
+        if not text or s.sql_names.get(call[0]) == text:
+            return
+        name = call[0]
+        if name in s.sql_names:   # an older definition under that name
+            s.query('DEALLOCATE "' + name.replace('"', '""') + '"', swallow=True)
+        s.query(text, swallow=True)
+        s.sql_names[name] = text
+        s.sticky = s.sticky or "SQL PREPARE"
 
     def take_parked(self, shard: str, role: str):
         s = self.parked.pop((shard, role), None)

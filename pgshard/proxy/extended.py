@@ -103,7 +103,7 @@ class ExtendedPipeline:
         st = self.proxy.statements.get(pm.sql, pm.oids, named)
         session = self.session
         if st.plan.first_word == "LISTEN" and session.pool_mode == "transaction":
-            session._check_listen()
+            session.simple.check_listen()
         self.check_failed_txn(st.plan)
         if named:
             self.stmts[pm.name] = st
@@ -322,7 +322,7 @@ class ExtendedPipeline:
             self.unit_role = "primary"
         s = self._attach_now(target, executes, role)
         if s is None:
-            if session.server is not None and session._txn_elsewhere(target):
+            if session.server is not None and session.simple.txn_elsewhere(target):
                 return self._guard(self._flush_elsewhere(ops, target, executes, role, sync),
                                    False, sync)
             return self._guard(self._flush_slow(ops, target, executes, role), False, sync)
@@ -337,7 +337,7 @@ class ExtendedPipeline:
                                sync: bool) -> None:
         """A unit for another shard than the transaction's: the transaction spans both."""
         session = self.session
-        if not await session._join_multi():
+        if not await session.simple.join_multi():
             await self._flush_slow(ops, target, executes, role)
             return
         ops = [(OP_BIND, op[1], op[2], m.decode_bind(op[2][5:]))
@@ -352,7 +352,7 @@ class ExtendedPipeline:
             for op in ops:
                 if op[0] in (OP_BIND, OP_PARSE, OP_DESC_STMT) \
                         and op[1].plan.first_word == "EXECUTE":
-                    session._replay_sql_prepare(s, op[1].sql)
+                    session.att.replay_sql_prepare(s, op[1].sql)
         last = None   # the plan of the unit's last Bind, for the metrics kind
         last_sql = None
         for op in ops:
@@ -391,8 +391,8 @@ class ExtendedPipeline:
         s.flush()
 
     def local_unit(self, ops) -> bool:
-        """Answer locally a pipeline of only BEGIN/COMMIT/ROLLBACK (see the session's
-        _local_txn), or of only named Parses when no server is free at once.
+        """Answer locally a pipeline of only BEGIN/COMMIT/ROLLBACK (see
+        SimpleQuery.local_txn), or of only named Parses when no server is free at once.
 
         Strategy: a client such as pgbench prepares statements with a blocking Parse+Sync
         while its other connections hold servers in open transactions; waiting for a
@@ -454,7 +454,7 @@ class ExtendedPipeline:
             if what == "fake":
                 write(val)
             elif what == "txn":
-                session._local_txn(val.plan.kind, val.sql)
+                session.simple.local_txn(val.plan.kind, val.sql)
             else:
                 write(m.ready_for_query(session._status()))
         return True

@@ -138,7 +138,7 @@ class FanoutMixin:
                 self.att.pin(self.txn.multi.servers[fan.shards[0]][1], plan, sql)
             elif plan.first_word == "EXECUTE" and self.sql_prepared and fan.kind == "one":
                 await self.txn.multi.ensure(fan.shards)   # its PREPARE there first
-                self._replay_sql_prepare(self.txn.multi.servers[fan.shards[0]][1], sql)
+                self.att.replay_sql_prepare(self.txn.multi.servers[fan.shards[0]][1], sql)
         await self._fanout(fan, [(raw, X_QUERY)], sql, True)
 
 
@@ -147,7 +147,7 @@ class FanoutMixin:
         s = self.server
         if s is not None and s.txn_status == b"I" and not s.expect and s.unsynced != 2 \
                 and self.pool_mode == "transaction" and self.txn.multi is None:
-            self._detach()
+            self.att.detach()
 
     async def _check_fanout(self, fan: Fanout) -> None:
         # A server still answering the client's previous request (pipelined) is let go
@@ -155,9 +155,9 @@ class FanoutMixin:
         while self.server is not None and self.server.expect:
             await self.att.wait_idle_point()
         self._release_if_idle()
-        if self.server is not None and not await self._join_multi() \
+        if self.server is not None and not await self.simple.join_multi() \
                 and self.server is not None:
-            self._detach()   # idle (session pooling): the statement runs elsewhere
+            self.att.detach()   # idle (session pooling): the statement runs elsewhere
         if fan.kind in ("insert", "write") and self.txn.multi is None:
             if self.proxy.twophase is None:
                 if fan.kind == "write" or self.txn.pending is not None:

@@ -236,11 +236,11 @@ class PipelineMixin:
         # (see _split_unit)
         """The transaction a pipeline across shards runs in: the client's own (its server
         joins, or its held-back BEGIN opens on each shard), else the unit's."""
-        if self.server is not None and await self._join_multi():
+        if self.server is not None and await self.simple.join_multi():
             return self.txn.multi
         self._release_if_idle()
         if self.server is not None:   # session pooling: the server stays the client's
-            self._detach()
+            self.att.detach()
         if self.txn.pending is not None:
             multi = scatter.MultiTxn(self, [], self.txn.pending)
             self.txn.opened()

@@ -95,7 +95,7 @@ class TargetingMixin:
     def _sql_prepared_route(self, plan: r.Plan, sql: str) -> str:
         """An SQL PREPARE defines a statement and touches no row: the client's own shard
         (its server keeps it). An EXECUTE goes where its statement would with its
-        arguments (the PREPARE is made there too, see ClientSession._replay_sql_prepare)."""
+        arguments (the PREPARE is made there too, see ServerAttachment.replay_sql_prepare)."""
         if plan.first_word == "PREPARE":
             return self._any_shard()
         call = execute_call(sql)
