@@ -28,6 +28,7 @@ from pgshard.proxy.backend import (
     X_PARSE,
     X_QUERY,
     X_SYNC,
+    ServerClient,
 )
 from pgshard.proxy.copysplit import CopySplitMixin
 from pgshard.proxy.extended import ExtendedPipeline
@@ -55,7 +56,7 @@ class _Terminate(Exception):
 
 
 class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin,
-                    PipelineMixin, CopySplitMixin, asyncio.Protocol):
+                    PipelineMixin, CopySplitMixin, asyncio.Protocol, ServerClient):
     """One client connection: the asyncio protocol (its socket's callbacks and the pump
     that reads whole messages), dispatch of each message, the server connection callbacks
     (ServerClient), errors and teardown. Its parts are composed: the simple protocol
