@@ -32,7 +32,7 @@ from pgshard.proxy.backend import (
 )
 from pgshard.proxy.copysplit import CopySplitMixin
 from pgshard.proxy.extended import ExtendedPipeline
-from pgshard.proxy.fanout import FanoutMixin
+from pgshard.proxy.fanout import FanoutRunner
 from pgshard.proxy.pipelines import PipelineMixin
 from pgshard.proxy.refusals import raise_sql
 from pgshard.proxy.session_state import SessionStateMixin
@@ -55,14 +55,14 @@ class _Terminate(Exception):
     """The client sent Terminate."""
 
 
-class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin,
-                    PipelineMixin, CopySplitMixin, asyncio.Protocol, ServerClient):
+class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, PipelineMixin,
+                    CopySplitMixin, asyncio.Protocol, ServerClient):
     """One client connection: the asyncio protocol (its socket's callbacks and the pump
     that reads whole messages), dispatch of each message, the server connection callbacks
     (ServerClient), errors and teardown. Its parts are composed: the simple protocol
     (`simple`, simple.py), the extended-protocol pipeline (`ext`, extended.py) and the
-    server attachment (`att`, attachment.py); startup, targeting, settings, fan-out,
-    pipelines and COPY are still mixins."""
+    server attachment (`att`, attachment.py) and the units on several shards (`fan`,
+    fanout.py); startup, targeting, settings, pipelines and COPY are still mixins."""
 
     def __init__(self, proxy):
         self.proxy = proxy
@@ -117,6 +117,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.parked = self.att.parked
         # the extended protocol (its prepared statements and the unit being queued);
         # stmts is the same dict, for the settings code (DEALLOCATE, DISCARD ALL)
+        self.fan = FanoutRunner(self)   # units on several shards (fanout.py)
         self.ext = ExtendedPipeline(self)
         self.stmts = self.ext.stmts
         # the simple protocol (a Query routed or answered here; FunctionCall)
@@ -170,13 +171,13 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
     def pause_writing(self):
         # The client reads slower than the server sends: stop reading the server (or, in
         # a fan-out read, stop merging: the shards' streams then pause their servers).
-        self._fan_flow(True)
+        self.fan.fan_flow(True)
         s = self.server
         if s is not None and s.transport is not None:
             s.transport.pause_reading()
 
     def resume_writing(self):
-        self._fan_flow(False)
+        self.fan.fan_flow(False)
         s = self.server
         if s is not None and s.transport is not None:
             s.transport.resume_reading()
@@ -310,7 +311,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 raise
             self._fail(exc, simple=(t == 0x51 or t == 0x46), synced=(t == 0x53))
         except NeedColumns as nc:
-            return self._guard(self._learn_then_dispatch(nc.tables, t, raw), t == 0x51)
+            return self._guard(self.fan.learn_then_dispatch(nc.tables, t, raw), t == 0x51)
         return None
 
     async def _guard(self, coro, simple: bool, synced: bool = False) -> None:
@@ -456,7 +457,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         # After whatever a server that only looked still owes the client.
         self._reply(b"".join(out))
         if simple or synced:
-            self._release_if_idle()
+            self.fan.release_if_idle()
 
     def server_error(self, body: bytes) -> None:
         """An ErrorResponse reached the client: a held-back transaction is now failed."""

@@ -139,7 +139,7 @@ class ExtendedPipeline:
         self.check_failed_txn(plan)
         session = self.session
         if plan.kind in TXN_KINDS and self.unit_shard is None:
-            session._release_if_idle()
+            session.fan.release_if_idle()
         proxy = self.proxy
         multi = len(proxy.catalog.shards) > 1
         bind = m.decode_bind(raw[5:]) if plan.key_param or multi else None
@@ -147,7 +147,7 @@ class ExtendedPipeline:
                 and session.pool_mode == "transaction":
             shard = None
         elif self.txn.multi is not None:
-            shard = session._multi_target(plan, st.sql, bind, st)
+            shard = session.fan.multi_target(plan, st.sql, bind, st)
             if shard.kind == "one" and self.unit_fanout is None:
                 shard = shard.shards[0]
                 self.split_mode()
@@ -290,12 +290,12 @@ class ExtendedPipeline:
             self.unit_shard = None
             return self._guard(session._split_unit(ops, sync), False, sync)
         if multi is not None and self.unit_fanout is None:
-            return self._guard(session._multi_unit(ops, sync), False, sync)
+            return self._guard(session.fan.multi_unit(ops, sync), False, sync)
         fan = self.unit_fanout
         if fan is not None:
             self.unit_fanout = None
             self.unit_shard = None
-            return self._guard(session._fanout_ext(fan, ops, sync), False, sync)
+            return self._guard(session.fan.fanout_ext(fan, ops, sync), False, sync)
         target = self.unit_shard
         if sync:
             self.unit_shard = None
@@ -342,7 +342,7 @@ class ExtendedPipeline:
             return
         ops = [(OP_BIND, op[1], op[2], m.decode_bind(op[2][5:]))
                if op[0] == OP_BIND and len(op) == 3 else op for op in ops]
-        await session._fanout_ext(Fanout("one", [target], None), ops, sync)
+        await session.fan.fanout_ext(Fanout("one", [target], None), ops, sync)
 
     def emit_ops(self, s, ops) -> None:
         """Send ops to server s, with what each reply needs to be matched (s.push)."""

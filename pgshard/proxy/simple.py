@@ -65,11 +65,11 @@ class SimpleQuery:
         if plan.first_word == "LISTEN" and session.pool_mode == "transaction":
             self.check_listen()
         if kind in TXN_KINDS:
-            session._release_if_idle()   # a server held by a flushed Describe does not pin it
+            session.fan.release_if_idle()   # a server held by a flushed Describe does not pin it
         attached = session.server is not None
         if txn.multi is not None and kind not in LOCAL_KINDS:
             if txn.multi.failed or not self._own_object(plan, sql):
-                return self._guard(session._multi_query(raw, sql, plan), True)   # sticky: home
+                return self._guard(session.fan.multi_query(raw, sql, plan), True)   # sticky: home
             return None
         if txn.failed and kind not in (r.COMMIT, r.ROLLBACK):
             raise aborted()
@@ -125,7 +125,7 @@ class SimpleQuery:
         if isinstance(shard, Fanout):
             if plan.sticky:
                 raise sticky_fanout(plan)
-            return self._guard(session._fanout(shard, [(raw, X_QUERY)], sql, simple=True), True)
+            return self._guard(session.fan.fanout(shard, [(raw, X_QUERY)], sql, simple=True), True)
         begin = kind != r.SHOW or self.show_in_txn(sql)
         role = session._role_for(shard, plan, sql) if self.proxy.replicas is not None else "primary"
         if role == "primary" and kind == r.STATEMENT and not plan.is_read:
@@ -142,7 +142,7 @@ class SimpleQuery:
         try:
             aw2 = self.query(raw)
         except NeedColumns as nc:
-            await session._learn_columns(nc.tables)
+            await session.fan.learn_columns(nc.tables)
             aw2 = self.query(raw)
         if aw2 is not None:
             await aw2
@@ -245,12 +245,12 @@ class SimpleQuery:
     async def query_elsewhere(self, raw: bytes, sql: str, plan: r.Plan) -> None:
         session = self.session
         if await self.join_multi():
-            await session._multi_query(raw, sql, plan)
+            await session.fan.multi_query(raw, sql, plan)
             return
         try:   # the transaction ended meanwhile: route it afresh
             aw = self.query(raw)
         except NeedColumns as nc:
-            await session._learn_columns(nc.tables)
+            await session.fan.learn_columns(nc.tables)
             aw = self.query(raw)
         if aw is not None:
             await aw
