@@ -6,19 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import time
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import (
-    ActiveSqlTransaction,
     ConnectionFailure,
     FeatureNotSupported,
-    InFailedSqlTransaction,
-    InvalidSqlStatementName,
-    MalformedMessage,
-    NoActiveSqlTransaction,
     PgError,
     ProtocolViolation,
 )
@@ -26,12 +20,9 @@ from pgshard.protocol.framing import (
     FRONTEND_TYPES,
     FrameBuffer,
 )
-from pgshard.proxy import scatter
+from pgshard.proxy.attachment import ServerAttachment
 from pgshard.proxy.backend import (
     X_BIND,
-    X_CLOSE,
-    X_DESC_PORTAL,
-    X_DESC_STMT,
     X_EXEC,
     X_FAKE,
     X_PARSE,
@@ -40,76 +31,45 @@ from pgshard.proxy.backend import (
     ServerClient,
 )
 from pgshard.proxy.copysplit import CopySplitMixin
-from pgshard.proxy.fanout import FanoutMixin
+from pgshard.proxy.extended import ExtendedPipeline
+from pgshard.proxy.fanout import FanoutRunner
 from pgshard.proxy.pipelines import PipelineMixin
+from pgshard.proxy.refusals import raise_sql
 from pgshard.proxy.session_state import SessionStateMixin
+from pgshard.proxy.simple import SimpleQuery
 from pgshard.proxy.startup import StartupMixin
 from pgshard.proxy.targeting import TargetingMixin
 from pgshard.proxy.txn import TxnState
 from pgshard.proxy.units import (
-    LOCAL_KINDS,
-    OP_BIND,
-    OP_DESC_STMT,
-    OP_FAKE,
     OP_FLUSH,
     OP_PARSE,
     OP_RAW,
     OP_SYNC,
-    TXN_KINDS,
-    Fanout,
     NeedColumns,
     quote_literal,
 )
-from pgshard.sql import classify as r
-from pgshard.sql.sql_prepare import execute_call, prepared_statement
 
 log = logging.getLogger("pgshard.client")
-
-ORPHAN_TIMEOUT = 10.0   # seconds a server left by its client may take to reach an idle point
-
-
-def _raise_sql(exc: PgError) -> str:
-    """A statement that makes a server raise exc, so its transaction state follows."""
-    parts = [f"ERRCODE = {quote_literal(exc.sqlstate)}", f"MESSAGE = {quote_literal(exc.message)}"]
-    if exc.hint:
-        parts.append(f"HINT = {quote_literal(exc.hint)}")
-    if exc.detail:
-        parts.append(f"DETAIL = {quote_literal(exc.detail)}")
-    return f"DO $pgshard$ BEGIN RAISE EXCEPTION USING {', '.join(parts)}; END $pgshard$"
-
 
 class _Terminate(Exception):
     """The client sent Terminate."""
 
 
-class _Orphan(ServerClient):
-    """Stands in for a client that left while its server finishes a rollback."""
+class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, PipelineMixin,
+                    CopySplitMixin, asyncio.Protocol, ServerClient):
+    """One client connection: the asyncio protocol (its socket's callbacks and the pump
+    that reads whole messages), dispatch of each message, the server connection callbacks
+    (ServerClient), errors and teardown. Its parts are composed: the simple protocol
+    (`simple`, simple.py), the extended-protocol pipeline (`ext`, extended.py) and the
+    server attachment (`att`, attachment.py) and the units on several shards (`fan`,
+    fanout.py); startup, targeting, settings, pipelines and COPY are still mixins."""
 
-    def __init__(self, pool):
-        self.pool = pool
-        self.failed = False
-
-    def write(self, data):
-        pass
-
-    def server_error(self, body: bytes) -> None:
-        self.failed = True   # the rollback or reset did not happen: never reuse the server
-
-    def server_idle(self, server):
-        if self.failed:
-            server.sticky = "its reset after the client left failed"
-        self.pool.release(server)   # closes it when sticky
-
-
-class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin,
-                    PipelineMixin, CopySplitMixin, asyncio.Protocol):
     def __init__(self, proxy):
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
         self.buf = FrameBuffer(max_size=proxy.config.proxy.max_message_size)
         self.closed = False
         self._waiter: asyncio.Future | None = None
-        self._idle_waiter: asyncio.Future | None = None
         self._reading_paused = False
         self._serving = False
         self._pending = None
@@ -132,22 +92,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.server = None
         self.shard: str | None = None
         self.txn = TxnState()
-        self.stmts: dict[str, object] = {}
         self.sql_prepared: dict[str, str] = {}       # SQL PREPAREs: name -> its PREPARE text
-        # servers holding state of this client the proxy cannot replay (sql.sticky), put
-        # aside while the client runs elsewhere: (shard, role) -> server
-        self.parked: dict[tuple[str, str], object] = {}
         self.fan_servers: list = []       # a fan-out's servers while it runs (cancel_running)
-        self.local_portals: dict[str, object] = {}   # portals of pgshard.* statements
-        self.ops: list[tuple] = []
-        self.unit_shard: str | None = None
-        self.unit_fanout: Fanout | None = None
-        self.unit_split = False        # this unit's Binds go to several shards (pipelines.py)
         self._t0 = 0.0                 # when the unit now on the server was sent (metrics)
         self._qkind = "read"
         self._qsql = None              # the statement now on the server (slow-query log)
-        self._owe_z = False
-        self.skip_until_sync = False
         self._lost_error: bytes | None = None   # 08006 owed at the next Sync (server_lost)
         self.session_key: bytes | None = None
         self.local_key: bytes | None = None
@@ -155,7 +104,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.any_pick: str | None = None    # the shard _any_shard chose for this statement
         self.consistency = "strong"
         self.role = "primary"               # role of the attached server
-        self.unit_role = "primary"
         self.unit_wrote = False
         self.last_write: dict[str, float] = {}   # shard -> when this client's last write ended
         # session settings replayed on whichever server serves this client
@@ -163,6 +111,17 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.vars: dict[str, str] = {}
         self.vars_gen = 0
         self.param_watch: set[str] = set()   # SET just sent: adopt the value it reports
+        # the server side: attaching, releasing and parking servers (attachment.py);
+        # parked is the same dict, for MultiTxn.ensure and the admin console's SHOW CLIENTS
+        self.att = ServerAttachment(self)
+        self.parked = self.att.parked
+        # the extended protocol (its prepared statements and the unit being queued);
+        # stmts is the same dict, for the settings code (DEALLOCATE, DISCARD ALL)
+        self.fan = FanoutRunner(self)   # units on several shards (fanout.py)
+        self.ext = ExtendedPipeline(self)
+        self.stmts = self.ext.stmts
+        # the simple protocol (a Query routed or answered here; FunctionCall)
+        self.simple = SimpleQuery(self)
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -204,20 +163,21 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def connection_lost(self, exc):
         self.closed = True
-        for w in (self._waiter, self._idle_waiter):
-            if w is not None and not w.done():
-                w.set_result(None)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        self.att.wake()
 
     def pause_writing(self):
         # The client reads slower than the server sends: stop reading the server (or, in
         # a fan-out read, stop merging: the shards' streams then pause their servers).
-        self._fan_flow(True)
+        self.fan.fan_flow(True)
         s = self.server
         if s is not None and s.transport is not None:
             s.transport.pause_reading()
 
     def resume_writing(self):
-        self._fan_flow(False)
+        self.fan.fan_flow(False)
         s = self.server
         if s is not None and s.transport is not None:
             s.transport.resume_reading()
@@ -295,41 +255,42 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 return aw
 
     def _dispatch(self, t: int, raw: bytes):
-        if self.skip_until_sync and t != 0x53:
+        ext = self.ext
+        if ext.skip_until_sync and t != 0x53:
             return None
         try:
             if t == 0x51:      # Query
-                return self._query(raw)
+                return self.simple.query(raw)
             if t == 0x50:      # Parse
-                self._parse(raw)
+                ext.parse(raw)
             elif t == 0x42:    # Bind
-                self._bind(raw)
+                ext.bind(raw)
             elif t == 0x45:    # Execute
-                if self.local_portals and self._local_execute(raw):
+                if ext.local_portals and ext.local_execute(raw):
                     return None
-                self.ops.append((OP_RAW, raw, X_EXEC))
+                ext.ops.append((OP_RAW, raw, X_EXEC))
             elif t == 0x44:    # Describe
-                self._describe(raw)
+                ext.describe(raw)
             elif t == 0x43:    # Close
-                self._close(raw)
+                ext.close(raw)
             elif t == 0x53:    # Sync
-                self.skip_until_sync = False
+                ext.skip_until_sync = False
                 if self._lost_error is not None:
                     err, self._lost_error = self._lost_error, None
-                    self.ops = []
-                    self.unit_shard = self.unit_fanout = None
-                    self.unit_split = False
+                    ext.ops = []
+                    ext.unit_shard = ext.unit_fanout = None
+                    ext.unit_split = False
                     self._reply(err + m.ready_for_query(self._status()))
                     return None
                 if len(raw) != 5:
-                    return self._bad_unit_end(sync=True)
-                self.ops.append((OP_SYNC,))
-                return self._flush_ops(sync=True)
+                    return ext.bad_unit_end(sync=True)
+                ext.ops.append((OP_SYNC,))
+                return ext.flush_ops(sync=True)
             elif t == 0x48:    # Flush
                 if len(raw) != 5:
-                    return self._bad_unit_end(sync=False)
-                self.ops.append((OP_FLUSH,))
-                return self._flush_ops(sync=False)
+                    return ext.bad_unit_end(sync=False)
+                ext.ops.append((OP_FLUSH,))
+                return ext.flush_ops(sync=False)
             elif t in (0x64, 0x63, 0x66):  # CopyData / CopyDone / CopyFail
                 if self.copy_sink is not None:   # a COPY split by key (copysplit.py)
                     return self._copy_message(t, raw)
@@ -340,7 +301,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                     if s.write_paused:
                         return s.drain()
             elif t == 0x46:    # FunctionCall (fastpath: libpq's large-object API)
-                return self._function_call(raw)
+                return self.simple.function_call(raw)
             elif t == 0x58:    # Terminate
                 raise _Terminate()
             else:
@@ -350,28 +311,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                 raise
             self._fail(exc, simple=(t == 0x51 or t == 0x46), synced=(t == 0x53))
         except NeedColumns as nc:
-            return self._guard(self._learn_then_dispatch(nc.tables, t, raw), t == 0x51)
+            return self._guard(self.fan.learn_then_dispatch(nc.tables, t, raw), t == 0x51)
         return None
-
-    def _bad_unit_end(self, sync: bool):
-        """A Sync or Flush with a body: what came before it runs, then an ERROR 08P01 (and
-        at a Sync, ReadyForQuery), as PostgreSQL answers."""
-        exc = MalformedMessage("invalid message format")
-        if self.ops:
-            self.ops.append((OP_FLUSH,))   # what came before is answered before the error
-        aw = self._flush_ops(sync=False) if self.ops else None
-        if sync:   # the unit ends here, as at any Sync
-            self.unit_shard = self.unit_fanout = None
-            self.unit_split = False
-            self.unit_role = "primary"
-        if aw is not None:
-            return self._guard(self._then_fail(aw, exc, sync), False, sync)
-        self._fail(exc, simple=False, synced=sync)
-        return None
-
-    async def _then_fail(self, aw, exc: PgError, sync: bool) -> None:
-        await aw
-        self._fail(exc, simple=False, synced=sync)
 
     async def _guard(self, coro, simple: bool, synced: bool = False) -> None:
         """Run a step that had to wait; its routing errors are reported like the rest.
@@ -396,156 +337,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         else:
             self.write(data)
 
-    def _query(self, raw: bytes):
-        if self.ops:
-            # Extended messages before it run first, and are answered at once (a Flush):
-            # the Query may go to another server.
-            self.ops.append((OP_FLUSH,))
-            aw = self._flush_ops(sync=False)
-            if aw is not None:
-                return self._guard(self._then_query(aw, raw), True)
-        # A simple Query destroys the unnamed statement and portal, as in PostgreSQL.
-        if self.stmts:
-            self.stmts.pop("", None)
-        if self.local_portals:
-            self.local_portals.pop("", None)
-        sql = m.decode_query(raw[5:])
-        plan = r.plan(sql)
-        kind = plan.kind
-        if plan.first_word == "LISTEN" and self.pool_mode == "transaction":
-            self._check_listen()
-        if kind in TXN_KINDS:
-            self._release_if_idle()   # a server held by a flushed Describe does not pin it
-        attached = self.server is not None
-        if self.txn.multi is not None and kind not in LOCAL_KINDS:
-            if self.txn.multi.failed or not self._own_object(plan, sql):
-                return self._guard(self._multi_query(raw, sql, plan), True)   # sticky: home
-            return None
-        if self.txn.failed and kind not in (r.COMMIT, r.ROLLBACK):
-            raise _aborted()
-        if self._own_object(plan, sql):
-            return None
-        if kind in TXN_KINDS and not attached and self.pool_mode == "transaction":
-            self._local_txn(kind, sql)
-            self.write(m.ready_for_query(self._status()))
-            return
-        if kind == r.SET_PGSHARD or kind == r.RESET_PGSHARD:
-            tag = self._set_pgshard(plan)
-            self._reply(m.command_complete(tag) + m.ready_for_query(self._status()))
-            return
-        if kind == r.SHOW_PGSHARD:
-            value = self._show_pgshard(plan.name)
-            self._reply(m.row_description([(f"pgshard.{plan.name}", 25)])
-                        + m.data_row([None if value is None else value.encode()])
-                        + m.command_complete("SHOW") + m.ready_for_query(self._status()))
-            return
-        if kind == r.DEALLOCATE and not self._deallocate_on_server(plan.name):
-            self._deallocate(plan.name)
-            tag = "DEALLOCATE ALL" if plan.name is None else "DEALLOCATE"
-            self._reply(m.command_complete(tag) + m.ready_for_query(self._status()))
-            return
-        if kind == r.DISCARD_ALL and self._status() == b"I":
-            if self.server is None and not self.parked:
-                self._discard_all()   # no server holds anything of this client
-                self._reply(m.command_complete("DISCARD ALL") + m.ready_for_query(b"I"))
-                return
-            self._discard_parked()   # and the attached server runs it (see _track)
-        if kind == r.EMPTY:
-            self._reply(m.EMPTY_QUERY + m.ready_for_query(self._status()))
-            return
-        if not attached and self.txn.pending is not None and kind in (r.SET, r.SET_LOCAL, r.RESET):
-            # Part of the held-back transaction: it runs where the transaction will.
-            self.txn.pending += "; " + sql.strip().rstrip(";")
-            if self.txn.snapshot is None:
-                self.txn.snapshot = (dict(self.vars), None, None)
-            if kind == r.SET and plan.value is not None:
-                self._set_var(plan.name, plan.value)
-            elif kind != r.SET_LOCAL:
-                self._reset_var(plan.name, None)
-            self.write(m.command_complete("RESET" if kind == r.RESET else "SET")
-                       + m.ready_for_query(self._status()))
-            return None
-        if plan.first_word == "COPY" and kind == r.STATEMENT:
-            stmt = self._copy_to_split(plan, sql)
-            if stmt is not None:
-                return self._guard(self._copy_split(sql, stmt), True)
-        shard = self._target(plan, sql=sql)
-        if self.server is not None and self._txn_elsewhere(shard):
-            return self._guard(self._query_elsewhere(raw, sql, plan), True)
-        if isinstance(shard, Fanout):
-            if plan.sticky:
-                raise _sticky_fanout(plan)
-            return self._guard(self._fanout(shard, [(raw, X_QUERY)], sql, simple=True), True)
-        begin = kind != r.SHOW or self._show_in_txn(sql)
-        role = self._role_for(shard, plan, sql) if self.proxy.replicas is not None else "primary"
-        if role == "primary" and kind == r.STATEMENT and not plan.is_read:
-            self.unit_wrote = True
-        s = self._attach_now(shard, begin, role)
-        if s is None:
-            return self._guard(self._query_slow(raw, plan, shard, begin, role), True)
-        self._send_query(s, raw, plan)
-        return None
-
-    async def _then_query(self, aw, raw: bytes) -> None:
-        await aw
-        try:
-            aw2 = self._query(raw)
-        except NeedColumns as nc:
-            await self._learn_columns(nc.tables)
-            aw2 = self._query(raw)
-        if aw2 is not None:
-            await aw2
-
-    def _show_in_txn(self, sql: str) -> bool:
-        """A SHOW inside a held-back transaction answers from inside it when what it shows
-        may depend on it (SET LOCAL, BEGIN ISOLATION LEVEL …), or on one shard anyway.
-        Otherwise it only looks, and the transaction stays free to start on any shard."""
-        p = self.txn.pending
-        return p is not None and (";" in p or len(self.proxy.catalog.shards) == 1
-                                  or "transaction" in sql.lower() or p.strip().upper() != "BEGIN")
-
-    def _function_call(self, raw: bytes):
-        """A fastpath FunctionCall runs on the client's server, inside its transaction, and
-        is answered like a Query (FunctionCallResponse or an error, then ReadyForQuery).
-        Only between units: one inside an extended-protocol unit closes the connection
-        (08P01), and with several shards the client must name its shard first (its large
-        objects live on one shard)."""
-        s = self.server
-        if self.ops or (s is not None and (s.unsynced or s.expect)):
-            raise ProtocolViolation("a fastpath function call inside an extended-protocol "
-                                    "unit is not supported")
-        if self.txn.multi is not None:
-            raise FeatureNotSupported(
-                "a fastpath function call inside a transaction on several shards",
-                hint="call the function with SELECT, or keep the transaction on one shard")
-        if self.txn.failed:
-            raise _aborted()
-        cat = self.proxy.catalog
-        if len(cat.shards) > 1 and self.session_shard is None:
-            raise FeatureNotSupported(
-                "a fastpath function call (large objects) needs its shard: the cluster has "
-                f"{len(cat.shards)}", hint="SET pgshard.shard = '<name>' first, or call the "
-                "function with SELECT")
-        shard = self.shard if s is not None else self._any_shard()
-        role = self.role if s is not None else "primary"
-        got = self._attach_now(shard, True, role)
-        if got is None:
-            return self._guard(self._call_slow(raw, shard, role), True)
-        self._send_call(got, raw)
-        return None
-
-    async def _call_slow(self, raw: bytes, shard: str, role: str) -> None:
-        self._send_call(await self._attach(shard, True, role), raw)
-
-    def _send_call(self, s, raw: bytes) -> None:
-        self._t0 = time.monotonic()
-        self._qkind = "other"
-        self._qsql = None
-        s.forget_unnamed()
-        s.send(raw)
-        s.push(X_QUERY, fake=self.txn.held())   # answered like a Query: …, ReadyForQuery
-        s.flush()
-
     def server_param(self, s, name: str, value: str) -> None:
         """The server reports the value a setting of this client now has (DateStyle after
         SET datestyle TO ymd is 'ISO, YMD', not 'ymd'): that value is what is replayed.
@@ -558,604 +349,6 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             if self.vars[key] != v:
                 self.vars[key] = v
                 self.vars_gen += 1
-
-    def _txn_elsewhere(self, target) -> bool:
-        """The client's server runs its transaction (or may: a reply is still due) and
-        target, a shard or a Fanout, is not (only) that server's shard."""
-        if self.txn.multi is not None or target is None:
-            return False
-        if not isinstance(target, Fanout) and target == self.shard:
-            return False
-        s = self.server
-        return s.txn_status != b"I" or bool(s.expect)
-
-    async def _join_multi(self) -> bool:
-        """Once the server has answered: if the client's transaction is still open on it,
-        make it a multi-shard transaction holding this server (True), else False."""
-        while self.server is not None and self.server.expect:
-            await self._wait_idle_point()
-        s = self.server
-        if s is None or s.txn_status == b"I":
-            return False
-        if self.proxy.twophase is None:
-            raise r.CrossShardTransaction(
-                f"this transaction runs on shard {self.shard}; a statement for another shard "
-                "cannot join it while two-phase commit is off (two_phase_commit = false)",
-                hint="commit first, or keep a transaction's statements on one shard key")
-        if s.unsynced == 2:
-            raise r.CrossShardTransaction(
-                f"this pipeline already runs on shard {self.shard}",
-                hint="send a Sync between statements for different shards")
-        multi = scatter.MultiTxn(self, [], self.txn.begun or "BEGIN")
-        multi.adopt(self.shard, s)
-        multi.failed = s.txn_status == b"E"
-        self.server = None
-        self.shard = None
-        self.txn.multi = multi
-        return True
-
-    async def _query_elsewhere(self, raw: bytes, sql: str, plan: r.Plan) -> None:
-        if await self._join_multi():
-            await self._multi_query(raw, sql, plan)
-            return
-        try:   # the transaction ended meanwhile: route it afresh
-            aw = self._query(raw)
-        except NeedColumns as nc:
-            await self._learn_columns(nc.tables)
-            aw = self._query(raw)
-        if aw is not None:
-            await aw
-
-    def _keep_parked(self, shard: str, s) -> None:
-        s.link(self)
-        self.parked[(shard, "primary")] = s
-
-    async def _query_slow(self, raw: bytes, plan: r.Plan, shard: str, begin: bool,
-                          role: str = "primary") -> None:
-        s = await self._attach(shard, begin, role)
-        self._send_query(s, raw, plan)
-
-    def _send_query(self, s, raw: bytes, plan: r.Plan) -> None:
-        self._track(s, plan)
-        if plan.kind == r.TXN_INNER:
-            if plan.first_word in ("SAVEPOINT", "RELEASE"):
-                self.txn.savepoint(m.decode_query(raw[5:]), plan.first_word)
-            elif plan.first_word == "SET" and self.txn.begun is not None:
-                # SET TRANSACTION ISOLATION LEVEL …: shards that join later open with it
-                self.txn.begun += "; " + m.decode_query(raw[5:]).strip().rstrip(";")
-        if plan.sticky:
-            self._pin(s, plan, m.decode_query(raw[5:]))
-        elif plan.first_word == "EXECUTE" and self.sql_prepared:
-            self._replay_sql_prepare(s, m.decode_query(raw[5:]))
-        elif plan.kind == r.DEALLOCATE:
-            if plan.name is None:
-                s.sql_names.clear()
-            else:
-                s.sql_names.pop(plan.name, None)
-        self._t0 = time.monotonic()
-        self._qkind = _query_kind(plan)
-        self._qsql = raw
-        s.forget_unnamed()
-        s.send(raw)
-        s.push(X_QUERY, fake=self.txn.held())
-        s.flush()
-
-    def _check_listen(self) -> None:
-        """LISTEN pins the client to its server (sql.sticky); with several shards its
-        NOTIFYs could run on another, so the client must pin a shard first."""
-        if len(self.proxy.catalog.shards) > 1 and self.session_shard is None:
-            raise _listen_error()
-
-    def _local_txn(self, kind: str, sql: str) -> None:
-        """BEGIN/COMMIT/ROLLBACK with no server attached: the transaction starts on the
-        shard of its first routed statement, so BEGIN is held back until then."""
-        if kind == r.BEGIN:
-            if self.txn.pending is not None:
-                self.write(m.warning_from(_already_in_txn()))
-            else:
-                self.txn.hold(sql)
-            self.write(m.command_complete("BEGIN"))
-            return
-        chain = _AND_CHAIN.search(sql) is not None
-        if self.txn.pending is None:
-            if chain:
-                raise NoActiveSqlTransaction(
-                    f"{'ROLLBACK' if kind == r.ROLLBACK else 'COMMIT'} AND CHAIN can only be "
-                    "used in transaction blocks")
-            self.write(m.warning_from(NoActiveSqlTransaction("there is no transaction in progress")))
-        failed = self.txn.failed
-        begin = self.txn.pending.split(";", 1)[0] if chain else None
-        self.txn.opened()
-        if begin is not None:   # AND CHAIN: a new one at once, with the same characteristics
-            self.txn.hold(begin)
-        self.local_key = None
-        tag = "ROLLBACK" if kind == r.ROLLBACK or failed else "COMMIT"
-        snap = self.txn.snapshot
-        self.txn.snapshot = None
-        if snap is not None and tag == "ROLLBACK":
-            self.vars = snap[0]
-            self.vars_gen += 1
-        self.write(m.command_complete(tag))
-
-    # ------------------------------------------------------------ extended protocol
-
-    def _parse(self, raw: bytes) -> None:
-        if self.unit_fanout is not None:
-            raise FeatureNotSupported(
-                "a statement that needs several shards cannot share a pipeline with other "
-                "statements", hint="send a Sync before and after it")
-        pm = m.decode_parse(raw[5:])
-        named = pm.name != ""
-        if named and pm.name in self.stmts:
-            raise PgError(f'prepared statement "{pm.name}" already exists', sqlstate="42P05")
-        st = self.proxy.statements.get(pm.sql, pm.oids, named)
-        if st.plan.first_word == "LISTEN" and self.pool_mode == "transaction":
-            self._check_listen()
-        self._check_failed_txn(st.plan)
-        if named:
-            self.stmts[pm.name] = st
-        else:
-            self.stmts[""] = st
-        if st.plan.kind in PGSHARD_KINDS:   # answered here, never sent to a server
-            self.ops.append((OP_FAKE, m.PARSE_COMPLETE))
-            return
-        self.ops.append((OP_PARSE, st, raw, pm.name))
-
-    def _lookup(self, name: str):
-        st = self.stmts.get(name)
-        if st is None:
-            if name == "":
-                raise InvalidSqlStatementName("unnamed prepared statement does not exist")
-            raise InvalidSqlStatementName(f'prepared statement "{name}" does not exist')
-        return st
-
-    def _bind(self, raw: bytes) -> None:
-        name, _ = m.bind_statement_name(raw[5:])
-        st = self._lookup(name)
-        plan = st.plan
-        if plan.kind in PGSHARD_KINDS:
-            self.local_portals[m.decode_cstr(raw[5:])] = st
-            self.ops.append((OP_FAKE, m.BIND_COMPLETE))
-            return
-        if self.local_portals:   # this Bind replaces a pgshard.* portal of the same name
-            self.local_portals.pop(m.decode_cstr(raw[5:]), None)
-        self._check_failed_txn(plan)
-        if plan.kind in TXN_KINDS and self.unit_shard is None:
-            self._release_if_idle()
-        multi = len(self.proxy.catalog.shards) > 1
-        bind = m.decode_bind(raw[5:]) if plan.key_param or multi else None
-        if plan.kind in TXN_KINDS and self.server is None and self.pool_mode == "transaction":
-            shard = None
-        elif self.txn.multi is not None:
-            shard = self._multi_target(plan, st.sql, bind, st)
-            if shard.kind == "one" and self.unit_fanout is None:
-                shard = shard.shards[0]
-                self._split_mode()
-        else:
-            shard = self._target(plan, bind, st)
-        if self.unit_split and (shard is None or not isinstance(shard, Fanout)):
-            if st.global_name:
-                raw = m.rewrite_bind_statement(raw[5:], st.global_name)
-            self.ops.append((OP_BIND, st, raw, bind, shard))
-            return
-        if isinstance(shard, Fanout):
-            if plan.sticky:
-                raise _sticky_fanout(plan)
-            if self.unit_shard is not None or self.unit_fanout is not None \
-                    or any(op[0] == OP_BIND for op in self.ops):
-                raise FeatureNotSupported(
-                    "a statement that needs several shards cannot share a pipeline with other "
-                    "statements", hint="send a Sync before and after it")
-            self.unit_fanout = shard
-            self.ops.append((OP_BIND, st, raw, bind))
-            return
-        if self.unit_fanout is not None:
-            raise FeatureNotSupported(
-                "a statement that needs several shards cannot share a pipeline with other "
-                "statements", hint="send a Sync before and after it")
-        if shard is not None:
-            if self.unit_shard is not None and shard != self.unit_shard:
-                # One pipeline, several shards: one transaction on all of them.
-                if self.proxy.twophase is None:
-                    raise r.CrossShardTransaction(
-                        f"statement routes to shard {shard} but this pipeline already runs "
-                        f"on shard {self.unit_shard}, and two-phase commit is off "
-                        "(two_phase_commit = false)",
-                        hint="send a Sync between statements for different shards")
-                self._split_mode()
-                if st.global_name:
-                    raw = m.rewrite_bind_statement(raw[5:], st.global_name)
-                self.ops.append((OP_BIND, st, raw, bind, shard))
-                return
-            if self.unit_shard is None:
-                self.unit_role = (self._role_for(shard, plan, st.sql)
-                                  if self.proxy.replicas is not None else "primary")
-            elif self.unit_role != "primary":
-                self.unit_role = "primary"   # a pipeline of several statements: keep it simple
-            if self.unit_role == "primary" and not plan.is_read:
-                self.unit_wrote = True
-            self.unit_shard = shard
-        if st.global_name:
-            raw = m.rewrite_bind_statement(raw[5:], st.global_name)
-        self.ops.append((OP_BIND, st, raw))
-
-    def _split_mode(self) -> None:
-        """From here the unit's Binds are routed one by one (pipelines.py): the ones queued
-        so far go to the unit's shard, or are BEGIN/COMMIT/ROLLBACK answered here."""
-        if self.unit_split:
-            return
-        self.unit_split = True
-        self.ops = [(OP_BIND, op[1], op[2], None,
-                     None if op[1].plan.kind in TXN_KINDS else self.unit_shard)
-                    if op[0] == OP_BIND else op for op in self.ops]
-
-    def _describe(self, raw: bytes) -> None:
-        kind, name = m.decode_target(raw[5:])
-        if kind == b"S":
-            st = self._lookup(name)
-            if st.plan.kind in PGSHARD_KINDS:
-                self.ops.append((OP_FAKE, m.parameter_description(()) + _local_columns(st.plan)))
-                return
-            self.ops.append((OP_DESC_STMT, st))
-        elif name in self.local_portals:
-            self.ops.append((OP_FAKE, _local_columns(self.local_portals[name].plan)))
-        else:
-            self.ops.append((OP_RAW, raw, X_DESC_PORTAL))
-
-    def _local_execute(self, raw: bytes) -> bool:
-        """Execute of a pgshard.* statement's portal: run it here, queue its reply."""
-        st = self.local_portals.get(m.decode_cstr(raw[5:]))
-        if st is None:
-            return False
-        plan = st.plan
-        if plan.kind == r.SHOW_PGSHARD:
-            value = self._show_pgshard(plan.name)
-            reply = m.data_row([None if value is None else value.encode()]) + \
-                m.command_complete("SHOW")
-        else:
-            reply = m.command_complete(self._set_pgshard(plan))
-        self.ops.append((OP_FAKE, reply))
-        return True
-
-    def _close(self, raw: bytes) -> None:
-        kind, name = m.decode_target(raw[5:])
-        if kind == b"S":
-            # Global statements stay on the servers; only this client's name goes away.
-            self.stmts.pop(name, None)
-            self.ops.append((OP_FAKE, m.CLOSE_COMPLETE))
-        else:
-            self.local_portals.pop(name, None)
-            self.ops.append((OP_RAW, raw, X_CLOSE))
-
-    def _flush_ops(self, sync: bool):
-        ops = self.ops
-        self.ops = []
-        if self._owe_z:
-            # A unit already ran to a Sync of its own on the servers: the client's Sync is
-            # answered here, or by the unit it ends.
-            srv = self.server
-            if all(op[0] in (OP_SYNC, OP_FLUSH) for op in ops) and (
-                    srv is None or not (srv.expect or srv.unsynced)):
-                if sync:
-                    self._owe_z = False
-                    self._reply(m.ready_for_query(self._status()))
-                return None
-            # Otherwise a server has work of this unit since: its Sync answers the client.
-            if sync:
-                self._owe_z = False
-        if self.unit_split or (self.txn.multi is not None and self.txn.multi.implicit and sync):
-            self.unit_split = False
-            self.unit_shard = None
-            return self._guard(self._split_unit(ops, sync), False, sync)
-        if self.txn.multi is not None and self.unit_fanout is None:
-            return self._guard(self._multi_unit(ops, sync), False, sync)
-        fan = self.unit_fanout
-        if fan is not None:
-            self.unit_fanout = None
-            self.unit_shard = None
-            return self._guard(self._fanout_ext(fan, ops, sync), False, sync)
-        target = self.unit_shard
-        if sync:
-            self.unit_shard = None
-        if self.server is None and self._local_unit(ops):
-            return
-        unit = target
-        if target is None:
-            target = self._any_shard()
-            if self.sql_prepared:   # a look-only SQL EXECUTE: described where it will run
-                st = next((op[1] for op in ops if op[0] in (OP_PARSE, OP_DESC_STMT)
-                           and op[1].plan.first_word == "EXECUTE"), None)
-                if st is not None:
-                    target = self._sql_prepared_route(st.plan, st.sql)
-        executes = any(op[0] == OP_BIND or (op[0] == OP_RAW and op[2] == X_EXEC) for op in ops)
-        if executes and self.txn.failed:
-            raise _aborted()   # the held-back transaction failed: nothing runs until its end
-        if unit is not None:
-            role = self.unit_role
-        elif self.server is not None:
-            role = self.role
-        else:
-            role = "primary"
-        if sync:
-            self.unit_role = "primary"
-        s = self._attach_now(target, executes, role)
-        if s is None:
-            if self.server is not None and self._txn_elsewhere(target):
-                return self._guard(self._flush_elsewhere(ops, target, executes, role, sync),
-                                   False, sync)
-            return self._guard(self._flush_slow(ops, target, executes, role), False, sync)
-        self._emit_ops(s, ops)
-        return None
-
-    async def _flush_slow(self, ops, target: str, executes: bool, role: str = "primary") -> None:
-        s = await self._attach(target, executes, role)
-        self._emit_ops(s, ops)
-
-    async def _flush_elsewhere(self, ops, target: str, executes: bool, role: str,
-                               sync: bool) -> None:
-        """A unit for another shard than the transaction's: the transaction spans both."""
-        if not await self._join_multi():
-            await self._flush_slow(ops, target, executes, role)
-            return
-        ops = [(OP_BIND, op[1], op[2], m.decode_bind(op[2][5:]))
-               if op[0] == OP_BIND and len(op) == 3 else op for op in ops]
-        await self._fanout_ext(Fanout("one", [target], None), ops, sync)
-
-    def _emit_ops(self, s, ops) -> None:
-        push, send = s.push, s.send
-        if self.sql_prepared and not s.unsynced:   # SQL EXECUTEs: their PREPAREs first
-            for op in ops:
-                if op[0] in (OP_BIND, OP_PARSE, OP_DESC_STMT) \
-                        and op[1].plan.first_word == "EXECUTE":
-                    self._replay_sql_prepare(s, op[1].sql)
-        last = None   # the plan of the unit's last Bind, for the metrics kind
-        last_sql = None
-        for op in ops:
-            k = op[0]
-            if k == OP_PARSE:
-                s.parse(op[1], op[2], op[3])
-            elif k == OP_BIND:
-                st = op[1]
-                last = st.plan
-                last_sql = st.sql
-                s.ensure_prepared(st)
-                send(op[2])
-                push(X_BIND)
-                if st.plan.kind != r.STATEMENT or st.plan.is_ddl:
-                    self._track(s, st.plan)   # after the Bind: it applies to what follows
-                if st.plan.sticky:
-                    self._pin(s, st.plan, st.sql)
-            elif k == OP_RAW:
-                send(op[1])
-                push(op[2])
-            elif k == OP_DESC_STMT:
-                st = op[1]
-                s.ensure_prepared(st)
-                send(m.describe(b"S", st.global_name))
-                push(X_DESC_STMT, fake=st)
-            elif k == OP_FAKE:
-                push(X_FAKE, fake=op[1])
-            elif k == OP_SYNC:
-                send(m.SYNC)
-                push(X_SYNC, fake=self.txn.held())
-                self._t0 = time.monotonic()
-            elif k == OP_FLUSH:
-                send(m.FLUSH)
-        self._qkind = _query_kind(last) if last is not None else "other"
-        self._qsql = last_sql
-        s.flush()
-
-    def _local_unit(self, ops) -> bool:
-        """Answer locally a pipeline of only BEGIN/COMMIT/ROLLBACK (see _local_txn), or of
-        only named Parses when no server is free at once.
-
-        Strategy: a client such as pgbench prepares statements with a blocking Parse+Sync
-        while its other connections hold servers in open transactions; waiting for a
-        server there can deadlock the client against its own pool. Statements already
-        parsed successfully somewhere are answered from the cache; others are checked on a
-        free server when there is one, else on first use (Bind/Describe)."""
-        if self.pool_mode != "transaction":
-            return False
-        if all(op[0] in (OP_SYNC, OP_FLUSH, OP_FAKE)
-               or (op[0] == OP_PARSE and op[1].global_name) for op in ops):
-            parses = [op[1] for op in ops if op[0] == OP_PARSE]
-            if not parses:   # only replies made here (pgshard.* settings, Close)
-                for op in ops:
-                    if op[0] == OP_FAKE:
-                        self.write(op[1])
-                    elif op[0] == OP_SYNC:
-                        self.write(m.ready_for_query(self._status()))
-                return True
-            if parses and (all(st.validated for st in parses)
-                           or self._attach_now(self._any_shard(), begin=False) is None):
-                for op in ops:
-                    if op[0] == OP_PARSE:
-                        self.write(m.PARSE_COMPLETE)
-                    elif op[0] == OP_FAKE:
-                        self.write(op[1])
-                    elif op[0] == OP_SYNC:
-                        self.write(m.ready_for_query(self._status()))
-                return True
-            return False
-        out = []
-        current = None
-        for op in ops:
-            k = op[0]
-            if k == OP_PARSE:
-                if op[1].plan.kind not in TXN_KINDS:
-                    return False
-                out.append(("fake", m.PARSE_COMPLETE))
-            elif k == OP_BIND:
-                if op[1].plan.kind not in TXN_KINDS:
-                    return False
-                current = op[1]
-                out.append(("fake", m.BIND_COMPLETE))
-            elif k == OP_RAW:
-                if op[2] == X_EXEC and current is not None:
-                    out.append(("txn", current))
-                elif op[2] == X_DESC_PORTAL and current is not None:
-                    out.append(("fake", m.NO_DATA))
-                else:
-                    return False
-            elif k == OP_DESC_STMT:
-                return False
-            elif k == OP_FAKE:
-                out.append(("fake", op[1]))
-            elif k == OP_SYNC:
-                out.append(("sync", None))
-        for what, val in out:
-            if what == "fake":
-                self.write(val)
-            elif what == "txn":
-                self._local_txn(val.plan.kind, val.sql)
-            else:
-                self.write(m.ready_for_query(self._status()))
-        return True
-
-    # ------------------------------------------------------------ attach / release
-
-    def _attach_now(self, shard: str, begin: bool = True, role: str = "primary"):
-        """The server for shard if it can be had without waiting, else None. With
-        begin=False a held-back BEGIN stays held back (the unit only looks, e.g. a Parse
-        or Describe, so it must not pin the transaction to this shard)."""
-        s = self.server
-        if s is not None:
-            if self.shard != shard or self.role != role:
-                return None
-            if s.synced != (self, self.vars_gen):
-                self._sync_vars(s)
-            if begin and self.txn.pending is not None:
-                self._send_begin(s)
-            return s
-        if self.closed:
-            return None
-        s = self._take_parked(shard, role) if self.parked else None
-        if s is None:
-            s = self.proxy.pool_for(shard, self.user, role, database=self.database).try_acquire()
-        if s is None:
-            return None
-        self._link(s, shard, begin)
-        self.role = role
-        return s
-
-    def _link(self, s, shard: str, begin: bool = True) -> None:
-        s.link(self)
-        self.server = s
-        self.shard = shard
-        self._sync_vars(s)
-        if self.txn.pending is not None and begin:
-            self._send_begin(s)
-
-    def _send_begin(self, s) -> None:
-        """Open the held-back transaction on s, ahead of the statement that runs in it,
-        whichever message first attached s (a flushed Parse/Describe only looks)."""
-        if s.unsynced:
-            # End the look-only unit first: a Query inside it would be part of it.
-            s.send(m.SYNC)
-            s.push(X_SYNC, swallow=True)
-        s.query(self.txn.pending, swallow=True)
-        self.txn.begun = self.txn.pending
-        snap = self.txn.snapshot
-        if snap is not None and snap[2] is None:
-            # SETs held back with the BEGIN run inside it: ROLLBACK undoes them here too.
-            self.txn.snapshot = (snap[0], dict(s.vars), s)
-            s.restore_settings(dict(self.vars))
-        self.txn.opened()
-
-    async def _attach(self, shard: str, begin: bool = True, role: str = "primary"):
-        """The server this client's next request goes to, acquiring one if needed."""
-        while self.server is not None and (self.shard != shard or self.role != role):
-            s = self.server
-            if s.expect:
-                await self._wait_idle_point()
-                continue
-            if s.unsynced == 2:
-                raise r.CrossShardTransaction(
-                    f"statement routes to shard {shard} but this pipeline already runs on "
-                    f"shard {self.shard}",
-                    hint="send a Sync between statements for different shards")
-            if s.txn_status != b"I":
-                raise r.CrossShardTransaction(
-                    f"this transaction runs on shard {self.shard}; a statement for shard "
-                    f"{shard} cannot join it (cross-shard transactions are not supported yet)",
-                    hint="commit first, or keep a transaction's statements on one shard key")
-            self._detach()
-        if self.closed:
-            raise ConnectionError("client gone")
-        s = self.server
-        if s is None and self.parked:
-            s = self._take_parked(shard, role)
-            if s is not None:
-                self._link(s, shard, begin)
-                self.role = role
-                return s
-        if s is None:
-            pool = self.proxy.pool_for(shard, self.user, role, database=self.database)
-            s = pool.try_acquire()
-            if s is None:
-                try:
-                    s = await pool.acquire()
-                except PgError as exc:
-                    if role == "primary" and isinstance(exc, ConnectionFailure):
-                        other = self._other_shard(shard)
-                        if other is not None:   # the statement needs no particular shard
-                            return await self._attach(other, begin, role)
-                    if role == "primary" or self.proxy.replicas is None:
-                        raise
-                    # A replica that cannot be reached is banned; the primary serves.
-                    self.proxy.replicas.ban(shard, int(role.split(":")[1]), exc.message)
-                    return await self._attach(shard, begin, "primary")
-                if self.closed:
-                    pool.release(s)
-                    raise ConnectionError("client gone")
-            self._link(s, shard, begin)
-            self.role = role
-        else:
-            if s.synced != (self, self.vars_gen):
-                self._sync_vars(s)
-            if begin and self.txn.pending is not None:
-                self._send_begin(s)
-        return s
-
-    async def _wait_idle_point(self) -> None:
-        self._idle_waiter = asyncio.get_running_loop().create_future()
-        await self._idle_waiter
-        self._idle_waiter = None
-        if self.closed:
-            raise ConnectionError("client gone")
-
-    def _detach(self) -> None:
-        s = self.server
-        shard = self.shard
-        self.server = None
-        self.shard = None
-        self.local_key = None
-        if s is not None:
-            if s.sticky and s.usable and not self.closed:
-                self.parked[(shard, self.role)] = s   # keeps this client's state: kept
-            elif s.unsynced and s.usable and not s.expect:
-                self._end_unit_then_release(s)
-            else:
-                s.pool.release(s)
-
-    @staticmethod
-    def _end_unit_then_release(s, sql: tuple[str, ...] = ()) -> None:
-        """Give s back to the pool once it is idle with nothing outstanding: end a pending
-        extended-protocol unit with a Sync (only look-only units reach here, or a client
-        that is gone, whose Bind/Execute must not be committed: see _cleanup), then run
-        sql (ROLLBACK / DISCARD ALL) if given; replies go nowhere."""
-        orphan = s.client = _Orphan(s.pool)
-        if s.unsynced:
-            s.send(m.SYNC)
-            s.push(X_SYNC, swallow=True)
-        for one in sql or ():   # separately: DISCARD ALL refuses to run in a multi-statement string
-            s.query(one, swallow=True)
-        s.flush()
-
-        def check() -> None:   # never let a server that does not come back hold a pool slot
-            if s.client is orphan and s.usable:
-                s.abort("did not come back to an idle point after its client left")
-        asyncio.get_running_loop().call_later(ORPHAN_TIMEOUT, check)
 
     def server_idle(self, s) -> None:
         """Called by the server connection when every request has been answered."""
@@ -1191,17 +384,16 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             self.local_key = None
             self.txn.savepoints = []
             if self.pool_mode == "transaction" and not s.sticky:
-                self._detach()
-        w = self._idle_waiter
+                self.att.detach()
+        w = self.att.idle_waiter
         if w is not None and not w.done():
             w.set_result(None)
 
     def server_drained(self, s) -> None:
         """Every request sent to s has been answered, short of a Sync: a statement that
         waits to go to another shard (see _attach) may now take s off."""
-        w = self._idle_waiter
-        if s is self.server and w is not None and not w.done():
-            w.set_result(None)
+        if s is self.server:
+            self.att.wake()
 
     def server_lost(self, s, reason: str) -> None:
         """The server died under this client. If it said FATAL, the client has seen that
@@ -1213,9 +405,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         self.server = None
         self.shard = None
         self.local_key = None
-        w = self._idle_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self.att.wake()
         if s.fatal_sent:
             if self.transport is not None:
                 self.transport.close()
@@ -1227,7 +417,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
             # Mid extended-protocol unit (a Parse/Describe flushed, say): the error answers
             # the client's next Sync, as a server's would, not a request it never made.
             self._lost_error = err
-            self.skip_until_sync = True
+            self.ext.skip_until_sync = True
 
     # ------------------------------------------------------------ errors
 
@@ -1235,15 +425,14 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         """Report a routing error as PostgreSQL would, keeping transaction state true.
         The unit it ends runs nowhere; at a Sync (synced) the client also gets its Z."""
         s = self.server
-        ops, self.ops = self.ops, []
-        self.unit_shard = self.unit_fanout = None
-        self.unit_split = False
-        self.unit_role = "primary"
+        ext = self.ext
+        ops = ext.ops
+        ext.reset_unit()
         if s is not None and (s.txn_status != b"I" or s.unsynced == 2):
             # The server's transaction (an explicit one, or the implicit one of a unit it
             # has run part of) must fail too, so the server raises the error itself;
             # counted when its error passes by.
-            sql = _raise_sql(exc)
+            sql = raise_sql(exc)
             if simple:
                 s.send(m.query(sql))
                 s.push(X_QUERY, fake=self.txn.held(), bare=True)
@@ -1256,7 +445,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
                     s.send(m.SYNC)
                     s.push(X_SYNC, fake=self.txn.held())
                 else:
-                    self.skip_until_sync = True
+                    ext.skip_until_sync = True
             s.forget_unnamed()
             s.flush()
             return
@@ -1267,98 +456,11 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         if simple or synced:
             out.append(m.ready_for_query(self._status()))
         else:
-            self.skip_until_sync = True
+            ext.skip_until_sync = True
         # After whatever a server that only looked still owes the client.
         self._reply(b"".join(out))
         if simple or synced:
-            self._release_if_idle()
-
-    def _check_failed_txn(self, plan: r.Plan) -> None:
-        if self.txn.failed \
-                and plan.kind not in (r.COMMIT, r.ROLLBACK):
-            raise _aborted()
-
-    def _give_back(self, s) -> None:
-        """The client left: return a server of its to the pool, clean."""
-        if self.pool_mode == "session" \
-                and self.proxy.config.proxy.session_server_reset == "close":
-            s.sticky = "its session ended (session_server_reset = close)"
-            s.pool.release(s)   # closed: the next client gets a new backend
-            return
-        if s.usable and not s.expect and s.unsynced != 2:
-            if s.txn_status == b"I" and self.pool_mode == "transaction" and not s.unsynced \
-                    and not s.sticky:
-                s.pool.release(s)
-            else:
-                # Never hand a dirty server to another client: end its unit, roll back
-                # (and, in session mode or holding state of this client, reset) first.
-                sql = ("ROLLBACK",) if s.txn_status != b"I" else ()
-                if self.pool_mode == "session" or s.sticky:
-                    sql += ("DISCARD ALL",)
-                    s.forget_session()
-                self._end_unit_then_release(s, sql)
-        else:
-            # A request in flight, or a Bind/Execute not yet ended by a Sync: a Sync would
-            # commit what the client never finished. Close the server instead.
-            s.abort("client disconnected in the middle of a request")
-
-    # ------------------------------------------------------------ state pinned to a server
-
-    def _pin(self, s, plan: r.Plan, sql: str | None = None) -> None:
-        """plan leaves state on s the proxy cannot replay: s stays this client's. An SQL
-        PREPARE is remembered, to be made again on another shard an EXECUTE goes to."""
-        s.sticky = plan.sticky
-        if plan.first_word == "PREPARE" and plan.name:
-            got = prepared_statement(sql) if sql is not None else None
-            name = got[0] if got else plan.name
-            self.sql_prepared[name] = sql or ""
-            s.sql_names[name] = sql or ""
-        elif plan.first_word == "LOAD" and sql:
-            self._loaded(s, sql)
-
-    def _replay_sql_prepare(self, s, sql: str) -> None:
-        """Before an EXECUTE on s: the PREPARE it names, if s does not have it (the EXECUTE
-        was routed to another shard than the PREPARE ran on)."""
-        call = execute_call(sql)
-        text = self.sql_prepared.get(call[0]) if call is not None else None
-        if not text or s.sql_names.get(call[0]) == text:
-            return
-        name = call[0]
-        if name in s.sql_names:   # an older definition under that name
-            s.query('DEALLOCATE "' + name.replace('"', '""') + '"', swallow=True)
-        s.query(text, swallow=True)
-        s.sql_names[name] = text
-        s.sticky = s.sticky or "SQL PREPARE"
-
-    def _take_parked(self, shard: str, role: str):
-        s = self.parked.pop((shard, role), None)
-        if s is not None and not s.usable:
-            s.pool.release(s)   # closes it
-            raise ConnectionFailure(
-                f"lost the server connection of shard {shard} that held this session's "
-                "state (temporary tables, advisory locks, SQL prepared statements, …)",
-                sqlstate="08006")
-        return s
-
-    def _discard_parked(self) -> None:
-        """DISCARD ALL: the servers put aside are reset and go back to the pool."""
-        for s in self.parked.values():
-            s.forget_session()
-            self._end_unit_then_release(s, ("DISCARD ALL",))
-        self.parked = {}
-
-    def _deallocate_on_server(self, name: str | None) -> bool:
-        """DEALLOCATE of an SQL PREPARE (or ALL, with some): the server answers it."""
-        if name is None:
-            if not self.sql_prepared:
-                return False
-            self.stmts.clear()
-            self.sql_prepared.clear()
-            return True
-        if name in self.stmts:
-            return False
-        self.sql_prepared.pop(name, None)
-        return self.server is not None and self.server.sticky is not None or bool(self.parked)
+            self.fan.release_if_idle()
 
     def server_error(self, body: bytes) -> None:
         """An ErrorResponse reached the client: a held-back transaction is now failed."""
@@ -1369,7 +471,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
 
     def parse_failed(self, client_name: str | None) -> None:
         if client_name:
-            self.stmts.pop(client_name, None)
+            self.ext.stmts.pop(client_name, None)
 
     # ------------------------------------------------------------ teardown
 
@@ -1387,65 +489,10 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, FanoutMixin
         proxy = self.proxy
         proxy.unregister(self)
         proxy.limits.release(self)
-        s = self.server
-        self.server = None
-        if s is not None:
-            self._give_back(s)
-        for s in self.parked.values():
-            self._give_back(s)
-        self.parked = {}
-        multi = self.txn.multi
-        if multi is not None:   # rolled back; a prepared one is left to recovery
-            self.txn.multi = None
-            for _, s in multi.servers.values():
-                self._give_back(s)
-            multi.servers = {}
+        self.att.give_back_all()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         proxy.metrics_client_disconnected(self)
-
-
-PGSHARD_KINDS = frozenset({r.SET_PGSHARD, r.RESET_PGSHARD, r.SHOW_PGSHARD})
-
-
-def _local_columns(plan: r.Plan) -> bytes:
-    """RowDescription (SHOW) or NoData (SET/RESET) of a pgshard.* statement."""
-    if plan.kind == r.SHOW_PGSHARD:
-        return m.row_description([(f"pgshard.{plan.name}", 25)])
-    return m.NO_DATA
-
-
-def _query_kind(plan: r.Plan) -> str:
-    """The kind label of /metrics query counters: read, write, ddl or other."""
-    if plan.kind != r.STATEMENT:
-        return "other"
-    return "read" if plan.is_read else "ddl" if plan.is_ddl else "write"
-
-
-def _already_in_txn() -> PgError:
-    return ActiveSqlTransaction("there is already a transaction in progress")
-
-
-def _aborted() -> PgError:
-    return InFailedSqlTransaction("current transaction is aborted, commands ignored until end "
-                                  "of transaction block")
-
-
-def _sticky_fanout(plan: r.Plan) -> PgError:
-    return FeatureNotSupported(
-        f"{plan.sticky} leaves session state on its server, and this statement runs on "
-        "several shards",
-        hint="pin it to one shard with /* shard: <name> */ or a /* shard_key: … */ hint")
-
-
-_AND_CHAIN = re.compile(r"\bAND\s+CHAIN\b", re.I)
-
-
-def _listen_error() -> PgError:
-    return FeatureNotSupported(
-        "LISTEN on a cluster of several shards needs the shard its NOTIFYs run on",
-        hint="SET pgshard.shard = '<name>' first (here and where NOTIFY runs), or connect "
-             "as a user with pool_mode = \"session\"")
 
 
 __all__ = ["ClientSession", "ConnectionFailure", "FeatureNotSupported"]

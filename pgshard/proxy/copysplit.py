@@ -161,7 +161,7 @@ class CopySplitMixin:
         out = m.command_complete(f"COPY {total}")
         multi = self.txn.multi
         if multi is not None and multi.implicit:
-            end = await self._multi_end(r.COMMIT)
+            end = await self.fan.multi_end(r.COMMIT)
             if end[:1] == b"E":
                 out = end
         self.write(out + m.ready_for_query(self._status()))
@@ -182,4 +182,4 @@ class CopySplitMixin:
             return
         multi.failed = True
         if multi.implicit:
-            await self._multi_end(r.ROLLBACK)
+            await self.fan.multi_end(r.ROLLBACK)

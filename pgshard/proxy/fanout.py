@@ -34,15 +34,30 @@ from pgshard.proxy.units import (
 from pgshard.sql import classify as r
 
 
-class FanoutMixin:
-    async def _learn_then_dispatch(self, tables, t: int, raw: bytes) -> None:
-        await self._learn_columns(tables)
-        aw = self._dispatch(t, raw)
+class FanoutRunner:
+    """The units of one ClientSession that run on several shards (held as `session.fan`):
+    fan-out reads streamed and merged, DDL everywhere, INSERTs split per shard, the
+    multi-shard transaction (opened, run on, ended with two-phase commit), and the client
+    socket's flow for streamed reads. The session's state is reached through `session`."""
+
+    __slots__ = ("session", "proxy", "fan_paused", "fan_resumed")
+
+    def __init__(self, session):
+        self.session = session
+        self.proxy = session.proxy
+        self.fan_paused = False     # the client's socket is above its high-water mark
+        self.fan_resumed: asyncio.Future | None = None
+
+    async def learn_then_dispatch(self, tables, t: int, raw: bytes) -> None:
+        session = self.session
+        await self.learn_columns(tables)
+        aw = session._dispatch(t, raw)
         if aw is not None:
             await aw
 
-    async def _learn_columns(self, tables) -> None:
+    async def learn_columns(self, tables) -> None:
         """Learn where each table's key column sits in its column order, from a shard."""
+        session = self.session
         hold = getattr(tables, "wait", None)   # a resharding fence's hold (proxy/fence.py)
         if hold is not None:
             await hold()
@@ -59,70 +74,73 @@ class FanoutMixin:
                 s.push(X_QUERY)
                 s.forget_unnamed()
 
-            if self.txn.multi is not None:   # the table may exist only in this transaction
-                replies = await self.txn.multi.run(self.txn.multi.shards[:1], emit)
-            elif self._own_idle_server() is not None:
+            if session.txn.multi is not None:   # the table may exist only in this transaction
+                replies = await session.txn.multi.run(session.txn.multi.shards[:1], emit)
+            elif self.own_idle_server() is not None:
                 # On a server this client keeps (its session state pins it): taking another
                 # from its pool could wait for that very one (a pool of one).
-                replies = [await self._on_own_server(emit)]
+                replies = [await self.on_own_server(emit)]
             else:
-                replies = await scatter.run_on_shards(self, [self._any_shard()], emit)
+                replies = await scatter.run_on_shards(session, [session._any_shard()], emit)
             names = [scatter.decode_row(raw[5:])[0] for t, raw in replies[0] if t == 0x44]
             names = [n.decode() for n in names if n is not None]
             self.proxy.set_key_position(table, names.index(key) if key in names else -1,
-                                        database=self.database)
+                                        database=session.database)
 
-    def _own_idle_server(self):
+    def own_idle_server(self):
         """A pinned server of this client that is usable and idle (no unit open on it)."""
-        s = self.server
+        session = self.session
+        s = session.server
         if s is not None:
             ok = s.sticky and s.usable and not s.expect and not s.unsynced
             return s if ok else None
-        return next((p for p in self.parked.values() if p.usable), None)
+        return next((p for p in session.att.parked.values() if p.usable), None)
 
-    async def _on_own_server(self, emit) -> list[tuple[int, bytes]]:
-        """Run emit's unit on _own_idle_server(); its reply frames. It stays the client's."""
-        s = self._own_idle_server()
+    async def on_own_server(self, emit) -> list[tuple[int, bytes]]:
+        """Run emit's unit on own_idle_server(); its reply frames. It stays the client's."""
+        session = self.session
+        s = self.own_idle_server()
         c = scatter.Collector(s.pool)
         s.link(c)
         try:
-            self.sync_vars_on(s)
+            session.sync_vars_on(s)
             emit(s, 0)
             s.flush()
             await c.done
         finally:
             if s.usable:
-                s.link(self)
+                s.link(session)
         return c.frames()
 
-    async def _multi_query(self, raw: bytes, sql: str, plan: r.Plan) -> None:
+    async def multi_query(self, raw: bytes, sql: str, plan: r.Plan) -> None:
+        session = self.session
         kind = plan.kind
         if kind in (r.COMMIT, r.ROLLBACK):
-            out = await self._multi_end(kind)
-            self.write(out + m.ready_for_query(b"I"))
+            out = await self.multi_end(kind)
+            session.write(out + m.ready_for_query(b"I"))
             return
         if kind == r.BEGIN:
-            self.write(m.warning_from(ActiveSqlTransaction(
+            session.write(m.warning_from(ActiveSqlTransaction(
                 "there is already a transaction in progress"))
-                       + m.command_complete("BEGIN") + m.ready_for_query(self._status()))
+                       + m.command_complete("BEGIN") + m.ready_for_query(session._status()))
             return
         if kind in (r.SET, r.RESET, r.SET_LOCAL, r.TXN_INNER, r.DISCARD_ALL) or plan.config:
-            if self.txn.multi.failed and kind != r.TXN_INNER:
+            if session.txn.multi.failed and kind != r.TXN_INNER:
                 raise PgError("current transaction is aborted, commands ignored until end of "
                               "transaction block", sqlstate="25P02")
             if (kind == r.SET or plan.config) and plan.value is not None:
-                self._set_var(plan.name, plan.value)
+                session._set_var(plan.name, plan.value)
             elif kind in (r.RESET, r.SET):
-                self._reset_var(plan.name, None)
+                session._reset_var(plan.name, None)
             elif kind == r.TXN_INNER and plan.first_word in ("SAVEPOINT", "RELEASE"):
-                self.txn.savepoint(sql, plan.first_word)
-            fan = Fanout("all", list(self.txn.multi.shards), None)
+                session.txn.savepoint(sql, plan.first_word)
+            fan = Fanout("all", list(session.txn.multi.shards), None)
         else:
             try:
-                fan = self._multi_target(plan, sql)
+                fan = self.multi_target(plan, sql)
             except NeedColumns as nc:
-                await self._learn_columns(nc.tables)
-                fan = self._multi_target(plan, sql)
+                await self.learn_columns(nc.tables)
+                fan = self.multi_target(plan, sql)
             if plan.sticky:
                 # State of the session (pg_dump's SQL PREPAREs, a temp table) made on one
                 # shard of the transaction (statements that touch no rows go to its first
@@ -134,33 +152,35 @@ class FanoutMixin:
                         f"{plan.sticky} leaves session state on its server, and this "
                         "statement runs on several shards", hint="pin it to one shard with "
                         "/* shard: <name> */ or a /* shard_key: … */ hint")
-                await self.txn.multi.ensure(fan.shards)
-                self._pin(self.txn.multi.servers[fan.shards[0]][1], plan, sql)
-            elif plan.first_word == "EXECUTE" and self.sql_prepared and fan.kind == "one":
-                await self.txn.multi.ensure(fan.shards)   # its PREPARE there first
-                self._replay_sql_prepare(self.txn.multi.servers[fan.shards[0]][1], sql)
-        await self._fanout(fan, [(raw, X_QUERY)], sql, True)
+                await session.txn.multi.ensure(fan.shards)
+                session.att.pin(session.txn.multi.servers[fan.shards[0]][1], plan, sql)
+            elif plan.first_word == "EXECUTE" and session.sql_prepared and fan.kind == "one":
+                await session.txn.multi.ensure(fan.shards)   # its PREPARE there first
+                session.att.replay_sql_prepare(session.txn.multi.servers[fan.shards[0]][1], sql)
+        await self.fanout(fan, [(raw, X_QUERY)], sql, True)
 
 
-    def _release_if_idle(self) -> None:
+    def release_if_idle(self) -> None:
         """Let go of a server held only because a Describe was flushed without a Sync."""
-        s = self.server
+        session = self.session
+        s = session.server
         if s is not None and s.txn_status == b"I" and not s.expect and s.unsynced != 2 \
-                and self.pool_mode == "transaction" and self.txn.multi is None:
-            self._detach()
+                and session.pool_mode == "transaction" and session.txn.multi is None:
+            session.att.detach()
 
-    async def _check_fanout(self, fan: Fanout) -> None:
+    async def check_fanout(self, fan: Fanout) -> None:
+        session = self.session
         # A server still answering the client's previous request (pipelined) is let go
         # once it has answered, unless a transaction keeps it.
-        while self.server is not None and self.server.expect:
-            await self._wait_idle_point()
-        self._release_if_idle()
-        if self.server is not None and not await self._join_multi() \
-                and self.server is not None:
-            self._detach()   # idle (session pooling): the statement runs elsewhere
-        if fan.kind in ("insert", "write") and self.txn.multi is None:
+        while session.server is not None and session.server.expect:
+            await session.att.wait_idle_point()
+        self.release_if_idle()
+        if session.server is not None and not await session.simple.join_multi() \
+                and session.server is not None:
+            session.att.detach()   # idle (session pooling): the statement runs elsewhere
+        if fan.kind in ("insert", "write") and session.txn.multi is None:
             if self.proxy.twophase is None:
-                if fan.kind == "write" or self.txn.pending is not None:
+                if fan.kind == "write" or session.txn.pending is not None:
                     raise r.CrossShardTransaction(
                         f"this statement writes on {len(fan.shards)} shards and two-phase "
                         "commit is off (two_phase_commit = false)",
@@ -168,45 +188,46 @@ class FanoutMixin:
             else:
                 # The write is one transaction on every shard it reaches: an explicit one
                 # (its BEGIN was held back until now) or its own, committed when it ends.
-                implicit = self.txn.pending is None
-                self.txn.multi = scatter.MultiTxn(self, [], self.txn.pending or "BEGIN")
-                self.txn.multi.implicit = implicit
-                self.txn.opened()
+                implicit = session.txn.pending is None
+                session.txn.multi = scatter.MultiTxn(session, [], session.txn.pending or "BEGIN")
+                session.txn.multi.implicit = implicit
+                session.txn.opened()
 
-    async def _run_fanout(self, fan: Fanout, parts: list[tuple[bytes, int, bool]],
+    async def run_fanout(self, fan: Fanout, parts: list[tuple[bytes, int, bool]],
                           hide_desc: int | None = None) -> bytes | None:
         """Run parts on every shard of fan; the merged reply (no Z), or None after an error
         has been written to the client. A read streams its rows to the client as it goes
         (then b"" is returned); hide_desc: see fanread.stream_read."""
+        session = self.session
         def emit(s, i):
             for msg, kind, swallow in (parts[fan.shards[i]] if isinstance(parts, dict) else parts):
                 s.send(msg)
                 s.push(kind, swallow)
             s.forget_unnamed()
 
-        if self.txn.multi is None and self.txn.pending is not None and fan.kind in ("ddl", "lock"):
-            await self._open_multi()
+        if session.txn.multi is None and session.txn.pending is not None and fan.kind in ("ddl", "lock"):
+            await self.open_multi()
         t0 = time.monotonic()
         if fan.kind == "explain":
-            return await self._explain(fan, emit)
-        if fan.kind in ("read", "copy_out") or (fan.kind == "one" and self.txn.multi is not None):
+            return await self.explain(fan, emit)
+        if fan.kind in ("read", "copy_out") or (fan.kind == "one" and session.txn.multi is not None):
             try:
-                ok = await self._stream_read(fan, emit, hide_desc)
+                ok = await self.stream_read(fan, emit, hide_desc)
             finally:
-                self._fan_metrics(fan, t0)
-            if not ok and self.txn.multi is not None:
-                self.txn.multi.failed = True
+                self.fan_metrics(fan, t0)
+            if not ok and session.txn.multi is not None:
+                session.txn.multi.failed = True
             return b"" if ok else None
-        if self.txn.multi is not None:
-            replies = await self.txn.multi.run(fan.shards, emit)
+        if session.txn.multi is not None:
+            replies = await session.txn.multi.run(fan.shards, emit)
         else:
-            replies = await scatter.run_on_shards(self, fan.shards, emit)
-        self._fan_metrics(fan, t0)
+            replies = await scatter.run_on_shards(session, fan.shards, emit)
+        self.fan_metrics(fan, t0)
         err = scatter.first_error(fan.shards, replies)
-        if err is not None and self.txn.multi is not None:
-            self.txn.multi.failed = True
+        if err is not None and session.txn.multi is not None:
+            session.txn.multi.failed = True
         if err is not None:
-            if fan.kind != "read" and self.txn.multi is None:
+            if fan.kind != "read" and session.txn.multi is None:
                 ok = [n for n, fr in zip(fan.shards, replies, strict=True) if not any(t == 0x45 for t, _ in fr)]
                 if ok:
                     f = m.decode_fields(err[5:])
@@ -214,7 +235,7 @@ class FanoutMixin:
                         f.get("C", "XX000"), f.get("M", ""), hint=f.get("H"),
                         detail=f"the statement succeeded on {', '.join(ok)}; fix the failing "
                                "shard and re-run it there, or undo it on the others")
-            self.write(err)
+            session.write(err)
             return None
         if fan.kind in ("insert", "write"):
             return scatter.merge_counts(replies)
@@ -224,38 +245,40 @@ class FanoutMixin:
         self.proxy.statements.invalidate()
         return scatter.agree(fan.shards, replies)
 
-    async def _stream_read(self, fan: Fanout, emit, hide_desc: int | None) -> bool:
+    async def stream_read(self, fan: Fanout, emit, hide_desc: int | None) -> bool:
+        session = self.session
         budget = self.proxy.config.proxy.fanout_buffer_bytes
         spec = fan.analysis.merge if fan.kind == "read" and fan.analysis is not None else None
         header = fan.kind == "copy_out" and fan.analysis.option == "header"
-        if self.txn.multi is not None:
+        if session.txn.multi is not None:
             # In a multi-shard transaction: its held servers; a statement for one of them
             # ("one") is relayed as that server answers it.
-            await self.txn.multi.ensure(fan.shards)
-            servers = [self.txn.multi.servers[sh] for sh in fan.shards]
-            return await fanread.stream_read(self, fan.shards, servers, emit, spec, hide_desc,
+            await session.txn.multi.ensure(fan.shards)
+            servers = [session.txn.multi.servers[sh] for sh in fan.shards]
+            return await fanread.stream_read(session, fan.shards, servers, emit, spec, hide_desc,
                                              budget, relay=fan.kind == "one",
                                              copy_header=header)
-        async with scatter.servers_for(self, fan.shards) as servers:
-            return await fanread.stream_read(self, fan.shards, servers, emit, spec, hide_desc,
+        async with scatter.servers_for(session, fan.shards) as servers:
+            return await fanread.stream_read(session, fan.shards, servers, emit, spec, hide_desc,
                                              budget, copy_header=header)
 
-    async def _explain(self, fan: Fanout, emit) -> bytes | None:
+    async def explain(self, fan: Fanout, emit) -> bytes | None:
         """EXPLAIN on several shards: each shard's plan, in shard order (text: under a line
         naming the shard)."""
-        if self.txn.multi is not None:
-            replies = await self.txn.multi.run(fan.shards, emit)
+        session = self.session
+        if session.txn.multi is not None:
+            replies = await session.txn.multi.run(fan.shards, emit)
         else:
-            replies = await scatter.run_on_shards(self, fan.shards, emit)
+            replies = await scatter.run_on_shards(session, fan.shards, emit)
         err = scatter.first_error(fan.shards, replies)
         if err is not None:
-            if self.txn.multi is not None:
-                self.txn.multi.failed = True
-            self.write(err)
+            if session.txn.multi is not None:
+                session.txn.multi.failed = True
+            session.write(err)
             return None
         return scatter.explain_rows(fan.shards, replies, fan.analysis.option == "text")
 
-    def _fan_metrics(self, fan: Fanout, t0: float) -> None:
+    def fan_metrics(self, fan: Fanout, t0: float) -> None:
         metrics = self.proxy.metrics
         if metrics is not None:
             elapsed = time.monotonic() - t0
@@ -264,82 +287,84 @@ class FanoutMixin:
 
     # -- the client's socket, for streamed reads (ClientSession.pause/resume_writing) ------
 
-    _fan_paused = False
-    _fan_resumed: asyncio.Future | None = None
-
-    def _fan_flow(self, paused: bool) -> None:
+    def fan_flow(self, paused: bool) -> None:
         """The client's transport went above (paused) or back below its high-water mark."""
-        self._fan_paused = paused
-        f = self._fan_resumed
+        self.fan_paused = paused
+        f = self.fan_resumed
         if not paused and f is not None and not f.done():
             f.set_result(None)
 
-    async def _fan_writable(self) -> None:
+    async def fan_writable(self) -> None:
         """Return once the client's socket takes more (or the client is gone)."""
-        while self._fan_paused and not self.closed:
-            fut = self._fan_resumed = asyncio.get_running_loop().create_future()
+        session = self.session
+        while self.fan_paused and not session.closed:
+            fut = self.fan_resumed = asyncio.get_running_loop().create_future()
             try:
                 # A lost connection resumes nothing: look at `closed` now and then.
                 await asyncio.wait_for(fut, 1.0)
             except TimeoutError:
                 pass
             finally:
-                self._fan_resumed = None
+                self.fan_resumed = None
 
-    async def _multi_unit(self, ops, sync: bool) -> None:
+    async def multi_unit(self, ops, sync: bool) -> None:
         """A unit with no routed Bind inside a multi-shard transaction: COMMIT/ROLLBACK
         sent with the extended protocol, or a Parse/Describe (run on one held shard)."""
-        self.unit_shard = None
+        session = self.session
+        session.ext.unit_shard = None
         txn = [op[1] for op in ops if op[0] == OP_BIND and op[1].plan.kind in TXN_KINDS]
         if txn:
-            end = await self._multi_end(txn[0].plan.kind) if txn[0].plan.kind != r.BEGIN \
+            end = await self.multi_end(txn[0].plan.kind) if txn[0].plan.kind != r.BEGIN \
                 else m.command_complete("BEGIN")
             for op in ops:
                 k = op[0]
                 if k == OP_PARSE:
-                    self.write(m.PARSE_COMPLETE)
+                    session.write(m.PARSE_COMPLETE)
                 elif k == OP_BIND:
-                    self.write(m.BIND_COMPLETE)
+                    session.write(m.BIND_COMPLETE)
                 elif k == OP_RAW and op[2] == X_DESC_PORTAL:
-                    self.write(m.NO_DATA)
+                    session.write(m.NO_DATA)
                 elif k == OP_RAW and op[2] == X_EXEC:
-                    self.write(end)
+                    session.write(end)
                 elif k == OP_FAKE:
-                    self.write(op[1])
+                    session.write(op[1])
                 elif k == OP_SYNC:
-                    self.write(m.ready_for_query(self._status()))
+                    session.write(m.ready_for_query(session._status()))
             return
-        await self._fanout_ext(Fanout("one", [self.txn.multi.shards[0]], None), ops, sync)
+        await self.fanout_ext(Fanout("one", [session.txn.multi.shards[0]], None), ops, sync)
 
-    async def _open_multi(self) -> None:
+    async def open_multi(self) -> None:
         """DDL inside BEGIN: hold the transaction open on every shard from here on."""
+        session = self.session
         shards = [sh.name for sh in self.proxy.catalog.shards]
-        multi = scatter.MultiTxn(self, shards)
-        replies = await multi.open(self.txn.pending)
+        multi = scatter.MultiTxn(session, shards)
+        replies = await multi.open(session.txn.pending)
         err = scatter.first_error(shards, replies)
         if err is not None:
             multi.release(abort=True)
             f = m.decode_fields(err[5:])
             raise PgError(f.get("M", "BEGIN failed"), sqlstate=f.get("C", "XX000"))
-        self.txn.pending = None
-        self.txn.multi = multi
+        session.txn.pending = None
+        session.txn.multi = multi
 
-    def _multi_target(self, plan: r.Plan, sql: str, bind=None, st=None) -> Fanout:
+    def multi_target(self, plan: r.Plan, sql: str, bind=None, st=None) -> Fanout:
         """Inside a multi-shard transaction every unit runs on the held servers."""
-        if self.txn.multi.failed and plan.kind not in (r.COMMIT, r.ROLLBACK):
+        session = self.session
+        if session.txn.multi.failed and plan.kind not in (r.COMMIT, r.ROLLBACK):
             raise PgError("current transaction is aborted, commands ignored until end of "
                           "transaction block", sqlstate="25P02")
-        target = self._target(plan, bind, st, sql=sql)
+        target = session._target(plan, bind, st, sql=sql)
         if isinstance(target, Fanout):
             return target
         return Fanout("one", [target], None)
 
-    async def _multi_end(self, kind: str) -> bytes:
+    async def multi_end(self, kind: str) -> bytes:
         """COMMIT or ROLLBACK on every shard of the multi-shard transaction: with two-phase
         commit when it holds several shards and wrote (proxy.twophase), else in turn."""
-        multi = self.txn.multi
-        self.txn.multi = None
-        self.txn.savepoints = []
+        session = self.session
+        multi = session.txn.multi
+        session.txn.multi = None
+        session.txn.savepoints = []
         word = "ROLLBACK" if kind == r.ROLLBACK or multi.failed else "COMMIT"
         coord = self.proxy.twophase
         if word == "COMMIT" and coord is not None and len(multi.servers) > 1:
@@ -352,7 +377,7 @@ class FanoutMixin:
                 # (or was cancelled) in the middle of it.
                 if not t.cancelled():
                     t.exception()
-                multi.release(keep=None if self.closed else self._keep_parked)
+                multi.release(keep=None if session.closed else session.att.keep_parked)
             task.add_done_callback(done)
             try:
                 await asyncio.shield(task)
@@ -374,7 +399,7 @@ class FanoutMixin:
                 else:
                     done.append(sh)
         finally:
-            multi.release(abort=bool(failed), keep=self._keep_parked)
+            multi.release(abort=bool(failed), keep=session.att.keep_parked)
         if failed:
             return m.error_response(
                 "XX000", f"COMMIT failed on {', '.join(failed)}",
@@ -382,9 +407,10 @@ class FanoutMixin:
                        "commit yet: the shards now disagree)")
         return m.command_complete(word)
 
-    async def _fanout(self, fan: Fanout, parts, sql: str, simple: bool) -> None:
+    async def fanout(self, fan: Fanout, parts, sql: str, simple: bool) -> None:
         """A simple Query on several shards."""
-        await self._check_fanout(fan)
+        session = self.session
+        await self.check_fanout(fan)
         a = fan.analysis
         if fan.kind == "read" and a.shard_sql:
             parts = [(m.query(a.shard_sql), X_QUERY, False)]
@@ -393,22 +419,23 @@ class FanoutMixin:
             parts = {sh: [(m.query(t), X_QUERY, False)] for sh, t in texts.items()}
         else:
             parts = [(raw, kind, False) for raw, kind in parts]
-        parts = read_filter.per_shard(self, fan, parts)   # exact reads while resharding
-        out = await self._run_fanout(fan, parts)
-        multi = self.txn.multi
+        parts = read_filter.per_shard(session, fan, parts)   # exact reads while resharding
+        out = await self.run_fanout(fan, parts)
+        multi = session.txn.multi
         if multi is not None and getattr(multi, "implicit", False):
             # The statement's own transaction: committed (2PC) or rolled back now.
-            end = await self._multi_end(r.COMMIT if out is not None else r.ROLLBACK)
+            end = await self.multi_end(r.COMMIT if out is not None else r.ROLLBACK)
             if out is not None and end[:1] == b"E":
                 out = end
-        self.write((out or b"") + m.ready_for_query(self._status()))
+        session.write((out or b"") + m.ready_for_query(session._status()))
 
-    async def _fanout_ext(self, fan: Fanout, ops, sync: bool) -> None:
+    async def fanout_ext(self, fan: Fanout, ops, sync: bool) -> None:
         """An extended-protocol unit (Parse/Bind/Describe/Execute) on several shards."""
+        session = self.session
         if fan.kind == "insert":
-            await self._insert_ext(fan, ops, sync)
+            await session._insert_ext(fan, ops, sync)
             return
-        await self._check_fanout(fan)
+        await self.check_fanout(fan)
         a = fan.analysis
         hidden = a.merge.hidden if fan.kind == "read" and a.merge else 0
         parts: list[tuple[bytes, int, bool]] = []
@@ -418,12 +445,12 @@ class FanoutMixin:
             k = op[0]
             if k == OP_PARSE:
                 st = op[1]
-                parts.append((m.parse("", self._fan_sql(fan, st), st.oids), X_PARSE, False))
+                parts.append((m.parse("", self.fan_sql(fan, st), st.oids), X_PARSE, False))
                 parsed.add(id(st))
             elif k == OP_BIND:
                 st, bind = op[1], op[3]
                 if id(st) not in parsed:
-                    parts.append((m.parse("", self._fan_sql(fan, st), st.oids), X_PARSE, True))
+                    parts.append((m.parse("", self.fan_sql(fan, st), st.oids), X_PARSE, True))
                     parsed.add(id(st))
                 rf = bind.result_formats
                 if hidden and len(rf) > 1:
@@ -449,29 +476,30 @@ class FanoutMixin:
             # The servers must reach an idle point to be released; the client's own Sync
             # comes later and is answered here.
             parts.append((m.SYNC, X_SYNC, False))
-            self._owe_z = True
-        out = await self._run_fanout(
-            fan, read_filter.per_shard(self, fan, [p for p in parts if p[1] != X_FAKE]), hide)
-        await self._end_ext_unit(out, sync)
+            session.ext.owe_z = True
+        out = await self.run_fanout(
+            fan, read_filter.per_shard(session, fan, [p for p in parts if p[1] != X_FAKE]), hide)
+        await self.end_ext_unit(out, sync)
 
-    async def _end_ext_unit(self, out: bytes | None, sync: bool) -> None:
+    async def end_ext_unit(self, out: bytes | None, sync: bool) -> None:
         """After an extended unit ran on several shards: its own transaction (if it is one)
         committed with 2PC, or rolled back on an error; the reply (out, None after an error
         already sent), then ReadyForQuery at a Sync, or skip to the Sync after an error."""
-        multi = self.txn.multi
+        session = self.session
+        multi = session.txn.multi
         if multi is not None and multi.implicit and (sync or out is None):
-            end = await self._multi_end(r.COMMIT if out is not None else r.ROLLBACK)
+            end = await self.multi_end(r.COMMIT if out is not None else r.ROLLBACK)
             if out is not None and end[:1] == b"E":
                 out = end
         if out is None:
             if sync:
-                self.write(m.ready_for_query(self._status()))
+                session.write(m.ready_for_query(session._status()))
             else:
-                self.skip_until_sync = True
+                session.ext.skip_until_sync = True
             return
-        self.write(out + (m.ready_for_query(self._status()) if sync else b""))
+        session.write(out + (m.ready_for_query(session._status()) if sync else b""))
 
     @staticmethod
-    def _fan_sql(fan: Fanout, st) -> str:
+    def fan_sql(fan: Fanout, st) -> str:
         return fan.analysis.shard_sql if fan.kind == "read" and fan.analysis.shard_sql else st.sql
 

@@ -89,7 +89,7 @@ class _Output:
 
     async def flush(self) -> None:
         self.write_now()
-        await self.session._fan_writable()
+        await self.session.fan.fan_writable()
         if self.session.closed:
             raise ClientGone()
 

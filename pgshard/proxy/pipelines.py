@@ -147,13 +147,13 @@ class PipelineMixin:
         ok = True
         if shards:
             def emit(s, i):
-                self._emit_ops(s, per[shards[i]] + [(OP_SYNC,)])
+                self.ext.emit_ops(s, per[shards[i]] + [(OP_SYNC,)])
             try:
                 replies = await multi.run(shards, emit)
             except PgError:
                 multi.failed = True
                 if multi.implicit:
-                    await self._multi_end(r.ROLLBACK)
+                    await self.fan.multi_end(r.ROLLBACK)
                 raise
             groups = {}
             for sh, frames in zip(shards, replies, strict=True):
@@ -173,29 +173,29 @@ class PipelineMixin:
         if not ok:
             multi.failed = True
             if multi.implicit:
-                await self._multi_end(r.ROLLBACK)
+                await self.fan.multi_end(r.ROLLBACK)
         elif end is not None:
             # The COMMIT/ROLLBACK closing the unit: its Execute's reply is the outcome.
-            done = await self._multi_end(end)
+            done = await self.fan.multi_end(end)
             if done[:1] == b"E" and out[-1:] and out[-1].startswith(b"C"):
                 out[-1] = done
             elif done[:1] == b"E":
                 out.append(done)
         elif sync and multi.implicit:
-            done = await self._multi_end(r.COMMIT)
+            done = await self.fan.multi_end(r.COMMIT)
             if done[:1] == b"E":
                 out.append(done)   # the commit failed (at PREPARE): nothing was committed
         if sync:
             out.append(m.ready_for_query(self._status()))
         elif not ok:
-            self.skip_until_sync = True
+            self.ext.skip_until_sync = True
         self.write(b"".join(out))
 
     async def _insert_ext(self, fan, ops, sync: bool) -> None:
         """A multi-row INSERT with bound parameters whose rows belong to several shards:
         each shard gets its own rows, as its own statement with its parameters renumbered
         (sql.insert_split), inside the unit's transaction; one reply, counts summed."""
-        await self._check_fanout(fan)   # the transaction it runs in (see _check_fanout)
+        await self.fan.check_fanout(fan)   # the transaction it runs in (see FanoutRunner.check_fanout)
         bop = next(op for op in ops if op[0] == OP_BIND)
         st, bind = bop[1], bop[3]
         oids = tuple(st.param_oid(i) for i in range(len(bind.params)))
@@ -227,20 +227,20 @@ class PipelineMixin:
                 msgs.append((m.SYNC, X_SYNC, False))
             per[sh] = msgs
         if not sync:
-            self._owe_z = True
+            self.ext.owe_z = True
         shards = sorted(per)
-        out = await self._run_fanout(type(fan)("insert", shards, fan.analysis, groups), per)
-        await self._end_ext_unit(out, sync)
+        out = await self.fan.run_fanout(type(fan)("insert", shards, fan.analysis, groups), per)
+        await self.fan.end_ext_unit(out, sync)
 
     async def _multi_for_unit(self):
         # (see _split_unit)
         """The transaction a pipeline across shards runs in: the client's own (its server
         joins, or its held-back BEGIN opens on each shard), else the unit's."""
-        if self.server is not None and await self._join_multi():
+        if self.server is not None and await self.simple.join_multi():
             return self.txn.multi
-        self._release_if_idle()
+        self.fan.release_if_idle()
         if self.server is not None:   # session pooling: the server stays the client's
-            self._detach()
+            self.att.detach()
         if self.txn.pending is not None:
             multi = scatter.MultiTxn(self, [], self.txn.pending)
             self.txn.opened()

@@ -25,12 +25,12 @@ class TargetingMixin:
         multi = self.txn.multi
         if multi is not None and multi.shards and not multi.implicit:
             return multi.shards[0]   # the client's transaction on several shards: its first
-        if self.unit_shard is not None:   # a pipeline already bound to a shard stays there
-            return self.unit_shard
+        if self.ext.unit_shard is not None:   # a pipeline already bound to a shard stays there
+            return self.ext.unit_shard
         if self.server is not None:       # so does a client that holds a server
             return self.shard
-        if self.parked:                   # or whose state a server keeps
-            return next(reversed(self.parked))[0]
+        if self.att.parked:                   # or whose state a server keeps
+            return next(reversed(self.att.parked))[0]
         cat = self.proxy.catalog
         shards = cat.serving_shards() or cat.shard_names()   # a new shard may lack the schema
         n = len(shards)
@@ -95,7 +95,7 @@ class TargetingMixin:
     def _sql_prepared_route(self, plan: r.Plan, sql: str) -> str:
         """An SQL PREPARE defines a statement and touches no row: the client's own shard
         (its server keeps it). An EXECUTE goes where its statement would with its
-        arguments (the PREPARE is made there too, see ClientSession._replay_sql_prepare)."""
+        arguments (the PREPARE is made there too, see ServerAttachment.replay_sql_prepare)."""
         if plan.first_word == "PREPARE":
             return self._any_shard()
         call = execute_call(sql)
