@@ -41,7 +41,7 @@ class ServerAttachment:
     state of the client the proxy cannot replay (sql.sticky) while it runs elsewhere:
     (shard, role) -> server. The session's `parked` is this same dict, never replaced."""
 
-    __slots__ = ("session", "proxy", "txn", "parked", "idle_waiter")
+    __slots__ = ("session", "proxy", "txn", "parked", "idle_waiter", "last")
 
     def __init__(self, session):
         self.session = session
@@ -49,6 +49,9 @@ class ServerAttachment:
         self.txn = session.txn
         self.parked: dict[tuple[str, str], object] = {}
         self.idle_waiter: asyncio.Future | None = None   # woken by the server's idle point
+        # The server this client gave back last: it gets it again when that one is idle
+        # (BackendPool.try_acquire), so its backend-local state stays the client's own.
+        self.last = None
 
     def attach_now(self, shard: str, begin: bool = True, role: str = "primary"):
         """The server for shard if it can be had without waiting, else None. With
@@ -69,7 +72,7 @@ class ServerAttachment:
         s = self.take_parked(shard, role) if self.parked else None
         if s is None:
             s = self.proxy.pool_for(shard, session.user, role,
-                                    database=session.database).try_acquire()
+                                    database=session.database).try_acquire(self.last)
         if s is None:
             return None
         self.link(s, shard, begin)
@@ -132,7 +135,7 @@ class ServerAttachment:
                 return s
         if s is None:
             pool = self.proxy.pool_for(shard, session.user, role, database=session.database)
-            s = pool.try_acquire()
+            s = pool.try_acquire(self.last)
             if s is None:
                 try:
                     s = await pool.acquire()
@@ -187,6 +190,7 @@ class ServerAttachment:
             elif s.unsynced and s.usable and not s.expect:
                 end_unit_then_release(s)
             else:
+                self.last = s
                 s.pool.release(s)
 
     def give_back(self, s) -> None:

@@ -119,11 +119,18 @@ class BackendPool:
 
     # ------------------------------------------------------------ acquire / release
 
-    def try_acquire(self) -> ServerConnection | None:
-        """An idle usable server at once, or None (the caller then awaits acquire())."""
+    def try_acquire(self, prefer: ServerConnection | None = None) -> ServerConnection | None:
+        """An idle usable server at once, or None (the caller then awaits acquire()).
+        prefer: the server this client had last; when it is idle here the client gets it
+        back (its backend's caches, loaded libraries and settings are the client's own
+        already), else the most recently used one."""
         if self.paused:
             return None
         idle = self.idle
+        if prefer is not None and prefer.usable and prefer in idle:
+            idle.remove(prefer)
+            self.stats["acquired"] += 1
+            return prefer
         while idle:
             s = idle.pop()  # LIFO keeps a hot set of connections
             if s.usable:

@@ -102,6 +102,31 @@ async def test_set_after_a_replay_keeps_its_own_value(env):
         await b.close()
 
 
+async def test_a_client_gets_its_own_server_back(env):
+    """Transaction pooling, a pool of two: a client whose last server is idle gets that one
+    again (not the one most recently released by someone else)."""
+    proxy, _ = env
+    dsn = proxy.dsn()                       # user app: pool_size 2, transaction pooling
+    a = await asyncpg.connect(dsn)
+    b = await asyncpg.connect(dsn)
+    try:
+        ta = a.transaction()
+        await ta.start()
+        pa = await a.fetchval("SELECT pg_backend_pid()")   # a holds one server
+        pb = await b.fetchval("SELECT pg_backend_pid()")   # b gets the other, gives it back
+        assert pa != pb
+        await ta.commit()                   # a's is now the most recently released
+        for _ in range(3):
+            tb = b.transaction()
+            await tb.start()
+            assert await b.fetchval("SELECT pg_backend_pid()") == pb
+            await tb.commit()
+            assert await a.fetchval("SELECT pg_backend_pid()") == pa
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_failed_set_leaves_no_error_behind(env):
     _, dsn = env
     c = await asyncpg.connect(dsn)
