@@ -30,10 +30,10 @@ from pgshard.proxy.backend import (
     X_SYNC,
     ServerClient,
 )
-from pgshard.proxy.copysplit import CopySplitMixin
+from pgshard.proxy.copysplit import CopySplit
 from pgshard.proxy.extended import ExtendedPipeline
 from pgshard.proxy.fanout import FanoutRunner
-from pgshard.proxy.pipelines import PipelineMixin
+from pgshard.proxy.pipelines import PipelineRunner
 from pgshard.proxy.refusals import raise_sql
 from pgshard.proxy.session_state import SessionStateMixin
 from pgshard.proxy.simple import SimpleQuery
@@ -55,14 +55,15 @@ class _Terminate(Exception):
     """The client sent Terminate."""
 
 
-class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, PipelineMixin,
-                    CopySplitMixin, asyncio.Protocol, ServerClient):
+class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, asyncio.Protocol,
+                    ServerClient):
     """One client connection: the asyncio protocol (its socket's callbacks and the pump
     that reads whole messages), dispatch of each message, the server connection callbacks
     (ServerClient), errors and teardown. Its parts are composed: the simple protocol
     (`simple`, simple.py), the extended-protocol pipeline (`ext`, extended.py) and the
-    server attachment (`att`, attachment.py) and the units on several shards (`fan`,
-    fanout.py); startup, targeting, settings, pipelines and COPY are still mixins."""
+    server attachment (`att`, attachment.py), the units on several shards (`fan`,
+    fanout.py; `pipes`, pipelines.py) and COPY split by key (`copy`, copysplit.py);
+    startup, targeting and settings are still mixins."""
 
     def __init__(self, proxy):
         self.proxy = proxy
@@ -118,6 +119,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, PipelineMix
         # the extended protocol (its prepared statements and the unit being queued);
         # stmts is the same dict, for the settings code (DEALLOCATE, DISCARD ALL)
         self.fan = FanoutRunner(self)   # units on several shards (fanout.py)
+        self.pipes = PipelineRunner(self)   # pipelines on several shards (pipelines.py)
+        self.copy = CopySplit(self)   # COPY FROM STDIN split by key (copysplit.py)
         self.ext = ExtendedPipeline(self)
         self.stmts = self.ext.stmts
         # the simple protocol (a Query routed or answered here; FunctionCall)
@@ -292,8 +295,8 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, PipelineMix
                 ext.ops.append((OP_FLUSH,))
                 return ext.flush_ops(sync=False)
             elif t in (0x64, 0x63, 0x66):  # CopyData / CopyDone / CopyFail
-                if self.copy_sink is not None:   # a COPY split by key (copysplit.py)
-                    return self._copy_message(t, raw)
+                if self.copy.sink is not None:   # a COPY split by key (copysplit.py)
+                    return self.copy.copy_message(t, raw)
                 s = self.server
                 if s is not None:
                     s.send(raw)

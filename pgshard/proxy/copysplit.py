@@ -37,12 +37,23 @@ class _DiscardCopy:
         return None
 
 
-class CopySplitMixin:
-    copy_sink: CopyFanout | _DiscardCopy | None = None
+class CopySplit:
+    """COPY FROM STDIN of one ClientSession split by key (held as `session.copy`): the
+    statement recognised, the copy started on every shard, the client's CopyData fed to
+    `sink` and the end (CopyDone, CopyFail, the client gone). The session is reached
+    through `session`."""
 
-    def _own_object(self, plan: r.Plan, sql: str) -> bool:
+    __slots__ = ("session", "proxy", "sink")
+
+    def __init__(self, session):
+        self.session = session
+        self.proxy = session.proxy
+        self.sink: CopyFanout | _DiscardCopy | None = None   # the COPY in progress
+
+    def own_object(self, plan: r.Plan, sql: str) -> bool:
         """A statement on one of pgshard's own objects (sql.own_objects): answered here
         (True) — skipped with a NOTICE, or a drop refused — rather than run."""
+        session = self.session
         if not (plan.is_ddl or plan.first_word == "COPY") or not may_name_own(sql):
             return False
         own: OwnObject | None = own_object(sql)
@@ -57,18 +68,19 @@ class CopySplitMixin:
                                 "pgshard keeps its own objects on every shard",
                                 severity="NOTICE", notice=True)
         if own.copy_in:
-            self.copy_sink = _DiscardCopy()
-            self.write(note + _DiscardCopy.in_response)
+            self.sink = _DiscardCopy()
+            session.write(note + _DiscardCopy.in_response)
             return True
-        self.write(note + m.command_complete(own.tag) + m.ready_for_query(self._status()))
+        session.write(note + m.command_complete(own.tag) + m.ready_for_query(session._status()))
         return True
 
-    def _copy_to_split(self, plan: r.Plan, sql: str) -> CopyIn | None:
+    def copy_to_split(self, plan: r.Plan, sql: str) -> CopyIn | None:
         """The COPY FROM STDIN this Query is, when it must be split by key (a sharded table,
         several shards, nothing that names a shard), else None."""
+        session = self.session
         cat = self.proxy.catalog
-        if plan.hinted or self.session_shard is not None or self.session_key is not None \
-                or self.local_key is not None or len(cat.shards) < 2 or plan.multi:
+        if plan.hinted or session.session_shard is not None or session.session_key is not None \
+                or session.local_key is not None or len(cat.shards) < 2 or plan.multi:
             return None
         try:
             stmt = parse_copy_in(sql)
@@ -76,13 +88,14 @@ class CopySplitMixin:
             return None
         return stmt if cat.key_column(stmt.table) is not None else None
 
-    async def _copy_split(self, sql: str, stmt: CopyIn) -> None:
+    async def copy_split(self, sql: str, stmt: CopyIn) -> None:
+        session = self.session
         gate = getattr(self.proxy, "lease_gate", None)
         if gate is not None and gate.closed:
             raise gate.error()   # rows routed by a ring that may be stale (control.lease_gate)
         cat = self.proxy.catalog
-        if cat.fences and self.txn.multi is None and (
-                self.server is None or self.server.txn_status == b"I"):
+        if cat.fences and session.txn.multi is None and (
+                session.server is None or session.server.txn_status == b"I"):
             # Resharding fences ranges: its rows may fall in them, so the COPY waits for the
             # flip as a statement would (fence.py), then routes by the new ring. (In an open
             # transaction it goes on: the fence's acknowledgement waits for that one.)
@@ -93,10 +106,10 @@ class CopySplitMixin:
             cat = self.proxy.catalog
         key = cat.key_column(stmt.table)
         shards = list(cat.serving_shards())
-        multi = await self._copy_txn()
+        multi = await self.copy_txn()
         try:
             await multi.ensure(shards)
-            columns = await self._copy_columns(multi, shards[0], stmt.table)
+            columns = await self.copy_columns(multi, shards[0], stmt.table)
             index = stmt.key_index(key, [c for c, _ in columns] if stmt.columns is None
                                    else None)
             oid = dict(columns).get(key, 0)
@@ -105,18 +118,19 @@ class CopySplitMixin:
                               shards=shards)
             await copy.start()
         except PgError:
-            await self._copy_abandon()
+            await self.copy_abandon()
             raise
-        self.copy_sink = copy
-        self.write(copy.in_response)
+        self.sink = copy
+        session.write(copy.in_response)
 
-    async def _copy_txn(self):
-        """The transaction the COPY runs in (see pipelines._multi_for_unit)."""
-        if self.txn.multi is not None:
-            return self.txn.multi
-        return await self._multi_for_unit()
+    async def copy_txn(self):
+        """The transaction the COPY runs in (see PipelineRunner.multi_for_unit)."""
+        session = self.session
+        if session.txn.multi is not None:
+            return session.txn.multi
+        return await session.pipes.multi_for_unit()
 
-    async def _copy_columns(self, multi, shard: str, table: str) -> list[tuple[str, int]]:
+    async def copy_columns(self, multi, shard: str, table: str) -> list[tuple[str, int]]:
         msg = m.query(copy_columns_sql(table))
 
         def emit(s, i):
@@ -134,52 +148,56 @@ class CopySplitMixin:
                 out.append((name.decode(), int(oid)))
         return out
 
-    def _copy_message(self, t: int, raw: bytes):
+    def copy_message(self, t: int, raw: bytes):
         """A CopyData / CopyDone / CopyFail of the split COPY."""
+        session = self.session
         if t == 0x64:
-            return self._guard(self._copy_step(self.copy_sink.data(raw[5:])), True)
+            return session._guard(self.copy_step(self.sink.data(raw[5:])), True)
         if t == 0x63:
-            return self._guard(self._copy_done(), True)
+            return session._guard(self.copy_done(), True)
         msg = m.decode_cstr(raw[5:]) if len(raw) > 5 else ""
-        return self._guard(self._copy_failed(
+        return session._guard(self.copy_failed(
             PgError(f"COPY from stdin failed: {msg}", sqlstate="57014")), True)
 
-    async def _copy_step(self, aw) -> None:
+    async def copy_step(self, aw) -> None:
         try:
             await aw
         except PgError as exc:
-            await self._copy_failed(exc)
+            await self.copy_failed(exc)
 
-    async def _copy_done(self) -> None:
-        copy = self.copy_sink
+    async def copy_done(self) -> None:
+        session = self.session
+        copy = self.sink
         try:
             total = await copy.done()
         except PgError as exc:
-            await self._copy_failed(exc)   # shards still copying are failed first
+            await self.copy_failed(exc)   # shards still copying are failed first
             return
-        self.copy_sink = None
+        self.sink = None
         out = m.command_complete(f"COPY {total}")
-        multi = self.txn.multi
+        multi = session.txn.multi
         if multi is not None and multi.implicit:
-            end = await self.fan.multi_end(r.COMMIT)
+            end = await session.fan.multi_end(r.COMMIT)
             if end[:1] == b"E":
                 out = end
-        self.write(out + m.ready_for_query(self._status()))
+        session.write(out + m.ready_for_query(session._status()))
 
-    async def _copy_failed(self, exc: PgError) -> None:
+    async def copy_failed(self, exc: PgError) -> None:
         """The COPY failed (a row, a shard, the client's CopyFail): the error and
         ReadyForQuery now; the rest of the client's COPY is dropped (see _dispatch)."""
-        copy = self.copy_sink
-        self.copy_sink = None
+        session = self.session
+        copy = self.sink
+        self.sink = None
         if copy is not None:
             await copy.fail(exc.message)   # only to shards still in COPY mode
-        await self._copy_abandon()
-        self.write(m.error_from(exc) + m.ready_for_query(self._status()))
+        await self.copy_abandon()
+        session.write(m.error_from(exc) + m.ready_for_query(session._status()))
 
-    async def _copy_abandon(self) -> None:
-        multi = self.txn.multi
+    async def copy_abandon(self) -> None:
+        session = self.session
+        multi = session.txn.multi
         if multi is None:
             return
         multi.failed = True
         if multi.implicit:
-            await self.fan.multi_end(r.ROLLBACK)
+            await session.fan.multi_end(r.ROLLBACK)

@@ -288,7 +288,7 @@ class ExtendedPipeline:
         if self.unit_split or (multi is not None and multi.implicit and sync):
             self.unit_split = False
             self.unit_shard = None
-            return self._guard(session._split_unit(ops, sync), False, sync)
+            return self._guard(session.pipes.split_unit(ops, sync), False, sync)
         if multi is not None and self.unit_fanout is None:
             return self._guard(session.fan.multi_unit(ops, sync), False, sync)
         fan = self.unit_fanout

@@ -433,7 +433,7 @@ class FanoutRunner:
         """An extended-protocol unit (Parse/Bind/Describe/Execute) on several shards."""
         session = self.session
         if fan.kind == "insert":
-            await session._insert_ext(fan, ops, sync)
+            await session.pipes.insert_ext(fan, ops, sync)
             return
         await self.check_fanout(fan)
         a = fan.analysis

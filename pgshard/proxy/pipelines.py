@@ -121,12 +121,23 @@ def local_replies(ops, where) -> dict[int, bytes]:
     return out
 
 
-class PipelineMixin:
-    async def _split_unit(self, ops, sync: bool) -> None:
+class PipelineRunner:
+    """Units of one ClientSession whose statements run on several shards (held as
+    `session.pipes`): a pipeline's Binds routed one by one, an INSERT split per shard, and
+    the multi-shard transaction a unit runs in. The session is reached through `session`."""
+
+    __slots__ = ("session", "proxy")
+
+    def __init__(self, session):
+        self.session = session
+        self.proxy = session.proxy
+
+    async def split_unit(self, ops, sync: bool) -> None:
+        session = self.session
         ops = [op for op in ops if op[0] not in (OP_SYNC, OP_FLUSH)]
-        multi = self.txn.multi
+        multi = session.txn.multi
         where = assign(ops, multi.shards[0] if multi is not None and multi.shards
-                       else self._any_shard())
+                       else session._any_shard())
         try:
             begins, end = txn_ends(ops, where)
         except ValueError:
@@ -134,7 +145,7 @@ class PipelineMixin:
                 "BEGIN, COMMIT or ROLLBACK between statements for several shards in one "
                 "pipeline", hint="send a Sync after COMMIT/ROLLBACK, or BEGIN first") from None
         if multi is None:
-            multi = await self._multi_for_unit()
+            multi = await self.multi_for_unit()
         if begins:
             multi.implicit = False   # the client's own transaction starts here
         local = local_replies(ops, where)
@@ -147,13 +158,13 @@ class PipelineMixin:
         ok = True
         if shards:
             def emit(s, i):
-                self.ext.emit_ops(s, per[shards[i]] + [(OP_SYNC,)])
+                session.ext.emit_ops(s, per[shards[i]] + [(OP_SYNC,)])
             try:
                 replies = await multi.run(shards, emit)
             except PgError:
                 multi.failed = True
                 if multi.implicit:
-                    await self.fan.multi_end(r.ROLLBACK)
+                    await session.fan.multi_end(r.ROLLBACK)
                 raise
             groups = {}
             for sh, frames in zip(shards, replies, strict=True):
@@ -173,29 +184,30 @@ class PipelineMixin:
         if not ok:
             multi.failed = True
             if multi.implicit:
-                await self.fan.multi_end(r.ROLLBACK)
+                await session.fan.multi_end(r.ROLLBACK)
         elif end is not None:
             # The COMMIT/ROLLBACK closing the unit: its Execute's reply is the outcome.
-            done = await self.fan.multi_end(end)
+            done = await session.fan.multi_end(end)
             if done[:1] == b"E" and out[-1:] and out[-1].startswith(b"C"):
                 out[-1] = done
             elif done[:1] == b"E":
                 out.append(done)
         elif sync and multi.implicit:
-            done = await self.fan.multi_end(r.COMMIT)
+            done = await session.fan.multi_end(r.COMMIT)
             if done[:1] == b"E":
                 out.append(done)   # the commit failed (at PREPARE): nothing was committed
         if sync:
-            out.append(m.ready_for_query(self._status()))
+            out.append(m.ready_for_query(session._status()))
         elif not ok:
-            self.ext.skip_until_sync = True
-        self.write(b"".join(out))
+            session.ext.skip_until_sync = True
+        session.write(b"".join(out))
 
-    async def _insert_ext(self, fan, ops, sync: bool) -> None:
+    async def insert_ext(self, fan, ops, sync: bool) -> None:
         """A multi-row INSERT with bound parameters whose rows belong to several shards:
         each shard gets its own rows, as its own statement with its parameters renumbered
         (sql.insert_split), inside the unit's transaction; one reply, counts summed."""
-        await self.fan.check_fanout(fan)   # the transaction it runs in (see FanoutRunner.check_fanout)
+        session = self.session
+        await session.fan.check_fanout(fan)   # the transaction it runs in (see FanoutRunner.check_fanout)
         bop = next(op for op in ops if op[0] == OP_BIND)
         st, bind = bop[1], bop[3]
         oids = tuple(st.param_oid(i) for i in range(len(bind.params)))
@@ -227,25 +239,26 @@ class PipelineMixin:
                 msgs.append((m.SYNC, X_SYNC, False))
             per[sh] = msgs
         if not sync:
-            self.ext.owe_z = True
+            session.ext.owe_z = True
         shards = sorted(per)
-        out = await self.fan.run_fanout(type(fan)("insert", shards, fan.analysis, groups), per)
-        await self.fan.end_ext_unit(out, sync)
+        out = await session.fan.run_fanout(type(fan)("insert", shards, fan.analysis, groups), per)
+        await session.fan.end_ext_unit(out, sync)
 
-    async def _multi_for_unit(self):
-        # (see _split_unit)
+    async def multi_for_unit(self):
+        session = self.session
+        # (see split_unit)
         """The transaction a pipeline across shards runs in: the client's own (its server
         joins, or its held-back BEGIN opens on each shard), else the unit's."""
-        if self.server is not None and await self.simple.join_multi():
-            return self.txn.multi
-        self.fan.release_if_idle()
-        if self.server is not None:   # session pooling: the server stays the client's
-            self.att.detach()
-        if self.txn.pending is not None:
-            multi = scatter.MultiTxn(self, [], self.txn.pending)
-            self.txn.opened()
+        if session.server is not None and await session.simple.join_multi():
+            return session.txn.multi
+        session.fan.release_if_idle()
+        if session.server is not None:   # session pooling: the server stays the client's
+            session.att.detach()
+        if session.txn.pending is not None:
+            multi = scatter.MultiTxn(session, [], session.txn.pending)
+            session.txn.opened()
         else:
-            multi = scatter.MultiTxn(self, [], "BEGIN")
+            multi = scatter.MultiTxn(session, [], "BEGIN")
             multi.implicit = True
-        self.txn.multi = multi
+        session.txn.multi = multi
         return multi

@@ -37,7 +37,7 @@ class SimpleQuery:
         self.ext = session.ext
         self.attach_now = session.att.attach_now
         self._target = session._target
-        self._own_object = session._own_object
+        self._own_object = session.copy.own_object
         self._reply = session._reply
         self._status = session._status
         self._guard = session._guard
@@ -116,9 +116,9 @@ class SimpleQuery:
                        + m.ready_for_query(self._status()))
             return None
         if plan.first_word == "COPY" and kind == r.STATEMENT:
-            stmt = session._copy_to_split(plan, sql)
+            stmt = session.copy.copy_to_split(plan, sql)
             if stmt is not None:
-                return self._guard(session._copy_split(sql, stmt), True)
+                return self._guard(session.copy.copy_split(sql, stmt), True)
         shard = self._target(plan, sql=sql)
         if session.server is not None and self.txn_elsewhere(shard):
             return self._guard(self.query_elsewhere(raw, sql, plan), True)
