@@ -82,7 +82,7 @@ class AdminConsole:
                 f'user "{s.user_name}" may not use the admin console', severity="FATAL",
                 hint=f'[proxy] admin_users lists who may connect to database "{ADMIN_DATABASE}"')
         s.admin = self
-        s.startup_vars = {"application_name": params.get("application_name", "")}
+        s.settings.startup = {"application_name": params.get("application_name", "")}
         s.pid, s.secret = proxy.register(s)
         out = [m.auth_ok()]
         for k, v in (("server_version", "15.0 (pgshard admin console)"),

@@ -90,7 +90,7 @@ def clients(proxy) -> Table:
                      _client_state(s), addr,
                      port, _wall(s.accepted_at), _wall(s.last_active), s.pid,
                      s.shard if srv is not None else None, srv.pid if srv is not None else None,
-                     s.tls, s.startup_vars.get("application_name", ""), s.pool_mode, pinned])
+                     s.tls, s.settings.startup.get("application_name", ""), s.pool_mode, pinned])
     return Table([("type", TEXT), ("user", TEXT), ("database", TEXT), ("state", TEXT),
                   ("addr", TEXT), ("port", INT8), ("connect_time", TEXT),
                   ("request_time", TEXT), ("pid", INT8), ("shard", TEXT),

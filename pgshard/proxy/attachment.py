@@ -62,8 +62,8 @@ class ServerAttachment:
         if s is not None:
             if session.shard != shard or session.role != role:
                 return None
-            if s.synced != (session, session.vars_gen):
-                session._sync_vars(s)
+            if not session.settings.synced(s):
+                session.settings.sync(s)
             if begin and self.txn.pending is not None:
                 self.send_begin(s)
             return s
@@ -84,7 +84,7 @@ class ServerAttachment:
         s.link(session)
         session.server = s
         session.shard = shard
-        session._sync_vars(s)
+        session.settings.sync(s)
         if self.txn.pending is not None and begin:
             self.send_begin(s)
 
@@ -102,7 +102,7 @@ class ServerAttachment:
         if snap is not None and snap[2] is None:
             # SETs held back with the BEGIN run inside it: ROLLBACK undoes them here too.
             txn.snapshot = (snap[0], dict(s.vars), s)
-            s.restore_settings(dict(self.session.vars))
+            s.restore_settings(dict(self.session.settings.vars))
         txn.opened()
 
     async def attach(self, shard: str, begin: bool = True, role: str = "primary"):
@@ -155,8 +155,8 @@ class ServerAttachment:
             self.link(s, shard, begin)
             session.role = role
         else:
-            if s.synced != (session, session.vars_gen):
-                session._sync_vars(s)
+            if not session.settings.synced(s):
+                session.settings.sync(s)
             if begin and self.txn.pending is not None:
                 self.send_begin(s)
         return s
@@ -248,7 +248,7 @@ class ServerAttachment:
             self.session.sql_prepared[name] = sql or ""
             s.sql_names[name] = sql or ""
         elif plan.first_word == "LOAD" and sql:
-            self.session._loaded(s, sql)
+            self.session.settings.loaded(s, sql)
 
     def replay_sql_prepare(self, s, sql: str) -> None:
         """Before an EXECUTE on s: the PREPARE it names, if s does not have it (the EXECUTE

@@ -35,7 +35,7 @@ from pgshard.proxy.extended import ExtendedPipeline
 from pgshard.proxy.fanout import FanoutRunner
 from pgshard.proxy.pipelines import PipelineRunner
 from pgshard.proxy.refusals import raise_sql
-from pgshard.proxy.session_state import SessionStateMixin
+from pgshard.proxy.session_state import SessionSettings
 from pgshard.proxy.simple import SimpleQuery
 from pgshard.proxy.startup import StartupMixin
 from pgshard.proxy.targeting import TargetingMixin
@@ -46,7 +46,6 @@ from pgshard.proxy.units import (
     OP_RAW,
     OP_SYNC,
     NeedColumns,
-    quote_literal,
 )
 
 log = logging.getLogger("pgshard.client")
@@ -55,7 +54,7 @@ class _Terminate(Exception):
     """The client sent Terminate."""
 
 
-class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, asyncio.Protocol,
+class ClientSession(StartupMixin, TargetingMixin, asyncio.Protocol,
                     ServerClient):
     """One client connection: the asyncio protocol (its socket's callbacks and the pump
     that reads whole messages), dispatch of each message, the server connection callbacks
@@ -108,10 +107,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, asyncio.Pro
         self.unit_wrote = False
         self.last_write: dict[str, float] = {}   # shard -> when this client's last write ended
         # session settings replayed on whichever server serves this client
-        self.startup_vars: dict[str, str] = {}
-        self.vars: dict[str, str] = {}
-        self.vars_gen = 0
-        self.param_watch: set[str] = set()   # SET just sent: adopt the value it reports
+        self.settings = SessionSettings(self)   # SET/RESET tracked and replayed
         # the server side: attaching, releasing and parking servers (attachment.py);
         # parked is the same dict, for MultiTxn.ensure and the admin console's SHOW CLIENTS
         self.att = ServerAttachment(self)
@@ -340,18 +336,19 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, asyncio.Pro
         else:
             self.write(data)
 
+    def discard_all(self) -> None:
+        """DISCARD ALL: no statement, SQL PREPARE or setting of the client's own is left."""
+        self.ext.stmts.clear()
+        self.sql_prepared.clear()
+        self.settings.discard()
+
     def server_param(self, s, name: str, value: str) -> None:
         """The server reports the value a setting of this client now has (DateStyle after
         SET datestyle TO ymd is 'ISO, YMD', not 'ymd'): that value is what is replayed.
         The last report of the unit counts (the watch ends at its idle point): a replay of
         the setting sent before the SET reports too, and first."""
-        key = name.lower()
-        if s is self.server and key in self.param_watch and key in self.vars:
-            v = quote_literal(value)
-            s.vars[key] = v
-            if self.vars[key] != v:
-                self.vars[key] = v
-                self.vars_gen += 1
+        if s is self.server:
+            self.settings.adopt(s, name, value)
 
     def server_idle(self, s) -> None:
         """Called by the server connection when every request has been answered."""
@@ -369,20 +366,7 @@ class ClientSession(StartupMixin, TargetingMixin, SessionStateMixin, asyncio.Pro
         if self.unit_wrote and s.txn_status == b"I":
             self.last_write[self.shard] = time.monotonic()
             self.unit_wrote = False
-        if self.param_watch:
-            self.param_watch.clear()
-        if self.txn.undo is not None:
-            self._settle_undo(s)
-        snap = self.txn.snapshot
-        if snap is not None and s.txn_status == b"I":
-            self.txn.snapshot = None
-            if not self.txn.ending_commit:
-                # Rolled back: PostgreSQL undid the SETs, and so does the replay state.
-                self.vars = snap[0]
-                self.vars_gen += 1
-                if snap[2] is s:
-                    s.restore_settings(snap[1])
-            self.txn.ending_commit = False
+        self.settings.unit_over(s)
         if s.txn_status == b"I":
             self.local_key = None
             self.txn.savepoints = []

@@ -126,6 +126,13 @@ class ExtendedPipeline:
             raise InvalidSqlStatementName(f'prepared statement "{name}" does not exist')
         return st
 
+    def deallocate(self, name: str | None) -> None:
+        """SQL DEALLOCATE [ALL] of protocol-level statements, answered by the proxy."""
+        if name is None:
+            self.stmts.clear()
+        elif self.stmts.pop(name, None) is None:
+            raise InvalidSqlStatementName(f'prepared statement "{name}" does not exist')
+
     def bind(self, raw: bytes) -> None:
         name, _ = m.bind_statement_name(raw[5:])
         st = self.lookup(name)
@@ -225,11 +232,11 @@ class ExtendedPipeline:
             return False
         plan = st.plan
         if plan.kind == r.SHOW_PGSHARD:
-            value = self.session._show_pgshard(plan.name)
+            value = self.session.settings.show_pgshard(plan.name)
             reply = m.data_row([None if value is None else value.encode()]) + \
                 m.command_complete("SHOW")
         else:
-            reply = m.command_complete(self.session._set_pgshard(plan))
+            reply = m.command_complete(self.session.settings.set_pgshard(plan))
         self.ops.append((OP_FAKE, reply))
         return True
 
@@ -367,7 +374,7 @@ class ExtendedPipeline:
                 send(op[2])
                 push(X_BIND)
                 if st.plan.kind != r.STATEMENT or st.plan.is_ddl:
-                    session._track(s, st.plan)   # after the Bind: it applies to what follows
+                    session.settings.track(s, st.plan)   # after the Bind: it applies to what follows
                 if st.plan.sticky:
                     session.att.pin(s, st.plan, st.sql)
             elif k == OP_RAW:

@@ -103,7 +103,7 @@ class FanoutRunner:
         c = scatter.Collector(s.pool)
         s.link(c)
         try:
-            session.sync_vars_on(s)
+            session.settings.sync(s)
             emit(s, 0)
             s.flush()
             await c.done
@@ -129,9 +129,9 @@ class FanoutRunner:
                 raise PgError("current transaction is aborted, commands ignored until end of "
                               "transaction block", sqlstate="25P02")
             if (kind == r.SET or plan.config) and plan.value is not None:
-                session._set_var(plan.name, plan.value)
+                session.settings.set(plan.name, plan.value)
             elif kind in (r.RESET, r.SET):
-                session._reset_var(plan.name, None)
+                session.settings.reset(plan.name, None)
             elif kind == r.TXN_INNER and plan.first_word in ("SAVEPOINT", "RELEASE"):
                 session.txn.savepoint(sql, plan.first_word)
             fan = Fanout("all", list(session.txn.multi.shards), None)

@@ -111,7 +111,7 @@ async def stream_read(session, shards: list[str], servers, emit, spec: MergeSpec
         st = ShardStream(pool, s, per_shard, wake)
         streams.append(st)
         s.link(st)
-        session.sync_vars_on(s)
+        session.settings.sync(s)
         emit(s, i)
         s.flush()
     walk = _Walk(session, shards, streams, spec or MergeSpec(), hide_desc, wake, relay)

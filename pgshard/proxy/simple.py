@@ -80,23 +80,23 @@ class SimpleQuery:
             self.write(m.ready_for_query(self._status()))
             return
         if kind == r.SET_PGSHARD or kind == r.RESET_PGSHARD:
-            tag = session._set_pgshard(plan)
+            tag = session.settings.set_pgshard(plan)
             self._reply(m.command_complete(tag) + m.ready_for_query(self._status()))
             return
         if kind == r.SHOW_PGSHARD:
-            value = session._show_pgshard(plan.name)
+            value = session.settings.show_pgshard(plan.name)
             self._reply(m.row_description([(f"pgshard.{plan.name}", 25)])
                         + m.data_row([None if value is None else value.encode()])
                         + m.command_complete("SHOW") + m.ready_for_query(self._status()))
             return
         if kind == r.DEALLOCATE and not self.deallocate_on_server(plan.name):
-            session._deallocate(plan.name)
+            session.ext.deallocate(plan.name)
             tag = "DEALLOCATE ALL" if plan.name is None else "DEALLOCATE"
             self._reply(m.command_complete(tag) + m.ready_for_query(self._status()))
             return
         if kind == r.DISCARD_ALL and self._status() == b"I":
             if session.server is None and not session.att.parked:
-                session._discard_all()   # no server holds anything of this client
+                session.discard_all()   # no server holds anything of this client
                 self._reply(m.command_complete("DISCARD ALL") + m.ready_for_query(b"I"))
                 return
             session.att.discard_parked()   # and the attached server runs it (see _track)
@@ -107,11 +107,11 @@ class SimpleQuery:
             # Part of the held-back transaction: it runs where the transaction will.
             txn.pending += "; " + sql.strip().rstrip(";")
             if txn.snapshot is None:
-                txn.snapshot = (dict(session.vars), None, None)
+                txn.snapshot = (dict(session.settings.vars), None, None)
             if kind == r.SET and plan.value is not None:
-                session._set_var(plan.name, plan.value)
+                session.settings.set(plan.name, plan.value)
             elif kind != r.SET_LOCAL:
-                session._reset_var(plan.name, None)
+                session.settings.reset(plan.name, None)
             self.write(m.command_complete("RESET" if kind == r.RESET else "SET")
                        + m.ready_for_query(self._status()))
             return None
@@ -264,7 +264,7 @@ class SimpleQuery:
     def send_query(self, s, raw: bytes, plan: r.Plan) -> None:
         session = self.session
         txn = self.txn
-        session._track(s, plan)
+        session.settings.track(s, plan)
         if plan.kind == r.TXN_INNER:
             if plan.first_word in ("SAVEPOINT", "RELEASE"):
                 txn.savepoint(m.decode_query(raw[5:]), plan.first_word)
@@ -324,8 +324,7 @@ class SimpleQuery:
         snap = txn.snapshot
         txn.snapshot = None
         if snap is not None and tag == "ROLLBACK":
-            session.vars = snap[0]
-            session.vars_gen += 1
+            session.settings.restore(snap[0])
         self.write(m.command_complete(tag))
 
     def deallocate_on_server(self, name: str | None) -> bool:

@@ -17,7 +17,6 @@ from pgshard.protocol.errors import (
     ProtocolViolation,
 )
 from pgshard.protocol.framing import CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_3_0, SSL_REQUEST
-from pgshard.proxy.units import quote_literal
 
 ADMIN_DATABASE = "pgshard"   # the admin console's database (pgshard.proxy.admin)
 _STARTUP_SKIP = frozenset({"user", "database", "replication", "options"})
@@ -109,16 +108,14 @@ class StartupMixin:
                           else logical.pool_mode if logical and logical.pool_mode
                           else proxy.config.proxy.pool_mode)
         self.consistency = self.user.default_consistency if self.user else "strong"
-        for k, v in params.items():
-            if k not in _STARTUP_SKIP:
-                self.startup_vars[k.lower()] = v
+        startup = {k.lower(): v for k, v in params.items() if k not in _STARTUP_SKIP}
         for opt in _parse_options(params.get("options", "")):
-            self.startup_vars[opt[0].lower()] = opt[1]
-        self.vars = {k: quote_literal(v) for k, v in self.startup_vars.items()}
+            startup[opt[0].lower()] = opt[1]
+        self.settings.connected(startup)
         server_params = await proxy.server_params(self.user, database)
         out = [m.auth_ok()]
         merged = dict(server_params)
-        for k, v in self.startup_vars.items():
+        for k, v in startup.items():
             for known in merged:
                 if known.lower() == k:
                     merged[known] = v
@@ -126,7 +123,7 @@ class StartupMixin:
             else:
                 if k == "application_name":
                     merged["application_name"] = v
-        if "application_name" in merged and "application_name" not in self.startup_vars:
+        if "application_name" in merged and "application_name" not in startup:
             merged["application_name"] = ""
         for k, v in merged.items():
             out.append(m.parameter_status(k, v))
