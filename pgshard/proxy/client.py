@@ -118,7 +118,6 @@ class ClientSession(StartupMixin, TargetingMixin, asyncio.Protocol,
         self.pipes = PipelineRunner(self)   # pipelines on several shards (pipelines.py)
         self.copy = CopySplit(self)   # COPY FROM STDIN split by key (copysplit.py)
         self.ext = ExtendedPipeline(self)
-        self.stmts = self.ext.stmts
         # the simple protocol (a Query routed or answered here; FunctionCall)
         self.simple = SimpleQuery(self)
 
