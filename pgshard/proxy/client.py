@@ -37,7 +37,7 @@ from pgshard.proxy.pipelines import PipelineRunner
 from pgshard.proxy.refusals import raise_sql
 from pgshard.proxy.session_state import SessionSettings
 from pgshard.proxy.simple import SimpleQuery
-from pgshard.proxy.startup import StartupMixin
+from pgshard.proxy.startup import Startup
 from pgshard.proxy.targeting import TargetingMixin
 from pgshard.proxy.txn import TxnState
 from pgshard.proxy.units import (
@@ -54,7 +54,7 @@ class _Terminate(Exception):
     """The client sent Terminate."""
 
 
-class ClientSession(StartupMixin, TargetingMixin, asyncio.Protocol,
+class ClientSession(TargetingMixin, asyncio.Protocol,
                     ServerClient):
     """One client connection: the asyncio protocol (its socket's callbacks and the pump
     that reads whole messages), dispatch of each message, the server connection callbacks
@@ -108,6 +108,10 @@ class ClientSession(StartupMixin, TargetingMixin, asyncio.Protocol,
         self.last_write: dict[str, float] = {}   # shard -> when this client's last write ended
         # session settings replayed on whichever server serves this client
         self.settings = SessionSettings(self)   # SET/RESET tracked and replayed
+        # The logical database the client logged in to ([proxy] database or a [[databases]]
+        # name); passed to Proxy.pool_for. None until startup: the main one.
+        self.database: str | None = None
+        self.startup = Startup(self)   # the startup packet, TLS, authentication, greeting
         # the server side: attaching, releasing and parking servers (attachment.py);
         # parked is the same dict, for MultiTxn.ensure and the admin console's SHOW CLIENTS
         self.att = ServerAttachment(self)
@@ -189,7 +193,7 @@ class ClientSession(StartupMixin, TargetingMixin, asyncio.Protocol,
     async def _run(self):
         proxy = self.proxy
         try:
-            if not await self._startup():
+            if not await self.startup.run():
                 return
             proxy.metrics_client_connected(self)
             await self._serve()

@@ -22,63 +22,69 @@ ADMIN_DATABASE = "pgshard"   # the admin console's database (pgshard.proxy.admin
 _STARTUP_SKIP = frozenset({"user", "database", "replication", "options"})
 
 
-class StartupMixin:
-    """The session's startup: SSL negotiation, cancel requests, authentication and the
-    greeting (ParameterStatus, BackendKeyData, the first ReadyForQuery)."""
+class Startup:
+    """The startup of one ClientSession (held as `session.startup`, run once): SSL
+    negotiation, cancel requests, authentication and the greeting (ParameterStatus,
+    BackendKeyData, the first ReadyForQuery). What it learns (user, database, pool mode,
+    the startup packet's settings) is set on the session."""
 
-    # The logical database the client logged in to ([proxy] database or a [[databases]]
-    # name); sessions pass it to Proxy.pool_for. None until startup: the main one.
-    database: str | None = None
+    __slots__ = ("session",)
 
-    async def _next_startup(self):
+    def __init__(self, session):
+        self.session = session
+
+    async def next_startup(self):
+        session = self.session
         while True:
-            pkt = self.buf.next_startup()
+            pkt = session.buf.next_startup()
             if pkt is not None:
                 return pkt
-            await self._wait_data()
+            await session._wait_data()
 
-    async def _next_password(self) -> bytes:
+    async def next_password(self) -> bytes:
+        session = self.session
         while True:
-            msg = self.buf.next_message()
+            msg = session.buf.next_message()
             if msg is not None:
                 t, body = msg
                 if t != 0x70:
                     raise ProtocolViolation(f"expected password response, got message type {chr(t)!r}")
                 return body
-            await self._wait_data()
+            await session._wait_data()
 
-    async def _startup(self) -> bool:
-        proxy = self.proxy
+    async def run(self) -> bool:
+        session = self.session
+        proxy = session.proxy
         while True:
-            code, body = await self._next_startup()
+            code, body = await self.next_startup()
             if code == SSL_REQUEST:
-                if proxy.ssl_context is not None and not self.tls:
-                    if len(self.buf):
+                if proxy.ssl_context is not None and not session.tls:
+                    if len(session.buf):
                         raise ProtocolViolation("received unencrypted data after SSL request")
-                    self.transport.write(b"S")
+                    session.transport.write(b"S")
                     loop = asyncio.get_running_loop()
-                    self.in_tls_handshake = True   # no plaintext error may be written now
+                    session.in_tls_handshake = True   # no plaintext error may be written now
                     try:
-                        self.transport = await loop.start_tls(
-                            self.transport, self, proxy.ssl_context, server_side=True)
+                        session.transport = await loop.start_tls(
+                            session.transport, session, proxy.ssl_context, server_side=True)
                     finally:
-                        self.in_tls_handshake = False
-                    self.tls = True
+                        session.in_tls_handshake = False
+                    session.tls = True
                 else:
-                    self.transport.write(b"N")
+                    session.transport.write(b"N")
             elif code == GSSENC_REQUEST:
-                self.transport.write(b"N")
+                session.transport.write(b"N")
             elif code == CANCEL_REQUEST:
                 pid, key = m.decode_cancel(body)
                 await proxy.cancel(pid, key)
-                self.transport.close()
+                session.transport.close()
                 return False
             elif code == PROTOCOL_3_0:
-                if self.refusal is not None:
+                if session.refusal is not None:
                     # Over a limit at accept (pgshard.proxy.limits): answered now, as
                     # PostgreSQL does, since drivers ignore errors sent before this point.
-                    self._send_error(self.refusal)
-                    self.transport.close()
+                    session._send_error(session.refusal)
+                    session.transport.close()
                     return False
                 params = m.decode_startup_params(body)
                 break
@@ -86,14 +92,14 @@ class StartupMixin:
                 raise ProtocolViolation(
                     f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server "
                     "supports 3.0", sqlstate="0A000")
-        self.user_name = params["user"]
-        database = params.get("database") or self.user_name
+        session.user_name = params["user"]
+        database = params.get("database") or session.user_name
         if proxy.closing:
             raise CannotConnectNow("the proxy is shutting down", severity="FATAL")
-        await self._authenticate()
+        await self.authenticate()
         if database == ADMIN_DATABASE and database != proxy.config.proxy.database:
             from pgshard.proxy.admin import AdminConsole
-            await AdminConsole(self).run(params)   # answered by the proxy itself, no server
+            await AdminConsole(session).run(params)   # answered by the proxy itself, no server
             return False
         logical = proxy.config.database(database)   # a [[databases]] entry, or None
         if database != proxy.config.proxy.database and logical is None:
@@ -103,16 +109,16 @@ class StartupMixin:
                                      hint=f"pgshard serves the database(s) {served}")
         if proxy.catalog is None or not proxy.catalog.shards:
             raise CannotConnectNow("pgshard has no shards configured", severity="FATAL")
-        self.database = database
-        self.pool_mode = (self.user.pool_mode if self.user and self.user.pool_mode
+        session.database = database
+        session.pool_mode = (session.user.pool_mode if session.user and session.user.pool_mode
                           else logical.pool_mode if logical and logical.pool_mode
                           else proxy.config.proxy.pool_mode)
-        self.consistency = self.user.default_consistency if self.user else "strong"
+        session.consistency = session.user.default_consistency if session.user else "strong"
         startup = {k.lower(): v for k, v in params.items() if k not in _STARTUP_SKIP}
         for opt in _parse_options(params.get("options", "")):
             startup[opt[0].lower()] = opt[1]
-        self.settings.connected(startup)
-        server_params = await proxy.server_params(self.user, database)
+        session.settings.connected(startup)
+        server_params = await proxy.server_params(session.user, database)
         out = [m.auth_ok()]
         merged = dict(server_params)
         for k, v in startup.items():
@@ -127,46 +133,47 @@ class StartupMixin:
             merged["application_name"] = ""
         for k, v in merged.items():
             out.append(m.parameter_status(k, v))
-        self.pid, self.secret = proxy.register(self)
-        out.append(m.backend_key_data(self.pid, self.secret))
+        session.pid, session.secret = proxy.register(session)
+        out.append(m.backend_key_data(session.pid, session.secret))
         out.append(m.ready_for_query(b"I"))
-        self.write(b"".join(out))
+        session.write(b"".join(out))
         return True
 
-    async def _authenticate(self) -> None:
-        proxy = self.proxy
-        user = proxy.config.user(self.user_name)
-        self.user = user
+    async def authenticate(self) -> None:
+        session = self.session
+        proxy = session.proxy
+        user = proxy.config.user(session.user_name)
+        session.user = user
         method = user.auth if user else "scram-sha-256"
         if method == "trust":
             return
         if method == "md5":
             salt = os.urandom(4)
-            self.transport.write(m.auth_md5(salt))
-            body = await self._next_password()
+            session.transport.write(m.auth_md5(salt))
+            body = await self.next_password()
             given = m.decode_password(body).encode()
             stored = user.password
             if stored.startswith("SCRAM-SHA-256$"):
-                raise InvalidPassword(f'password authentication failed for user "{self.user_name}"',
+                raise InvalidPassword(f'password authentication failed for user "{session.user_name}"',
                                       detail="the stored secret is a SCRAM verifier; md5 needs the "
                                              "password or its md5 hash")
-            expected = md5_response(self.user_name, stored, salt)
+            expected = md5_response(session.user_name, stored, salt)
             if not secrets.compare_digest(given, expected):
-                raise InvalidPassword(f'password authentication failed for user "{self.user_name}"')
+                raise InvalidPassword(f'password authentication failed for user "{session.user_name}"')
             return
         # SCRAM-SHA-256; an unknown user goes through a doomed exchange, as PostgreSQL does,
         # so the reply does not tell which user names exist.
         secret = user.password if user else scram_verifier(secrets.token_hex(16))
-        scram = ScramServer(secret, user=self.user_name)
-        self.transport.write(m.auth_sasl(scram.mechanisms))
-        mech, data = m.decode_sasl_initial(await self._next_password())
+        scram = ScramServer(secret, user=session.user_name)
+        session.transport.write(m.auth_sasl(scram.mechanisms))
+        mech, data = m.decode_sasl_initial(await self.next_password())
         if mech != SCRAM:
             raise ProtocolViolation(f"unsupported SASL mechanism {mech!r}", sqlstate="28000")
-        self.transport.write(m.auth_sasl_continue(scram.handle_initial(mech, data)))
-        final = scram.handle_final(await self._next_password())
+        session.transport.write(m.auth_sasl_continue(scram.handle_initial(mech, data)))
+        final = scram.handle_final(await self.next_password())
         if user is None:
-            raise InvalidPassword(f'password authentication failed for user "{self.user_name}"')
-        self.transport.write(m.auth_sasl_final(final))
+            raise InvalidPassword(f'password authentication failed for user "{session.user_name}"')
+        session.transport.write(m.auth_sasl_final(final))
 
 
 def _parse_options(options: str) -> list[tuple[str, str]]:
