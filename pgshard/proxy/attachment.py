@@ -141,7 +141,7 @@ class ServerAttachment:
                     s = await pool.acquire()
                 except PgError as exc:
                     if role == "primary" and isinstance(exc, ConnectionFailure):
-                        other = session._other_shard(shard)
+                        other = session.targeting.other_shard(shard)
                         if other is not None:   # the statement needs no particular shard
                             return await self.attach(other, begin, role)
                     if role == "primary" or self.proxy.replicas is None:

@@ -38,7 +38,7 @@ from pgshard.proxy.refusals import raise_sql
 from pgshard.proxy.session_state import SessionSettings
 from pgshard.proxy.simple import SimpleQuery
 from pgshard.proxy.startup import Startup
-from pgshard.proxy.targeting import TargetingMixin
+from pgshard.proxy.targeting import Targeting
 from pgshard.proxy.txn import TxnState
 from pgshard.proxy.units import (
     OP_FLUSH,
@@ -54,7 +54,7 @@ class _Terminate(Exception):
     """The client sent Terminate."""
 
 
-class ClientSession(TargetingMixin, asyncio.Protocol,
+class ClientSession(asyncio.Protocol,
                     ServerClient):
     """One client connection: the asyncio protocol (its socket's callbacks and the pump
     that reads whole messages), dispatch of each message, the server connection callbacks
@@ -101,7 +101,6 @@ class ClientSession(TargetingMixin, asyncio.Protocol,
         self.session_key: bytes | None = None
         self.local_key: bytes | None = None
         self.session_shard: str | None = None
-        self.any_pick: str | None = None    # the shard _any_shard chose for this statement
         self.consistency = "strong"
         self.role = "primary"               # role of the attached server
         self.unit_wrote = False
@@ -111,6 +110,7 @@ class ClientSession(TargetingMixin, asyncio.Protocol,
         # The logical database the client logged in to ([proxy] database or a [[databases]]
         # name); passed to Proxy.pool_for. None until startup: the main one.
         self.database: str | None = None
+        self.targeting = Targeting(self)   # where each statement goes (targeting.py)
         self.startup = Startup(self)   # the startup packet, TLS, authentication, greeting
         # the server side: attaching, releasing and parking servers (attachment.py);
         # parked is the same dict, for MultiTxn.ensure and the admin console's SHOW CLIENTS

@@ -78,7 +78,7 @@ class ExtendedPipeline:
         self.unit_role = "primary"
         self.skip_until_sync = False   # after an error: the client's messages up to its Sync
         self.owe_z = False             # a unit ran to a Sync of its own: the client's is ours
-        self._target = session._target
+        self._target = session.targeting.target
         self._attach_now = session.att.attach_now
         self._reply = session._reply
         self._guard = session._guard
@@ -191,7 +191,7 @@ class ExtendedPipeline:
                 self.ops.append((OP_BIND, st, raw, bind, shard))
                 return
             if self.unit_shard is None:
-                self.unit_role = (session._role_for(shard, plan, st.sql)
+                self.unit_role = (session.targeting.role_for(shard, plan, st.sql)
                                   if proxy.replicas is not None else "primary")
             elif self.unit_role != "primary":
                 self.unit_role = "primary"   # a pipeline of several statements: keep it simple
@@ -310,12 +310,12 @@ class ExtendedPipeline:
             return
         unit = target
         if target is None:
-            target = session._any_shard()
+            target = session.targeting.any_shard()
             if session.sql_prepared:   # a look-only SQL EXECUTE: described where it will run
                 st = next((op[1] for op in ops if op[0] in (OP_PARSE, OP_DESC_STMT)
                            and op[1].plan.first_word == "EXECUTE"), None)
                 if st is not None:
-                    target = session._sql_prepared_route(st.plan, st.sql)
+                    target = session.targeting.sql_prepared_route(st.plan, st.sql)
         executes = any(op[0] == OP_BIND or (op[0] == OP_RAW and op[2] == X_EXEC) for op in ops)
         if executes and self.txn.failed:
             raise aborted()   # the held-back transaction failed: nothing runs until its end
@@ -421,7 +421,7 @@ class ExtendedPipeline:
                         write(m.ready_for_query(session._status()))
                 return True
             if parses and (all(st.validated for st in parses)
-                           or self._attach_now(session._any_shard(), begin=False) is None):
+                           or self._attach_now(session.targeting.any_shard(), begin=False) is None):
                 for op in ops:
                     if op[0] == OP_PARSE:
                         write(m.PARSE_COMPLETE)

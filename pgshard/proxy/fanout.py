@@ -81,7 +81,7 @@ class FanoutRunner:
                 # from its pool could wait for that very one (a pool of one).
                 replies = [await self.on_own_server(emit)]
             else:
-                replies = await scatter.run_on_shards(session, [session._any_shard()], emit)
+                replies = await scatter.run_on_shards(session, [session.targeting.any_shard()], emit)
             names = [scatter.decode_row(raw[5:])[0] for t, raw in replies[0] if t == 0x44]
             names = [n.decode() for n in names if n is not None]
             self.proxy.set_key_position(table, names.index(key) if key in names else -1,
@@ -353,7 +353,7 @@ class FanoutRunner:
         if session.txn.multi.failed and plan.kind not in (r.COMMIT, r.ROLLBACK):
             raise PgError("current transaction is aborted, commands ignored until end of "
                           "transaction block", sqlstate="25P02")
-        target = session._target(plan, bind, st, sql=sql)
+        target = session.targeting.target(plan, bind, st, sql=sql)
         if isinstance(target, Fanout):
             return target
         return Fanout("one", [target], None)

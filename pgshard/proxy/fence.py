@@ -101,7 +101,7 @@ def statement_tokens(session, plan: r.Plan, bind, st, sql: str | None) -> list[i
     if plan.kind != r.STATEMENT:
         return tokens
     text = sql if sql is not None else st.sql
-    a = session._analyze(text)
+    a = session.targeting.analyze(text)
     if a.keys:
         params = bind.params if bind is not None else ()
         formats = bind.param_formats if bind is not None else ()

@@ -137,7 +137,7 @@ class PipelineRunner:
         ops = [op for op in ops if op[0] not in (OP_SYNC, OP_FLUSH)]
         multi = session.txn.multi
         where = assign(ops, multi.shards[0] if multi is not None and multi.shards
-                       else session._any_shard())
+                       else session.targeting.any_shard())
         try:
             begins, end = txn_ends(ops, where)
         except ValueError:

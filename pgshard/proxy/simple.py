@@ -36,7 +36,7 @@ class SimpleQuery:
         self.txn = session.txn
         self.ext = session.ext
         self.attach_now = session.att.attach_now
-        self._target = session._target
+        self._target = session.targeting.target
         self._own_object = session.copy.own_object
         self._reply = session._reply
         self._status = session._status
@@ -127,7 +127,7 @@ class SimpleQuery:
                 raise sticky_fanout(plan)
             return self._guard(session.fan.fanout(shard, [(raw, X_QUERY)], sql, simple=True), True)
         begin = kind != r.SHOW or self.show_in_txn(sql)
-        role = session._role_for(shard, plan, sql) if self.proxy.replicas is not None else "primary"
+        role = session.targeting.role_for(shard, plan, sql) if self.proxy.replicas is not None else "primary"
         if role == "primary" and kind == r.STATEMENT and not plan.is_read:
             session.unit_wrote = True
         s = self.attach_now(shard, begin, role)
@@ -180,7 +180,7 @@ class SimpleQuery:
                 "a fastpath function call (large objects) needs its shard: the cluster has "
                 f"{len(cat.shards)}", hint="SET pgshard.shard = '<name>' first, or call the "
                 "function with SELECT")
-        shard = session.shard if s is not None else session._any_shard()
+        shard = session.shard if s is not None else session.targeting.any_shard()
         role = session.role if s is not None else "primary"
         got = self.attach_now(shard, True, role)
         if got is None:

@@ -14,54 +14,67 @@ from pgshard.sql.relations import user_relations
 from pgshard.sql.sql_prepare import NOT_CONSTANT, execute_call, prepared_statement
 
 
-class TargetingMixin:
+class Targeting:
+    """Where one ClientSession's statements go (held as `session.targeting`): target() gives
+    the shard (a name) or a Fanout, role_for() the primary or a replica, any_shard() the
+    client's own pick for statements that touch no shard data. It reads the session's
+    routing inputs (hints, the pgshard.* settings, its server and transaction)."""
 
-    def _any_shard(self) -> str:
+    __slots__ = ("session", "any_pick")
+
+    def __init__(self, session):
+        self.session = session
+        self.any_pick: str | None = None    # the shard any_shard chose for this statement
+
+    def any_shard(self) -> str:
         """A shard for statements that touch no shard data (Parse/Describe without a key,
         SELECT 1, SHOW): this client's own pick among the shards whose primary answers,
         so that no one shard is needed by everyone."""
-        if self.session_shard:
-            return self.session_shard
-        multi = self.txn.multi
+        session = self.session
+        if session.session_shard:
+            return session.session_shard
+        multi = session.txn.multi
         if multi is not None and multi.shards and not multi.implicit:
             return multi.shards[0]   # the client's transaction on several shards: its first
-        if self.ext.unit_shard is not None:   # a pipeline already bound to a shard stays there
-            return self.ext.unit_shard
-        if self.server is not None:       # so does a client that holds a server
-            return self.shard
-        if self.att.parked:                   # or whose state a server keeps
-            return next(reversed(self.att.parked))[0]
-        cat = self.proxy.catalog
+        if session.ext.unit_shard is not None:   # a pipeline already bound to a shard stays there
+            return session.ext.unit_shard
+        if session.server is not None:       # so does a client that holds a server
+            return session.shard
+        if session.att.parked:                   # or whose state a server keeps
+            return next(reversed(session.att.parked))[0]
+        cat = session.proxy.catalog
         shards = cat.serving_shards() or cat.shard_names()   # a new shard may lack the schema
         n = len(shards)
-        start = self.pid % n if n > 1 else 0
+        start = session.pid % n if n > 1 else 0
         for i in range(n):
             name = shards[(start + i) % n]
-            if n == 1 or self.proxy.pool_for(name, self.user, database=self.database).healthy():
+            if n == 1 or session.proxy.pool_for(name, session.user, database=session.database).healthy():
                 break
         else:
             name = shards[start]
         self.any_pick = name
         return name
 
-    def _other_shard(self, failed: str) -> str | None:
+    def other_shard(self, failed: str) -> str | None:
         """After the shard _any_shard chose could not be reached: another healthy one."""
-        if self.session_shard or self.any_pick != failed:
+        session = self.session
+        if session.session_shard or self.any_pick != failed:
             return None
-        cat = self.proxy.catalog
+        cat = session.proxy.catalog
         for name in cat.serving_shards() or cat.shard_names():
-            if name != failed and self.proxy.pool_for(name, self.user, database=self.database).healthy():
+            if name != failed and session.proxy.pool_for(name, session.user, database=session.database).healthy():
                 self.any_pick = name
                 return name
         return None
 
-    def _target(self, plan: r.Plan, bind=None, st=None, sql: str | None = None):
+    def target(self, plan: r.Plan, bind=None, st=None, sql: str | None = None):
         """The shard for a statement (a name), or a Fanout. Precedence: hints, then
         SET pgshard.*, then a named parameter, then the key read from the SQL itself."""
+        session = self.session
         self.any_pick = None
-        cat = self.proxy.catalog
+        cat = session.proxy.catalog
         if cat.fences:   # resharding: keys in a moving range wait for the new owner
-            fence.hold_if_fenced(self, plan, bind, st, sql)
+            fence.hold_if_fenced(session, plan, bind, st, sql)
         if plan.shard is not None:
             cat.shard(plan.shard)  # raises for an unknown shard
             return self._explicit(plan.shard, "the /* shard */ hint", plan, bind, st, sql)
@@ -74,39 +87,40 @@ class TargetingMixin:
                               sqlstate="22023")
             v = bind.params[i]
             if v is None:   # matches no row anywhere: any shard answers as one database would
-                return self._any_shard()
+                return self.any_shard()
             key = hashing.key_from_param(v, bind.param_format(i), st.param_oid(i))
         how = "the shard_key hint"
         if key is None:
-            key = self.local_key if self.local_key is not None else self.session_key
+            key = session.local_key if session.local_key is not None else session.session_key
             how = "SET pgshard.shard_key"
         if key is not None:
             return self._explicit(cat.ring.owner(hashing.token(key)), how, plan, bind, st, sql)
-        if self.session_shard is not None:
-            return self._explicit(self.session_shard, "SET pgshard.shard", plan, bind, st, sql)
+        if session.session_shard is not None:
+            return self._explicit(session.session_shard, "SET pgshard.shard", plan, bind, st, sql)
         if len(cat.shards) == 1:
             return cat.shards[0].name
         if plan.kind != r.STATEMENT:
-            return self._any_shard()
+            return self.any_shard()
         if plan.first_word in ("PREPARE", "EXECUTE") and not plan.multi:
-            return self._sql_prepared_route(plan, sql if sql is not None else st.sql)
+            return self.sql_prepared_route(plan, sql if sql is not None else st.sql)
         return self._auto_route(sql if sql is not None else st.sql, bind, st)
 
-    def _sql_prepared_route(self, plan: r.Plan, sql: str) -> str:
+    def sql_prepared_route(self, plan: r.Plan, sql: str) -> str:
         """An SQL PREPARE defines a statement and touches no row: the client's own shard
         (its server keeps it). An EXECUTE goes where its statement would with its
         arguments (the PREPARE is made there too, see ServerAttachment.replay_sql_prepare)."""
+        session = self.session
         if plan.first_word == "PREPARE":
-            return self._any_shard()
+            return self.any_shard()
         call = execute_call(sql)
-        text = self.sql_prepared.get(call[0]) if call is not None else None
+        text = session.sql_prepared.get(call[0]) if call is not None else None
         got = prepared_statement(text) if text else None
         if got is None:
-            return self._any_shard()   # unknown here: the server answers (26000)
+            return self.any_shard()   # unknown here: the server answers (26000)
         name, args = call
-        a = self._analyze(got[1])
+        a = self.analyze(got[1])
         if not a.tables:
-            return self._any_shard()
+            return self.any_shard()
         if a.keys is None:
             raise FeatureNotSupported(
                 f"EXECUTE {name}: its statement has no shard key on {', '.join(a.tables)}, "
@@ -119,12 +133,12 @@ class TargetingMixin:
                 f"EXECUTE {name}: the shard key argument must be a constant",
                 hint="pass the key as a literal, or use the driver's prepared statements")
         params = tuple(b"" if v is NOT_CONSTANT else v for v in args)
-        ring = self.proxy.catalog.ring
+        ring = session.proxy.catalog.ring
         owners = sorted({ring.owner(hashing.token(k.resolve(params, (), ())))
                          for k in a.keys
                          if k.param is None or k.param > len(params) or params[k.param - 1] is not None})
         if not owners:
-            return self._any_shard()
+            return self.any_shard()
         if len(owners) > 1:
             raise r.CrossShardTransaction(
                 f"EXECUTE {name}: its arguments name keys on {len(owners)} shards "
@@ -134,17 +148,18 @@ class TargetingMixin:
     def _explicit(self, shard: str, how: str, plan: r.Plan, bind, st, sql: str | None) -> str:
         """An explicit choice of shard, checked for writes: a row the SQL names by its key
         goes only to the shard that owns that key, or a keyed read could never find it."""
+        session = self.session
         if plan.kind != r.STATEMENT or plan.is_read or plan.is_ddl or plan.multi:
             return shard
-        cat = self.proxy.catalog
+        cat = session.proxy.catalog
         if len(cat.shards) == 1 or not cat.tables:
             return shard
         sql = sql if sql is not None else st.sql
-        proxy = self.proxy
-        positions = proxy.key_positions_of(self.database)[1]
+        proxy = session.proxy
+        positions = proxy.key_positions_of(session.database)[1]
         if bind is None and fastkey.route(sql, cat, positions) == shard:
             return shard
-        a = self._analyze(sql)
+        a = self.analyze(sql)
         if a.keys is None or a.kind not in (sp.INSERT, sp.UPDATE, sp.DELETE):
             return shard
         owners = self._key_owners(a, bind, st)
@@ -158,11 +173,12 @@ class TargetingMixin:
                      "row's own key in /* shard_key: … */)")
         return shard
 
-    def _analyze(self, sql: str):
+    def analyze(self, sql: str):
         """The pglast analysis of sql; an INSERT without a column list first needs the key
         column's position in its table (NeedColumns: the session learns it and retries)."""
-        proxy = self.proxy
-        known, positions = proxy.key_positions_of(self.database)
+        session = self.session
+        proxy = session.proxy
+        known, positions = proxy.key_positions_of(session.database)
         a = sp.analyze(sql, proxy.catalog.tables, positions)
         if a.kind == sp.INSERT and a.keys is None and a.tables:
             missing = [t for t in a.tables if t not in known]
@@ -172,7 +188,8 @@ class TargetingMixin:
 
     def _key_owners(self, a, bind, st) -> list[str]:
         """The shards that own the keys an analysis found, sorted."""
-        ring = self.proxy.catalog.ring
+        session = self.session
+        ring = session.proxy.catalog.ring
         params = bind.params if bind is not None else ()
         formats = bind.param_formats if bind is not None else ()
         oids = tuple(st.param_oid(i) for i in range(len(params))) if st is not None else ()
@@ -189,21 +206,22 @@ class TargetingMixin:
                                       "shard's plan; give the key to run it on its shard")
         return Fanout("explain", shards, a)
 
-    def _role_for(self, shard: str, plan: r.Plan, sql: str) -> str:
+    def role_for(self, shard: str, plan: r.Plan, sql: str) -> str:
         """primary, or replica:<i> for a read under eventual/session consistency (also a
         whole BEGIN READ ONLY transaction: a write in it gets the replica's own error)."""
-        s = self.server
+        session = self.session
+        s = session.server
         if s is not None and s.txn_status != b"I":
-            return self.role      # inside a transaction: it stays where it is
-        cons = plan.consistency or self.consistency
-        mon = self.proxy.replicas
-        if cons == "strong" or mon is None or self.pool_mode == "session":
+            return session.role      # inside a transaction: it stays where it is
+        cons = plan.consistency or session.consistency
+        mon = session.proxy.replicas
+        if cons == "strong" or mon is None or session.pool_mode == "session":
             return "primary"
-        read_only_txn = self.txn.pending is not None and \
-            READ_ONLY.search(self.txn.pending) is not None
-        if self.txn.pending is not None and not read_only_txn:
+        read_only_txn = session.txn.pending is not None and \
+            READ_ONLY.search(session.txn.pending) is not None
+        if session.txn.pending is not None and not read_only_txn:
             return "primary"
-        if s is not None and self.role != "primary" and s.expect:
+        if s is not None and session.role != "primary" and s.expect:
             return "primary"
         if not read_only_txn:
             if plan.kind not in (r.STATEMENT, r.SHOW):
@@ -211,11 +229,11 @@ class TargetingMixin:
             if plan.kind == r.STATEMENT:
                 if plan.first_word not in ("SELECT", "WITH", "VALUES", "TABLE"):
                     return "primary"
-                a = sp.analyze(sql, self.proxy.catalog.tables)
+                a = sp.analyze(sql, session.proxy.catalog.tables)
                 if a.kind != sp.SELECT or a.locking:
                     return "primary"   # includes SQL that does not parse: never a replica
         if cons == "session":
-            t = self.last_write.get(shard)
+            t = session.last_write.get(shard)
             if t is not None:
                 lsn = mon.primary_lsn_since(shard, t)
                 if lsn is None:
@@ -229,13 +247,14 @@ class TargetingMixin:
 
     def _auto_route(self, sql: str, bind, st):
         """Route by what the SQL says (pglast): keys in WHERE / VALUES, or a fan-out."""
-        cat = self.proxy.catalog
-        proxy = self.proxy
+        session = self.session
+        cat = session.proxy.catalog
+        proxy = session.proxy
         if bind is None:
-            shard = fastkey.route(sql, cat, proxy.key_positions_of(self.database)[1])
+            shard = fastkey.route(sql, cat, proxy.key_positions_of(session.database)[1])
             if shard is not None:
                 return shard
-        a = self._analyze(sql)
+        a = self.analyze(sql)
         if a.updates_key:
             raise FeatureNotSupported(
                 "UPDATE changes the shard key column; that would move the row to another shard",
@@ -243,7 +262,7 @@ class TargetingMixin:
         if a.keys is not None:
             owners = self._key_owners(a, bind, st)
             if not owners:
-                return self._any_shard()
+                return self.any_shard()
             if len(owners) == 1:
                 return owners[0]
             if a.kind == sp.EXPLAIN:
@@ -252,11 +271,11 @@ class TargetingMixin:
                 if a.refuse:
                     raise FeatureNotSupported(f"cannot run this query across shards: {a.refuse}")
                 return Fanout("read", owners, a)
-            if a.insert_rows and bind is not None and self.proxy.twophase is not None:
+            if a.insert_rows and bind is not None and session.proxy.twophase is not None:
                 return Fanout("insert", owners, a)   # rows split with their parameters
             if a.insert_rows and bind is None and (
-                    self.server is None and self.txn.pending is None
-                    or self.proxy.twophase is not None):
+                    session.server is None and session.txn.pending is None
+                    or session.proxy.twophase is not None):
                 groups: dict[str, list[int]] = {}
                 for k, row in a.insert_rows:
                     owner = cat.ring.owner(hashing.token(k.resolve()))
@@ -267,7 +286,7 @@ class TargetingMixin:
                     f"this multi-row INSERT spans {len(owners)} shards; it is split per shard "
                     "only as a simple-protocol statement outside a transaction",
                     hint="insert the rows of each shard in its own statement")
-            if a.kind in (sp.UPDATE, sp.DELETE) and self.proxy.twophase is not None:
+            if a.kind in (sp.UPDATE, sp.DELETE) and session.proxy.twophase is not None:
                 return Fanout("write", owners, a)   # each owner matches only its own rows
             if a.kind == sp.INSERT:
                 raise r.CrossShardTransaction(
@@ -282,7 +301,7 @@ class TargetingMixin:
                 hint="write the rows of each shard in its own statement")
         if a.kind == sp.UNPARSED:
             # Never guess: unparsable SQL goes to a primary, where it will most likely fail.
-            return self._any_shard()
+            return self.any_shard()
         if a.tables:
             if a.kind == sp.SELECT and not a.locking:
                 if a.refuse:
@@ -291,9 +310,9 @@ class TargetingMixin:
             if a.kind == sp.DDL:
                 return Fanout("ddl", [sh.name for sh in cat.shards], a)
             if a.kind == sp.LOCK:
-                if self.txn.pending is None and self.txn.multi is None and (
-                        self.server is None or self.server.txn_status == b"I"):
-                    return self._any_shard()   # outside a transaction: PostgreSQL's own error
+                if session.txn.pending is None and session.txn.multi is None and (
+                        session.server is None or session.server.txn_status == b"I"):
+                    return self.any_shard()   # outside a transaction: PostgreSQL's own error
                 return Fanout("lock", list(cat.serving_shards()), a)
             if a.kind == sp.COPY_OUT:
                 if a.refuse:
@@ -302,7 +321,7 @@ class TargetingMixin:
             if a.kind == sp.EXPLAIN:
                 return self._explain_fanout(a, list(cat.serving_shards()))
             if a.kind in (sp.UPDATE, sp.DELETE):
-                if self.proxy.twophase is not None:
+                if session.proxy.twophase is not None:
                     # No key: every shard that may hold rows runs it, in one transaction.
                     return Fanout("write", list(cat.serving_shards()), a)
                 raise r.CrossShardTransaction(
@@ -322,5 +341,5 @@ class TargetingMixin:
                 hint="declare the table with its shard key ([[tables]] in the config, or PUT "
                      "/api/v1/tables/<name>), or pin the statement: /* shard: <name> */ or "
                      "/* shard_key: <value> */")
-        return self._any_shard()
+        return self.any_shard()
 
