@@ -61,8 +61,9 @@ class ClientSession(asyncio.Protocol,
     (ServerClient), errors and teardown. Its parts are composed: the simple protocol
     (`simple`, simple.py), the extended-protocol pipeline (`ext`, extended.py) and the
     server attachment (`att`, attachment.py), the units on several shards (`fan`,
-    fanout.py; `pipes`, pipelines.py) and COPY split by key (`copy`, copysplit.py);
-    startup, targeting and settings are still mixins."""
+    fanout.py; `pipes`, pipelines.py), COPY split by key (`copy`, copysplit.py), the
+    startup (`startup`, startup.py), the settings (`settings`, session_state.py) and the
+    routing of each statement (`targeting`, targeting.py)."""
 
     def __init__(self, proxy):
         self.proxy = proxy

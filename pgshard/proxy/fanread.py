@@ -124,6 +124,9 @@ async def stream_read(session, shards: list[str], servers, emit, spec: MergeSpec
 
 
 class _Walk:
+    """One fan-out read in progress: the shards' row streams merged (or one relayed) into
+    the client's single answer as rows arrive."""
+
     copy_header = False
 
     def __init__(self, session, shards, streams: list[ShardStream], spec: MergeSpec,

@@ -6,7 +6,7 @@ open on the fenced ranges' shards) is also decided here.
 The routing path calls `hold_if_fenced` (pgshard.proxy.targeting) while the catalog has
 fences. A router whose store lease lapsed (pgshard.control.lease_gate) serves a catalog with
 the whole ring fenced, so every statement comes here and is refused (57P03). It raises `FenceHeld`, which the session treats like NeedColumns: it awaits the hold
-(pgshard.proxy.fanout._learn_columns) and dispatches the message again, so a held statement
+(pgshard.proxy.fanout.FanoutRunner.learn_columns) and dispatches the message again, so a held statement
 neither fails nor blocks other clients.
 """
 

@@ -33,3 +33,20 @@ def test_every_module_has_a_docstring():
     bare = [str(p.relative_to(ROOT)) for p in _modules()
             if p.name != "__main__.py" and not ast.get_docstring(ast.parse(p.read_text()))]
     assert not bare, f"modules without a docstring saying what they own: {bare}"
+
+
+def test_every_class_of_the_data_plane_has_a_docstring():
+    bare = []
+    for p in sorted((PACKAGE / "proxy").glob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ClassDef) and not ast.get_docstring(node):
+                bare.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not bare, f"classes without a docstring: {bare}"
+
+
+def test_the_client_session_is_composed_not_mixed_in():
+    """ClientSession's bases are the asyncio protocol and the server-callback protocol;
+    its parts are objects it holds (README, Code map)."""
+    from pgshard.proxy.backend import ServerClient
+    from pgshard.proxy.client import ClientSession
+    assert [b.__name__ for b in ClientSession.__bases__] == ["Protocol", ServerClient.__name__]
