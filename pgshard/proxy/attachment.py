@@ -30,7 +30,7 @@ class Orphan(ServerClient):
 
     def server_idle(self, server):
         if self.failed:
-            server.sticky = "its reset after the client left failed"
+            server.pin("its reset after the client left failed")
         self.pool.release(server)   # closes it when sticky
 
 
@@ -198,7 +198,7 @@ class ServerAttachment:
         session = self.session
         pool_mode = session.pool_mode
         if pool_mode == "session" and self.proxy.config.proxy.session_server_reset == "close":
-            s.sticky = "its session ended (session_server_reset = close)"
+            s.pin("its session ended (session_server_reset = close)")
             s.pool.release(s)   # closed: the next client gets a new backend
             return
         if s.usable and not s.expect and s.unsynced != 2:
@@ -241,12 +241,12 @@ class ServerAttachment:
     def pin(self, s, plan: r.Plan, sql: str | None = None) -> None:
         """plan leaves state on s the proxy cannot replay: s stays this client's. An SQL
         PREPARE is remembered, to be made again on another shard an EXECUTE goes to."""
-        s.sticky = plan.sticky
+        s.pin(plan.sticky)
         if plan.first_word == "PREPARE" and plan.name:
             got = prepared_statement(sql) if sql is not None else None
             name = got[0] if got else plan.name
             self.session.sql_prepared[name] = sql or ""
-            s.sql_names[name] = sql or ""
+            s.note_sql_prepare(name, sql or "")
         elif plan.first_word == "LOAD" and sql:
             self.session.settings.loaded(s, sql)
 
@@ -261,8 +261,9 @@ class ServerAttachment:
         if name in s.sql_names:   # an older definition under that name
             s.query('DEALLOCATE "' + name.replace('"', '""') + '"', swallow=True)
         s.query(text, swallow=True)
-        s.sql_names[name] = text
-        s.sticky = s.sticky or "SQL PREPARE"
+        s.note_sql_prepare(name, text)
+        if not s.sticky:
+            s.pin("SQL PREPARE")
 
     def take_parked(self, shard: str, role: str):
         s = self.parked.pop((shard, role), None)

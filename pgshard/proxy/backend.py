@@ -354,6 +354,22 @@ class ServerConnection(asyncio.Protocol):
         """The settings this server had before a transaction that is now rolled back."""
         self.vars = vars_
 
+    def pin(self, reason: str) -> None:
+        """This server holds state of its client the proxy cannot replay (or must not be
+        reused): never released to another client; the pool closes it."""
+        self.sticky = reason
+
+    def note_sql_prepare(self, name: str, text: str) -> None:
+        """An SQL PREPARE made here (text: the whole PREPARE statement)."""
+        self.sql_names[name] = text
+
+    def forget_sql_prepare(self, name: str | None) -> None:
+        """DEALLOCATE name (None: ALL) ran here."""
+        if name is None:
+            self.sql_names.clear()
+        else:
+            self.sql_names.pop(name, None)
+
     def forget_session(self) -> None:
         """After DISCARD ALL: no statement, no setting is left here."""
         self.sticky = None

@@ -276,10 +276,7 @@ class SimpleQuery:
         elif plan.first_word == "EXECUTE" and session.sql_prepared:
             session.att.replay_sql_prepare(s, m.decode_query(raw[5:]))
         elif plan.kind == r.DEALLOCATE:
-            if plan.name is None:
-                s.sql_names.clear()
-            else:
-                s.sql_names.pop(plan.name, None)
+            s.forget_sql_prepare(plan.name)
         session._t0 = time.monotonic()
         session._qkind = query_kind(plan)
         session._qsql = raw
