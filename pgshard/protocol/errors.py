@@ -38,6 +38,16 @@ def lookup(sqlstate: str) -> type[PgError]:
     return _REGISTRY.get(sqlstate) or _REGISTRY.get(sqlstate[:2] + "000") or PgError
 
 
+def from_fields(fields: dict[str, str], prefix: str = "", detail: str | None = None) -> PgError:
+    """A server's ErrorResponse (its decoded fields) as the typed error relayed to a client:
+    the same SQLSTATE, severity, hint and detail (detail: a replacement), the message after
+    prefix (e.g. the shard's name)."""
+    code = fields.get("C", "XX000")
+    return lookup(code)(prefix + fields.get("M", ""), hint=fields.get("H"),
+                        detail=detail if detail is not None else fields.get("D"),
+                        sqlstate=code, severity=fields.get("V", fields.get("S", "ERROR")))
+
+
 class ProtocolViolation(PgError, code="08P01"):
     """The peer sent bytes that are not the PostgreSQL protocol (RemoteProtocolError)."""
 

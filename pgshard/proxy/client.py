@@ -401,7 +401,7 @@ class ClientSession(asyncio.Protocol,
             if self.transport is not None:
                 self.transport.close()
             return
-        err = m.error_response("08006", f"lost the server connection to shard: {reason}")
+        err = m.error_from(ConnectionFailure(f"lost the server connection to shard: {reason}"))
         if outstanding:
             self.write(err + m.ready_for_query(b"I"))
         else:

@@ -6,8 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+from pgshard.protocol import errors
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import ActiveSqlTransaction, FeatureNotSupported, PgError
+from pgshard.protocol.errors import (
+    ActiveSqlTransaction,
+    FeatureNotSupported,
+    InternalError,
+    PgError,
+)
 from pgshard.proxy import fanread, read_filter, scatter
 from pgshard.proxy.backend import (
     X_BIND,
@@ -230,11 +236,10 @@ class FanoutRunner:
             if fan.kind != "read" and session.txn.multi is None:
                 ok = [n for n, fr in zip(fan.shards, replies, strict=True) if not any(t == 0x45 for t, _ in fr)]
                 if ok:
-                    f = m.decode_fields(err[5:])
-                    err = m.error_response(
-                        f.get("C", "XX000"), f.get("M", ""), hint=f.get("H"),
+                    err = m.error_from(errors.from_fields(
+                        m.decode_fields(err[5:]),
                         detail=f"the statement succeeded on {', '.join(ok)}; fix the failing "
-                               "shard and re-run it there, or undo it on the others")
+                               "shard and re-run it there, or undo it on the others"))
             session.write(err)
             return None
         if fan.kind in ("insert", "write"):
@@ -401,10 +406,10 @@ class FanoutRunner:
         finally:
             multi.release(abort=bool(failed), keep=session.att.keep_parked)
         if failed:
-            return m.error_response(
-                "XX000", f"COMMIT failed on {', '.join(failed)}",
+            return m.error_from(InternalError(
+                f"COMMIT failed on {', '.join(failed)}",
                 detail=f"committed on: {', '.join(d for d in done) or 'none'} (no two-phase "
-                       "commit yet: the shards now disagree)")
+                       "commit yet: the shards now disagree)"))
         return m.command_complete(word)
 
     async def fanout(self, fan: Fanout, parts, sql: str, simple: bool) -> None:

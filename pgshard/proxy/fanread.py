@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 
+from pgshard.protocol import errors
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import FeatureNotSupported, PgError, ProtocolViolation
 from pgshard.proxy.shardstream import (
@@ -57,9 +58,7 @@ class ClientGone(Exception):
 
 def shard_error(name: str, frame: bytes) -> bytes:
     """A shard's ErrorResponse frame with its message prefixed by the shard's name."""
-    f = m.decode_fields(frame[5:])
-    return m.error_response(f.get("C", "XX000"), f"{name}: {f.get('M', '')}",
-                            severity=f.get("V", "ERROR"), hint=f.get("H"), detail=f.get("D"))
+    return m.error_from(errors.from_fields(m.decode_fields(frame[5:]), f"{name}: "))
 
 
 class _Output:

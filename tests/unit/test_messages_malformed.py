@@ -221,3 +221,17 @@ def test_mutated_bodies_fail_only_with_typed_errors():
                     key_from_param(data, fmt, oid)
                 except PgError as exc:
                     assert not exc.fatal, (data, fmt, oid, exc)
+
+
+def test_a_relayed_server_error_keeps_its_fields_and_gets_its_class():
+    from pgshard.protocol import errors
+
+    frame = m.error_response("23505", "duplicate key value", severity="ERROR",
+                             hint="h", detail="d")
+    exc = errors.from_fields(m.decode_fields(frame[5:]), "shard1: ")
+    assert type(exc) is errors.lookup("23505")
+    assert (exc.sqlstate, exc.message, exc.hint, exc.detail, exc.severity) == \
+        ("23505", "shard1: duplicate key value", "h", "d", "ERROR")
+    fatal = errors.from_fields({"C": "57P01", "M": "bye", "V": "FATAL"}, detail="x")
+    assert isinstance(fatal, errors.AdminShutdown) and fatal.fatal and fatal.detail == "x"
+    assert m.decode_fields(m.error_from(exc)[5:])["M"] == "shard1: duplicate key value"
