@@ -146,3 +146,17 @@ def test_the_one_match_hint_reading_gives_what_the_general_one_gives(monkeypatch
     monkeypatch.setattr(r, "_BARE_HINT", __import__("re").compile(r"(?!)"))
     assert [r._hint(b) for b in bodies] == fast
     assert sum(1 for h in fast if h is not None) > 300
+
+
+@pytest.mark.parametrize("kw", [{}, {"shard_key": b"42"}, {"shard": "s1"}, {"key_param": 2},
+                                {"consistency": "eventual"}])
+def test_the_fast_paths_plan_is_a_plan_like_any_other(kw):
+    """_hinted_plan builds its Plan without the frozen __init__: the same type, fields,
+    equality and hash, and as frozen."""
+    import dataclasses
+
+    p, q = r._hinted_plan("SELECT", **kw), r.Plan(r.STATEMENT, "SELECT", **kw)
+    assert type(p) is r.Plan and p == q and hash(p) == hash(q)
+    assert dataclasses.astuple(p) == dataclasses.astuple(q)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.shard = "elsewhere"
