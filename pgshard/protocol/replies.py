@@ -17,13 +17,18 @@ from pgshard.protocol import messages as m
 
 # Expectation kinds: what a pushed request was.
 X_PARSE, X_BIND, X_DESC_STMT, X_DESC_PORTAL, X_EXEC, X_CLOSE, X_SYNC, X_QUERY, X_FAKE = range(9)
+# The same kinds under private names, for this module's own use: compiled, these are C
+# integers (replies.pxd), where the public names are module attributes looked up at run time.
+_PARSE, _BIND, _DESC_STMT, _DESC_PORTAL, _EXEC, _SYNC, _QUERY, _FAKE = (
+    X_PARSE, X_BIND, X_DESC_STMT, X_DESC_PORTAL, X_EXEC, X_SYNC, X_QUERY, X_FAKE)
 
 # What feed() reports besides the bytes to forward.
 AT_IDLE = 1     # every request answered, up to a ReadyForQuery: the server is at an idle point
 DRAINED = 2     # every request answered, but the unit is not over (it ended with a Flush)
 
-_EXEC_END = frozenset(b"CIs")
 ASYNC_TYPES = frozenset(b"NAS")   # notice, notification, parameter status: may come any time
+# Each byte value as a bytes object: a ReadyForQuery's status without slicing the data.
+_BYTE = tuple(bytes((i,)) for i in range(256))
 
 
 def param_oids(body) -> tuple[int, ...]:
@@ -67,11 +72,11 @@ class ReplyMatcher:
         went by). bare: the error this request makes is the proxy's own, raised through
         the server (a DO block, so that the server's transaction fails too): forwarded
         without the CONTEXT line PL/pgSQL adds, as PostgreSQL's own errors look."""
-        if kind == X_FAKE:
+        if kind == _FAKE:
             if not self.expect:
                 return fake
-        elif kind < X_SYNC:
-            if kind == X_BIND or kind == X_EXEC:
+        elif kind < _SYNC:
+            if kind == _BIND or kind == _EXEC:
                 self.unsynced = 2
             elif not self.unsynced:
                 self.unsynced = 1
@@ -88,9 +93,10 @@ class ReplyMatcher:
         out = []
         span = 0          # start of the pending forwarded span in data
         at_idle = False
+        popped = True     # the head of the queue may have changed (a fake may be next)
         for t, s, e in frames:
             keep = True
-            if t in ASYNC_TYPES:
+            if t == 0x4E or t == 0x41 or t == 0x53:   # ASYNC_TYPES, as C compares
                 if t == 0x53:
                     k, v = m.decode_parameter_status(data[s + 5:e])
                     events.append(("param", k, v))
@@ -104,7 +110,13 @@ class ReplyMatcher:
                     self.skipping = False
                     self._drop_until_sync()
                 head = expect.popleft()
-                status = self.txn_status = data[s + 5:s + 6]
+                popped = True
+                if e > s + 5:
+                    c = data[s + 5]
+                    status = _BYTE[c]
+                else:   # a ReadyForQuery without its status byte (malformed)
+                    status = data[s + 5:s + 6]
+                self.txn_status = status
                 keep = not head[1]
                 at_idle = not expect
                 if keep and status == b"I" and head[2] is not None:
@@ -117,44 +129,50 @@ class ReplyMatcher:
             elif t == 0x45:  # ErrorResponse: always forwarded
                 events.append(("error", bytes(data[s + 5:e])))
                 self.unit_failed = True
-                if len(expect[0]) > 3:   # the proxy's own error: without PL/pgSQL's CONTEXT
+                head = expect[0]
+                if len(head) > 3:   # the proxy's own error: without PL/pgSQL's CONTEXT
                     if span < s:
                         out.append(data[span:s])
                     span = e
                     out.append(_without_context(bytes(data[s + 5:e])))
-                if expect[0][0] != X_QUERY:
+                if head[0] != _QUERY:
                     # The server now skips everything up to the next Sync: the failed request
                     # and every one after it.
                     self.skipping = True
                     self._drop_until_sync()
+                    popped = True
             else:
                 head = expect[0]
                 kind = head[0]
-                if kind == X_QUERY or kind == X_EXEC:
+                if kind == _QUERY or kind == _EXEC:
                     keep = not head[1]
-                    if kind == X_EXEC and t in _EXEC_END:
-                        expect.popleft()
-                elif kind == X_DESC_STMT and t == 0x74:  # ParameterDescription
+                    if kind == _EXEC and (t == 0x43 or t == 0x49 or t == 0x73):
+                        expect.popleft()   # an Execute's end: CommandComplete, Empty, Suspended
+                        popped = True
+                elif kind == _DESC_STMT and t == 0x74:  # ParameterDescription
                     keep = not head[1]
-                    head[0] = X_DESC_PORTAL
+                    head[0] = _DESC_PORTAL
                     st = head[2]
                     if st is not None and st.described_oids is None:
                         st.described_oids = param_oids(data[s + 5:e])
                 else:
                     keep = not head[1]
                     expect.popleft()
-                    if kind == X_PARSE and t == 0x31 and head[2]:
+                    popped = True
+                    if kind == _PARSE and t == 0x31 and head[2]:
                         head[2][0].validated = True
             if not keep:
                 if span < s:
                     out.append(data[span:s])
                 span = e
-            # Fakes at the head of the queue go out now, in order.
-            while expect and expect[0][0] == X_FAKE:
-                if span < e:
-                    out.append(data[span:e])
-                span = e
-                out.append(expect.popleft()[2])
+            if popped:
+                # Fakes at the head of the queue go out now, in order.
+                while expect and expect[0][0] == _FAKE:
+                    if span < e:
+                        out.append(data[span:e])
+                    span = e
+                    out.append(expect.popleft()[2])
+                popped = False
         if span == 0:
             write = data if frames else None
         else:
@@ -169,9 +187,9 @@ class ReplyMatcher:
         """Forget requests the server skipped. A Parse among them (failed, or never run)
         left no statement here (nor, for the client, at all)."""
         expect = self.expect
-        while expect and expect[0][0] != X_SYNC:
+        while expect and expect[0][0] != _SYNC:
             dropped = expect.popleft()
-            if dropped[0] == X_PARSE and dropped[2]:
+            if dropped[0] == _PARSE and dropped[2]:
                 self.events.append(("parse_failed", dropped[2][0], dropped[2][1]))
 
     def reset(self) -> None:

@@ -8,6 +8,7 @@ state into a shard name.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import islice
@@ -52,6 +53,7 @@ _READ_WORDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "EXPLAIN", "SHOW",
 _DDL_WORDS = frozenset({"CREATE", "ALTER", "DROP", "TRUNCATE", "COMMENT", "GRANT", "REVOKE"})
 
 PGSHARD_SETTINGS = ("shard_key", "shard", "consistency")
+_SPACES = " \t\n\r\f\v"     # what the lexer takes as space (not Unicode's other spaces)
 _HINT_NAMES = frozenset({"shard_key_param", "shard_key", "shard", "consistency"})
 
 
@@ -112,21 +114,86 @@ def cache_usage() -> tuple[int, int]:
 _PLAIN = {w: Plan(STATEMENT, w) for w in ("SELECT", "INSERT", "UPDATE", "DELETE")}
 
 
+class _PlanSlots:
+    """Plan's slots, settable: the fast path fills one and makes it a Plan (the same
+    layout), for Plan's frozen __init__ costs an object.__setattr__ call per field (18k
+    instructions, a third of the classification of a hinted text; this costs 5k)."""
+
+    __slots__ = Plan.__slots__
+
+
+def _hinted_plan(word: str, shard_key: bytes | None = None, shard: str | None = None,
+                 key_param: int | None = None, consistency: str | None = None) -> Plan:
+    """Plan(STATEMENT, word, shard_key=…, shard=…, key_param=…, consistency=…)."""
+    p = _PlanSlots()
+    p.kind = STATEMENT
+    p.first_word = word
+    p.shard_key = shard_key
+    p.shard = shard
+    p.key_param = key_param
+    p.consistency = consistency
+    p.name = p.value = p.sticky = None
+    p.multi = p.config = False
+    p.__class__ = Plan
+    return p
+
+
 def plan(sql: str) -> Plan:
     """Classify one simple-Query string or Parse text (cached per text)."""
-    # Fast path for the commonest texts, whose literals make every text new: one plain
-    # statement, no comment (so no hint), no second statement.
-    head = sql[:7].upper()
-    if head[6:7] in (" ", "\n") and head[:6] in _PLAIN and "/*" not in sql and "--" not in sql:
-        body = sql.rstrip().rstrip(";")
-        if ";" not in body and not sticky.maybe_dml(sql):
-            return _PLAIN[head[:6]]
+    # Fast paths for the commonest texts, whose literals make every text new: one plain
+    # statement, no second statement, and no comment (so no hint) or one comment (a hint).
+    if "/*" not in sql:
+        head = sql[:7].upper()
+        if head[6:7] in (" ", "\n") and head[:6] in _PLAIN and "--" not in sql:
+            body = sql.rstrip(_SPACES).rstrip(";")
+            if ";" not in body and not sticky.maybe_dml(sql):
+                return _PLAIN[head[:6]]
+    else:
+        p = _one_comment(sql)
+        if p is not None:
+            return p
     p = _cache.get(sql)
     if p is None:
         p = _plan(sql)
         if len(sql) <= MAX_CACHED_TEXT:
             _cache.put(sql, p, len(sql) + _ENTRY_OVERHEAD)
     return p
+
+
+# A $ that starts no $n parameter (a dollar quote may): searched only in a text with a $.
+_NOT_PARAM = re.compile(r"\$(?![0-9])")
+
+
+def _one_comment(sql: str) -> Plan | None:
+    """The Plan of a plain SELECT/INSERT/UPDATE/DELETE with exactly one /* */ comment,
+    before, inside or after it (`… WHERE aid = 5 /* shard_key: 5 */;`), read without the
+    scan and the tokens: None unless the text around the comment is plain code with at
+    most a final ';' (no string, quoted identifier, dollar quote, line comment, nested
+    comment or second statement), so that the slow path would read the same spans. It
+    then gives what _plan(sql) gives (tests/unit/test_classify_fast.py compares them)."""
+    i = sql.find("/*")
+    j = sql.find("*/", i + 2)
+    if i < 0 or j < 0 or sql.find("/*", i + 2) >= 0:
+        return None
+    code = sql[:i] + " " + sql[j + 2:]      # the text around the comment
+    # What only a scan could read: a string or quoted identifier, a line comment, a
+    # dollar quote.
+    if "'" in code or '"' in code or "--" in code \
+            or "$" in code and _NOT_PARAM.search(code) is not None:
+        return None
+    semi = code.find(";")
+    if semi >= 0 and code[semi + 1:].strip(_SPACES):
+        return None                          # a second statement
+    first = code.lstrip(_SPACES)
+    head = first[:7].upper()
+    word = head[:6]
+    if head[6:7] not in (" ", "\n") or word not in _PLAIN or not first[:6].isascii() \
+            or sticky.maybe_dml(sql):
+        return None
+    h = _hint(sql[i + 2:j])
+    if h is None:
+        return _PLAIN[word]
+    return _hinted_plan(word, **_hint_fields({h[0]: h[1]}))
 
 
 # ------------------------------------------------------------ classification
@@ -341,8 +408,13 @@ def _hints(sql: str, sc: lx.Scan, alt: lx.Scan | None) -> dict[str, str]:
     return out
 
 
-_SPACES = " \t\n\r\f\v"
-_BARE_VALUE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+# A hint's name and a bare value: single character-class runs (no backtracking).
+_HINT_NAME = re.compile(r"[A-Za-z_]*")
+_BARE_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
+# The commonest hint whole, `name: bare-value`: possessive runs one after the other, each
+# of characters the next cannot start with, so nothing is ever tried twice.
+_BARE_HINT = re.compile(r"[ \t\n\r\f\v]*+([A-Za-z_]++)[ \t\n\r\f\v]*+[:=][ \t\n\r\f\v]*+"
+                        r"([A-Za-z0-9_.:-]++)[ \t\n\r\f\v]*+")
 
 
 def _hint(body: str | None) -> tuple[str, str] | None:
@@ -350,11 +422,13 @@ def _hint(body: str | None) -> tuple[str, str] | None:
     shard_key_param or consistency; value bare, '$n' or a '…' literal."""
     if body is None:
         return None
+    m = _BARE_HINT.fullmatch(body)
+    if m is not None:   # what the general reading below gives it, in one match
+        name = m.group(1)
+        return (name, m.group(2)) if name in _HINT_NAMES else None
     b = body.strip(_SPACES)
-    k = 0
-    while k < len(b) and (b[k].isascii() and b[k].isalpha() or b[k] == "_"):
-        k += 1
-    name = b[:k]
+    name = _HINT_NAME.match(b).group()
+    k = len(name)
     if name not in _HINT_NAMES:
         return None
     rest = b[k:].lstrip(_SPACES)
@@ -368,7 +442,7 @@ def _hint(body: str | None) -> tuple[str, str] | None:
         return name, v[1:-1].replace("''", "'")
     if v.startswith("$") and v[1:].isdigit() and v[1:].isascii():
         return name, v
-    if v and all(c in _BARE_VALUE for c in v):
+    if _BARE_VALUE.fullmatch(v) is not None:
         return name, v
     return None
 

@@ -71,5 +71,6 @@ def test_version_says_whether_the_compiled_core_is_loaded():
 def test_describe_counts_the_modules():
     text = compiled.describe()
     n = len(compiled.status()["modules"])
+    off = "compiled core: no (PGSHARD_PURE)" if compiled.pure_requested() else "compiled core: no"
     assert text == (f"compiled core: yes ({n}/{len(compiled.HOT_MODULES)} modules)" if n
-                    else "compiled core: no")
+                    else off)
