@@ -32,6 +32,7 @@ from pgshard.reshard.apply import run as apply_statements
 from pgshard.reshard.connections import Connections
 from pgshard.reshard.job import Job, JobError
 from pgshard.reshard.records import JobStore
+from pgshard.reshard.transitions import fence_lifted, finished, flipped, reads_unfiltered
 from pgshard.ring.catalog import Catalog, Fence
 from pgshard.store import MetadataStore, StoreError
 
@@ -428,50 +429,15 @@ class ReshardService:
 
     async def _verify(self, conns, job: Job) -> Job:
         infos = await self._describe(conns, job)
-        problems = []
-        fresh = self._fresh.get(job.id) or {}
-        keys = [(src, db, t) for (src, db), got in infos.items() for t in got]
-        if all(fresh.get(k) is not None for k in keys):
-            # Each copy matched its snapshot; the rows changed since are compared by key.
-            for (src, db), got in infos.items():
-                for table, info in got.items():
-                    problems += await verify.touched(
-                        await conns.get(src, db), await conns.get(job.target, db), info,
-                        fresh[(src, db, table)])
-            log.debug("job %s: verified %d changed rows by key", job.id,
-                      sum(len(fresh[k]) for k in keys))
-            if problems:
-                raise JobError("verification failed: " + "; ".join(problems[:5]))
-            return await self._advance(job, "flip")
-        for (src, db), got in infos.items():
-            spans = job.moves_from(src)
-            conn = await conns.get(src, db)
-            dst = await conns.get(job.target, db) if got else None
-            for info in got.values():
-                # Each side through the job's token index where it has one (the source);
-                # both at once: this runs inside the fence.
-                a, b = await asyncio.gather(
-                    verify.summary(conn, info, spans,
-                                   await tables.has_token_index(conn, info.name, job.id)),
-                    verify.summary(dst, info, spans,
-                                   await tables.has_token_index(dst, info.name, job.id)))
-                problems += verify.mismatches(info, spans, a, b)
+        problems = await verify.job_problems(conns, job, infos, self._fresh.get(job.id) or {})
         if problems:
             raise JobError("verification failed: " + "; ".join(problems[:5]))
         return await self._advance(job, "flip")
 
     async def _flip(self, conns, job: Job) -> Job:
-        def flip(cat: Catalog) -> Catalog | None:
-            if cat.ring == job.new_ring and not any(f.job == job.id for f in cat.fences):
-                return None   # done already (a crash after the CAS)
-            if cat.ring != job.old_ring:
-                raise JobError("the ring changed since the job was planned")
-            return cat.evolve(ring=job.new_ring,
-                              fences=tuple(f for f in cat.fences if f.job != job.id))
-
         if (await self.jobs.get(job.id))[0].cancel_requested:
             return job
-        await self.catalog_ops.update(flip)
+        await self.catalog_ops.update(lambda cat: flipped(cat, job))
         pause = None
         if job.fence_started is not None:
             pause = round((time.time() - job.fence_started) * 1000, 1)
@@ -502,17 +468,7 @@ class ReshardService:
             await conn.execute(q.drop_guard_function(job.id))
             await capture.stop(conn, job.slot_in(db))
 
-        def finish(cat: Catalog) -> Catalog | None:
-            changes = {}
-            if set(cat.filter_reads) & job.shards:
-                changes["filter_reads"] = tuple(set(cat.filter_reads) - job.shards)
-            if job.kind == "merge" and job.source in cat.shard_names() \
-                    and job.source not in cat.ring.shards():
-                changes["shards"] = tuple(s for s in cat.shards if s.name != job.source)
-                changes["ring"] = cat.ring.without_shard(job.source)
-            return cat.evolve(**changes) if changes else None
-
-        await self.catalog_ops.update(finish)
+        await self.catalog_ops.update(lambda cat: finished(cat, job))
         return await self._advance(job, "finish")
 
     async def _finish(self, conns, job: Job) -> Job:
@@ -523,12 +479,7 @@ class ReshardService:
     async def _rollback(self, conns, job: Job) -> Job:
         """Undo a job that did not flip: fence lifted, guards, slots and publications
         dropped, copied rows deleted from the destination. Idempotent."""
-        def lift(cat: Catalog) -> Catalog | None:
-            if not any(f.job == job.id for f in cat.fences):
-                return None
-            return cat.evolve(fences=tuple(f for f in cat.fences if f.job != job.id))
-
-        await self.catalog_ops.update(lift)
+        await self.catalog_ops.update(lambda cat: fence_lifted(cat, job))
         catalog, _ = await self.catalog_ops.current()
         for src in job.sources:
             for db in (None, *job.databases):
@@ -547,9 +498,7 @@ class ReshardService:
                         await dst.execute(q.drop_token_index(table, job.id))
                 await conn.execute(q.drop_guard_function(job.id))
                 await capture.stop(conn, job.slot_in(db))
-        await self.catalog_ops.update(
-            lambda cat: cat.evolve(filter_reads=tuple(set(cat.filter_reads) - job.shards))
-            if set(cat.filter_reads) & job.shards else None)
+        await self.catalog_ops.update(lambda cat: reads_unfiltered(cat, job))
         job = await self._save(job.finish_rollback())
         log.warning("resharding job %s %s", job.id, job.state,
                     extra={"job": job.id, "state": job.state, "error": job.error})

@@ -157,3 +157,28 @@ def test_index_friendly_copy_and_key_lookup_text():
     sql = q.rows_by_key("t", ["a", "b", "v"], ["a", "b"], ["text", "integer"])
     assert "unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(k0, k1, i)" in sql
     assert 't."b" = k.k1::integer' in sql
+
+
+def test_catalog_transitions_of_a_job():
+    from pgshard.reshard.transitions import fence_lifted, finished, flipped, reads_unfiltered
+    from pgshard.ring.catalog import Fence
+
+    cat = catalog()
+    j = jobs.plan(cat, "split", "s0", "s2", job_id="j1")
+    fenced = cat.evolve(fences=(Fence(1, 2, "j1"), Fence(3, 4, "other")),
+                        filter_reads=("s0", "s2", "s1"))
+    after = flipped(fenced, j)
+    assert after.ring == j.new_ring and [f.job for f in after.fences] == ["other"]
+    assert flipped(after, j) is None                       # a retried flip changes nothing
+    with pytest.raises(JobError, match="ring changed"):
+        flipped(cat.evolve(ring=jobs.plan(cat, "split", "s1", "s2", job_id="x").new_ring), j)
+    done = finished(after, j)
+    assert set(done.filter_reads) == {"s1"} and finished(done, j) is None
+    lifted = fence_lifted(fenced, j)
+    assert lifted.ring == cat.ring and [f.job for f in lifted.fences] == ["other"]
+    assert fence_lifted(lifted, j) is None
+    assert set(reads_unfiltered(fenced, j).filter_reads) == {"s1"}
+    assert reads_unfiltered(cat, j) is None
+    merged = jobs.plan(cat, "merge", "s1", "s0", job_id="j2")
+    gone = finished(flipped(cat, merged), merged)
+    assert "s1" not in gone.shard_names() and "s1" not in gone.ring.shards()
