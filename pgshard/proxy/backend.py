@@ -190,6 +190,12 @@ class ServerConnection(asyncio.Protocol):
         return r.unsynced or (1 if r.skipping else 0)
 
     @property
+    def skipping(self) -> bool:
+        """An extended-protocol request failed here: the server ignores every message up to
+        the next Sync (a Query too), and answers none of them."""
+        return self.replies.skipping
+
+    @property
     def usable(self) -> bool:
         return self.state != CLOSED and not self.dirty and self.transport is not None \
             and not self.transport.is_closing()

@@ -419,6 +419,17 @@ class ClientSession(asyncio.Protocol,
         ext = self.ext
         ops = ext.ops
         ext.reset_unit()
+        if s is not None and s.skipping:
+            # An earlier message of the client's failed on its server, which now ignores
+            # everything up to the client's Sync (a Query raising this error there would
+            # never be answered). PostgreSQL skips this message too: no error of its own.
+            if synced:
+                s.send(m.SYNC)
+                s.push(X_SYNC, fake=self.txn.held())
+                s.flush()
+            else:
+                ext.skip_until_sync = True
+            return
         if s is not None and (s.txn_status != b"I" or s.unsynced == 2):
             # The server's transaction (an explicit one, or the implicit one of a unit it
             # has run part of) must fail too, so the server raises the error itself;

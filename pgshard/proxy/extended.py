@@ -344,6 +344,16 @@ class ExtendedPipeline:
                                sync: bool) -> None:
         """A unit for another shard than the transaction's: the transaction spans both."""
         session = self.session
+        await session.simple.answered()
+        s = session.server
+        if s is not None and s.skipping:
+            # An earlier unit of the client's failed there: the server skips to the Sync, and
+            # so does this unit, as in PostgreSQL; its Sync, if it has one, goes there.
+            if sync:
+                self.emit_ops(s, [(OP_SYNC,)])
+            else:
+                self.skip_until_sync = True
+            return
         if not await session.simple.join_multi():
             await self._flush_slow(ops, target, executes, role)
             return

@@ -215,13 +215,28 @@ class SimpleQuery:
         s = session.server
         return s.txn_status != b"I" or bool(s.expect)
 
+    async def answered(self) -> None:
+        """Until the client's server has answered everything sent to it."""
+        session = self.session
+        while session.server is not None and session.server.expect:
+            await session.att.wait_idle_point()
+
+    def skipped_to_sync(self) -> bool:
+        """An extended-protocol message sent before this one failed on the client's server,
+        which ignores everything up to the client's Sync: so does the session here (True),
+        as PostgreSQL would ignore the message at hand."""
+        s = self.session.server
+        if s is None or not s.skipping:
+            return False
+        self.ext.skip_until_sync = True
+        return True
+
     async def join_multi(self) -> bool:
         """Once the server has answered: if the client's transaction is still open on it,
         make it a multi-shard transaction holding this server (True), else False."""
         session = self.session
         txn = self.txn
-        while session.server is not None and session.server.expect:
-            await session.att.wait_idle_point()
+        await self.answered()
         s = session.server
         if s is None or s.txn_status == b"I":
             return False
@@ -244,6 +259,9 @@ class SimpleQuery:
 
     async def query_elsewhere(self, raw: bytes, sql: str, plan: r.Plan) -> None:
         session = self.session
+        await self.answered()
+        if self.skipped_to_sync():   # the Query came after extended messages that failed
+            return
         if await self.join_multi():
             await session.fan.multi_query(raw, sql, plan)
             return
