@@ -137,15 +137,18 @@ class SimpleQuery:
         return None
 
     async def then_query(self, aw, raw: bytes) -> None:
-        session = self.session
         await aw
+        await self.query_again(raw)
+
+    async def query_again(self, raw: bytes) -> None:
+        """Route and run a Query afresh (after a wait), learning key columns if it needs."""
         try:
-            aw2 = self.query(raw)
+            aw = self.query(raw)
         except NeedColumns as nc:
-            await session.fan.learn_columns(nc.tables)
-            aw2 = self.query(raw)
-        if aw2 is not None:
-            await aw2
+            await self.session.fan.learn_columns(nc.tables)
+            aw = self.query(raw)
+        if aw is not None:
+            await aw
 
     def show_in_txn(self, sql: str) -> bool:
         """A SHOW inside a held-back transaction answers from inside it when what it shows
@@ -265,13 +268,7 @@ class SimpleQuery:
         if await self.join_multi():
             await session.fan.multi_query(raw, sql, plan)
             return
-        try:   # the transaction ended meanwhile: route it afresh
-            aw = self.query(raw)
-        except NeedColumns as nc:
-            await session.fan.learn_columns(nc.tables)
-            aw = self.query(raw)
-        if aw is not None:
-            await aw
+        await self.query_again(raw)   # the transaction ended meanwhile: route it afresh
 
     async def query_slow(self, raw: bytes, plan: r.Plan, shard: str, begin: bool,
                           role: str = "primary") -> None:
