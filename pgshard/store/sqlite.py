@@ -82,6 +82,20 @@ class SQLiteStore(MetadataStore):
     # -- plumbing ---------------------------------------------------------------------------
 
     def _connect(self) -> None:
+        # Processes opening one new file at once (serve --workers N) race for the switch to
+        # WAL, which SQLite answers with "database is locked" at once, without waiting in
+        # its busy handler: try again until the timeout.
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                self._conn = self._connect_once()
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _connect_once(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None,
                                check_same_thread=False)
         try:
@@ -92,7 +106,7 @@ class SQLiteStore(MetadataStore):
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
+        return conn
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
