@@ -16,10 +16,12 @@ cdef class ReplyMatcher:
     cdef public bint unit_failed
     cdef public bint skipping
     cdef public list events
+    cdef public Py_ssize_t rest
 
     cpdef object push(self, int kind, bint swallow=*, object fake=*, bint bare=*)
 
-    @cython.locals(t=int, s=Py_ssize_t, e=Py_ssize_t, span=Py_ssize_t, keep=bint,
+    @cython.locals(t=int, s=Py_ssize_t, e=Py_ssize_t, span=Py_ssize_t, end=Py_ssize_t,
+                   i=Py_ssize_t, keep=bint,
                    at_idle=bint, popped=bint, kind=int, c=int, head=list, out=list,
                    events=list)
     cpdef tuple feed(self, list frames, data)

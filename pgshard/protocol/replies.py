@@ -46,7 +46,7 @@ class ReplyMatcher:
     request; ("parse_failed", statement, client_name) a Parse this server refused;
     ("stray_error", body) an ErrorResponse nobody asked for (a shutdown, say)."""
 
-    __slots__ = ("expect", "txn_status", "unsynced", "unit_failed", "skipping", "events")
+    __slots__ = ("expect", "txn_status", "unsynced", "unit_failed", "skipping", "events", "rest")
 
     def __init__(self):
         self.expect: deque[list] = deque()
@@ -60,6 +60,9 @@ class ReplyMatcher:
         # including those sent after the error (their replies never come).
         self.skipping = False
         self.events: list[tuple] = []
+        # After feed(): the index of the first frame it left alone (they follow the
+        # ReadyForQuery that ended the unit), or 0 when it matched them all.
+        self.rest = 0
 
     def push(self, kind: int, swallow: bool = False, fake=None, bare: bool = False):
         """Record that a reply to one request is due. An X_FAKE with nothing owed before it
@@ -92,9 +95,15 @@ class ReplyMatcher:
         events = self.events
         out = []
         span = 0          # start of the pending forwarded span in data
+        end = len(data)   # end of what this call matches
         at_idle = False
         popped = True     # the head of the queue may have changed (a fake may be next)
+        i = 0
+        self.rest = 0
+        if frames:
+            span = frames[0][1]
         for t, s, e in frames:
+            i += 1
             keep = True
             if t == 0x4E or t == 0x41 or t == 0x53:   # ASYNC_TYPES, as C compares
                 if t == 0x53:
@@ -126,6 +135,16 @@ class ReplyMatcher:
                     span = e
                     out.append(m.ready_for_query(b"E" if self.unit_failed else head[2]))
                 self.unit_failed = False
+                if at_idle and i < len(frames):
+                    # The unit is over; what follows (a FATAL of a dying server, say) is
+                    # for whoever holds the server now: left to the caller.
+                    self.rest = i
+                    end = e
+                    if not keep:
+                        if span < s:
+                            out.append(data[span:s])
+                        span = e
+                    break
             elif t == 0x45:  # ErrorResponse: always forwarded
                 events.append(("error", bytes(data[s + 5:e])))
                 self.unit_failed = True
@@ -173,11 +192,11 @@ class ReplyMatcher:
                     span = e
                     out.append(expect.popleft()[2])
                 popped = False
-        if span == 0:
+        if span == 0 and end == len(data):
             write = data if frames else None
         else:
-            if span < len(data):
-                out.append(data[span:])
+            if span < end:
+                out.append(data[span:end])
             write = out or None
         if expect:
             return write, 0

@@ -407,8 +407,10 @@ class ServerConnection(asyncio.Protocol):
 
     def _relay(self) -> None:
         frames, data = self.buf.scan()
-        if not frames:
-            return
+        if frames:
+            self._match(frames, data)
+
+    def _match(self, frames, data) -> None:
         client = self.client
         if client is None:
             self._idle_messages(frames, data)
@@ -420,9 +422,28 @@ class ServerConnection(asyncio.Protocol):
         if write is not None:
             client.write(b"".join(write) if type(write) is list else write)
         if state == AT_IDLE:
+            rest = replies.rest
+            if not rest:
+                client.server_idle(self)
+                return
+            # Frames after the unit's ReadyForQuery: a dying server's FATAL, say. They are
+            # the client's only if it keeps the server (session pooling, an open
+            # transaction); a client that lets go of it never sees them, and a dead server
+            # is not handed to anyone.
+            tail = frames[rest:]
+            self._note_dying(tail, data)
             client.server_idle(self)
+            self._match(tail, data)
         elif state == DRAINED:   # every reply is in, but the unit is not over (a Flush)
             client.server_drained(self)
+
+    def _note_dying(self, frames, data) -> None:
+        """A FATAL among frames nobody asked for: this server is going away."""
+        for t, s, e in frames:
+            if t == 0x45:
+                f = m.decode_fields(data[s + 5:e])
+                if f.get("V", f.get("S")) in ("FATAL", "PANIC"):
+                    self.dirty = True
 
     def _handle(self, events: list, client) -> None:
         """What the matcher saw besides bytes to forward: settings, errors, failed Parses."""

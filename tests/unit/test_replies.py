@@ -233,3 +233,37 @@ def test_other_errors_keep_their_context():
     r = ReplyMatcher()
     r.push(X_QUERY)
     assert feed(r, RAISED + Z(b"E"))[0] == RAISED + Z(b"E")
+
+
+FATAL = m.error_response("57P01", "terminating connection due to unexpected postmaster exit",
+                         severity="FATAL")
+
+
+@pytest.mark.parametrize("swallowed", [False, True], ids=["kept", "swallowed"])
+def test_frames_after_the_units_ready_for_query_are_left_to_the_caller(swallowed):
+    """A dying server's FATAL in the same read as the unit's last reply: the matcher
+    stops at the ReadyForQuery that ended the unit, and says where the rest begins."""
+    r = ReplyMatcher()
+    r.push(X_BIND)
+    r.push(X_EXEC)
+    r.push(X_SYNC, swallowed)
+    fb = FrameBuffer(allowed=BACKEND_TYPES)
+    fb.feed(BIND_OK + SELECT1 + Z() + FATAL)
+    frames, buf = fb.scan()
+    write, state = r.feed(frames, buf)
+    got = b"".join(bytes(w) for w in write) if isinstance(write, list) else bytes(write)
+    assert got == BIND_OK + SELECT1 + (b"" if swallowed else Z()) and state == AT_IDLE
+    assert r.rest == 3 and not r.events
+    # The caller feeds the rest on its own (here nobody owes it anything: a stray).
+    write, state = r.feed(frames[r.rest:], buf)
+    got = b"".join(bytes(w) for w in write) if isinstance(write, list) else bytes(write)
+    assert got == FATAL and r.rest == 0
+    assert r.events == [("stray_error", FATAL[5:])]
+
+
+def test_a_ready_for_query_with_more_owed_matches_on():
+    r = ReplyMatcher()
+    r.push(X_QUERY, True)    # a replayed SET
+    r.push(X_QUERY)
+    got, state = feed(r, m.command_complete("SET") + Z() + SELECT1 + Z())
+    assert (got, state) == (SELECT1 + Z(), AT_IDLE) and r.rest == 0
