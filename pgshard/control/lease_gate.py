@@ -163,15 +163,13 @@ class LeaseGate:
             hint="retry shortly, or through another pgshard router")
 
 
-class GateHold(tuple):
-    """A statement waiting for the gate to open (carried like a fence's Hold: an empty
-    tuple with a wait(), pgshard.proxy.fence); dispatched again after, it runs or, the
-    grace spent, is refused."""
+class GateHold:
+    """A statement waiting for the gate to open (held like a fence's Hold, in a
+    pgshard.proxy.fence.FenceHeld decision); dispatched again after, it runs or, the grace
+    spent, is refused."""
 
-    def __new__(cls, gate: LeaseGate):
-        self = super().__new__(cls)
+    def __init__(self, gate: LeaseGate):
         self.gate = gate
-        return self
 
     async def wait(self) -> None:
         await self.gate.wait_open(self.gate.grace_left())

@@ -45,7 +45,6 @@ from pgshard.proxy.units import (
     OP_PARSE,
     OP_RAW,
     OP_SYNC,
-    NeedColumns,
 )
 
 log = logging.getLogger("pgshard.client")
@@ -267,7 +266,7 @@ class ClientSession(asyncio.Protocol,
             if t == 0x50:      # Parse
                 ext.parse(raw)
             elif t == 0x42:    # Bind
-                ext.bind(raw)
+                return ext.bind(raw)
             elif t == 0x45:    # Execute
                 if ext.local_portals and ext.local_execute(raw):
                     return None
@@ -313,8 +312,6 @@ class ClientSession(asyncio.Protocol,
             if exc.fatal:
                 raise
             self._fail(exc, simple=(t == 0x51 or t == 0x46), synced=(t == 0x53))
-        except NeedColumns as nc:
-            return self._guard(self.fan.learn_then_dispatch(nc.tables, t, raw), t == 0x51)
         return None
 
     async def _guard(self, coro, simple: bool, synced: bool = False) -> None:

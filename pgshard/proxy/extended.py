@@ -32,6 +32,7 @@ from pgshard.proxy.units import (
     OP_SYNC,
     TXN_KINDS,
     Fanout,
+    Wait,
 )
 from pgshard.sql import classify as r
 
@@ -133,7 +134,7 @@ class ExtendedPipeline:
         elif self.stmts.pop(name, None) is None:
             raise InvalidSqlStatementName(f'prepared statement "{name}" does not exist')
 
-    def bind(self, raw: bytes) -> None:
+    def bind(self, raw: bytes):
         name, _ = m.bind_statement_name(raw[5:])
         st = self.lookup(name)
         plan = st.plan
@@ -155,11 +156,16 @@ class ExtendedPipeline:
             shard = None
         elif self.txn.multi is not None:
             shard = session.fan.multi_target(plan, st.sql, bind, st)
+            if isinstance(shard, Wait):
+                return self._guard(session.fan.after_wait(shard, 0x42, raw), False)
             if shard.kind == "one" and self.unit_fanout is None:
                 shard = shard.shards[0]
                 self.split_mode()
         else:
             shard = self._target(plan, bind, st)
+            if type(shard) is not str and isinstance(shard, Wait):
+                # Routed once the wait is over: the Bind is dispatched again.
+                return self._guard(session.fan.after_wait(shard, 0x42, raw), False)
         if self.unit_split and (shard is None or not isinstance(shard, Fanout)):
             if st.global_name:
                 raw = m.rewrite_bind_statement(raw[5:], st.global_name)
@@ -266,6 +272,12 @@ class ExtendedPipeline:
         self.session._fail(exc, simple=False, synced=sync)
         return None
 
+    async def _flush_after(self, wait, sync: bool) -> None:
+        await wait.run(self.session)
+        aw = self.flush_ops(sync)
+        if aw is not None:
+            await aw
+
     async def _then_fail(self, aw, exc: PgError, sync: bool) -> None:
         await aw
         self.session._fail(exc, simple=False, synced=sync)
@@ -316,6 +328,9 @@ class ExtendedPipeline:
                            and op[1].plan.first_word == "EXECUTE"), None)
                 if st is not None:
                     target = session.targeting.sql_prepared_route(st.plan, st.sql)
+                    if type(target) is not str:   # NeedColumns: the unit goes out after
+                        self.ops = ops + self.ops
+                        return self._guard(self._flush_after(target, sync), False, sync)
         executes = any(op[0] == OP_BIND or (op[0] == OP_RAW and op[2] == X_EXEC) for op in ops)
         if executes and self.txn.failed:
             raise aborted()   # the held-back transaction failed: nothing runs until its end

@@ -34,7 +34,7 @@ from pgshard.proxy.units import (
     OP_SYNC,
     TXN_KINDS,
     Fanout,
-    NeedColumns,
+    Wait,
     quote_literal,
 )
 from pgshard.sql import classify as r
@@ -54,9 +54,10 @@ class FanoutRunner:
         self.fan_paused = False     # the client's socket is above its high-water mark
         self.fan_resumed: asyncio.Future | None = None
 
-    async def learn_then_dispatch(self, tables, t: int, raw: bytes) -> None:
+    async def after_wait(self, wait, t: int, raw: bytes) -> None:
+        """Await a routing decision's wait (units.Wait), then dispatch the message again."""
         session = self.session
-        await self.learn_columns(tables)
+        await wait.run(session)
         aw = session._dispatch(t, raw)
         if aw is not None:
             await aw
@@ -64,10 +65,6 @@ class FanoutRunner:
     async def learn_columns(self, tables) -> None:
         """Learn where each table's key column sits in its column order, from a shard."""
         session = self.session
-        hold = getattr(tables, "wait", None)   # a resharding fence's hold (proxy/fence.py)
-        if hold is not None:
-            await hold()
-            return
         cat = self.proxy.catalog
         for table in tables:
             key = cat.key_column(table)
@@ -142,10 +139,9 @@ class FanoutRunner:
                 session.txn.savepoint(sql, plan.first_word)
             fan = Fanout("all", list(session.txn.multi.shards), None)
         else:
-            try:
-                fan = self.multi_target(plan, sql)
-            except NeedColumns as nc:
-                await self.learn_columns(nc.tables)
+            fan = self.multi_target(plan, sql)
+            while isinstance(fan, Wait):
+                await fan.run(session)
                 fan = self.multi_target(plan, sql)
             if plan.sticky:
                 # State of the session (pg_dump's SQL PREPAREs, a temp table) made on one
@@ -352,14 +348,15 @@ class FanoutRunner:
         session.txn.pending = None
         session.txn.multi = multi
 
-    def multi_target(self, plan: r.Plan, sql: str, bind=None, st=None) -> Fanout:
-        """Inside a multi-shard transaction every unit runs on the held servers."""
+    def multi_target(self, plan: r.Plan, sql: str, bind=None, st=None) -> Fanout | Wait:
+        """Inside a multi-shard transaction every unit runs on the held servers (or a Wait
+        comes first, see Targeting.target)."""
         session = self.session
         if session.txn.multi.failed and plan.kind not in (r.COMMIT, r.ROLLBACK):
             raise PgError("current transaction is aborted, commands ignored until end of "
                           "transaction block", sqlstate="25P02")
         target = session.targeting.target(plan, bind, st, sql=sql)
-        if isinstance(target, Fanout):
+        if type(target) is not str:   # a Fanout or a Wait
             return target
         return Fanout("one", [target], None)
 

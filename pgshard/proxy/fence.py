@@ -5,9 +5,9 @@ open on the fenced ranges' shards) is also decided here.
 
 The routing path calls `hold_if_fenced` (pgshard.proxy.targeting) while the catalog has
 fences. A router whose store lease lapsed (pgshard.control.lease_gate) serves a catalog with
-the whole ring fenced, so every statement comes here and is refused (57P03). It raises `FenceHeld`, which the session treats like NeedColumns: it awaits the hold
-(pgshard.proxy.fanout.FanoutRunner.learn_columns) and dispatches the message again, so a held statement
-neither fails nor blocks other clients.
+the whole ring fenced, so every statement comes here and is refused (57P03). It returns a
+`FenceHeld` decision (a units.Wait, like NeedColumns): the session awaits the hold and
+dispatches the message again, so a held statement neither fails nor blocks other clients.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import asyncio
 import time
 
 from pgshard.protocol.errors import PgError
-from pgshard.proxy.units import NeedColumns
+from pgshard.proxy.units import NeedColumns, Wait
 from pgshard.ring import hashing
 from pgshard.ring.catalog import Catalog
 from pgshard.sql import classify as r
@@ -29,16 +29,13 @@ class SerializationFailure(PgError, code="40001"):
     """A statement held by a resharding fence for longer than fence_timeout (retryable)."""
 
 
-class Hold(tuple):
-    """The wait of one held statement; an empty tuple so that the session's NeedColumns
-    path, which learns the columns of each table in it, has no table to learn."""
+class Hold:
+    """The wait of one held statement: until none of its tokens is fenced."""
 
-    def __new__(cls, proxy, tokens: list[int], job: str, timeout: float):
-        self = super().__new__(cls)
+    def __init__(self, proxy, tokens: list[int], job: str, timeout: float):
         self.proxy, self.tokens, self.job = proxy, tokens, job
         self.deadline = time.monotonic() + timeout
         self.timeout = timeout
-        return self
 
     async def wait(self) -> None:
         """Until no token is fenced; SerializationFailure past the deadline."""
@@ -63,12 +60,17 @@ class Hold(tuple):
             metrics.fence_hold(time.monotonic() - started)
 
 
-class FenceHeld(NeedColumns):
-    """Routing must wait for a fence to lift (carried as a NeedColumns with a Hold)."""
+class FenceHeld(Wait):
+    """A routing decision: the statement waits for a fence (or the lease gate) to lift;
+    hold is a Hold or a lease_gate.GateHold."""
 
-    def __init__(self, hold: Hold):
-        super().__init__(hold)
+    __slots__ = ("hold",)
+
+    def __init__(self, hold):
         self.hold = hold
+
+    def run(self, session):
+        return self.hold.wait()
 
 
 def fenced(catalog: Catalog, tokens) -> str | None:
@@ -82,9 +84,10 @@ def fenced(catalog: Catalog, tokens) -> str | None:
     return None
 
 
-def statement_tokens(session, plan: r.Plan, bind, st, sql: str | None) -> list[int]:
+def statement_tokens(session, plan: r.Plan, bind, st, sql: str | None):
     """The tokens of every shard key a statement names: its hint, bound key parameter,
-    SET pgshard.shard_key, and the keys read from the SQL."""
+    SET pgshard.shard_key, and the keys read from the SQL (a NeedColumns decision when
+    reading them needs a table's column order first)."""
     keys = []
     if plan.shard_key is not None:
         keys.append(plan.shard_key)
@@ -102,6 +105,8 @@ def statement_tokens(session, plan: r.Plan, bind, st, sql: str | None) -> list[i
         return tokens
     text = sql if sql is not None else st.sql
     a = session.targeting.analyze(text)
+    if type(a) is NeedColumns:
+        return a
     if a.keys:
         params = bind.params if bind is not None else ()
         formats = bind.param_formats if bind is not None else ()
@@ -113,31 +118,35 @@ def statement_tokens(session, plan: r.Plan, bind, st, sql: str | None) -> list[i
     return tokens
 
 
-def hold_if_fenced(session, plan: r.Plan, bind, st, sql: str | None) -> None:
-    """Raise FenceHeld if the statement names a key in a fenced range. A statement of a
+def hold_if_fenced(session, plan: r.Plan, bind, st, sql: str | None) -> Wait | None:
+    """A FenceHeld decision if the statement names a key in a fenced range (NeedColumns if
+    finding its keys needs a table's column order first), else None. A statement of a
     transaction already open on a server is let through: the fence's acknowledgement waits
     for that transaction, and the final catch-up reads what it wrote."""
     cat = session.proxy.catalog
     if not cat.fences:
-        return
+        return None
     gate = getattr(session.proxy, "lease_gate", None)
     if gate is not None and gate.closed:
         # The lease may have lapsed (pgshard.control.lease_gate): the catalog may be stale.
         # The statement waits a moment for the lease to come back, then is refused.
         if gate.grace_left() > 0:
             from pgshard.control.lease_gate import GateHold
-            raise FenceHeld(GateHold(gate))
+            return FenceHeld(GateHold(gate))
         raise gate.error()
     s = session.server
     if s is not None and s.txn_status != b"I":
-        return
+        return None
     if getattr(session.txn, "multi", None) is not None:
-        return   # a transaction open on several shards: the same as one open on a server
+        return None   # a transaction open on several shards: the same as one open on a server
     tokens = statement_tokens(session, plan, bind, st, sql)
+    if type(tokens) is NeedColumns:
+        return tokens
     job = fenced(cat, tokens)
     if job is not None:
         timeout = getattr(session.proxy.config.proxy, "fence_timeout", DEFAULT_FENCE_TIMEOUT)
-        raise FenceHeld(Hold(session.proxy, tokens, job, timeout))
+        return FenceHeld(Hold(session.proxy, tokens, job, timeout))
+    return None
 
 
 def in_transaction_on(session, shards) -> object | None:

@@ -14,7 +14,7 @@ from pgshard.proxy import scatter
 from pgshard.proxy.backend import X_QUERY
 from pgshard.proxy.extended import query_kind
 from pgshard.proxy.refusals import aborted, already_in_txn, listen_error, sticky_fanout
-from pgshard.proxy.units import LOCAL_KINDS, OP_FLUSH, TXN_KINDS, Fanout, NeedColumns
+from pgshard.proxy.units import LOCAL_KINDS, OP_FLUSH, TXN_KINDS, Fanout, Wait
 from pgshard.sql import classify as r
 
 _AND_CHAIN = re.compile(r"\bAND\s+CHAIN\b", re.I)
@@ -120,6 +120,8 @@ class SimpleQuery:
             if stmt is not None:
                 return self._guard(session.copy.copy_split(sql, stmt), True)
         shard = self._target(plan, sql=sql)
+        if type(shard) is not str and isinstance(shard, Wait):
+            return self._guard(self.then_query(shard.run(session), raw), True)
         if session.server is not None and self.txn_elsewhere(shard):
             return self._guard(self.query_elsewhere(raw, sql, plan), True)
         if isinstance(shard, Fanout):
@@ -141,12 +143,8 @@ class SimpleQuery:
         await self.query_again(raw)
 
     async def query_again(self, raw: bytes) -> None:
-        """Route and run a Query afresh (after a wait), learning key columns if it needs."""
-        try:
-            aw = self.query(raw)
-        except NeedColumns as nc:
-            await self.session.fan.learn_columns(nc.tables)
-            aw = self.query(raw)
+        """Route and run a Query afresh (after a wait; it may wait again)."""
+        aw = self.query(raw)
         if aw is not None:
             await aw
 

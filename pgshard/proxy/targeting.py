@@ -68,13 +68,16 @@ class Targeting:
         return None
 
     def target(self, plan: r.Plan, bind=None, st=None, sql: str | None = None):
-        """The shard for a statement (a name), or a Fanout. Precedence: hints, then
-        SET pgshard.*, then a named parameter, then the key read from the SQL itself."""
+        """Where a statement goes: a shard (its name), a Fanout, or a Wait (NeedColumns, a
+        fence's FenceHeld: await it, then route the statement again). Precedence: hints,
+        then SET pgshard.*, then a named parameter, then the key read from the SQL."""
         session = self.session
         self.any_pick = None
         cat = session.proxy.catalog
         if cat.fences:   # resharding: keys in a moving range wait for the new owner
-            fence.hold_if_fenced(session, plan, bind, st, sql)
+            wait = fence.hold_if_fenced(session, plan, bind, st, sql)
+            if wait is not None:
+                return wait
         if plan.shard is not None:
             cat.shard(plan.shard)  # raises for an unknown shard
             return self._explicit(plan.shard, "the /* shard */ hint", plan, bind, st, sql)
@@ -105,7 +108,7 @@ class Targeting:
             return self.sql_prepared_route(plan, sql if sql is not None else st.sql)
         return self._auto_route(sql if sql is not None else st.sql, bind, st)
 
-    def sql_prepared_route(self, plan: r.Plan, sql: str) -> str:
+    def sql_prepared_route(self, plan: r.Plan, sql: str) -> str | NeedColumns:
         """An SQL PREPARE defines a statement and touches no row: the client's own shard
         (its server keeps it). An EXECUTE goes where its statement would with its
         arguments (the PREPARE is made there too, see ServerAttachment.replay_sql_prepare)."""
@@ -119,6 +122,8 @@ class Targeting:
             return self.any_shard()   # unknown here: the server answers (26000)
         name, args = call
         a = self.analyze(got[1])
+        if type(a) is NeedColumns:
+            return a
         if not a.tables:
             return self.any_shard()
         if a.keys is None:
@@ -145,7 +150,8 @@ class Targeting:
                 f"({', '.join(owners)})", hint="execute it once per shard's keys")
         return owners[0]
 
-    def _explicit(self, shard: str, how: str, plan: r.Plan, bind, st, sql: str | None) -> str:
+    def _explicit(self, shard: str, how: str, plan: r.Plan, bind, st,
+                  sql: str | None) -> str | NeedColumns:
         """An explicit choice of shard, checked for writes: a row the SQL names by its key
         goes only to the shard that owns that key, or a keyed read could never find it."""
         session = self.session
@@ -160,6 +166,8 @@ class Targeting:
         if bind is None and fastkey.route(sql, cat, positions) == shard:
             return shard
         a = self.analyze(sql)
+        if type(a) is NeedColumns:
+            return a
         if a.keys is None or a.kind not in (sp.INSERT, sp.UPDATE, sp.DELETE):
             return shard
         owners = self._key_owners(a, bind, st)
@@ -174,8 +182,8 @@ class Targeting:
         return shard
 
     def analyze(self, sql: str):
-        """The pglast analysis of sql; an INSERT without a column list first needs the key
-        column's position in its table (NeedColumns: the session learns it and retries)."""
+        """The pglast analysis of sql, or NeedColumns: an INSERT without a column list first
+        needs the key column's position in its table (the session learns it and retries)."""
         session = self.session
         proxy = session.proxy
         known, positions = proxy.key_positions_of(session.database)
@@ -183,7 +191,7 @@ class Targeting:
         if a.kind == sp.INSERT and a.keys is None and a.tables:
             missing = [t for t in a.tables if t not in known]
             if missing:
-                raise NeedColumns(missing)
+                return NeedColumns(missing)
         return a
 
     def _key_owners(self, a, bind, st) -> list[str]:
@@ -255,6 +263,8 @@ class Targeting:
             if shard is not None:
                 return shard
         a = self.analyze(sql)
+        if type(a) is NeedColumns:
+            return a
         if a.updates_key:
             raise FeatureNotSupported(
                 "UPDATE changes the shard key column; that would move the row to another shard",

@@ -1,5 +1,6 @@
-"""Shared vocabulary of a client session: pending extended-protocol operations, fan-out
-units, and the statement kinds the session treats specially."""
+"""Shared vocabulary of a client session: pending extended-protocol operations, the
+routing decisions besides a shard name (a fan-out unit, a wait), and the statement kinds the
+session treats specially."""
 
 from __future__ import annotations
 
@@ -33,9 +34,24 @@ class Fanout:
         self.groups = groups       # insert: shard -> row indexes of a multi-row VALUES
 
 
-class NeedColumns(Exception):
-    """Routing needs the column order of these tables (INSERT without a column list)."""
+class Wait:
+    """A routing decision: the statement cannot be routed yet. The session awaits
+    run(session), then routes the statement afresh."""
+
+    __slots__ = ()
+
+    def run(self, session):
+        raise NotImplementedError
+
+
+class NeedColumns(Wait):
+    """Routing needs the column order of these tables (an INSERT without a column list):
+    the session learns it from a shard."""
+
+    __slots__ = ("tables",)
 
     def __init__(self, tables):
-        super().__init__(tables)
         self.tables = tables
+
+    def run(self, session):
+        return session.fan.learn_columns(self.tables)

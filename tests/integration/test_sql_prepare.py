@@ -6,6 +6,8 @@ on every shard; the next client on the same servers sees none of it."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import psycopg
 import pytest
@@ -15,7 +17,9 @@ from tests.integration.conftest import _shards
 from tests.integration.test_txn_integrity import _keys
 
 TABLE = "sqlprep_items"
-DDL = f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, v text)"
+ROWS = "sqlprep_rows"   # used by one test only: the proxy knows nothing of its columns
+DDL = (f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigint PRIMARY KEY, v text); "
+       f"CREATE TABLE IF NOT EXISTS {ROWS} (id bigint PRIMARY KEY, v text)")
 ONE = {"name": "one", "password": "one-secret", "pool_size": 1}
 
 
@@ -23,10 +27,11 @@ ONE = {"name": "one", "password": "one-secret", "pool_size": 1}
 def env(pg_cluster):
     for s in pg_cluster.shards:
         s.primary.psql(DDL)
-        s.primary.psql(f"TRUNCATE {TABLE}")
+        s.primary.psql(f"TRUNCATE {TABLE}, {ROWS}")
     keys = _keys([s.name for s in pg_cluster.shards], start=100)
     cfg = {"proxy": {"database": "app", "pool_mode": "transaction"}, "users": [ONE],
-           "shards": _shards(pg_cluster), "tables": [{"name": TABLE, "shard_key": "id"}]}
+           "shards": _shards(pg_cluster), "tables": [{"name": TABLE, "shard_key": "id"},
+                                                 {"name": ROWS, "shard_key": "id"}]}
     with ProxyProcess(cfg) as p:
         yield p, pg_cluster, keys
 
@@ -65,6 +70,24 @@ async def test_execute_goes_to_the_owner_of_its_key(env):
             assert nxt.execute(f"/* shard: {shard} */ SELECT count(*) FROM "
                                "pg_prepared_statements WHERE from_sql").fetchone()[0] == 0
 
+
+
+async def test_describing_an_execute_first_learns_its_tables_columns(env):
+    """asyncpg describes `EXECUTE ins(…)` (Parse, Describe, Flush) before it runs it; where
+    it goes depends on the key in its INSERT without a column list, so the proxy first
+    learns the table's column order, then sends the described unit (none of it lost)."""
+    proxy, cluster, keys = env
+    a, b = keys["shard0"][3], keys["shard1"][3]
+    c = await asyncpg.connect(proxy.dsn("one", "one-secret"))
+    try:
+        await c.execute(f"PREPARE ins(bigint, text) AS INSERT INTO {ROWS} VALUES ($1, $2) "
+                        "RETURNING v")
+        assert await asyncio.wait_for(c.fetchval(f"EXECUTE ins({b}, 'one')"), 10) == "one"
+        assert await asyncio.wait_for(c.fetchval(f"EXECUTE ins({a}, 'zero')"), 10) == "zero"
+    finally:
+        await c.close()
+    assert _on(cluster, "shard0", f"SELECT string_agg(id::text, ',') FROM {ROWS}") == str(a)
+    assert _on(cluster, "shard1", f"SELECT string_agg(id::text, ',') FROM {ROWS}") == str(b)
 
 def test_psql_prepare_execute_in_a_transaction(env):
     proxy, cluster, keys = env
