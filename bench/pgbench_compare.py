@@ -33,6 +33,7 @@ from bench.runner import (
 )
 from bench.targets import (
     PGBOUNCER_NEW_ENV,
+    SOURCE_ENV,
     BenchSetupError,
     ClusterError,
     Endpoint,
@@ -128,6 +129,8 @@ def main(scale: int | None, duration: int | None, clients_text: str | None, mode
             "workers": workers,
             "cpus": os.cpu_count(), "python": platform.python_version(),
             "pgshard": pgshard_version, "pgbouncer": pgbouncer_version(),
+            "pgshard_source": os.environ.get(SOURCE_ENV) or None,
+            "pure": os.environ.get("PGSHARD_PURE") or None,
             "notes": [
                 "pgbench -n (no pre-run vacuum), -j = min(clients, 2), select-only",
                 "direct, pgbouncer and pgshard-1 share one 1-shard cluster's primary",

@@ -99,17 +99,19 @@ def committed_transactions(node) -> int:
 class ServerProcess:
     """A long-running server subprocess whose output goes to a log file; stop() is idempotent."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, port: int):
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, port: int,
+                 env: dict[str, str] | None = None):
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.port = port
+        self.env = env     # the whole environment of the child (None: this one's)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while not _accepts("127.0.0.1", self.port):
             if self.proc.poll() is not None:
@@ -193,6 +195,12 @@ def pgshard_config(cluster: LocalCluster, port: int, pool_size: int, store_path:
     return "\n".join(lines) + "\n"
 
 
+# A source checkout whose pgshard the benchmark runs instead of this one (the same harness,
+# pgbench and servers: a before/after comparison in one sitting). Build its compiled core in
+# place first (`python setup.py build_ext --inplace` there), or set PGSHARD_PURE=1 for both.
+SOURCE_ENV = "PGSHARD_BENCH_SOURCE"
+
+
 def start_pgshard(name: str, cluster: LocalCluster, work_dir: Path, pool_size: int, *,
                   tables: dict[str, str] | None = None,
                   proxy_settings: dict[str, str] | None = None,
@@ -210,8 +218,14 @@ def start_pgshard(name: str, cluster: LocalCluster, work_dir: Path, pool_size: i
                                           tables=tables, proxy_settings=proxy_settings))
     executable = Path(sys.executable).with_name("pgshard")
     argv = ([str(executable)] if executable.is_file() else [sys.executable, "-m", "pgshard"])
+    env = None
+    source = os.environ.get(SOURCE_ENV)
+    if source:   # another checkout's pgshard (a base commit to compare with), its own .so
+        argv = [sys.executable, "-m", "pgshard"]
+        env = {**os.environ, "PYTHONPATH": str(Path(source).resolve())}
     server = ServerProcess(name, [*argv, "serve", "--config", str(config_path),
-                                  "--log-level", "WARNING"], work_dir / f"{name}.log", port)
+                                  "--log-level", "WARNING"], work_dir / f"{name}.log", port,
+                           env=env)
     server.start()
     return server, Endpoint("127.0.0.1", port, BENCH_USER, BENCH_PASSWORD, cluster.database)
 
