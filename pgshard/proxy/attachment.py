@@ -271,8 +271,7 @@ class ServerAttachment:
             s.pool.release(s)   # closes it
             raise ConnectionFailure(
                 f"lost the server connection of shard {shard} that held this session's "
-                "state (temporary tables, advisory locks, SQL prepared statements, …)",
-                sqlstate="08006")
+                "state (temporary tables, advisory locks, SQL prepared statements, …)")
         return s
 
     def keep_parked(self, shard: str, s) -> None:

@@ -13,6 +13,7 @@ from pgshard.protocol import messages as m
 from pgshard.protocol.errors import (
     ConnectionFailure,
     FeatureNotSupported,
+    InternalError,
     PgError,
     ProtocolViolation,
 )
@@ -205,8 +206,8 @@ class ClientSession(asyncio.Protocol,
             pass
         except Exception:
             log.exception("client session %s failed", self.peer)
-            self._send_error(PgError("internal error in pgshard; see its log", sqlstate="XX000",
-                                     severity="FATAL"))
+            self._send_error(InternalError("internal error in pgshard; see its log",
+                                           severity="FATAL"))
         finally:
             self._cleanup()
 

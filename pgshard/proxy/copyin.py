@@ -26,7 +26,12 @@ from collections.abc import Callable
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.copyrows import CopyRow, CopySplitter
-from pgshard.protocol.errors import PgError
+from pgshard.protocol.errors import (
+    ConnectionFailure,
+    InternalError,
+    InvalidTextRepresentation,
+    PgError,
+)
 from pgshard.protocol.framing import BACKEND_TYPES, FrameBuffer
 from pgshard.proxy.backend import X_QUERY
 from pgshard.proxy.scatter import Collector
@@ -71,7 +76,7 @@ class _CopyCollector(Collector):
         """The shard's ErrorResponse, named after it; a lost server is 08006."""
         if self.done.done() and self.done.exception() is not None:
             exc = self.done.exception()
-            return exc if isinstance(exc, PgError) else PgError(str(exc), sqlstate="08006")
+            return exc if isinstance(exc, PgError) else ConnectionFailure(str(exc))
         for t, raw in self.frames():
             if t == 0x45:
                 err = m.error_to_exception(raw[5:])
@@ -103,7 +108,7 @@ class CopyFanout:
         any did not enter COPY mode (those that did are sent CopyFail)."""
         lost = [sh for sh in self.shards if not self._server(sh).usable]
         if lost:
-            raise PgError(f"{lost[0]}: lost the server connection", sqlstate="08006")
+            raise ConnectionFailure(f"{lost[0]}: lost the server connection")
         for sh in self.shards:
             pool, s = self.multi.servers[sh]
             c = self.collectors[sh] = _CopyCollector(pool)
@@ -186,12 +191,12 @@ class CopyFanout:
                     self._queue(sh, self.splitter.prologue)
         for row in rows:
             if row.key is None:
-                raise PgError(f"COPY row {row.number}: a NULL shard key belongs to no shard",
-                              sqlstate="22P02")
+                raise InvalidTextRepresentation(
+                    f"COPY row {row.number}: a NULL shard key belongs to no shard")
             sh = self.owner(row.key)
             if sh not in self._pending:
-                raise PgError(f"COPY row {row.number} belongs to shard {sh}, which this COPY "
-                              "does not reach", sqlstate="XX000")
+                raise InternalError(f"COPY row {row.number} belongs to shard {sh}, which this "
+                                    "COPY does not reach")
             self._queue(sh, row.data)
             self.rows_sent += 1
         for sh in self.shards:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.copyrows import CopySplitter
-from pgshard.protocol.errors import PgError
+from pgshard.protocol.errors import PgError, QueryCanceled
 from pgshard.proxy import fence, scatter
 from pgshard.proxy.backend import X_QUERY
 from pgshard.proxy.copyin import CopyFanout
@@ -157,7 +157,7 @@ class CopySplit:
             return session._guard(self.copy_done(), True)
         msg = m.decode_cstr(raw[5:]) if len(raw) > 5 else ""
         return session._guard(self.copy_failed(
-            PgError(f"COPY from stdin failed: {msg}", sqlstate="57014")), True)
+            QueryCanceled(f"COPY from stdin failed: {msg}")), True)
 
     async def copy_step(self, aw) -> None:
         try:

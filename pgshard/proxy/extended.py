@@ -8,6 +8,7 @@ import time
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import (
+    DuplicatePreparedStatement,
     InvalidSqlStatementName,
     MalformedMessage,
     PgError,
@@ -100,7 +101,7 @@ class ExtendedPipeline:
         pm = m.decode_parse(raw[5:])
         named = pm.name != ""
         if named and pm.name in self.stmts:
-            raise PgError(f'prepared statement "{pm.name}" already exists', sqlstate="42P05")
+            raise DuplicatePreparedStatement(f'prepared statement "{pm.name}" already exists')
         st = self.proxy.statements.get(pm.sql, pm.oids, named)
         session = self.session
         if st.plan.first_word == "LISTEN" and session.pool_mode == "transaction":

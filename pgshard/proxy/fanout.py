@@ -25,6 +25,7 @@ from pgshard.proxy.backend import (
     X_QUERY,
     X_SYNC,
 )
+from pgshard.proxy.refusals import aborted
 from pgshard.proxy.units import (
     OP_BIND,
     OP_DESC_STMT,
@@ -129,8 +130,7 @@ class FanoutRunner:
             return
         if kind in (r.SET, r.RESET, r.SET_LOCAL, r.TXN_INNER, r.DISCARD_ALL) or plan.config:
             if session.txn.multi.failed and kind != r.TXN_INNER:
-                raise PgError("current transaction is aborted, commands ignored until end of "
-                              "transaction block", sqlstate="25P02")
+                raise aborted()
             if (kind == r.SET or plan.config) and plan.value is not None:
                 session.settings.set(plan.name, plan.value)
             elif kind in (r.RESET, r.SET):
@@ -353,8 +353,7 @@ class FanoutRunner:
         comes first, see Targeting.target)."""
         session = self.session
         if session.txn.multi.failed and plan.kind not in (r.COMMIT, r.ROLLBACK):
-            raise PgError("current transaction is aborted, commands ignored until end of "
-                          "transaction block", sqlstate="25P02")
+            raise aborted()
         target = session.targeting.target(plan, bind, st, sql=sql)
         if type(target) is not str:   # a Fanout or a Wait
             return target

@@ -21,7 +21,7 @@ import heapq
 
 from pgshard.protocol import errors
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import FeatureNotSupported, PgError, ProtocolViolation
+from pgshard.protocol.errors import FeatureNotSupported, InternalError, ProtocolViolation
 from pgshard.proxy.shardstream import (
     ASYNC_TYPES,
     D_ROW,
@@ -160,8 +160,7 @@ class _Walk:
             # Replies the merge cannot read: an error for this statement, not the session.
             self.out.write_now()
             await self._drain()
-            raise PgError(f"the shards' replies could not be merged: {exc.message}",
-                          sqlstate="XX000") from None
+            raise InternalError(f"the shards' replies could not be merged: {exc.message}") from None
         self.out.write_now()
         return True
 

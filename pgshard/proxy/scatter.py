@@ -16,7 +16,7 @@ import contextlib
 import time
 
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import PgError
+from pgshard.protocol.errors import ConnectionFailure
 from pgshard.protocol.framing import BACKEND_TYPES, FrameBuffer
 from pgshard.proxy.backend import ServerClient
 from pgshard.proxy.fanread import shard_error
@@ -43,8 +43,7 @@ class Collector(ServerClient):
 
     def server_lost(self, server, reason: str) -> None:
         if not self.done.done():
-            self.done.set_exception(PgError(f"lost the server connection: {reason}",
-                                            sqlstate="08006"))
+            self.done.set_exception(ConnectionFailure(f"lost the server connection: {reason}"))
 
 
     def frames(self) -> list[tuple[int, bytes]]:

@@ -3,7 +3,7 @@ key read from the SQL), the role (primary or a healthy replica), or a fan-out.""
 
 from __future__ import annotations
 
-from pgshard.protocol.errors import FeatureNotSupported, PgError
+from pgshard.protocol.errors import FeatureNotSupported, InvalidParameterValue
 from pgshard.proxy import fence
 from pgshard.proxy.units import READ_ONLY, Fanout, NeedColumns
 from pgshard.ring import hashing
@@ -85,9 +85,9 @@ class Targeting:
         if key is None and plan.key_param is not None and bind is not None:
             i = plan.key_param - 1
             if i >= len(bind.params):
-                raise PgError(f"shard_key_param {plan.key_param} names a parameter the "
-                              f"statement does not have ({len(bind.params)} bound)",
-                              sqlstate="22023")
+                raise InvalidParameterValue(
+                    f"shard_key_param {plan.key_param} names a parameter the statement does "
+                    f"not have ({len(bind.params)} bound)")
             v = bind.params[i]
             if v is None:   # matches no row anywhere: any shard answers as one database would
                 return self.any_shard()
