@@ -151,3 +151,35 @@ class ObjectNotInPrerequisiteState(PgError, code="55000"):
 
 class InternalError(PgError, code="XX000"):
     pass
+
+
+class TransactionRollback(PgError, code="40000"):
+    pass
+
+
+class InsufficientPrivilege(PgError, code="42501"):
+    pass
+
+
+class TransactionResolutionUnknown(PgError, code="08007"):
+    pass
+
+
+class SystemError_(PgError, code="58000"):
+    pass
+
+
+class InvalidCursorName(PgError, code="34000"):
+    pass
+
+
+class IdleSessionTimeout(PgError, code="57P05"):
+    pass
+
+
+class IdleInTransactionSessionTimeout(PgError, code="25P03"):
+    pass
+
+
+class ConfigFileError(PgError, code="F0000"):
+    pass

@@ -12,8 +12,10 @@ import re
 from pgshard.protocol import messages as m
 from pgshard.protocol.errors import (
     AdminShutdown,
+    ConfigFileError,
     FeatureNotSupported,
     InvalidAuthorization,
+    InvalidCursorName,
     InvalidSqlStatementName,
     ObjectNotInPrerequisiteState,
     PgError,
@@ -145,7 +147,7 @@ class AdminConsole:
                 name = m.decode_cstr(body[:body.index(b"\0") + 1])
                 sql = self.portals.get(name)
                 if sql is None:
-                    raise PgError(f'portal "{name}" does not exist', sqlstate="34000")
+                    raise InvalidCursorName(f'portal "{name}" does not exist')
                 await self._execute(sql, describe=False)
             elif t == 0x43:      # Close
                 kind, name = m.decode_close(body)
@@ -236,7 +238,7 @@ class AdminConsole:
         try:
             applied, restart = self.proxy.reload()
         except Exception as exc:   # a bad file: reported, nothing applied
-            raise PgError(f"config not reloaded: {exc}", sqlstate="F0000") from None
+            raise ConfigFileError(f"config not reloaded: {exc}") from None
         note = "; ".join(applied) or "nothing changed"
         if restart:
             note += " (after a restart: " + "; ".join(restart) + ")"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pgshard.protocol import messages as m
 from pgshard.protocol.copyrows import CopySplitter
-from pgshard.protocol.errors import PgError, QueryCanceled
+from pgshard.protocol.errors import InsufficientPrivilege, PgError, QueryCanceled
 from pgshard.proxy import fence, scatter
 from pgshard.proxy.backend import X_QUERY
 from pgshard.proxy.copyin import CopyFanout
@@ -60,10 +60,11 @@ class CopySplit:
         if own is None:
             return False
         if own.drop:
-            raise PgError(f"{own.what} belongs to pgshard (its hash function, id spaces and "
-                          "triggers on every shard) and cannot be dropped through the proxy",
-                          sqlstate="42501", hint="remove pgshard from a server on that "
-                          "server directly, not through the proxy")
+            raise InsufficientPrivilege(
+                f"{own.what} belongs to pgshard (its hash function, id spaces and triggers on "
+                "every shard) and cannot be dropped through the proxy",
+                hint="remove pgshard from a server on that server directly, not through the "
+                     "proxy")
         note = m.error_response("00000", f"pgshard: skipped {own.tag} of {own.what}: "
                                 "pgshard keeps its own objects on every shard",
                                 severity="NOTICE", notice=True)

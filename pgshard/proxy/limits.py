@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 from pgshard.background import Background
 from pgshard.protocol import messages as m
-from pgshard.protocol.errors import PgError, ProtocolViolation, TooManyConnections
+from pgshard.protocol.errors import (
+    IdleInTransactionSessionTimeout,
+    IdleSessionTimeout,
+    PgError,
+    ProtocolViolation,
+    TooManyConnections,
+)
 
 log = logging.getLogger("pgshard.limits")
 
@@ -91,14 +97,14 @@ def expiry(t: Timeouts, *, age: float, logged_in: bool, refusal: PgError | None,
         return None
     if status == b"I":
         if t.idle and idle_for >= t.idle:
-            return PgError("terminating connection due to idle-session timeout",
-                           sqlstate="57P05", severity="FATAL",
-                           detail=f"client_idle_timeout = {t.idle:g} s")
+            return IdleSessionTimeout("terminating connection due to idle-session timeout",
+                                      severity="FATAL",
+                                      detail=f"client_idle_timeout = {t.idle:g} s")
     elif t.idle_txn and idle_for >= t.idle_txn:
-        return PgError("terminating connection due to idle-in-transaction timeout",
-                       sqlstate="25P03", severity="FATAL",
-                       detail=f"idle_transaction_timeout = {t.idle_txn:g} s; the transaction "
-                              "was rolled back")
+        return IdleInTransactionSessionTimeout(
+            "terminating connection due to idle-in-transaction timeout", severity="FATAL",
+            detail=f"idle_transaction_timeout = {t.idle_txn:g} s; the transaction was rolled "
+                   "back")
     return None
 
 

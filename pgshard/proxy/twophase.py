@@ -41,6 +41,9 @@ from pgshard.protocol.errors import (
     ObjectNotInPrerequisiteState,
     PgError,
     ProtocolViolation,
+    SystemError_,
+    TransactionResolutionUnknown,
+    TransactionRollback,
 )
 from pgshard.proxy.decisions import DecisionLog, make_gid, quote_gid, router_part
 from pgshard.store import CasFailed, StoreError, StoreUnavailable
@@ -149,17 +152,17 @@ class Coordinator:
             # Recovery may already treat these as abandoned (twophase_timeout): do not race it.
             await self._undo(gids, prepared, run)
             self._count("rolled_back")
-            raise PgError("two-phase commit took too long to prepare; the transaction was "
-                          "rolled back", sqlstate="40000",
-                          detail=f"more than {self.decision_deadline:g} s before the decision")
+            raise TransactionRollback(
+                "two-phase commit took too long to prepare; the transaction was rolled back",
+                detail=f"more than {self.decision_deadline:g} s before the decision")
         try:
             await self.decisions.record(self.router, txn_id, gids)
         except CasFailed:
             # Recovery recorded "abort" first (it found us too slow or gone): follow it.
             await self._undo(gids, prepared, run)
             self._count("rolled_back")
-            raise PgError("the transaction was rolled back by two-phase commit recovery "
-                          "before its commit decision was recorded", sqlstate="40000") from None
+            raise TransactionRollback("the transaction was rolled back by two-phase commit "
+                                      "recovery before its commit decision was recorded") from None
         except StoreError as exc:
             await self._decision_failed(txn_id, gids, exc, run)
         self._fault("after_decision")
@@ -185,13 +188,13 @@ class Coordinator:
             self._count("unknown")
             log.error("2PC %s:%d: the commit decision may or may not be recorded (%s); "
                       "recovery resolves it", self.router, txn_id, exc)
-            raise PgError("the metadata store did not confirm the commit decision; the "
-                          "transaction is committed or rolled back by recovery",
-                          sqlstate="08007", detail=str(exc)) from None
+            raise TransactionResolutionUnknown(
+                "the metadata store did not confirm the commit decision; the transaction is "
+                "committed or rolled back by recovery", detail=str(exc)) from None
         await self._undo(gids, dict.fromkeys(gids, PREPARED_TAG), run)
         self._count("rolled_back")
-        raise PgError("could not record the commit decision in the metadata store; the "
-                      "transaction was rolled back", sqlstate="58000", detail=str(exc)) from None
+        raise SystemError_("could not record the commit decision in the metadata store; the "
+                           "transaction was rolled back", detail=str(exc)) from None
 
     async def _commit_prepared(self, txn_id: int, gids: dict[str, str], run: Run) -> None:
         stmts = {sh: f"COMMIT PREPARED {quote_gid(g)}" for sh, g in gids.items()}
@@ -262,8 +265,8 @@ def _prepare_error(shards: list[str], failed: dict[str, Result]) -> PgError:
     where = f"rolled back on every shard ({', '.join(shards)})"
     if isinstance(r, str):
         # PREPARE TRANSACTION in an aborted transaction answers ROLLBACK, not an error.
-        return PgError(f"{sh}: the transaction was aborted on this shard and has been "
-                       f"rolled back", sqlstate="40000", detail=where)
+        return TransactionRollback(f"{sh}: the transaction was aborted on this shard and has "
+                                   "been rolled back", detail=where)
     if r.sqlstate == "55000" and DISABLED_MESSAGE in r.message:
         return ObjectNotInPrerequisiteState(
             f"{sh}: cannot commit a transaction that wrote on several shards: prepared "
