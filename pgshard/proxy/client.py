@@ -41,12 +41,7 @@ from pgshard.proxy.simple import SimpleQuery
 from pgshard.proxy.startup import Startup
 from pgshard.proxy.targeting import Targeting
 from pgshard.proxy.txn import TxnState
-from pgshard.proxy.units import (
-    OP_FLUSH,
-    OP_PARSE,
-    OP_RAW,
-    OP_SYNC,
-)
+from pgshard.proxy.units import FLUSH_OP, OP_PARSE, SYNC_OP, RawOp
 
 log = logging.getLogger("pgshard.client")
 
@@ -271,7 +266,7 @@ class ClientSession(asyncio.Protocol,
             elif t == 0x45:    # Execute
                 if ext.local_portals and ext.local_execute(raw):
                     return None
-                ext.ops.append((OP_RAW, raw, X_EXEC))
+                ext.ops.append(RawOp(raw, X_EXEC))
             elif t == 0x44:    # Describe
                 ext.describe(raw)
             elif t == 0x43:    # Close
@@ -287,12 +282,12 @@ class ClientSession(asyncio.Protocol,
                     return None
                 if len(raw) != 5:
                     return ext.bad_unit_end(sync=True)
-                ext.ops.append((OP_SYNC,))
+                ext.ops.append(SYNC_OP)
                 return ext.flush_ops(sync=True)
             elif t == 0x48:    # Flush
                 if len(raw) != 5:
                     return ext.bad_unit_end(sync=False)
-                ext.ops.append((OP_FLUSH,))
+                ext.ops.append(FLUSH_OP)
                 return ext.flush_ops(sync=False)
             elif t in (0x64, 0x63, 0x66):  # CopyData / CopyDone / CopyFail
                 if self.copy.sink is not None:   # a COPY split by key (copysplit.py)
@@ -450,7 +445,7 @@ class ClientSession(asyncio.Protocol,
             s.flush()
             return
         self.proxy.metrics_error(exc.sqlstate)
-        out = [m.PARSE_COMPLETE for op in ops if op[0] == OP_PARSE]
+        out = [m.PARSE_COMPLETE for op in ops if op.kind == OP_PARSE]
         out.append(m.error_from(exc))
         self.txn.fail()
         if simple or synced:

@@ -24,6 +24,7 @@ from pgshard.proxy.backend import (
 )
 from pgshard.proxy.refusals import aborted, pipeline_shared, sticky_fanout
 from pgshard.proxy.units import (
+    FLUSH_OP,
     OP_BIND,
     OP_DESC_STMT,
     OP_FAKE,
@@ -31,8 +32,14 @@ from pgshard.proxy.units import (
     OP_PARSE,
     OP_RAW,
     OP_SYNC,
+    SYNC_OP,
     TXN_KINDS,
+    BindOp,
+    DescribeStatementOp,
+    FakeOp,
     Fanout,
+    ParseOp,
+    RawOp,
     Wait,
 )
 from pgshard.sql import classify as r
@@ -73,7 +80,7 @@ class ExtendedPipeline:
         self.txn = session.txn
         self.stmts: dict[str, object] = {}           # the client's names -> Statement
         self.local_portals: dict[str, object] = {}   # portals of pgshard.* statements
-        self.ops: list[tuple] = []
+        self.ops: list = []   # ParseOp, BindOp, ... (units.py)
         self.unit_shard: str | None = None
         self.unit_fanout: Fanout | None = None
         self.unit_split = False        # this unit's Binds go to several shards (pipelines.py)
@@ -112,9 +119,9 @@ class ExtendedPipeline:
         else:
             self.stmts[""] = st
         if st.plan.kind in PGSHARD_KINDS:   # answered here, never sent to a server
-            self.ops.append((OP_FAKE, m.PARSE_COMPLETE))
+            self.ops.append(FakeOp(m.PARSE_COMPLETE))
             return
-        self.ops.append((OP_PARSE, st, raw, pm.name))
+        self.ops.append(ParseOp(st, raw, pm.name))
 
     def check_failed_txn(self, plan: r.Plan) -> None:
         if self.txn.failed and plan.kind not in (r.COMMIT, r.ROLLBACK):
@@ -141,7 +148,7 @@ class ExtendedPipeline:
         plan = st.plan
         if plan.kind in PGSHARD_KINDS:
             self.local_portals[m.decode_cstr(raw[5:])] = st
-            self.ops.append((OP_FAKE, m.BIND_COMPLETE))
+            self.ops.append(FakeOp(m.BIND_COMPLETE))
             return
         if self.local_portals:   # this Bind replaces a pgshard.* portal of the same name
             self.local_portals.pop(m.decode_cstr(raw[5:]), None)
@@ -170,16 +177,16 @@ class ExtendedPipeline:
         if self.unit_split and (shard is None or not isinstance(shard, Fanout)):
             if st.global_name:
                 raw = m.rewrite_bind_statement(raw[5:], st.global_name)
-            self.ops.append((OP_BIND, st, raw, bind, shard))
+            self.ops.append(BindOp(st, raw, bind, shard))
             return
         if isinstance(shard, Fanout):
             if plan.sticky:
                 raise sticky_fanout(plan)
             if self.unit_shard is not None or self.unit_fanout is not None \
-                    or any(op[0] == OP_BIND for op in self.ops):
+                    or any(op.kind == OP_BIND for op in self.ops):
                 raise pipeline_shared()
             self.unit_fanout = shard
-            self.ops.append((OP_BIND, st, raw, bind))
+            self.ops.append(BindOp(st, raw, bind))
             return
         if self.unit_fanout is not None:
             raise pipeline_shared()
@@ -195,7 +202,7 @@ class ExtendedPipeline:
                 self.split_mode()
                 if st.global_name:
                     raw = m.rewrite_bind_statement(raw[5:], st.global_name)
-                self.ops.append((OP_BIND, st, raw, bind, shard))
+                self.ops.append(BindOp(st, raw, bind, shard))
                 return
             if self.unit_shard is None:
                 self.unit_role = (session.targeting.role_for(shard, plan, st.sql)
@@ -207,7 +214,7 @@ class ExtendedPipeline:
             self.unit_shard = shard
         if st.global_name:
             raw = m.rewrite_bind_statement(raw[5:], st.global_name)
-        self.ops.append((OP_BIND, st, raw))
+        self.ops.append(BindOp(st, raw))
 
     def split_mode(self) -> None:
         """From here the unit's Binds are routed one by one (pipelines.py): the ones queued
@@ -215,22 +222,23 @@ class ExtendedPipeline:
         if self.unit_split:
             return
         self.unit_split = True
-        self.ops = [(OP_BIND, op[1], op[2], None,
-                     None if op[1].plan.kind in TXN_KINDS else self.unit_shard)
-                    if op[0] == OP_BIND else op for op in self.ops]
+        for op in self.ops:
+            if op.kind == OP_BIND:
+                op.bind = None
+                op.shard = None if op.st.plan.kind in TXN_KINDS else self.unit_shard
 
     def describe(self, raw: bytes) -> None:
         kind, name = m.decode_target(raw[5:])
         if kind == b"S":
             st = self.lookup(name)
             if st.plan.kind in PGSHARD_KINDS:
-                self.ops.append((OP_FAKE, m.parameter_description(()) + local_columns(st.plan)))
+                self.ops.append(FakeOp(m.parameter_description(()) + local_columns(st.plan)))
                 return
-            self.ops.append((OP_DESC_STMT, st))
+            self.ops.append(DescribeStatementOp(st))
         elif name in self.local_portals:
-            self.ops.append((OP_FAKE, local_columns(self.local_portals[name].plan)))
+            self.ops.append(FakeOp(local_columns(self.local_portals[name].plan)))
         else:
-            self.ops.append((OP_RAW, raw, X_DESC_PORTAL))
+            self.ops.append(RawOp(raw, X_DESC_PORTAL))
 
     def local_execute(self, raw: bytes) -> bool:
         """Execute of a pgshard.* statement's portal: run it here, queue its reply."""
@@ -244,7 +252,7 @@ class ExtendedPipeline:
                 m.command_complete("SHOW")
         else:
             reply = m.command_complete(self.session.settings.set_pgshard(plan))
-        self.ops.append((OP_FAKE, reply))
+        self.ops.append(FakeOp(reply))
         return True
 
     def close(self, raw: bytes) -> None:
@@ -252,17 +260,17 @@ class ExtendedPipeline:
         if kind == b"S":
             # Global statements stay on the servers; only this client's name goes away.
             self.stmts.pop(name, None)
-            self.ops.append((OP_FAKE, m.CLOSE_COMPLETE))
+            self.ops.append(FakeOp(m.CLOSE_COMPLETE))
         else:
             self.local_portals.pop(name, None)
-            self.ops.append((OP_RAW, raw, X_CLOSE))
+            self.ops.append(RawOp(raw, X_CLOSE))
 
     def bad_unit_end(self, sync: bool):
         """A Sync or Flush with a body: what came before it runs, then an ERROR 08P01 (and
         at a Sync, ReadyForQuery), as PostgreSQL answers."""
         exc = MalformedMessage("invalid message format")
         if self.ops:
-            self.ops.append((OP_FLUSH,))   # what came before is answered before the error
+            self.ops.append(FLUSH_OP)   # what came before is answered before the error
         aw = self.flush_ops(sync=False) if self.ops else None
         if sync:   # the unit ends here, as at any Sync
             self.unit_shard = self.unit_fanout = None
@@ -295,7 +303,7 @@ class ExtendedPipeline:
             # A unit already ran to a Sync of its own on the servers: the client's Sync is
             # answered here, or by the unit it ends.
             srv = session.server
-            if all(op[0] in (OP_SYNC, OP_FLUSH) for op in ops) and (
+            if all(op.kind in (OP_SYNC, OP_FLUSH) for op in ops) and (
                     srv is None or not (srv.expect or srv.unsynced)):
                 if sync:
                     self.owe_z = False
@@ -325,14 +333,15 @@ class ExtendedPipeline:
         if target is None:
             target = session.targeting.any_shard()
             if session.sql_prepared:   # a look-only SQL EXECUTE: described where it will run
-                st = next((op[1] for op in ops if op[0] in (OP_PARSE, OP_DESC_STMT)
-                           and op[1].plan.first_word == "EXECUTE"), None)
+                st = next((op.st for op in ops if op.kind in (OP_PARSE, OP_DESC_STMT)
+                           and op.st.plan.first_word == "EXECUTE"), None)
                 if st is not None:
                     target = session.targeting.sql_prepared_route(st.plan, st.sql)
                     if type(target) is not str:   # NeedColumns: the unit goes out after
                         self.ops = ops + self.ops
                         return self._guard(self._flush_after(target, sync), False, sync)
-        executes = any(op[0] == OP_BIND or (op[0] == OP_RAW and op[2] == X_EXEC) for op in ops)
+        executes = any(op.kind == OP_BIND or (op.kind == OP_RAW and op.expect == X_EXEC)
+                       for op in ops)
         if executes and self.txn.failed:
             raise aborted()   # the held-back transaction failed: nothing runs until its end
         if unit is not None:
@@ -366,15 +375,16 @@ class ExtendedPipeline:
             # An earlier unit of the client's failed there: the server skips to the Sync, and
             # so does this unit, as in PostgreSQL; its Sync, if it has one, goes there.
             if sync:
-                self.emit_ops(s, [(OP_SYNC,)])
+                self.emit_ops(s, [SYNC_OP])
             else:
                 self.skip_until_sync = True
             return
         if not await session.simple.join_multi():
             await self._flush_slow(ops, target, executes, role)
             return
-        ops = [(OP_BIND, op[1], op[2], m.decode_bind(op[2][5:]))
-               if op[0] == OP_BIND and len(op) == 3 else op for op in ops]
+        for op in ops:
+            if op.kind == OP_BIND and op.bind is None:
+                op.bind = m.decode_bind(op.raw[5:])
         await session.fan.fanout_ext(Fanout("one", [target], None), ops, sync)
 
     def emit_ops(self, s, ops) -> None:
@@ -383,36 +393,36 @@ class ExtendedPipeline:
         session = self.session
         if session.sql_prepared and not s.unsynced:   # SQL EXECUTEs: their PREPAREs first
             for op in ops:
-                if op[0] in (OP_BIND, OP_PARSE, OP_DESC_STMT) \
-                        and op[1].plan.first_word == "EXECUTE":
-                    session.att.replay_sql_prepare(s, op[1].sql)
+                if op.kind in (OP_BIND, OP_PARSE, OP_DESC_STMT) \
+                        and op.st.plan.first_word == "EXECUTE":
+                    session.att.replay_sql_prepare(s, op.st.sql)
         last = None   # the plan of the unit's last Bind, for the metrics kind
         last_sql = None
         for op in ops:
-            k = op[0]
+            k = op.kind
             if k == OP_PARSE:
-                s.parse(op[1], op[2], op[3])
+                s.parse(op.st, op.raw, op.name)
             elif k == OP_BIND:
-                st = op[1]
+                st = op.st
                 last = st.plan
                 last_sql = st.sql
                 s.ensure_prepared(st)
-                send(op[2])
+                send(op.raw)
                 push(X_BIND)
                 if st.plan.kind != r.STATEMENT or st.plan.is_ddl:
                     session.settings.track(s, st.plan)   # after the Bind: it applies to what follows
                 if st.plan.sticky:
                     session.att.pin(s, st.plan, st.sql)
             elif k == OP_RAW:
-                send(op[1])
-                push(op[2])
+                send(op.raw)
+                push(op.expect)
             elif k == OP_DESC_STMT:
-                st = op[1]
+                st = op.st
                 s.ensure_prepared(st)
                 send(m.describe(b"S", st.global_name))
                 push(X_DESC_STMT, fake=st)
             elif k == OP_FAKE:
-                push(X_FAKE, fake=op[1])
+                push(X_FAKE, fake=op.reply)
             elif k == OP_SYNC:
                 send(m.SYNC)
                 push(X_SYNC, fake=self.txn.held())
@@ -436,51 +446,51 @@ class ExtendedPipeline:
         if session.pool_mode != "transaction":
             return False
         write = self.write
-        if all(op[0] in (OP_SYNC, OP_FLUSH, OP_FAKE)
-               or (op[0] == OP_PARSE and op[1].global_name) for op in ops):
-            parses = [op[1] for op in ops if op[0] == OP_PARSE]
+        if all(op.kind in (OP_SYNC, OP_FLUSH, OP_FAKE)
+               or (op.kind == OP_PARSE and op.st.global_name) for op in ops):
+            parses = [op.st for op in ops if op.kind == OP_PARSE]
             if not parses:   # only replies made here (pgshard.* settings, Close)
                 for op in ops:
-                    if op[0] == OP_FAKE:
-                        write(op[1])
-                    elif op[0] == OP_SYNC:
+                    if op.kind == OP_FAKE:
+                        write(op.reply)
+                    elif op.kind == OP_SYNC:
                         write(m.ready_for_query(session._status()))
                 return True
             if parses and (all(st.validated for st in parses)
                            or self._attach_now(session.targeting.any_shard(), begin=False) is None):
                 for op in ops:
-                    if op[0] == OP_PARSE:
+                    if op.kind == OP_PARSE:
                         write(m.PARSE_COMPLETE)
-                    elif op[0] == OP_FAKE:
-                        write(op[1])
-                    elif op[0] == OP_SYNC:
+                    elif op.kind == OP_FAKE:
+                        write(op.reply)
+                    elif op.kind == OP_SYNC:
                         write(m.ready_for_query(session._status()))
                 return True
             return False
         out = []
         current = None
         for op in ops:
-            k = op[0]
+            k = op.kind
             if k == OP_PARSE:
-                if op[1].plan.kind not in TXN_KINDS:
+                if op.st.plan.kind not in TXN_KINDS:
                     return False
                 out.append(("fake", m.PARSE_COMPLETE))
             elif k == OP_BIND:
-                if op[1].plan.kind not in TXN_KINDS:
+                if op.st.plan.kind not in TXN_KINDS:
                     return False
-                current = op[1]
+                current = op.st
                 out.append(("fake", m.BIND_COMPLETE))
             elif k == OP_RAW:
-                if op[2] == X_EXEC and current is not None:
+                if op.expect == X_EXEC and current is not None:
                     out.append(("txn", current))
-                elif op[2] == X_DESC_PORTAL and current is not None:
+                elif op.expect == X_DESC_PORTAL and current is not None:
                     out.append(("fake", m.NO_DATA))
                 else:
                     return False
             elif k == OP_DESC_STMT:
                 return False
             elif k == OP_FAKE:
-                out.append(("fake", op[1]))
+                out.append(("fake", op.reply))
             elif k == OP_SYNC:
                 out.append(("sync", None))
         for what, val in out:

@@ -313,22 +313,22 @@ class FanoutRunner:
         sent with the extended protocol, or a Parse/Describe (run on one held shard)."""
         session = self.session
         session.ext.unit_shard = None
-        txn = [op[1] for op in ops if op[0] == OP_BIND and op[1].plan.kind in TXN_KINDS]
+        txn = [op.st for op in ops if op.kind == OP_BIND and op.st.plan.kind in TXN_KINDS]
         if txn:
             end = await self.multi_end(txn[0].plan.kind) if txn[0].plan.kind != r.BEGIN \
                 else m.command_complete("BEGIN")
             for op in ops:
-                k = op[0]
+                k = op.kind
                 if k == OP_PARSE:
                     session.write(m.PARSE_COMPLETE)
                 elif k == OP_BIND:
                     session.write(m.BIND_COMPLETE)
-                elif k == OP_RAW and op[2] == X_DESC_PORTAL:
+                elif k == OP_RAW and op.expect == X_DESC_PORTAL:
                     session.write(m.NO_DATA)
-                elif k == OP_RAW and op[2] == X_EXEC:
+                elif k == OP_RAW and op.expect == X_EXEC:
                     session.write(end)
                 elif k == OP_FAKE:
-                    session.write(op[1])
+                    session.write(op.reply)
                 elif k == OP_SYNC:
                     session.write(m.ready_for_query(session._status()))
             return
@@ -443,13 +443,13 @@ class FanoutRunner:
         parsed = set()
         hide = None
         for at, op in enumerate(ops):
-            k = op[0]
+            k = op.kind
             if k == OP_PARSE:
-                st = op[1]
+                st = op.st
                 parts.append((m.parse("", self.fan_sql(fan, st), st.oids), X_PARSE, False))
                 parsed.add(id(st))
             elif k == OP_BIND:
-                st, bind = op[1], op[3]
+                st, bind = op.st, op.bind
                 if id(st) not in parsed:
                     parts.append((m.parse("", self.fan_sql(fan, st), st.oids), X_PARSE, True))
                     parsed.add(id(st))
@@ -459,8 +459,8 @@ class FanoutRunner:
                 parts.append((m.bind(bind.portal, "", bind.params, bind.param_formats, rf),
                               X_BIND, False))
                 nxt = ops[at + 1] if at + 1 < len(ops) else None
-                if fan.kind == "read" and not (nxt is not None and nxt[0] == OP_RAW
-                                               and nxt[2] == X_DESC_PORTAL):
+                if fan.kind == "read" and not (nxt is not None and nxt.kind == OP_RAW
+                                               and nxt.expect == X_DESC_PORTAL):
                     # The merge needs the column types before the first row, even when the
                     # client did not ask for them (or asks later); this reply is not sent on.
                     hide = sum(1 for p in parts if p[1] in (X_DESC_STMT, X_DESC_PORTAL))
@@ -468,7 +468,7 @@ class FanoutRunner:
             elif k == OP_DESC_STMT:
                 parts.append((m.describe(b"S", ""), X_DESC_STMT, False))
             elif k == OP_RAW:
-                parts.append((op[1], op[2], False))
+                parts.append((op.raw, op.expect, False))
             elif k == OP_FAKE:
                 parts.append((b"", X_FAKE, False))
             elif k == OP_SYNC:

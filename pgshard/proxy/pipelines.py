@@ -26,7 +26,16 @@ from pgshard.proxy.backend import (
     X_PARSE,
     X_SYNC,
 )
-from pgshard.proxy.units import OP_BIND, OP_DESC_STMT, OP_FAKE, OP_FLUSH, OP_PARSE, OP_RAW, OP_SYNC
+from pgshard.proxy.units import (
+    OP_BIND,
+    OP_DESC_STMT,
+    OP_FAKE,
+    OP_FLUSH,
+    OP_PARSE,
+    OP_RAW,
+    OP_SYNC,
+    SYNC_OP,
+)
 from pgshard.sql import classify as r
 from pgshard.sql.insert_split import group_rows, split_bound_insert
 
@@ -38,21 +47,21 @@ _NONE = object()
 
 
 def assign(ops, fallback: str) -> list[str]:
-    """The shard of each op (LOCAL: answered here). A Bind names its shard (op[4]; None
+    """The shard of each op (LOCAL: answered here). A Bind names its shard (op.shard; None
     for BEGIN/COMMIT/ROLLBACK, answered here); the Executes, Describes and Closes after it
     go with it; a Parse or a statement Describe goes to the shard of the next Bind (else
     the last one, else fallback)."""
     out: list = [_NONE] * len(ops)
     nxt = _NONE
     for i in range(len(ops) - 1, -1, -1):   # the next Bind's shard, seen from each op
-        if ops[i][0] == OP_BIND:
-            nxt = ops[i][4]
+        if ops[i].kind == OP_BIND:
+            nxt = ops[i].shard
         out[i] = nxt
     cur = _NONE
     for i, op in enumerate(ops):
-        k = op[0]
+        k = op.kind
         if k == OP_BIND:
-            cur = op[4]
+            cur = op.shard
             out[i] = cur
         elif k == OP_RAW:
             out[i] = cur if cur is not _NONE else out[i]
@@ -66,11 +75,11 @@ def assign(ops, fallback: str) -> list[str]:
 def txn_ends(ops, where) -> tuple[bool, str | None]:
     """Whether the unit opens with BEGIN, and the COMMIT/ROLLBACK kind that closes it; a
     BEGIN, COMMIT or ROLLBACK anywhere else among statements for the shards: ValueError."""
-    txn = [i for i, op in enumerate(ops) if op[0] == OP_BIND and where[i] == LOCAL]
+    txn = [i for i, op in enumerate(ops) if op.kind == OP_BIND and where[i] == LOCAL]
     work = [i for i, sh in enumerate(where) if sh != LOCAL]
     begins, end = False, None
     for i in txn:
-        kind = ops[i][1].plan.kind
+        kind = ops[i].st.plan.kind
         if kind == r.BEGIN and (not work or i < work[0]) and end is None:
             begins = True
         elif kind in (r.COMMIT, r.ROLLBACK) and (not work or i > work[-1]) and end is None:
@@ -81,14 +90,14 @@ def txn_ends(ops, where) -> tuple[bool, str | None]:
 
 
 def _kind(op) -> int:
-    k = op[0]
+    k = op.kind
     if k == OP_PARSE:
         return orp.PARSE
     if k == OP_BIND:
         return orp.BIND
     if k == OP_DESC_STMT:
         return orp.DESC_STMT
-    return _RAW_KINDS[op[2]]
+    return _RAW_KINDS[op.expect]
 
 
 _TXN_TAGS = {r.BEGIN: "BEGIN", r.COMMIT: "COMMIT", r.ROLLBACK: "ROLLBACK"}
@@ -102,19 +111,19 @@ def local_replies(ops, where) -> dict[int, bytes]:
     for i, (op, sh) in enumerate(zip(ops, where, strict=True)):
         if sh != LOCAL:
             continue
-        k = op[0]
+        k = op.kind
         if k == OP_FAKE:
-            out[i] = op[1]
+            out[i] = op.reply
         elif k == OP_PARSE:
             out[i] = m.PARSE_COMPLETE
         elif k == OP_BIND:
-            kind = op[1].plan.kind
+            kind = op.st.plan.kind
             out[i] = m.BIND_COMPLETE
         elif k == OP_DESC_STMT:
             out[i] = m.parameter_description(()) + m.NO_DATA
-        elif k == OP_RAW and op[2] == X_EXEC:
+        elif k == OP_RAW and op.expect == X_EXEC:
             out[i] = m.command_complete(_TXN_TAGS.get(kind, "SELECT 0"))
-        elif k == OP_RAW and op[2] == X_DESC_PORTAL:
+        elif k == OP_RAW and op.expect == X_DESC_PORTAL:
             out[i] = m.NO_DATA
         else:
             out[i] = m.CLOSE_COMPLETE
@@ -134,7 +143,7 @@ class PipelineRunner:
 
     async def split_unit(self, ops, sync: bool) -> None:
         session = self.session
-        ops = [op for op in ops if op[0] not in (OP_SYNC, OP_FLUSH)]
+        ops = [op for op in ops if op.kind not in (OP_SYNC, OP_FLUSH)]
         multi = session.txn.multi
         where = assign(ops, multi.shards[0] if multi is not None and multi.shards
                        else session.targeting.any_shard())
@@ -158,7 +167,7 @@ class PipelineRunner:
         ok = True
         if shards:
             def emit(s, i):
-                session.ext.emit_ops(s, per[shards[i]] + [(OP_SYNC,)])
+                session.ext.emit_ops(s, per[shards[i]] + [SYNC_OP])
             try:
                 replies = await multi.run(shards, emit)
             except PgError:
@@ -208,8 +217,8 @@ class PipelineRunner:
         (sql.insert_split), inside the unit's transaction; one reply, counts summed."""
         session = self.session
         await session.fan.check_fanout(fan)   # the transaction it runs in (see FanoutRunner.check_fanout)
-        bop = next(op for op in ops if op[0] == OP_BIND)
-        st, bind = bop[1], bop[3]
+        bop = next(op for op in ops if op.kind == OP_BIND)
+        st, bind = bop.st, bop.bind
         oids = tuple(st.param_oid(i) for i in range(len(bind.params)))
         ring = self.proxy.catalog.ring
         groups = group_rows(fan.analysis.insert_rows, bind.params, bind.param_formats, oids,
@@ -220,7 +229,7 @@ class PipelineRunner:
             msgs = []
             parsed = False
             for op in ops:
-                k = op[0]
+                k = op.kind
                 if k == OP_PARSE:
                     msgs.append((m.parse("", part.sql, part.oids), X_PARSE, False))
                     parsed = True
@@ -232,7 +241,7 @@ class PipelineRunner:
                 elif k == OP_DESC_STMT:
                     msgs.append((m.describe(b"S", ""), X_DESC_STMT, False))
                 elif k == OP_RAW:
-                    msgs.append((op[1], op[2], False))
+                    msgs.append((op.raw, op.expect, False))
                 elif k == OP_SYNC:
                     msgs.append((m.SYNC, X_SYNC, False))
             if not sync:

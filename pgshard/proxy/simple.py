@@ -14,7 +14,7 @@ from pgshard.proxy import scatter
 from pgshard.proxy.backend import X_QUERY
 from pgshard.proxy.extended import query_kind
 from pgshard.proxy.refusals import aborted, already_in_txn, listen_error, sticky_fanout
-from pgshard.proxy.units import LOCAL_KINDS, OP_FLUSH, TXN_KINDS, Fanout, Wait
+from pgshard.proxy.units import FLUSH_OP, LOCAL_KINDS, TXN_KINDS, Fanout, Wait
 from pgshard.sql import classify as r
 
 _AND_CHAIN = re.compile(r"\bAND\s+CHAIN\b", re.I)
@@ -50,7 +50,7 @@ class SimpleQuery:
         if ext.ops:
             # Extended messages before it run first, and are answered at once (a Flush):
             # the Query may go to another server.
-            ext.ops.append((OP_FLUSH,))
+            ext.ops.append(FLUSH_OP)
             aw = ext.flush_ops(sync=False)
             if aw is not None:
                 return self._guard(self.then_query(aw, raw), True)

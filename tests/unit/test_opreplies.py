@@ -8,7 +8,7 @@ import pytest
 from pgshard.protocol import opreplies as orp
 from pgshard.proxy import pipelines as pl
 from pgshard.proxy.backend import X_DESC_PORTAL, X_EXEC
-from pgshard.proxy.units import OP_BIND, OP_DESC_STMT, OP_FAKE, OP_PARSE, OP_RAW
+from pgshard.proxy.units import BindOp, DescribeStatementOp, FakeOp, ParseOp, RawOp
 from pgshard.sql import classify as r
 
 P, B, E, DP, DS, CL, S = orp.PARSE, orp.BIND, orp.EXEC, orp.DESC_PORTAL, orp.DESC_STMT, \
@@ -49,26 +49,26 @@ class _St:
 
 
 ST, BEGIN, COMMIT = _St(), _St(r.BEGIN), _St(r.COMMIT)
-EXEC = (OP_RAW, b"", X_EXEC)
-DESC = (OP_RAW, b"", X_DESC_PORTAL)
+EXEC = RawOp(b"", X_EXEC)
+DESC = RawOp(b"", X_DESC_PORTAL)
 
 
 def bind(shard, st=ST):
-    return (OP_BIND, st, b"", None, shard)
+    return BindOp(st, b"", None, shard)
 
 
 ASSIGN = [
     ("binds and their executes", [bind("a"), EXEC, bind("b"), DESC, EXEC],
      ["a", "a", "b", "b", "b"]),
-    ("parse goes with the next bind", [(OP_PARSE, ST), bind("b"), EXEC, (OP_PARSE, ST),
-                                       (OP_DESC_STMT, ST), bind("a"), EXEC],
+    ("parse goes with the next bind", [ParseOp(ST, b"", ""), bind("b"), EXEC, ParseOp(ST, b"", ""),
+                                       DescribeStatementOp(ST), bind("a"), EXEC],
      ["b", "b", "b", "a", "a", "a", "a"]),
-    ("trailing parse stays", [bind("a"), EXEC, (OP_PARSE, ST)], ["a", "a", "a"]),
-    ("no bind at all", [(OP_PARSE, ST)], ["z"]),
-    ("begin and commit answered here", [(OP_PARSE, BEGIN), bind(None, BEGIN), EXEC, bind("a"),
+    ("trailing parse stays", [bind("a"), EXEC, ParseOp(ST, b"", "")], ["a", "a", "a"]),
+    ("no bind at all", [ParseOp(ST, b"", "")], ["z"]),
+    ("begin and commit answered here", [ParseOp(BEGIN, b"", ""), bind(None, BEGIN), EXEC, bind("a"),
                                         EXEC, bind(None, COMMIT), EXEC],
      [pl.LOCAL, pl.LOCAL, pl.LOCAL, "a", "a", pl.LOCAL, pl.LOCAL]),
-    ("fake reply", [bind("a"), (OP_FAKE, b"x"), EXEC], ["a", pl.LOCAL, "a"]),
+    ("fake reply", [bind("a"), FakeOp(b"x"), EXEC], ["a", pl.LOCAL, "a"]),
 ]
 
 
