@@ -1,9 +1,30 @@
 # Cython declarations for messages.py (pure-Python mode; ignored when it runs uncompiled):
 # the message body cursor compiled as an extension type with C fields (the same attributes,
-# all public) and its bounds check a C call from its own methods (cpdef: still a method).
+# all public), its bounds check, string and count reads C calls from this module (cpdef: still
+# methods), and the per-message decoders of the extended protocol typed.
+cimport cython
+
+
 cdef class _Reader:
     cdef public object data
     cdef public Py_ssize_t pos
     cdef public object error
 
     cpdef int _need(self, Py_ssize_t n) except -1
+    cpdef str cstr(self)
+    cpdef object u16(self)
+    cpdef object end(self)
+
+
+@cython.locals(r=_Reader, n=Py_ssize_t)
+cpdef object decode_parse(object body)
+
+@cython.locals(r=_Reader, p=Py_ssize_t, e=Py_ssize_t)
+cpdef tuple bind_statement_name(object body)
+
+@cython.locals(r=_Reader)
+cpdef tuple decode_target(object body, object what=*)
+
+cpdef str decode_cstr(object body)
+
+cpdef bytes renamed_bind(object raw, Py_ssize_t at, str old, str new_name)

@@ -359,7 +359,7 @@ def decode_parse(body: bytes) -> ParseMsg:
     name, sql = r.cstr(), r.cstr()
     n = r.u16()
     r._need(4 * n)
-    oids = tuple(r.u32() for _ in range(n))
+    oids = tuple([r.u32() for _ in range(n)]) if n else ()
     r.end()
     return ParseMsg(name, sql, oids)
 
@@ -408,6 +408,13 @@ def decode_cstr(body: bytes) -> str:
 
 def bind_statement_name(body: bytes) -> tuple[str, int]:
     """(statement name, offset where it starts) without decoding the parameters."""
+    p = body.find(b"\0")
+    if p >= 0:   # the common case, ASCII names: no reader
+        e = body.find(b"\0", p + 1)
+        if e >= 0:
+            name = body[p + 1:e]
+            if name.isascii() and body[:p].isascii():
+                return name.decode("ascii"), p + 1
     r = _Reader(body)
     r.cstr()   # the portal
     at = r.pos
@@ -417,8 +424,14 @@ def bind_statement_name(body: bytes) -> tuple[str, int]:
 def rewrite_bind_statement(body: bytes, new_name: str) -> bytes:
     """A Bind message (framed) naming another prepared statement, parameters untouched."""
     old, at = bind_statement_name(body)
-    nb = body[:at] + new_name.encode() + body[at + len(old.encode()):]
-    return frame(b"B", nb)
+    return frame(b"B", body[:at] + new_name.encode() + body[at + len(old.encode()):])
+
+
+def renamed_bind(raw: bytes, at: int, old: str, new_name: str) -> bytes:
+    """rewrite_bind_statement of a framed Bind whose statement name old starts at body
+    offset at (bind_statement_name's answer): no second scan."""
+    start = 5 + at
+    return frame(b"B", raw[5:start] + new_name.encode() + raw[start + len(old.encode()):])
 
 
 def decode_target(body: bytes, what: str = "DESCRIBE/CLOSE") -> tuple[bytes, str]:

@@ -143,7 +143,7 @@ class ExtendedPipeline:
             raise InvalidSqlStatementName(f'prepared statement "{name}" does not exist')
 
     def bind(self, raw: bytes):
-        name, _ = m.bind_statement_name(raw[5:])
+        name, at = m.bind_statement_name(raw[5:])
         st = self.lookup(name)
         plan = st.plan
         if plan.kind in PGSHARD_KINDS:
@@ -176,7 +176,7 @@ class ExtendedPipeline:
                 return self._guard(session.fan.after_wait(shard, 0x42, raw), False)
         if self.unit_split and (shard is None or not isinstance(shard, Fanout)):
             if st.global_name:
-                raw = m.rewrite_bind_statement(raw[5:], st.global_name)
+                raw = m.renamed_bind(raw, at, name, st.global_name)
             self.ops.append(BindOp(st, raw, bind, shard))
             return
         if isinstance(shard, Fanout):
@@ -201,7 +201,7 @@ class ExtendedPipeline:
                         hint="send a Sync between statements for different shards")
                 self.split_mode()
                 if st.global_name:
-                    raw = m.rewrite_bind_statement(raw[5:], st.global_name)
+                    raw = m.renamed_bind(raw, at, name, st.global_name)
                 self.ops.append(BindOp(st, raw, bind, shard))
                 return
             if self.unit_shard is None:
@@ -213,7 +213,7 @@ class ExtendedPipeline:
                 session.unit_wrote = True
             self.unit_shard = shard
         if st.global_name:
-            raw = m.rewrite_bind_statement(raw[5:], st.global_name)
+            raw = m.renamed_bind(raw, at, name, st.global_name)
         self.ops.append(BindOp(st, raw))
 
     def split_mode(self) -> None:

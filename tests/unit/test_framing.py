@@ -170,3 +170,16 @@ def test_in_place_and_buffered_paths_agree():
             fr, data = fb.scan()
             out += bytes(data)[:fr[-1][2]] if fr else b""
         assert out == stream
+
+
+@pytest.mark.parametrize("portal,name,new", [
+    ("", "stmt1", "pgshard_abc"), ("p1", "", "pgshard_x"), ("pé", "naïve", "pgshard_y"),
+    ("", "P0_1", "pgshard_0123456789abcdef"),
+])
+def test_renamed_bind_is_rewrite_without_a_second_scan(portal, name, new):
+    raw = m.bind(portal, name, [b"1", None], (0,), (0,))
+    old, at = m.bind_statement_name(raw[5:])
+    assert old == name
+    assert m.renamed_bind(raw, at, old, new) == m.rewrite_bind_statement(raw[5:], new)
+    back = m.decode_bind(m.renamed_bind(raw, at, old, new)[5:])
+    assert (back.portal, back.statement, back.params) == (portal, new, [b"1", None])
