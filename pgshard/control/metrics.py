@@ -1,13 +1,18 @@
-"""Prometheus metrics in a private registry: the proxy's hot-path hooks (cheap: cached label
-children) plus a collector that reads pools, clients and control-plane state at scrape time."""
+"""Prometheus metrics in a private registry: the proxy's hot-path hooks (cheap: plain
+counters, no locks) plus collectors that read them, pools, clients and control-plane state at
+scrape time."""
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from pgshard.proxy.cachestats import cache_usage
 
@@ -24,11 +29,6 @@ class Metrics:
         self.proxy = proxy
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self._queries = Counter("pgshard_queries", "Statements routed, by shard, server role "
-                                "and statement kind", ["shard", "role", "kind"], registry=r)
-        self._latency = Histogram("pgshard_query_duration_seconds", "Statement latency through "
-                                  "the proxy", ["shard", "role", "kind"], registry=r,
-                                  buckets=LATENCY_BUCKETS)
         self._errors = Counter("pgshard_errors", "Errors sent to clients, by SQLSTATE",
                                ["sqlstate"], registry=r)
         self._connections = Counter("pgshard_client_connections_accepted",
@@ -43,9 +43,13 @@ class Metrics:
                                 "handed to the worker owning it (forwarded)", ["path"],
                                 registry=r)
         self._in_doubt = 0
-        self._children: dict[tuple[str, str, str], tuple] = {}
+        # (shard, role, kind) -> QuerySeries: the statements counted on the hot path, read
+        # by _QueryCollector at scrape time (prometheus_client's own Counter and Histogram
+        # take a lock and make several Python calls per observation).
+        self._series: dict[tuple[str, str, str], QuerySeries] = {}
         self._error_children: dict[str, object] = {}
         self._clients: set[int] = set()
+        r.register(_QueryCollector(self._series))
         r.register(_StateCollector(self, status))
 
     # ---------------------------------------------------------------- proxy hooks
@@ -53,11 +57,11 @@ class Metrics:
     def query(self, shard: str, role: str, kind: str, seconds: float) -> None:
         """One statement finished on `shard` (`role`: primary/replica:N)."""
         key = (shard, role, kind)
-        pair = self._children.get(key)
-        if pair is None:
-            pair = self._children[key] = (self._queries.labels(*key), self._latency.labels(*key))
-        pair[0].inc()
-        pair[1].observe(seconds)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = QuerySeries()
+        series.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        series.total += seconds
 
     def client_connected(self, client) -> None:
         self._clients.add(id(client))
@@ -91,6 +95,47 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class QuerySeries:
+    """One (shard, role, kind)'s statements: how many fell in each latency bucket (the last
+    is +Inf; the count is their sum) and their summed seconds."""
+
+    __slots__ = ("buckets", "total", "created")
+
+    def __init__(self):
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+        self.created = time.time()
+
+
+class _QueryCollector:
+    """pgshard_queries (a counter) and pgshard_query_duration_seconds (a histogram) from the
+    QuerySeries, in the form prometheus_client's Counter and Histogram expose."""
+
+    _BOUNDS = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+
+    def __init__(self, series: dict[tuple[str, str, str], QuerySeries]):
+        self.series = series
+
+    def collect(self):
+        labels = ["shard", "role", "kind"]
+        queries = CounterMetricFamily("pgshard_queries", "Statements routed, by shard, server "
+                                      "role and statement kind", labels=labels)
+        latency = HistogramMetricFamily("pgshard_query_duration_seconds", "Statement latency "
+                                        "through the proxy", labels=labels)
+        for key, s in list(self.series.items()):
+            lv = list(key)
+            cumulative, running = [], 0
+            for bound, n in zip(self._BOUNDS, s.buckets, strict=True):
+                running += n
+                cumulative.append((bound, running))
+            queries.add_metric(lv, running, created=s.created)
+            latency.add_metric(lv, cumulative, s.total)
+            latency.samples.append(Sample("pgshard_query_duration_seconds_created",
+                                          dict(zip(labels, lv, strict=True)), s.created))
+        yield queries
+        yield latency
 
 
 class _StateCollector:

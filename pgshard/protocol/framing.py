@@ -32,7 +32,11 @@ class FrameBuffer:
     """Accumulates bytes; yields complete messages as (type byte, body bytes).
 
     Strategy: most reads hold whole messages only, so bytes fed into an empty buffer are
-    kept as they are (no copy) and consumed in place; only a partial tail is copied."""
+    kept as they are (no copy) and consumed in place; only a partial tail is copied.
+
+    A header's length is read byte by byte (`p[i]`, the signed big-endian int32 written out):
+    compiled, `p` is a C pointer into the bytes or bytearray, so that is four loads and no
+    call; uncompiled it is plain indexing."""
 
     __slots__ = ("_buf", "_pos", "_ext", "_epos", "max_size", "allowed")
 
@@ -46,6 +50,8 @@ class FrameBuffer:
         self.allowed = allowed
 
     def feed(self, data: bytes) -> None:
+        if type(data) is not bytes:   # kept as it is below: read as bytes (see _length_at)
+            data = bytes(data)
         if self._pos and self._pos == len(self._buf):
             self._buf.clear()
             self._pos = 0
@@ -112,8 +118,10 @@ class FrameBuffer:
             if avail < 5:
                 self._spill()
                 return None
-            mtype = ext[pos]
-            (length,) = _I32.unpack_from(ext, pos + 1)
+            p = ext
+            mtype = p[pos]
+            length = ((p[pos + 1] ^ 0x80) - 0x80) * 16777216 + (p[pos + 2] << 16) \
+                + (p[pos + 3] << 8) + p[pos + 4]
             self._check(mtype, length)
             end = pos + 1 + length
             if end > len(ext):
@@ -130,8 +138,10 @@ class FrameBuffer:
         avail = len(buf) - pos
         if avail < 5:
             return None
-        mtype = buf[pos]
-        (length,) = _I32.unpack_from(buf, pos + 1)
+        p = buf
+        mtype = p[pos]
+        length = ((p[pos + 1] ^ 0x80) - 0x80) * 16777216 + (p[pos + 2] << 16) \
+            + (p[pos + 3] << 8) + p[pos + 4]
         self._check(mtype, length)
         if avail < length + 1:
             return None
@@ -163,9 +173,11 @@ class FrameBuffer:
         end = len(data)
         frames = []
         pos = start
+        p = data
         while end - pos >= 5:
-            mtype = data[pos]
-            (length,) = _I32.unpack_from(data, pos + 1)
+            mtype = p[pos]
+            length = ((p[pos + 1] ^ 0x80) - 0x80) * 16777216 + (p[pos + 2] << 16) \
+                + (p[pos + 3] << 8) + p[pos + 4]
             self._check(mtype, length)
             nxt = pos + 1 + length
             if nxt > end:

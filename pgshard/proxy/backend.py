@@ -169,7 +169,8 @@ class ServerConnection(asyncio.Protocol):
         if old == state:
             return
         self.state = state
-        self.pool.on_state_change(self, old, state)
+        if state == CLOSED:
+            self.pool.server_closed(self)
 
     def _wake(self):
         w = self._waiter

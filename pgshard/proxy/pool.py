@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from pgshard.protocol.errors import ConnectionFailure, PgError
-from pgshard.proxy.backend import ACTIVE, CLOSED, IDLE, ServerConnection
+from pgshard.proxy.backend import ACTIVE, IDLE, ServerConnection
 
 log = logging.getLogger("pgshard.pool")
 
@@ -106,16 +106,17 @@ class BackendPool:
     def active(self) -> int:
         return sum(1 for s in self.servers if s.state == ACTIVE)
 
-    def on_state_change(self, server: ServerConnection, old: str, new: str) -> None:
-        if new == CLOSED:
-            self.servers.discard(server)
-            try:
-                self.idle.remove(server)
-            except ValueError:
-                pass
-            if self.waiters and not self.closed:
-                # Capacity freed: make a connection for the first waiter.
-                asyncio.get_running_loop().create_task(self._connect_for_waiter())
+    def server_closed(self, server: ServerConnection) -> None:
+        """A server of this pool closed (its connection calls this; no other state change
+        of it concerns the pool): it is forgotten, and its place goes to a waiter."""
+        self.servers.discard(server)
+        try:
+            self.idle.remove(server)
+        except ValueError:
+            pass
+        if self.waiters and not self.closed:
+            # Capacity freed: make a connection for the first waiter.
+            asyncio.get_running_loop().create_task(self._connect_for_waiter())
 
     # ------------------------------------------------------------ acquire / release
 

@@ -28,7 +28,7 @@ def spare():
 
 
 @pytest.fixture(scope="module")
-async def rt(pg_cluster):
+async def rt(pg_cluster, spare):   # spare outlives the runtime: its shard is never dead here
     for s in pg_cluster.shards:
         s.primary.psql(f"DROP TABLE IF EXISTS {TABLE}; "
                        f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, note text)")
