@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from struct import Struct
 
 from pgshard.protocol.encoding import decode_utf8
@@ -347,11 +346,32 @@ def decode_query(body: bytes) -> str:
     return sql
 
 
-@dataclass(slots=True)
-class ParseMsg:
-    name: str
-    sql: str
-    oids: tuple[int, ...]
+class _Fields:
+    """Equality and repr by the fields in __slots__ (what @dataclass would give, with an
+    __init__ compiled with the module instead of one generated at run time)."""
+
+    __slots__ = ()
+    __hash__ = None
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class ParseMsg(_Fields):
+    """A Parse: the statement's name, its text and its parameter type OIDs."""
+
+    __slots__ = ("name", "sql", "oids")
+
+    def __init__(self, name: str, sql: str, oids: tuple[int, ...]):
+        self.name = name
+        self.sql = sql
+        self.oids = oids
 
 
 def decode_parse(body: bytes) -> ParseMsg:
@@ -364,13 +384,18 @@ def decode_parse(body: bytes) -> ParseMsg:
     return ParseMsg(name, sql, oids)
 
 
-@dataclass(slots=True)
-class BindMsg:
-    portal: str
-    statement: str
-    param_formats: tuple[int, ...]
-    params: list[bytes | None]
-    result_formats: tuple[int, ...]
+class BindMsg(_Fields):
+    """A Bind: portal, statement, parameter formats and values, result formats."""
+
+    __slots__ = ("portal", "statement", "param_formats", "params", "result_formats")
+
+    def __init__(self, portal: str, statement: str, param_formats: tuple[int, ...],
+                 params: list[bytes | None], result_formats: tuple[int, ...]):
+        self.portal = portal
+        self.statement = statement
+        self.param_formats = param_formats
+        self.params = params
+        self.result_formats = result_formats
 
     def param_format(self, i: int) -> int:
         f = self.param_formats

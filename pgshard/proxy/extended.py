@@ -340,8 +340,12 @@ class ExtendedPipeline:
                     if type(target) is not str:   # NeedColumns: the unit goes out after
                         self.ops = ops + self.ops
                         return self._guard(self._flush_after(target, sync), False, sync)
-        executes = any(op.kind == OP_BIND or (op.kind == OP_RAW and op.expect == X_EXEC)
-                       for op in ops)
+        executes = False
+        for op in ops:
+            k = op.kind
+            if k == OP_BIND or (k == OP_RAW and op.expect == X_EXEC):
+                executes = True
+                break
         if executes and self.txn.failed:
             raise aborted()   # the held-back transaction failed: nothing runs until its end
         if unit is not None:
@@ -446,8 +450,14 @@ class ExtendedPipeline:
         if session.pool_mode != "transaction":
             return False
         write = self.write
-        if all(op.kind in (OP_SYNC, OP_FLUSH, OP_FAKE)
-               or (op.kind == OP_PARSE and op.st.global_name) for op in ops):
+        local = True   # (a plain loop: no generator per unit)
+        for op in ops:
+            k = op.kind
+            if not (k == OP_SYNC or k == OP_FLUSH or k == OP_FAKE
+                    or (k == OP_PARSE and op.st.global_name)):
+                local = False
+                break
+        if local:
             parses = [op.st for op in ops if op.kind == OP_PARSE]
             if not parses:   # only replies made here (pgshard.* settings, Close)
                 for op in ops:
