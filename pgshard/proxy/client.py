@@ -353,12 +353,15 @@ class ClientSession(asyncio.Protocol,
             return
         if self._t0:
             elapsed = time.monotonic() - self._t0
-            metrics = self.proxy.metrics
+            proxy = self.proxy
+            metrics = proxy.metrics
             if metrics is not None:
                 metrics.query(self.shard, self.role, self._qkind, elapsed)
-            slowlog = getattr(self.proxy, "slowlog", None)
-            if slowlog is not None:
-                slowlog.note(self, self.shard, elapsed, self._qsql)
+            # The slow-query log is called only for a statement it logs (off: -1).
+            if elapsed * 1000.0 >= proxy.config.proxy.slow_query_ms >= 0:
+                slowlog = getattr(proxy, "slowlog", None)
+                if slowlog is not None:
+                    slowlog.note(self, self.shard, elapsed, self._qsql)
             self._t0 = 0.0
         if self.unit_wrote and s.txn_status == b"I":
             self.last_write[self.shard] = time.monotonic()

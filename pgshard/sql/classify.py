@@ -9,7 +9,7 @@ state into a shard name.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from itertools import islice
 
@@ -76,13 +76,14 @@ class Plan:
     config: bool = False                # SELECT set_config('name', 'value', false): tracked
     #                                     like a SET of name to value (a ConfigValue)
 
-    @property
-    def is_read(self) -> bool:
-        return self.first_word in _READ_WORDS
+    # From first_word, set once (read per statement on the hot path: a field, not a
+    # property call).
+    is_read: bool = field(init=False, repr=False, compare=False)
+    is_ddl: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def is_ddl(self) -> bool:
-        return self.first_word in _DDL_WORDS
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_read", self.first_word in _READ_WORDS)
+        object.__setattr__(self, "is_ddl", self.first_word in _DDL_WORDS)
 
     @property
     def hinted(self) -> bool:
@@ -134,6 +135,8 @@ def _hinted_plan(word: str, shard_key: bytes | None = None, shard: str | None = 
     p.consistency = consistency
     p.name = p.value = p.sticky = None
     p.multi = p.config = False
+    p.is_read = word in _READ_WORDS
+    p.is_ddl = word in _DDL_WORDS
     p.__class__ = Plan
     return p
 

@@ -160,3 +160,23 @@ def test_the_fast_paths_plan_is_a_plan_like_any_other(kw):
     assert dataclasses.astuple(p) == dataclasses.astuple(q)
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.shard = "elsewhere"
+
+
+@pytest.mark.parametrize("word, read, ddl", [("SELECT", True, False), ("WITH", True, False),
+                                             ("CREATE", False, True), ("INSERT", False, False)])
+def test_is_read_and_is_ddl_are_set_on_every_path(word, read, ddl):
+    """is_read/is_ddl are fields set at construction: by __init__, by replace() and by the
+    fast path's _hinted_plan alike."""
+    import dataclasses
+
+    made = [r.Plan(r.STATEMENT, word), r._hinted_plan(word, shard="s1"),
+            dataclasses.replace(r.Plan(r.STATEMENT, word), sticky="x")]
+    assert [(p.is_read, p.is_ddl) for p in made] == [(read, ddl)] * 3
+    r.clear_cache()
+    for sql in TEXTS:
+        p = r.plan(sql) if not isinstance(_outcome(r.plan, sql), tuple) else None
+        if isinstance(p, r.Plan):
+            assert (p.is_read, p.is_ddl) == (p.first_word in ("SELECT", "WITH", "VALUES",
+                                             "TABLE", "EXPLAIN", "SHOW", "FETCH"),
+                                             p.first_word in ("CREATE", "ALTER", "DROP",
+                                             "TRUNCATE", "COMMENT", "GRANT", "REVOKE")), sql
