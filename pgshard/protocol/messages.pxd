@@ -27,4 +27,7 @@ cpdef tuple decode_target(object body, object what=*)
 
 cpdef str decode_cstr(object body)
 
+@cython.locals(end=Py_ssize_t)
+cpdef str query_text(object raw)
+
 cpdef bytes renamed_bind(object raw, Py_ssize_t at, str old, str new_name)

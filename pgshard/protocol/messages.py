@@ -339,6 +339,17 @@ def check_empty(body: bytes) -> None:
         raise MalformedMessage("invalid message format")
 
 
+def query_text(raw: bytes) -> str:
+    """The text of a whole Query message (raw: header included): an ASCII text with its one
+    terminator last is sliced straight out; anything else is read as decode_query reads it."""
+    end = raw.find(b"\0", 5)
+    if end == len(raw) - 1:
+        s = raw[5:end]
+        if s.isascii():
+            return s.decode("ascii")
+    return decode_query(raw[5:])
+
+
 def decode_query(body: bytes) -> str:
     r = _Reader(body)
     sql = r.cstr()

@@ -59,7 +59,7 @@ class SimpleQuery:
             ext.stmts.pop("", None)
         if ext.local_portals:
             ext.local_portals.pop("", None)
-        sql = m.decode_query(raw[5:])
+        sql = m.query_text(raw)
         plan = r.plan(sql)
         kind = plan.kind
         if plan.first_word == "LISTEN" and session.pool_mode == "transaction":
@@ -73,8 +73,8 @@ class SimpleQuery:
             return None
         if txn.failed and kind not in (r.COMMIT, r.ROLLBACK):
             raise aborted()
-        if self._own_object(plan, sql):
-            return None
+        if (plan.is_ddl or plan.first_word == "COPY") and self._own_object(plan, sql):
+            return None   # (the test before the call is own_object's own first one)
         if kind in TXN_KINDS and not attached and session.pool_mode == "transaction":
             self.local_txn(kind, sql)
             self.write(m.ready_for_query(self._status()))

@@ -183,3 +183,18 @@ def test_renamed_bind_is_rewrite_without_a_second_scan(portal, name, new):
     assert m.renamed_bind(raw, at, old, new) == m.rewrite_bind_statement(raw[5:], new)
     back = m.decode_bind(m.renamed_bind(raw, at, old, new)[5:])
     assert (back.portal, back.statement, back.params) == (portal, new, [b"1", None])
+
+
+@pytest.mark.parametrize("body", [
+    b"SELECT 1\0", b"\0", "SELECT 'é'\0".encode(), b"SELECT 1\0junk\0", b"SELECT 1",
+    b"SELECT \xff\0", b"SELECT 1\0\0",
+])
+def test_query_text_reads_what_decode_query_reads(body):
+    raw = b"Q" + (len(body) + 4).to_bytes(4, "big") + body
+    try:
+        want = m.decode_query(body)
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            m.query_text(raw)
+    else:
+        assert m.query_text(raw) == want
