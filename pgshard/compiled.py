@@ -31,6 +31,7 @@ HOT_MODULES = (
     "pgshard.proxy.statements",
     "pgshard.ring.hashing",
     "pgshard.ring.ring",
+    "pgshard.sql.classify",
     "pgshard.sql.fastkey",
     "pgshard.sql.lex",
     "pgshard.sql.textmemo",
