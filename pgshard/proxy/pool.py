@@ -15,6 +15,15 @@ from pgshard.proxy.backend import ACTIVE, IDLE, ServerConnection
 log = logging.getLogger("pgshard.pool")
 
 
+class _Expired(Exception):
+    """A waiter's query_wait_timeout passed (set on its future by _expire)."""
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
 class PoolTimeout(PgError, code="53000"):
     """No server connection became free within query_wait_timeout."""
 
@@ -165,17 +174,19 @@ class BackendPool:
                 self.connecting -= 1
             self.stats["acquired"] += 1
             return s
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self.waiters.append(fut)
         self.stats["waited"] += 1
+        # One timer that fails the future at the deadline, not asyncio.wait_for (a shield,
+        # a second future and their callbacks: more work than the wait itself under load).
+        # release() takes a served future off waiters; the others leave it here.
+        timer = loop.call_later(self.settings.query_wait_timeout, _expire, fut)
         try:
-            s = await asyncio.wait_for(asyncio.shield(fut), self.settings.query_wait_timeout)
-        except TimeoutError:
+            s = await fut
+        except _Expired:
             self.stats["timeouts"] += 1
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self.release(fut.result())
-            else:
-                fut.cancel()
+            self._forget_waiter(fut)
             raise PoolTimeout(
                 f"no server connection to shard {self.key.shard} ({self.key.role}) became free "
                 f"within query_wait_timeout ({self.settings.query_wait_timeout:g}s)",
@@ -184,12 +195,13 @@ class BackendPool:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self.release(fut.result())
             fut.cancel()
+            self._forget_waiter(fut)
+            raise
+        except BaseException:   # the pool closed, or a connect for the waiters failed
+            self._forget_waiter(fut)
             raise
         finally:
-            try:
-                self.waiters.remove(fut)
-            except ValueError:
-                pass
+            timer.cancel()
         self.stats["acquired"] += 1
         return s
 
@@ -209,6 +221,12 @@ class BackendPool:
                 fut.set_result(server)
                 return
         self.idle.append(server)
+
+    def _forget_waiter(self, fut: asyncio.Future) -> None:
+        try:
+            self.waiters.remove(fut)
+        except ValueError:
+            pass
 
     async def _connect_for_waiter(self) -> None:
         if self.size >= self.settings.pool_size or not self.waiters:
