@@ -35,8 +35,8 @@ cpdef str query_text(object raw)
 cpdef bytes renamed_bind(object raw, Py_ssize_t at, str old, str new_name)
 
 @cython.locals(r=_Reader, p=ubytes, pos=Py_ssize_t, n=Py_ssize_t, nf=Py_ssize_t,
-               np_=Py_ssize_t, nr=Py_ssize_t, size=Py_ssize_t, params=list)
+               np_=Py_ssize_t, size=Py_ssize_t, params=list)
 cpdef object decode_bind(object body)
 
-@cython.locals(i=Py_ssize_t)
-cdef tuple _int16s(ubytes p, Py_ssize_t pos, Py_ssize_t count)
+@cython.locals(i=Py_ssize_t, count=Py_ssize_t)
+cdef tuple _int16s(ubytes p, Py_ssize_t pos, Py_ssize_t n)

@@ -428,14 +428,9 @@ def decode_bind(body: bytes) -> BindMsg:
     p = body
     pos = r.pos
     n = len(body)
-    if pos + 2 > n:
-        raise MalformedMessage(_SHORT)
-    nf = (p[pos] << 8) + p[pos + 1]
-    pos += 2
-    if pos + 2 * nf > n:
-        raise MalformedMessage(_SHORT)
-    fmts = _int16s(p, pos, nf)
-    pos += 2 * nf
+    fmts = _int16s(p, pos, n)
+    nf = len(fmts)
+    pos += 2 + 2 * nf
     if pos + 2 > n:
         raise MalformedMessage(_SHORT)
     np_ = (p[pos] << 8) + p[pos + 1]
@@ -456,14 +451,8 @@ def decode_bind(body: bytes) -> BindMsg:
             raise MalformedMessage(_SHORT)
         params.append(body[pos:pos + size])
         pos += size
-    if pos + 2 > n:
-        raise MalformedMessage(_SHORT)
-    nr = (p[pos] << 8) + p[pos + 1]
-    pos += 2
-    if pos + 2 * nr > n:
-        raise MalformedMessage(_SHORT)
-    rfmts = _int16s(p, pos, nr)
-    if pos + 2 * nr != n:
+    rfmts = _int16s(p, pos, n)
+    if pos + 2 + 2 * len(rfmts) != n:
         raise MalformedMessage("invalid message format")
     return BindMsg(portal, stmt, fmts, params, rfmts)
 
@@ -471,8 +460,15 @@ def decode_bind(body: bytes) -> BindMsg:
 _SHORT = "insufficient data left in message"
 
 
-def _int16s(p, pos: int, count: int) -> tuple[int, ...]:
-    """count signed big-endian 16-bit integers at p[pos:] (bounds checked by the caller)."""
+def _int16s(p, pos: int, n: int) -> tuple[int, ...]:
+    """The counted array of signed big-endian 16-bit integers at p[pos:] (a 16-bit count,
+    then that many), within a body of n bytes: its fields take 2 + 2 * len(result) bytes."""
+    if pos + 2 > n:
+        raise MalformedMessage(_SHORT)
+    count = (p[pos] << 8) + p[pos + 1]
+    pos += 2
+    if pos + 2 * count > n:
+        raise MalformedMessage(_SHORT)
     if count == 0:
         return ()
     return tuple([((p[pos + 2 * i] ^ 0x80) - 0x80) * 256 + p[pos + 2 * i + 1]

@@ -225,7 +225,7 @@ def _classify(sql: str, sc: lx.Scan, alt: lx.Scan | None) -> Plan:
     if not sc.statements:
         return Plan(EMPTY, **kw)
     s0, e0 = sc.statements[0]
-    it = lx.tokens(sql, s0, e0)
+    it = lx.tokens(sql, lx.skip_open_parens(sql, s0, e0), e0)
     first = next(it, None)
     while first is not None and first.kind == lx.OP and first.text == "(":
         first = next(it, None)

@@ -31,6 +31,7 @@ _STD_BODY = re.compile(r"(?:[^']++|'')*+")
 _E_BODY = re.compile(r"(?:[^'\\]++|\\.|'')*+", re.S)
 _COMMENT_MARK = re.compile(r"/\*|\*/")   # two fixed two-character strings: no backtracking
 _EOL = re.compile(r"[\n\r]")
+_OPEN_PARENS = re.compile(r"[ \t\n\r\f\v(]*+")
 
 
 def _is_ident_start(c: str) -> bool:
@@ -42,6 +43,13 @@ def _is_word(c: str) -> bool:
 
 
 # ------------------------------------------------------------ the pieces (shared)
+
+def skip_open_parens(sql: str, start: int, end: int) -> int:
+    """Where sql[start:end] goes on past its leading white space and opening parentheses
+    (one character-class run: a statement opening with thousands of '(' costs no token
+    objects before its first word)."""
+    return _OPEN_PARENS.match(sql, start, end).end()
+
 
 def skip_block_comment(sql: str, p: int) -> int:
     """sql[p:p+2] == '/*': the end of the (nested) comment (len(sql) + 1 if

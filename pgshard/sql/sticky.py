@@ -77,7 +77,7 @@ def _statement(sql: str, s: int, e: int, several: bool, esc: bool) -> str | None
     # The first word (after any opening parentheses) and the one after it decide most
     # statements; the rest is tokenized only when the text may hold what the loop below
     # looks for (every word it returns on contains one of _MAYBE_DML_WORDS) or for DECLARE.
-    it = lx.tokens(sql, s, e, esc)
+    it = lx.tokens(sql, lx.skip_open_parens(sql, s, e), e, esc)
     toks = []
     for t in it:
         toks.append(t)

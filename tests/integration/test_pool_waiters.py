@@ -5,6 +5,7 @@ while waiting gives its place back; no waiter is left behind (pool.waiters empty
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncpg
 import pytest
@@ -28,6 +29,24 @@ def _dsn(rt) -> str:
 
 def _pools(rt, shard="shard0"):
     return [p for k, p in rt.proxy.pools.items() if k.shard == shard and k.role == "primary"]
+
+
+@contextlib.asynccontextmanager
+async def _every_server_held(rt):
+    """POOL clients, each in a transaction holding one of shard0's pooled servers; leaving the
+    block rolls them back (both servers free again) and closes them."""
+    holders = [await asyncpg.connect(_dsn(rt)) for _ in range(POOL)]
+    try:
+        txs = [h.transaction() for h in holders]
+        for h, tx in zip(holders, txs, strict=True):
+            await tx.start()
+            await h.execute("SELECT 1 /* shard: shard0 */")   # each holds a server
+        yield
+        for tx in txs:
+            await tx.rollback()
+    finally:
+        for c in holders:
+            await c.close()
 
 
 async def _settled(rt):
@@ -56,36 +75,24 @@ async def test_more_clients_than_servers_are_all_served(rt):
 
 
 async def test_a_wait_past_query_wait_timeout_is_53000_and_leaves_no_waiter(rt):
-    holders = [await asyncpg.connect(_dsn(rt)) for _ in range(POOL)]
     waiter = await asyncpg.connect(_dsn(rt))
     try:
-        txs = [h.transaction() for h in holders]
-        for h, tx in zip(holders, txs, strict=True):
-            await tx.start()
-            await h.execute("SELECT 1 /* shard: shard0 */")   # each holds a server
-        timeouts = sum(p.stats["timeouts"] for p in _pools(rt))
-        with pytest.raises(asyncpg.PostgresError) as ei:
-            await waiter.fetchval("SELECT 2 /* shard: shard0 */")
-        assert ei.value.sqlstate == "53000" and "query_wait_timeout" in str(ei.value)
-        assert sum(p.stats["timeouts"] for p in _pools(rt)) == timeouts + 1
-        assert all(not p.waiters for p in _pools(rt))
-        for tx in txs:
-            await tx.rollback()
+        async with _every_server_held(rt):
+            timeouts = sum(p.stats["timeouts"] for p in _pools(rt))
+            with pytest.raises(asyncpg.PostgresError) as ei:
+                await waiter.fetchval("SELECT 2 /* shard: shard0 */")
+            assert ei.value.sqlstate == "53000" and "query_wait_timeout" in str(ei.value)
+            assert sum(p.stats["timeouts"] for p in _pools(rt)) == timeouts + 1
+            assert all(not p.waiters for p in _pools(rt))
         assert await waiter.fetchval("SELECT 3 /* shard: shard0 */") == 3
     finally:
-        for c in (*holders, waiter):
-            await c.close()
+        await waiter.close()
     await _settled(rt)
 
 
 async def test_a_client_that_leaves_while_waiting_gives_its_place_back(rt):
-    holders = [await asyncpg.connect(_dsn(rt)) for _ in range(POOL)]
     leaver = await asyncpg.connect(_dsn(rt))
-    try:
-        txs = [h.transaction() for h in holders]
-        for h, tx in zip(holders, txs, strict=True):
-            await tx.start()
-            await h.execute("SELECT 1 /* shard: shard0 */")
+    async with _every_server_held(rt):
         pending = asyncio.ensure_future(leaver.fetchval("SELECT 4 /* shard: shard0 */"))
         for _ in range(100):
             if any(p.waiters for p in _pools(rt)):
@@ -100,16 +107,11 @@ async def test_a_client_that_leaves_while_waiting_gives_its_place_back(rt):
                 break
             await asyncio.sleep(0.01)
         assert not any(p.waiters for p in _pools(rt))
-        for tx in txs:
-            await tx.rollback()
-        # Both servers are free for the next clients; nobody was handed a dead waiter's.
-        others = [await asyncpg.connect(_dsn(rt)) for _ in range(POOL)]
-        try:
-            assert [await o.fetchval("SELECT 5 /* shard: shard0 */") for o in others] == [5, 5]
-        finally:
-            for o in others:
-                await o.close()
+    # Both servers are free for the next clients; nobody was handed a dead waiter's.
+    others = [await asyncpg.connect(_dsn(rt)) for _ in range(POOL)]
+    try:
+        assert [await o.fetchval("SELECT 5 /* shard: shard0 */") for o in others] == [5, 5]
     finally:
-        for c in holders:
-            await c.close()
+        for o in others:
+            await o.close()
     await _settled(rt)

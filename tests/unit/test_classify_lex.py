@@ -267,6 +267,19 @@ def test_kinds_read_from_tokens(sql, kind):
     assert r.plan(sql).kind == kind
 
 
+@pytest.mark.parametrize("sql, word, sticky", [
+    ("((SELECT 1))", "SELECT", None),
+    ("( /* ( */ (\n\tSELECT pg_advisory_lock(1)))", "SELECT", "pg_advisory_lock()"),
+    ("(( -- c\n (CREATE TEMP TABLE t (a int)", "CREATE", "a temporary table"),
+    ("(" * 20000 + "SELECT 1", "SELECT", None),
+    ("(((", None, None), ("( ;", None, None),
+])
+def test_opening_parentheses_are_skipped_before_the_first_word(sql, word, sticky):
+    # A run of '(' and white space is passed in one step; a comment inside it is a token.
+    p = r.plan(sql)
+    assert (p.first_word or None, p.sticky) == (word, sticky)
+
+
 # ------------------------------------------------------------ the cache
 
 def test_plan_cache_is_bounded_by_bytes_and_skips_huge_texts():
