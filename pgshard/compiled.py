@@ -34,6 +34,7 @@ HOT_MODULES = (
     "pgshard.sql.classify",
     "pgshard.sql.fastkey",
     "pgshard.sql.lex",
+    "pgshard.sql.sticky",
     "pgshard.sql.textmemo",
 )
 

@@ -178,24 +178,57 @@ def _one_comment(sql: str) -> Plan | None:
     j = sql.find("*/", i + 2)
     if i < 0 or j < 0 or sql.find("/*", i + 2) >= 0:
         return None
-    code = sql[:i] + " " + sql[j + 2:]      # the text around the comment
-    # What only a scan could read: a string or quoted identifier, a line comment, a
-    # dollar quote.
-    if "'" in code or '"' in code or "--" in code \
-            or "$" in code and _NOT_PARAM.search(code) is not None:
+    # One pass over the code around the comment (which reads as one space): what only a
+    # scan could read (a string or quoted identifier, a line comment, a dollar quote,
+    # i.e. a $ that starts no $n) or a second statement sends the text to the slow path.
+    # Compiled, a typed loop: a few C tests per character, no slices.
+    n = len(sql)
+    first = -1                  # where the first word starts
+    semi = False                # a ';' was seen: only space may follow
+    k = 0
+    while k < n:
+        if k == i:
+            k = j + 2
+            continue
+        c = sql[k]
+        if c in " \t\n\r\f\v":
+            k += 1
+            continue
+        if semi or c == "'" or c == '"':
+            return None
+        if c == ";":
+            semi = True
+        elif c == "-":
+            if k + 1 < n and k + 1 != i and sql[k + 1] == "-":
+                return None
+        elif c == "$":
+            if k + 1 >= n or k + 1 == i or not ("0" <= sql[k + 1] <= "9"):
+                return None
+        if first < 0:
+            first = k
+        k += 1
+    # The first word: six ASCII letters of one of the four statements, then a space or a
+    # newline (or the comment).
+    if first < 0 or first < i < first + 6 or first + 6 >= n:
         return None
-    semi = code.find(";")
-    if semi >= 0 and code[semi + 1:].strip(_SPACES):
-        return None                          # a second statement
-    first = code.lstrip(_SPACES)
-    head = first[:7].upper()
-    word = head[:6]
-    if head[6:7] not in (" ", "\n") or word not in _PLAIN or not first[:6].isascii() \
-            or sticky.maybe_dml(sql):
+    w = sql[first:first + 6]
+    if not w.isascii():
+        return None
+    word = w.upper()
+    if word not in _PLAIN:
+        return None
+    if first + 6 != i:
+        c = sql[first + 6]
+        if c != " " and c != "\n":
+            return None
+    if sticky.maybe_dml(sql):
         return None
     h = _hint(sql[i + 2:j])
     if h is None:
         return _PLAIN[word]
+    v = h[1]
+    if h[0] == "shard_key" and not v.startswith("$"):
+        return _hinted_plan(word, v.encode())     # the commonest hint, without the dicts
     return _hinted_plan(word, **_hint_fields({h[0]: h[1]}))
 
 
@@ -414,10 +447,39 @@ def _hints(sql: str, sc: lx.Scan, alt: lx.Scan | None) -> dict[str, str]:
 # A hint's name and a bare value: single character-class runs (no backtracking).
 _HINT_NAME = re.compile(r"[A-Za-z_]*")
 _BARE_VALUE = re.compile(r"[A-Za-z0-9_.:-]+")
-# The commonest hint whole, `name: bare-value`: possessive runs one after the other, each
-# of characters the next cannot start with, so nothing is ever tried twice.
-_BARE_HINT = re.compile(r"[ \t\n\r\f\v]*+([A-Za-z_]++)[ \t\n\r\f\v]*+[:=][ \t\n\r\f\v]*+"
-                        r"([A-Za-z0-9_.:-]++)[ \t\n\r\f\v]*+")
+
+
+def _bare_hint(b: str) -> tuple[str, str] | None:
+    """The commonest hint whole, `name: bare-value` (space, [A-Za-z_]+, space, ':' or '=',
+    space, [A-Za-z0-9_.:-]+, space), read in one pass (compiled: a typed loop); None for
+    any other form."""
+    n = len(b)
+    k = s = _skip_space(b, 0, n)
+    while k < n:
+        c = b[k]
+        if not ("a" <= c <= "z" or "A" <= c <= "Z" or c == "_"):
+            break
+        k += 1
+    e = k
+    k = _skip_space(b, k, n)
+    if e == s or k == n or b[k] not in ":=":
+        return None
+    k = vs = _skip_space(b, k + 1, n)
+    while k < n:
+        c = b[k]
+        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in "_.:-"):
+            break
+        k += 1
+    ve = k
+    if ve == vs or _skip_space(b, k, n) != n:
+        return None
+    return b[s:e], b[vs:ve]
+
+
+def _skip_space(b: str, k: int, n: int) -> int:
+    while k < n and b[k] in " \t\n\r\f\v":
+        k += 1
+    return k
 
 
 def _hint(body: str | None) -> tuple[str, str] | None:
@@ -425,10 +487,14 @@ def _hint(body: str | None) -> tuple[str, str] | None:
     shard_key_param or consistency; value bare, '$n' or a '…' literal."""
     if body is None:
         return None
-    m = _BARE_HINT.fullmatch(body)
-    if m is not None:   # what the general reading below gives it, in one match
-        name = m.group(1)
-        return (name, m.group(2)) if name in _HINT_NAMES else None
+    h = _bare_hint(body)
+    if h is not None:   # what the general reading gives it, in one pass
+        return h if h[0] in _HINT_NAMES else None
+    return _general_hint(body)
+
+
+def _general_hint(body: str) -> tuple[str, str] | None:
+    """_hint's reading of any comment body."""
     b = body.strip(_SPACES)
     name = _HINT_NAME.match(b).group()
     k = len(name)
