@@ -13,6 +13,8 @@ cdef class _Reader:
     cdef public object error
 
     cpdef int _need(self, Py_ssize_t n) except -1
+    @cython.locals(data=bytes, p=ubytes, n=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t,
+                   hi=int)
     cpdef str cstr(self)
     cpdef object u16(self)
     cpdef object end(self)
@@ -21,7 +23,7 @@ cdef class _Reader:
 @cython.locals(r=_Reader, n=Py_ssize_t)
 cpdef object decode_parse(object body)
 
-@cython.locals(r=_Reader, p=Py_ssize_t, e=Py_ssize_t)
+@cython.locals(r=_Reader, p=ubytes, n=Py_ssize_t, a=Py_ssize_t, e=Py_ssize_t, hi=int)
 cpdef tuple bind_statement_name(object body)
 
 @cython.locals(r=_Reader)

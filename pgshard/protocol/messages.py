@@ -34,18 +34,26 @@ class _Reader:
     __slots__ = ("data", "pos", "error")
 
     def __init__(self, data: bytes, error: type[ProtocolViolation] = MalformedMessage):
-        self.data = data
+        self.data = data if type(data) is bytes else bytes(data)
         self.pos = 0
         self.error = error
 
     def cstr(self) -> str:
-        end = self.data.find(b"\0", self.pos)
-        if end < 0:
+        # Compiled, the NUL is looked for through a C pointer, ASCII-ness in the same pass.
+        data = self.data
+        p = data
+        n = len(data)
+        start = end = self.pos
+        hi = 0
+        while end < n and p[end] != 0:
+            hi |= p[end]
+            end += 1
+        if end >= n:
             raise self.error("invalid string in message")
-        s = self.data[self.pos:end]
         self.pos = end + 1
-        if s.isascii():
-            return s.decode("ascii")
+        if hi < 0x80:
+            return data[start:end].decode("ascii")
+        s = data[start:end]
         if self.error is not MalformedMessage:
             try:
                 return s.decode()
@@ -482,13 +490,22 @@ def decode_cstr(body: bytes) -> str:
 
 def bind_statement_name(body: bytes) -> tuple[str, int]:
     """(statement name, offset where it starts) without decoding the parameters."""
-    p = body.find(b"\0")
-    if p >= 0:   # the common case, ASCII names: no reader
-        e = body.find(b"\0", p + 1)
-        if e >= 0:
-            name = body[p + 1:e]
-            if name.isascii() and body[:p].isascii():
-                return name.decode("ascii"), p + 1
+    if type(body) is not bytes:
+        body = bytes(body)
+    # The common case, ASCII names: one pass (compiled: through a C pointer), no reader.
+    p = body
+    n = len(body)
+    a = 0
+    hi = 0
+    while a < n and p[a] != 0:
+        hi |= p[a]
+        a += 1
+    e = a + 1
+    while e < n and p[e] != 0:
+        hi |= p[e]
+        e += 1
+    if e < n and hi < 0x80:
+        return body[a + 1:e].decode("ascii"), a + 1
     r = _Reader(body)
     r.cstr()   # the portal
     at = r.pos
