@@ -23,6 +23,7 @@ from pathlib import Path
 # query in the proxy's handlers (make bench-instructions), while it saves 3.7k of 190.7k in
 # -M extended. It belongs here once its classes are declared (cdef class / .pxd).
 HOT_MODULES = (
+    "pgshard.protocol.encoding",
     "pgshard.protocol.framing",
     "pgshard.protocol.messages",
     "pgshard.protocol.replies",

@@ -34,6 +34,7 @@ cpdef str decode_cstr(object body)
 @cython.locals(end=Py_ssize_t)
 cpdef str query_text(object raw)
 
+@cython.locals(start=Py_ssize_t, old_len=Py_ssize_t, new=bytes)
 cpdef bytes renamed_bind(object raw, Py_ssize_t at, str old, str new_name)
 
 @cython.locals(r=_Reader, p=ubytes, pos=Py_ssize_t, n=Py_ssize_t, nf=Py_ssize_t,

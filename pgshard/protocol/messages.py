@@ -522,7 +522,12 @@ def renamed_bind(raw: bytes, at: int, old: str, new_name: str) -> bytes:
     """rewrite_bind_statement of a framed Bind whose statement name old starts at body
     offset at (bind_statement_name's answer): no second scan."""
     start = 5 + at
-    return frame(b"B", raw[5:start] + new_name.encode() + raw[start + len(old.encode()):])
+    old_len = len(old) if old.isascii() else len(old.encode())
+    new = new_name.encode()
+    # One join: the header (its length counts itself, not the type byte), the portal, the
+    # new name, the rest.
+    return b"".join((b"B", _I32.pack(len(raw) - 1 - old_len + len(new)), raw[5:start], new,
+                     raw[start + old_len:]))
 
 
 def decode_target(body: bytes, what: str = "DESCRIBE/CLOSE") -> tuple[bytes, str]:

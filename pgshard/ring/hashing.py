@@ -30,6 +30,7 @@ UNSPECIFIED = 0
 _INT_BITS = {INT2: 16, INT4: 32, INT8: 64}
 _INT_NAMES = {INT2: "smallint", INT4: "integer", INT8: "bigint"}
 _INT_WIDTH = {INT2: 2, INT4: 4, INT8: 8}
+_SAFE_DIGITS = {INT2: 4, INT4: 9, INT8: 18}
 _TEXT_LIKE_TEXT_FORMAT = frozenset({TEXT, VARCHAR, BPCHAR, NAME, UNKNOWN, UNSPECIFIED})
 # In binary format unknown/unspecified carry no decodable type, so they are refused there.
 _TEXT_LIKE_BINARY_FORMAT = frozenset({TEXT, VARCHAR, BPCHAR, NAME})
@@ -160,8 +161,11 @@ def _utf8(text: str) -> bytes:
 
 def _parse_int(raw: bytes, type_oid: int | None) -> bytes:
     # Fast path for the usual case: plain digits without a leading zero are already canonical.
-    if raw.isdigit() and (raw[0] != 0x30 or len(raw) == 1) and len(raw) <= 18:
-        if type_oid is None or int(raw) < 1 << (_INT_BITS[type_oid] - 1):
+    n = len(raw)
+    if raw.isdigit() and (raw[0] != 0x30 or n == 1) and n <= 18:
+        # Up to 4/9/18 digits always fit smallint/integer/bigint: no int() to compare.
+        if type_oid is None or n <= _SAFE_DIGITS[type_oid] \
+                or int(raw) < 1 << (_INT_BITS[type_oid] - 1):
             return raw
     m = _INT_RE.fullmatch(raw)
     type_name = _INT_NAMES.get(type_oid, "integer")

@@ -95,6 +95,8 @@ def test_canonical_key_rejects(value):
     (b"0X_2a", INT4, b"42"),
     (b"-0o52", INT8, b"-42"),
     (b"0b101010", INT2, b"42"),
+    (b"9999", INT2, b"9999"), (b"999999999", INT4, b"999999999"),   # the longest that
+    (b"999999999999999999", INT8, b"999999999999999999"),           # surely fit
     (b"32767", INT2, b"32767"),
     (b"-32768", INT2, b"-32768"),
     (b"2147483647", INT4, b"2147483647"),
