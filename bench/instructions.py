@@ -24,7 +24,7 @@ from pathlib import Path
 
 import click
 
-from bench.runner import MODES, write_hinted_scripts
+from bench.runner import MODES, write_hinted_scripts, write_sql_routed_script
 from bench.targets import (
     BENCH_PASSWORD,
     BENCH_USER,
@@ -166,12 +166,16 @@ def compiled_state() -> dict:
 @click.option("--hinted", is_flag=True,
               help="make bench's hinted select-only script (shard_key / shard_key_param "
                    "comment) instead of pgbench -S")
+@click.option("--sql-routed", is_flag=True,
+              help="pgbench -S's query without a hint instead (routed by its WHERE clause: "
+                   "pgbench_accounts is declared sharded by aid)")
 @click.option("--top", type=click.IntRange(1), default=15, show_default=True,
               help="functions listed per mode")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_OUT,
               show_default=True)
 def main(n_short: int, n_long: int, modes_text: str, reps: int, idle_seconds: float,
-         whole_process: bool, shards: int, hinted: bool, top: int, out: Path) -> None:
+         whole_process: bool, shards: int, hinted: bool, sql_routed: bool, top: int,
+         out: Path) -> None:
     """Proxy instructions per query for pgbench -S in -M simple, extended and prepared."""
     if n_long <= n_short:
         raise click.BadParameter("--long must be greater than --short")
@@ -182,10 +186,13 @@ def main(n_short: int, n_long: int, modes_text: str, reps: int, idle_seconds: fl
     work = Path(tempfile.mkdtemp(prefix="pgshard-instr-"))
     work.chmod(0o755)
     cluster = LocalCluster(work / "cluster", shards=shards, replicas=0)
-    scripts = write_hinted_scripts(work) if hinted else None
+    if hinted and sql_routed:
+        raise click.BadParameter("--hinted and --sql-routed are two different scripts")
+    scripts = write_hinted_scripts(work) if hinted else \
+        write_sql_routed_script(work) if sql_routed else None
     server = None
     doc = {"short": n_short, "long": n_long, "compiled": compiled_state(), "shards": shards,
-           "hinted": hinted, "modes": {}}
+           "hinted": hinted, "sql_routed": sql_routed, "modes": {}}
     try:
         cluster.create()
         for shard in cluster.shards:   # every shard holds all rows (select-only)

@@ -16,7 +16,8 @@ _OVERHEAD = 512
 class Statement:
     """One (SQL text, parameter types) pair; the same object serves every client."""
 
-    __slots__ = ("sql", "oids", "global_name", "parse_msg", "plan", "described_oids", "validated")
+    __slots__ = ("sql", "oids", "global_name", "parse_msg", "plan", "described_oids", "validated",
+                 "analysis")
 
     def __init__(self, sql: str, oids: tuple[int, ...], named: bool, epoch: int = 0):
         self.sql = sql
@@ -31,11 +32,19 @@ class Statement:
         self.parse_msg = m.parse(self.global_name, sql, oids)
         self.described_oids: tuple[int, ...] | None = None
         self.validated = False   # a server has accepted its Parse
+        # The routing analysis of sql, kept with the catalog tables and key positions it
+        # was made for (the session's targeting checks them by identity): (tables,
+        # positions, Analysis) or None.
+        self.analysis = None
 
     @property
     def weight(self) -> int:
         """Bytes this statement holds: its text (as str) and its Parse message."""
         return len(self.sql) + len(self.parse_msg) + 4 * len(self.oids) + _OVERHEAD
+
+    def param_oids(self, n: int) -> tuple[int, ...]:
+        """param_oid of parameters 0 … n-1."""
+        return tuple([self.param_oid(i) for i in range(n)])
 
     def param_oid(self, i: int) -> int:
         """The type OID of 0-based parameter i, from Parse or from ParameterDescription."""

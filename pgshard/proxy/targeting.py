@@ -165,7 +165,7 @@ class Targeting:
         positions = proxy.key_positions_of(session.database)[1]
         if bind is None and fastkey.route(sql, cat, positions) == shard:
             return shard
-        a = self.analyze(sql)
+        a = self.analyze(sql, st)
         if type(a) is NeedColumns:
             return a
         if a.keys is None or a.kind not in (sp.INSERT, sp.UPDATE, sp.DELETE):
@@ -181,13 +181,22 @@ class Targeting:
                      "row's own key in /* shard_key: … */)")
         return shard
 
-    def analyze(self, sql: str):
+    def analyze(self, sql: str, st=None):
         """The pglast analysis of sql, or NeedColumns: an INSERT without a column list first
-        needs the key column's position in its table (the session learns it and retries)."""
+        needs the key column's position in its table (the session learns it and retries).
+        A prepared statement st whose text sql is keeps its analysis: no cache lookup of
+        the text per execution."""
         session = self.session
         proxy = session.proxy
         known, positions = proxy.key_positions_of(session.database)
-        a = sp.analyze(sql, proxy.catalog.tables, positions)
+        tables = proxy.catalog.tables
+        memo = st.analysis if st is not None and st.sql is sql else None
+        if memo is not None and memo[0] is tables and memo[1] is positions:
+            a = memo[2]
+        else:
+            a = sp.analyze(sql, tables, positions)
+            if st is not None and st.sql is sql:
+                st.analysis = (tables, positions, a)
         if a.kind == sp.INSERT and a.keys is None and a.tables:
             missing = [t for t in a.tables if t not in known]
             if missing:
@@ -200,11 +209,14 @@ class Targeting:
         ring = session.proxy.catalog.ring
         params = bind.params if bind is not None else ()
         formats = bind.param_formats if bind is not None else ()
-        oids = tuple(st.param_oid(i) for i in range(len(params))) if st is not None else ()
+        oids = st.param_oids(len(params)) if st is not None else ()
         # A NULL key (`key = $1` bound to NULL) matches no row: it names no shard.
+        keys = [k for k in a.keys
+                if k.param is None or k.param > len(params) or params[k.param - 1] is not None]
+        if len(keys) == 1:   # the common case: no set to build and sort
+            return [ring.owner(hashing.token(keys[0].resolve(params, formats, oids)))]
         return sorted({ring.owner(hashing.token(k.resolve(params, formats, oids)))
-                       for k in a.keys
-                       if k.param is None or k.param > len(params) or params[k.param - 1] is not None})
+                       for k in keys})
 
     @staticmethod
     def _explain_fanout(a, shards: list[str]) -> Fanout:
@@ -262,7 +274,7 @@ class Targeting:
             shard = fastkey.route(sql, cat, proxy.key_positions_of(session.database)[1])
             if shard is not None:
                 return shard
-        a = self.analyze(sql)
+        a = self.analyze(sql, st)
         if type(a) is NeedColumns:
             return a
         if a.updates_key:

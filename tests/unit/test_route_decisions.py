@@ -104,3 +104,42 @@ def test_a_fenced_key_is_a_wait_not_an_exception():
 def test_decisions_are_values():
     assert not issubclass(Wait, BaseException)
     assert issubclass(NeedColumns, Wait) and issubclass(fence.FenceHeld, Wait)
+
+
+class _StableProxy(_Proxy):
+    """Key positions as the listener keeps them: one tuple until a position is learned."""
+
+    def __init__(self, catalog, positions):
+        super().__init__(catalog, positions)
+        self.key = tuple(sorted(positions.items()))
+
+    def key_positions_of(self, database):
+        return self.positions, self.key
+
+
+def test_a_prepared_statement_keeps_its_analysis_for_its_catalog():
+    from pgshard.protocol.messages import BindMsg
+    from pgshard.proxy.statements import Statement
+    from pgshard.sql import analysis as sp
+
+    proxy = _StableProxy(CATALOG, {})
+    t = Targeting(_Session(proxy))
+    st = Statement("SELECT * FROM items WHERE id = $1", (23,), named=True)
+    for key in (1, 2, 3, 4, 5, 6, 7, 8):
+        bind = BindMsg("", st.global_name, (0,), [str(key).encode()], ())
+        assert t.target(st.plan, bind, st) == _owner(CATALOG, key)
+    tables, positions, a = st.analysis
+    assert tables is CATALOG.tables and positions is proxy.key and a.keys is not None
+    assert t.analyze(st.sql, st) is a                      # no lookup by text
+    # A new catalog (another table set) or a learned key position: analysed afresh.
+    other = Catalog.initial(SHARDS, {"items": "id", "users": "uid"}, vnodes_per_shard=8)
+    proxy.catalog = other
+    t.analyze(st.sql, st)
+    assert st.analysis[0] is other.tables
+    proxy.key = (("items", 0),)
+    t.analyze(st.sql, st)
+    assert st.analysis[1] is proxy.key
+    assert st.analysis[2] == sp.analyze(st.sql, other.tables, proxy.key)
+    # Not the statement's own text: nothing kept.
+    assert t.analyze("SELECT * FROM items WHERE id = 9", st).keys is not None
+    assert st.analysis[1] is proxy.key and st.analysis[0] is other.tables
