@@ -66,7 +66,7 @@ class UnsupportedKeyType(FeatureNotSupported):
 
 def token(key: bytes) -> int:
     """The ring token of canonical key bytes: unsigned 32-bit murmur3, seed 0."""
-    return mmh3.hash(key, seed=0, signed=False)
+    return mmh3.hash(key, 0, False)     # (key, seed, signed): positional, no kwargs dict
 
 
 def shard_key_token(value) -> int:
