@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -13,6 +12,22 @@ from pgshard.ring.hashing import token as key_token
 
 MAX_TOKEN = 2**32 - 1
 TOKEN_SPACE = 2**32
+
+
+def _first_at_or_above(tokens: tuple[int, ...], token: int) -> int:
+    """bisect_left(tokens, token): compiled, a binary search on C integers (the tokens are
+    32-bit), not a rich comparison of Python ints per step."""
+    t = token
+    lo = 0
+    hi = len(tokens)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        v = tokens[mid]
+        if v < t:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 class EmptyRing(ObjectNotInPrerequisiteState):
@@ -102,7 +117,7 @@ class Ring:
     def owner(self, token: int) -> str:
         """The shard owning a token: the vnode with the smallest token >= it, wrapping to the first."""
         tokens = self._tokens
-        i = bisect_left(tokens, token)
+        i = _first_at_or_above(tokens, token)
         if i == len(tokens):
             if not tokens:
                 raise EmptyRing(

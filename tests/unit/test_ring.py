@@ -441,3 +441,19 @@ def test_owner_is_fast():
     for t in tokens:
         owner(t)
     assert time.thread_time() - start < 1.0
+
+
+def test_owner_is_the_first_vnode_at_or_above_the_token_wrapping_round():
+    """Ring.owner's binary search (on C integers when compiled) against bisect over every
+    vnode boundary and random tokens, on rings of 1, 3 and 64 vnodes."""
+    from bisect import bisect_left
+
+    rng = random.Random(3)
+    for ring in (Ring([(7, "a")]), Ring([(0, "a"), (10, "b"), (2**32 - 1, "c")]),
+                 Ring.build(["s0", "s1"], vnodes_per_shard=32)):
+        tokens = [t for t, _ in ring.vnodes()]
+        probes = {0, 2**32 - 1, *tokens, *(t + 1 for t in tokens if t < 2**32 - 1),
+                  *(t - 1 for t in tokens if t > 0), *(rng.randrange(2**32) for _ in range(500))}
+        for t in probes:
+            i = bisect_left(tokens, t)
+            assert ring.owner(t) == ring.owners[0 if i == len(tokens) else i], t
