@@ -190,12 +190,13 @@ class Targeting:
         proxy = session.proxy
         known, positions = proxy.key_positions_of(session.database)
         tables = proxy.catalog.tables
-        memo = st.analysis if st is not None and st.sql is sql else None
+        own = st is not None and st.sql is sql
+        memo = st.analysis if own else None
         if memo is not None and memo[0] is tables and memo[1] is positions:
             a = memo[2]
         else:
             a = sp.analyze(sql, tables, positions)
-            if st is not None and st.sql is sql:
+            if own:
                 st.analysis = (tables, positions, a)
         if a.kind == sp.INSERT and a.keys is None and a.tables:
             missing = [t for t in a.tables if t not in known]

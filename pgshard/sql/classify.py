@@ -163,10 +163,6 @@ def plan(sql: str) -> Plan:
     return p
 
 
-# A $ that starts no $n parameter (a dollar quote may): searched only in a text with a $.
-_NOT_PARAM = re.compile(r"\$(?![0-9])")
-
-
 def _one_comment(sql: str) -> Plan | None:
     """The Plan of a plain SELECT/INSERT/UPDATE/DELETE with exactly one /* */ comment,
     before, inside or after it (`… WHERE aid = 5 /* shard_key: 5 */;`), read without the

@@ -4,8 +4,8 @@ cimport cython
 
 
 @cython.locals(n=Py_ssize_t, k=Py_ssize_t, s=Py_ssize_t, last=Py_ssize_t, base=Py_ssize_t,
-               p=Py_ssize_t, depth=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, c=Py_UCS4,
-               minus=bint, integer=bint, parts=list, consts=list)
+               p=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, c=Py_UCS4,
+               minus=bint, integer=bint, backslash=bint, parts=list, consts=list)
 cpdef tuple normalize(str sql)
 
 cdef bint _word_char(Py_UCS4 c)

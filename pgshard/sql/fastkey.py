@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from pgshard.ring import hashing
 from pgshard.sql import analysis as sp
+from pgshard.sql import lex as lx
 
 _INT4_MAX = 2 ** 31 - 1
 _KINDS = (sp.SELECT, sp.INSERT, sp.UPDATE, sp.DELETE)
@@ -60,28 +61,17 @@ def normalize(sql: str) -> tuple[str, list, int] | None:
     k = 0
     while k < n:
         c = sql[k]
-        if c == " " or c == "\n" or c == "\t" or c == "\r" or c == "\f" or c == "\v":
+        if c in " \t\n\r\f\v":
             k += 1
             continue
         # Comments are passed over (a sign before one still folds into the number after).
         if c == "-" and k + 1 < n and sql[k + 1] == "-":
-            while k < n and sql[k] != "\n" and sql[k] != "\r":
-                k += 1
+            k = lx.skip_line_comment(sql, k)
             continue
         if c == "/" and k + 1 < n and sql[k + 1] == "*":
-            depth = 1
-            k += 2
-            while depth:
-                if k + 1 >= n:
-                    return None         # unterminated
-                if sql[k] == "/" and sql[k + 1] == "*":
-                    depth += 1
-                    k += 2
-                elif sql[k] == "*" and sql[k + 1] == "/":
-                    depth -= 1
-                    k += 2
-                else:
-                    k += 1
+            k = lx.skip_block_comment(sql, k)
+            if k > n:
+                return None             # unterminated
             continue
         if "0" <= c <= "9" or c == "." and k + 1 < n and "0" <= sql[k + 1] <= "9":
             if minus:
@@ -119,35 +109,19 @@ def normalize(sql: str) -> tuple[str, list, int] | None:
         minus = False
         if c == "'":
             s = k
-            k += 1
-            while True:
-                while k < n and sql[k] != "'" and sql[k] != "\\":
-                    k += 1
-                if k >= n or sql[k] == "\\":
-                    return None         # unterminated, or a backslash (its reading
-                    #                     depends on standard_conforming_strings)
-                if k + 1 < n and sql[k + 1] == "'":
-                    k += 2
-                    continue
-                break
-            k += 1
+            k, backslash = lx.skip_string(sql, k, False)
+            if k > n or backslash:
+                return None             # unterminated, or a backslash (its reading
+                #                         depends on standard_conforming_strings)
             parts.append(sql[last:s])
             parts.append(None)
             consts.append(None)
             last = k
             continue
         if c == '"':
-            k += 1
-            while True:
-                while k < n and sql[k] != '"':
-                    k += 1
-                if k >= n:
-                    return None
-                if k + 1 < n and sql[k + 1] == '"':
-                    k += 2
-                    continue
-                break
-            k += 1
+            k = lx.skip_quoted_ident(sql, k)
+            if k > n:
+                return None             # unterminated
             continue
         if c == "$":
             s = k
