@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 
+RECANCEL_AFTER = 5.0
+
 
 class Background:
     """Runs `body()` as a named task; stop() cancels it and waits until it has ended."""
@@ -22,9 +24,16 @@ class Background:
 
     async def stop(self) -> None:
         task, self.task = self.task, None
-        if task is not None:
+        if task is None:
+            return
+        # A cancellation can be lost inside the body: Python 3.11's asyncio.wait_for drops
+        # one that arrives as its inner await completes, and the loop goes on. So the task
+        # is cancelled again while it still runs, RECANCEL_AFTER seconds apart (time for a
+        # body's own clean-up to finish undisturbed).
+        while not task.done():
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait({task}, timeout=RECANCEL_AFTER)
+        try:
+            task.result()
+        except asyncio.CancelledError:
+            pass
